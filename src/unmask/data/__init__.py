@@ -1,0 +1,1 @@
+"""Data stages: sources (readers), store (token store), windows (packing and sampling)."""

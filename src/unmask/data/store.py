@@ -1,0 +1,240 @@
+"""The token store: tokenized documents on disk, memory-mapped for training.
+
+Layout of a store folder:
+    meta.json                       tokenizer fingerprint and ids, dtype, counts, sources
+    tokenizer/                      the tokenizer that made it (save_pretrained format)
+    {train,val}.tokens              raw uint16 (uint32 for vocabularies over 65,536) ids,
+                                    every document followed by one separator ([SEP])
+    {train,val}.offsets             raw int64: start of each document in .tokens, plus the end
+
+Preparation streams: texts are tokenized in batches and appended to the files, so memory
+stays flat whatever the corpus size. The store is built in a temporary folder and renamed
+into place at the end, so an interrupted prepare never leaves a store that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from unmask.config import PrepareConfig, UnmaskError, atomic_write_text
+from unmask.data.sources import ReadReport, expand_sources, read_documents
+from unmask.tokenizer import fingerprint, framing_ids, load_tokenizer, raw_tokenizer, special_ids
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val")
+_TEXTS_PER_BATCH = 256
+_TOKENS_PER_WRITE = 1 << 20
+
+
+def is_validation_document(index: int, val_fraction: Fraction) -> bool:
+    """Every 1/f-th document goes to validation, the first one always.
+
+    Deterministic and streaming (no document count needed up front): after n documents
+    exactly ceil(n * f) are held out. A split by document means no text leaks into eval.
+    """
+    return math.ceil((index + 1) * val_fraction) > math.ceil(index * val_fraction)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
+
+
+class _SplitWriter:
+    """Appends documents to one split's token and offset files."""
+
+    def __init__(self, folder: Path, split: str, dtype: np.dtype, separator: int):
+        self.tokens = open(folder / f"{split}.tokens", "wb")
+        self.offsets = open(folder / f"{split}.offsets", "wb")
+        self.dtype = dtype
+        self.separator = separator
+        self.pending: list[np.ndarray] = []
+        self.pending_tokens = 0
+        self.total_tokens = 0
+        self.documents = 0
+        np.zeros(1, dtype=np.int64).tofile(self.offsets)
+
+    def add(self, ids: list[int]) -> None:
+        self.pending.append(np.asarray(ids + [self.separator], dtype=self.dtype))
+        self.pending_tokens += len(ids) + 1
+        self.documents += 1
+        if self.pending_tokens >= _TOKENS_PER_WRITE:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        lengths = np.fromiter((len(a) for a in self.pending), dtype=np.int64, count=len(self.pending))
+        (self.total_tokens + np.cumsum(lengths)).tofile(self.offsets)
+        np.concatenate(self.pending).tofile(self.tokens)
+        self.total_tokens += int(lengths.sum())
+        self.pending, self.pending_tokens = [], 0
+
+    def close(self) -> None:
+        self.flush()
+        self.tokens.close()
+        self.offsets.close()
+
+
+def prepare(config: PrepareConfig, progress: bool = True) -> dict:
+    """Tokenize the sources into a new store at config.out; returns its metadata."""
+    from tqdm import tqdm
+
+    out = Path(config.out)
+    if out.exists() and not config.overwrite:
+        raise UnmaskError(f"--out {out}: already exists (pass --overwrite to replace it)")
+    files = expand_sources(config.sources)
+    tokenizer = load_tokenizer(config.tokenizer, config.trust_remote_code)
+    encoder = raw_tokenizer(tokenizer)
+    vocab_size = len(tokenizer)
+    dtype = token_dtype(vocab_size)
+    opener, separator = framing_ids(tokenizer)
+    val_fraction = Fraction(str(config.val_fraction))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    building = out.with_name(f".{out.name}.building")
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir()
+    try:
+        writers = {split: _SplitWriter(building, split, dtype, separator) for split in SPLITS}
+        report = ReadReport()
+        started = time.perf_counter()
+        total_bytes = sum(f.stat().st_size for f in files)
+        bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=not progress, file=sys.stderr)
+        batch: list[str] = []
+        document_index = 0
+        current_file = None
+
+        def encode(texts: list[str]) -> None:
+            nonlocal document_index
+            for encoding in encoder.encode_batch(texts, add_special_tokens=False):
+                split = "val" if is_validation_document(document_index, val_fraction) else "train"
+                writers[split].add(encoding.ids)
+                document_index += 1
+
+        for path, text in read_documents(files, report, config.doc_per, config.text_field, config.skip_bad_files):
+            if path != current_file:
+                if current_file is not None:
+                    bar.update(current_file.stat().st_size)
+                current_file = path
+            batch.append(text)
+            if len(batch) >= _TEXTS_PER_BATCH:
+                encode(batch)
+                batch = []
+        encode(batch)
+        if current_file is not None:
+            bar.update(current_file.stat().st_size)
+        bar.close()
+        for writer in writers.values():
+            writer.close()
+        seconds = time.perf_counter() - started
+
+        if document_index == 0:
+            raise UnmaskError(f"{', '.join(config.sources)}: no non-empty documents found")
+        if writers["train"].documents == 0:
+            raise UnmaskError(
+                f"only {document_index} document(s): none left for training after the held-out split "
+                "(add text, use --doc-per blank-line or line, or --val-fraction 0)"
+            )
+        tokenizer.save_pretrained(building / "tokenizer")
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "tokenizer": {
+                "name": config.tokenizer,
+                "fingerprint": fingerprint(tokenizer),
+                "vocab_size": vocab_size,
+                "opener_id": opener,
+                "separator_id": separator,
+                "pad_id": tokenizer.pad_token_id,
+                "mask_id": tokenizer.mask_token_id,
+                "special_ids": special_ids(tokenizer),
+            },
+            "dtype": dtype.name,
+            "splits": {s: {"documents": w.documents, "tokens": w.total_tokens} for s, w in writers.items()},
+            "sources": config.sources,
+            "doc_per": config.doc_per,
+            "text_field": config.text_field,
+            "val_fraction": config.val_fraction,
+            "files": report.files,
+            "skipped": {
+                "empty_files": report.empty_files,
+                "bad_files": report.bad_files,
+                "empty_documents": report.empty_documents,
+            },
+            "seconds": round(seconds, 3),
+        }
+        atomic_write_text(building / "meta.json", json.dumps(meta, indent=2))
+        _swap_into_place(building, out)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return meta
+
+
+def _swap_into_place(building: Path, out: Path) -> None:
+    if out.exists():
+        retired = out.with_name(f".{out.name}.replaced")
+        shutil.rmtree(retired, ignore_errors=True)
+        out.rename(retired)
+        building.rename(out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        building.rename(out)
+
+
+@dataclass
+class Split:
+    """One split of a store, memory-mapped: ids stream and document boundaries."""
+
+    tokens: np.ndarray
+    offsets: np.ndarray
+
+    @property
+    def documents(self) -> int:
+        return len(self.offsets) - 1
+
+
+class TokenStore:
+    def __init__(self, path: Path, meta: dict):
+        self.path = path
+        self.meta = meta
+
+    @classmethod
+    def open(cls, path: str | Path) -> "TokenStore":
+        path = Path(path)
+        meta_path = path / "meta.json"
+        if not meta_path.is_file():
+            raise UnmaskError(f"{path}: not a token store (no meta.json); make one with `unmask prepare`")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise UnmaskError(f"{meta_path}: unreadable store metadata: {e}") from None
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise UnmaskError(f"{path}: store format {meta.get('format_version')} is not {FORMAT_VERSION}; prepare it again")
+        return cls(path, meta)
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / "tokenizer"
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["tokenizer"]["fingerprint"]
+
+    def split(self, name: str) -> Split:
+        count = self.meta["splits"][name]["tokens"]
+        if count == 0:
+            return Split(np.zeros(0, dtype=self.meta["dtype"]), np.zeros(1, dtype=np.int64))
+        tokens = np.memmap(self.path / f"{name}.tokens", dtype=self.meta["dtype"], mode="r")
+        offsets = np.memmap(self.path / f"{name}.offsets", dtype=np.int64, mode="r")
+        if len(tokens) != count or offsets[-1] != count:
+            raise UnmaskError(f"{self.path}: {name} split is damaged ({len(tokens)} tokens on disk, {count} recorded)")
+        return Split(tokens, offsets)

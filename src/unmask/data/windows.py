@@ -1,0 +1,147 @@
+"""Fixed-length training windows cut from a store split, and the seeded order they are read in.
+
+A window is `[CLS] body [SEP]` with `body` taken from the id stream (which already holds a
+[SEP] after every document, so packed windows separate documents like RoBERTa's
+FULL-SENTENCES). The order of windows is a seeded permutation per epoch, so the data state
+is two integers (epoch, position) and resuming never replays batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from unmask.data.store import Split
+
+
+def packed_windows(total_tokens: int, body_len: int, keep_partial: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, lengths) of windows laid back to back over the stream.
+
+    Training drops the ragged tail (as run_mlm.py's group_texts does); evaluation keeps it,
+    padded, so no held-out token goes unscored.
+    """
+    full = total_tokens // body_len
+    starts = np.arange(full, dtype=np.int64) * body_len
+    lengths = np.full(full, body_len, dtype=np.int64)
+    tail = total_tokens - full * body_len
+    if keep_partial and tail > 0:
+        starts = np.append(starts, full * body_len)
+        lengths = np.append(lengths, tail)
+    return starts, lengths
+
+
+def padded_windows(offsets: np.ndarray, body_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, lengths) of windows that each stay inside one document.
+
+    The separator stored after each document is left out: the window's own closing
+    token plays its part. A long document continues on the next window.
+    """
+    starts, lengths = [], []
+    for begin, end in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+        content_end = end - 1
+        for start in range(begin, content_end, body_len):
+            starts.append(start)
+            lengths.append(min(body_len, content_end - start))
+    return np.asarray(starts, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
+
+
+@dataclass
+class Windows:
+    """Windows of one split, assembled into (input_ids, attention_mask) batches."""
+
+    split: Split
+    seq_len: int
+    opener_id: int
+    closer_id: int
+    pad_id: int
+    starts: np.ndarray
+    lengths: np.ndarray
+
+    @classmethod
+    def build(
+        cls,
+        split: Split,
+        seq_len: int,
+        opener_id: int,
+        closer_id: int,
+        pad_id: int,
+        packing: Literal["packed", "padded"] = "packed",
+        keep_partial: bool = False,
+    ) -> "Windows":
+        body_len = seq_len - 2
+        if packing == "packed":
+            starts, lengths = packed_windows(len(split.tokens), body_len, keep_partial)
+        else:
+            starts, lengths = padded_windows(np.asarray(split.offsets), body_len)
+        return cls(split, seq_len, opener_id, closer_id, pad_id, starts, lengths)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """input_ids and attention_mask, both int64 of shape (len(indices), seq_len)."""
+        count = len(indices)
+        input_ids = np.full((count, self.seq_len), self.pad_id, dtype=np.int64)
+        attention_mask = np.zeros((count, self.seq_len), dtype=np.int64)
+        input_ids[:, 0] = self.opener_id
+        for row, index in enumerate(indices.tolist()):
+            start, length = int(self.starts[index]), int(self.lengths[index])
+            input_ids[row, 1 : 1 + length] = self.split.tokens[start : start + length]
+            input_ids[row, 1 + length] = self.closer_id
+            attention_mask[row, : length + 2] = 1
+        return input_ids, attention_mask
+
+
+@dataclass
+class DataPosition:
+    """Where the next batch starts: the epoch and the position in that epoch's permutation."""
+
+    epoch: int = 0
+    position: int = 0
+
+
+def epoch_order(window_count: int, seed: int, epoch: int) -> np.ndarray:
+    """The seeded permutation of windows for one epoch; the same for the same (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(window_count)
+
+
+class WindowSampler:
+    """Hands out window indices in seeded order, epoch after epoch, from any saved position."""
+
+    def __init__(self, window_count: int, seed: int, position: DataPosition | None = None):
+        if window_count == 0:
+            raise ValueError("no windows to sample from")
+        self.window_count = window_count
+        self.seed = seed
+        self.position = position or DataPosition()
+        self._order_epoch = -1
+        self._order = np.empty(0, dtype=np.int64)
+
+    def _order_for(self, epoch: int) -> np.ndarray:
+        if epoch != self._order_epoch:
+            self._order = epoch_order(self.window_count, self.seed, epoch)
+            self._order_epoch = epoch
+        return self._order
+
+    def take(self, count: int) -> np.ndarray:
+        """The next `count` window indices; an epoch boundary inside a batch is crossed."""
+        taken = []
+        while count > 0:
+            order = self._order_for(self.position.epoch)
+            piece = order[self.position.position : self.position.position + count]
+            taken.append(piece)
+            count -= len(piece)
+            self.position.position += len(piece)
+            if self.position.position >= self.window_count:
+                self.position = DataPosition(self.position.epoch + 1, 0)
+        return np.concatenate(taken)
+
+
+def sequential_batches(window_count: int, batch_size: int, max_batches: int | None = None):
+    """Index batches in store order, for evaluation."""
+    for number, start in enumerate(range(0, window_count, batch_size)):
+        if max_batches is not None and number >= max_batches:
+            return
+        yield np.arange(start, min(start + batch_size, window_count))

@@ -1,0 +1,158 @@
+"""Masked language models: load from a hub id, folder or alias, or build from a preset.
+
+`MaskedLM` runs the encoder on whole windows but the MLM head only at the masked
+positions (sparse prediction): on a small BERT the vocabulary projection is about half of
+all the arithmetic, and 85% of it would be thrown away.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unmask.config import UnmaskError
+from unmask.masking import IGNORE_INDEX
+from unmask.tokenizer import quiet_transformers, resolve_pretrained
+
+# Google's BERT miniatures (Turc et al., 2019) and bert-base.
+PRESET_SHAPES = {
+    "tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=512),
+    "mini": dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024),
+    "small": dict(num_hidden_layers=4, hidden_size=512, num_attention_heads=8, intermediate_size=2048),
+    "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
+}
+
+
+def _head_function(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """hidden states (N, H) -> vocabulary logits (N, V), for the architectures we know."""
+    kind = type(model).__name__
+    if kind == "BertForMaskedLM":
+        return model.cls
+    if kind in ("RobertaForMaskedLM", "XLMRobertaForMaskedLM", "CamembertForMaskedLM"):
+        return model.lm_head
+    if kind == "DistilBertForMaskedLM":
+        return lambda h: model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))
+    if kind == "ModernBertForMaskedLM":
+        return lambda h: model.decoder(model.head(h))
+    return None
+
+
+class MaskedLM(nn.Module):
+    """A transformers masked LM with a sparse prediction path; `.model` is the plain HF model."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self._head = _head_function(model)
+
+    @property
+    def sparse(self) -> bool:
+        return self._head is not None
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def masked_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
+        """Logits (N, V) at the N picked positions, in row-major order of `picked`."""
+        if self._head is None:
+            # Unknown architecture: dense head, then select. Same numbers, more arithmetic.
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            return logits[picked]
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]  # (B, T, H)
+        return self._head(hidden[picked])  # (N, H) -> (N, V)
+
+    def loss_sum(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed cross-entropy over the masked tokens, their logits); divide by the count yourself.
+
+        A sum, not a mean, so that gradient accumulation and evaluation can normalise by the
+        masked tokens of the whole step or split instead of averaging batch means.
+        """
+        picked = labels != IGNORE_INDEX
+        logits = self.masked_logits(input_ids, attention_mask, picked)
+        return F.cross_entropy(logits.float(), labels[picked], reduction="sum"), logits
+
+
+def _report_fresh_head(name: str, missing: set[str], echo: Callable[[str], None]) -> None:
+    head_missing = sorted(k for k in missing if any(p in k for p in ("cls.", "lm_head", "vocab_", "decoder", "head.")))
+    other_missing = sorted(set(missing) - set(head_missing))
+    if other_missing:
+        shown = ", ".join(other_missing[:5]) + (" ..." if len(other_missing) > 5 else "")
+        echo(f"warning: '{name}' lacks {len(other_missing)} encoder weight(s), initialised at random: {shown}")
+    if head_missing:
+        echo(f"note: '{name}' has no MLM head; initialised a fresh one (decoder tied to the input embeddings)")
+
+
+def load_mlm(name: str, trust_remote_code: bool = False, echo: Callable[[str], None] = print) -> MaskedLM:
+    """Load a masked LM; an encoder-only checkpoint gets a fresh, tied MLM head and one line saying so."""
+    quiet_transformers()
+    from transformers import AutoModelForMaskedLM
+
+    path = resolve_pretrained(name)
+    try:
+        model, info = AutoModelForMaskedLM.from_pretrained(
+            path, output_loading_info=True, trust_remote_code=trust_remote_code, attn_implementation="sdpa"
+        )
+    except (OSError, ValueError, KeyError) as e:
+        where = "folder" if Path(path).exists() else "hub id or folder"
+        raise UnmaskError(f"cannot load a masked LM from {where} '{name}': {str(e).splitlines()[0]}") from None
+    _report_fresh_head(name, set(info.get("missing_keys", ())), echo)
+    return MaskedLM(model)
+
+
+def build_mlm(preset: str, tokenizer, seq_len: int, seed: int) -> MaskedLM:
+    """A freshly initialised BERT of a preset shape for this tokenizer's vocabulary."""
+    quiet_transformers()
+    from transformers import BertConfig, BertForMaskedLM
+
+    if preset not in PRESET_SHAPES:
+        raise UnmaskError(f"--from-scratch: unknown preset '{preset}' (choose from {', '.join(PRESET_SHAPES)})")
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=max(512, seq_len),
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        tie_word_embeddings=True,
+        **PRESET_SHAPES[preset],
+    )
+    torch.manual_seed(seed)
+    return MaskedLM(BertForMaskedLM(config))
+
+
+def max_positions(model: MaskedLM) -> int:
+    """Longest input the model can embed (RoBERTa reserves two positions for padding offsets)."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", 512)
+    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        limit -= 2
+    return limit
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UnmaskError(f"--device: '{device}' is not a device (auto, cpu, cuda, cuda:N)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UnmaskError(f"--device: '{device}' asked for, but no CUDA GPU is available")
+    return resolved
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """bf16 on GPUs that support it; fp32 on CPU, where bf16 matmuls are slow without AMX."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)

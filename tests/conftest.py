@@ -1,0 +1,94 @@
+"""Shared fixtures: a generated corpus, a WordPiece tokenizer trained on it, a tiny BERT.
+
+Everything is built offline in a few seconds; no test needs a hub or ../shared.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+SUBJECTS = ["the cat", "a dog", "the teacher", "my sister", "the old man", "a small bird", "the python program", "our team"]
+VERBS = ["sees", "likes", "finds", "writes", "reads", "builds", "follows", "opens"]
+OBJECTS = ["the door", "a book", "the garden", "a letter", "the river", "a new function", "the window", "some bread"]
+ENDINGS = ["today", "every morning", "in the park", "at night", "with care", "again", "quickly", "before lunch"]
+
+
+def make_sentences(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)} {rng.choice(ENDINGS)}." for _ in range(count)]
+
+
+def make_documents(count: int, sentences_per_doc: int = 12, seed: int = 0) -> list[str]:
+    return [" ".join(make_sentences(sentences_per_doc, seed * 1000 + i)) for i in range(count)]
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    for i, text in enumerate(make_documents(40)):
+        (folder / f"doc{i:03d}.txt").write_text(text + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    raw = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    raw.normalizer = normalizers.BertNormalizer(lowercase=True)
+    raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    raw.decoder = decoders.WordPiece()
+    raw.train_from_iterator(make_documents(40), trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
+    cls_id, sep_id = raw.token_to_id("[CLS]"), raw.token_to_id("[SEP]")
+    raw.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+        model_max_length=128,
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("tokenizer")
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_bert(vocab_size: int, seed: int = 0, max_positions: int = 128):
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=max_positions, pad_token_id=0,
+    )  # fmt: skip
+    return BertForMaskedLM(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tiny_bert(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def store_dir(tmp_path_factory, corpus_dir, tokenizer_dir) -> Path:
+    from unmask.config import PrepareConfig
+    from unmask.data.store import prepare
+
+    out = tmp_path_factory.mktemp("stores") / "tiny"
+    prepare(PrepareConfig(sources=[str(corpus_dir)], out=str(out), tokenizer=str(tokenizer_dir), val_fraction=0.1), progress=False)
+    return out
+
+
+def quiet(_: str) -> None:
+    """An `echo` that swallows messages."""

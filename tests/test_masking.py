@@ -1,0 +1,123 @@
+import pytest
+import torch
+
+from unmask.config import UnmaskError
+from unmask.masking import IGNORE_INDEX, Masker, mask_tokens, maskable_positions, replacement_ids, seeded_generator
+
+VOCAB = 1000
+SPECIALS = [0, 1, 2, 3, 4]  # pad, unk, cls, sep, mask
+MASK_ID = 4
+
+
+def framed_batch(rows: int, length: int, pad_from: int | None = None, seed: int = 0):
+    """[CLS] body [SEP] rows of random non-special ids, optionally padded after `pad_from`."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, VOCAB, (rows, length), generator=generator)
+    ids[:, 0], ids[:, -1] = 2, 3
+    attention = torch.ones_like(ids)
+    if pad_from is not None:
+        ids[:, pad_from:] = 0
+        attention[:, pad_from:] = 0
+    return ids, attention
+
+
+def masker(seed: int = 0, **probabilities) -> Masker:
+    return Masker(vocab_size=VOCAB, special_ids=SPECIALS, mask_token_id=MASK_ID, seed=seed, **probabilities)
+
+
+def test_rate_and_80_10_10_split_on_over_100k_tokens():
+    ids, attention = framed_batch(1000, 130)  # 128,000 maskable tokens
+    drawn = masker()(ids, attention)
+    picked = drawn.labels != IGNORE_INDEX
+    maskable = int(drawn.maskable.sum())
+    assert maskable == 128_000
+    rate = int(picked.sum()) / maskable
+    # Binomial std of the rate is about 0.001: five of them is a tolerance a bug cannot hide in.
+    assert abs(rate - 0.15) < 0.005, rate
+    n = int(picked.sum())
+    share_mask = int(drawn.became_mask.sum()) / n
+    share_random = int(drawn.became_random.sum()) / n
+    share_kept = int((picked & ~drawn.became_mask & ~drawn.became_random).sum()) / n
+    assert abs(share_mask - 0.8) < 0.02, share_mask
+    assert abs(share_random - 0.1) < 0.015, share_random
+    assert abs(share_kept - 0.1) < 0.015, share_kept
+
+
+def test_custom_rates_are_honoured():
+    ids, attention = framed_batch(500, 130)
+    drawn = masker(mask_prob=0.4, mask_replace_prob=0.5, random_replace_prob=0.5)(ids, attention)
+    picked = drawn.labels != IGNORE_INDEX
+    assert abs(int(picked.sum()) / int(drawn.maskable.sum()) - 0.4) < 0.01
+    assert int((picked & ~drawn.became_mask & ~drawn.became_random).sum()) == 0
+    assert abs(int(drawn.became_mask.sum()) / int(picked.sum()) - 0.5) < 0.02
+
+
+def test_specials_and_padding_never_picked():
+    ids, attention = framed_batch(400, 64, pad_from=40)
+    ids[:, 10] = 1  # an [UNK] inside the text is special too
+    drawn = masker(mask_prob=0.9)(ids, attention)
+    picked = drawn.labels != IGNORE_INDEX
+    assert not picked[:, 0].any() and not picked[:, 10].any() and not picked[:, 40:].any()
+    assert picked[:, 1:10].float().mean() > 0.8  # the rate is high, so absence above is not luck
+    # Padding and specials come out unchanged.
+    assert torch.equal(drawn.input_ids[:, 40:], ids[:, 40:])
+    assert torch.equal(drawn.input_ids[:, 0], ids[:, 0])
+
+
+def test_labels_are_minus_100_exactly_off_the_mask_and_original_on_it():
+    ids, attention = framed_batch(50, 64)
+    original = ids.clone()
+    drawn = masker()(ids, attention)
+    picked = drawn.labels != IGNORE_INDEX
+    assert torch.equal(drawn.labels[picked], original[picked])
+    assert torch.all(drawn.labels[~picked] == IGNORE_INDEX)
+    assert torch.equal(ids, original), "the input tensor must not be modified in place"
+    assert torch.equal(drawn.input_ids[~picked], original[~picked])
+    assert torch.all(drawn.input_ids[drawn.became_mask] == MASK_ID)
+
+
+def test_random_replacements_come_from_the_whole_vocabulary_without_specials():
+    ids = torch.full((200, 130), 10)  # every token is id 10: the batch max is 10
+    ids[:, 0], ids[:, -1] = 2, 3
+    drawn = masker(mask_prob=0.99, mask_replace_prob=0.0, random_replace_prob=1.0)(ids, torch.ones_like(ids))
+    replaced = drawn.input_ids[drawn.became_random]
+    assert len(replaced) > 20_000
+    assert not torch.isin(replaced, torch.tensor(SPECIALS)).any()
+    assert replaced.max() > 900, "draws must span the vocabulary, not the batch's largest id"
+    pool = replacement_ids(VOCAB, torch.tensor(SPECIALS))
+    assert len(pool) == VOCAB - len(SPECIALS)
+
+
+def test_same_seed_same_mask_and_seed_zero_is_a_real_seed():
+    ids, attention = framed_batch(20, 64)
+    first = masker(seed=0)(ids, attention)
+    again = masker(seed=0)(ids, attention)
+    other = masker(seed=1)(ids, attention)
+    assert torch.equal(first.input_ids, again.input_ids) and torch.equal(first.labels, again.labels)
+    assert not torch.equal(first.labels, other.labels)
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, -0.1, 1.5])
+def test_mask_probability_outside_open_interval_is_refused(bad):
+    with pytest.raises(UnmaskError, match="mask-prob"):
+        masker(mask_prob=bad)
+    ids, attention = framed_batch(2, 16)
+    with pytest.raises(UnmaskError, match="mask-prob"):
+        mask_tokens(
+            ids, maskable_positions(ids, torch.tensor(SPECIALS), attention), mask_token_id=MASK_ID,
+            random_pool=torch.arange(5, VOCAB), generator=seeded_generator(0), mask_prob=bad,
+        )  # fmt: skip
+
+
+def test_replacement_shares_must_fit_in_one():
+    with pytest.raises(UnmaskError, match="at most 1"):
+        masker(mask_replace_prob=0.8, random_replace_prob=0.3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_masking_runs_on_cuda_tensors():
+    ids, attention = framed_batch(100, 128)
+    drawn = Masker(vocab_size=VOCAB, special_ids=SPECIALS, mask_token_id=MASK_ID, seed=0, device="cuda")(ids.cuda(), attention.cuda())
+    assert drawn.input_ids.is_cuda
+    picked = drawn.labels != IGNORE_INDEX
+    assert abs(picked.float().sum().item() / drawn.maskable.sum().item() - 0.15) < 0.01
