@@ -13,7 +13,10 @@ import sys
 from dataclasses import asdict
 from typing import Callable, Optional
 
-from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, Namespace, set_parsing_settings
+import dataclasses
+
+import docstring_parser
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, DefaultHelpFormatter, Namespace, set_parsing_settings
 
 from unmask.config import PrepareConfig, TrainConfig, UnmaskError
 
@@ -42,17 +45,27 @@ def _parser(description: str) -> ArgumentParser:
     return ArgumentParser(description=description, formatter_class=_DashedHelp, exit_on_error=True)
 
 
+def _add_dataclass(parser: ArgumentParser, cls: type, skip: frozenset[str] = frozenset()) -> None:
+    """A flag per field; booleans are bare switches (`--resume`, `--no-resume`), not `--resume true`."""
+    switches = {f.name for f in dataclasses.fields(cls) if f.type in (bool, "bool")}
+    parser.add_class_arguments(cls, None, as_group=False, skip=set(skip | switches))
+    docs = {p.arg_name: p.description for p in docstring_parser.parse_from_object(cls).params}
+    for field in dataclasses.fields(cls):
+        if field.name in switches:
+            parser.add_argument(f"--{field.name}", action=ActionYesNo, default=field.default, help=docs.get(field.name))
+
+
 def _prepare_parser() -> ArgumentParser:
     parser = _parser("Tokenize text files into a token store for training.")
     parser.add_argument("sources", nargs="+", help="Text files (.txt, .jsonl), folders or globs; `sample:pydocs` is the bundled sample corpus.")
-    parser.add_class_arguments(PrepareConfig, None, as_group=False, skip={"sources"})
+    _add_dataclass(parser, PrepareConfig, skip=frozenset({"sources"}))
     return parser
 
 
 def _train_parser() -> ArgumentParser:
     parser = _parser("Train (or continue pretraining) a masked language model on a token store.")
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file of settings; flags after it override it.")
-    parser.add_class_arguments(TrainConfig, None, as_group=False)
+    _add_dataclass(parser, TrainConfig)
     return parser
 
 
@@ -62,10 +75,10 @@ def _fill_parser() -> ArgumentParser:
     parser.add_argument("texts", nargs="*", default=[], help="Texts with [MASK] or <mask>; `-` (or none, with --file unset) reads stdin, one per line.")
     parser.add_argument("--file", type=Optional[str], default=None, help="File of texts, one per line.")
     parser.add_argument("--top_k", type=int, default=5, help="Candidates per mask.")
-    parser.add_argument("--json", type=bool, default=False, help="Print one JSON object per text (JSON Lines).")
+    parser.add_argument("--json", action=ActionYesNo, default=False, help="Print one JSON object per text (JSON Lines).")
     parser.add_argument("--batch_size", type=int, default=32, help="Texts per forward pass.")
     parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N.")
-    parser.add_argument("--trust_remote_code", type=bool, default=False, help="Allow a hub model to run its own code.")
+    parser.add_argument("--trust_remote_code", action=ActionYesNo, default=False, help="Allow a hub model to run its own code.")
     return parser
 
 
@@ -77,7 +90,7 @@ def _inspect_parser() -> ArgumentParser:
     parser.add_argument("--mask_prob", type=float, default=0.15, help="Share of maskable tokens picked.")
     parser.add_argument("--mask_replace_prob", type=float, default=0.8, help="Share of picked tokens replaced by the mask token.")
     parser.add_argument("--random_replace_prob", type=float, default=0.1, help="Share of picked tokens replaced by a random token.")
-    parser.add_argument("--json", type=bool, default=False, help="Print the rows as JSON.")
+    parser.add_argument("--json", action=ActionYesNo, default=False, help="Print the rows as JSON.")
     return parser
 
 

@@ -123,6 +123,8 @@ class TrainConfig:
     """Share of picked tokens replaced by the mask token."""
     random_replace_prob: float = 0.1
     """Share of picked tokens replaced by a random vocabulary token; the rest stay as they are."""
+    dropout: Optional[float] = None
+    """Dropout of every dropout layer while training (default: the model's own); the saved model keeps its own setting."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """`auto`: bf16 autocast on a GPU that supports it, fp32 elsewhere."""
     device: str = "auto"
@@ -156,6 +158,7 @@ class TrainConfig:
         _check(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps", "must not be negative")
         _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         _check(self.clip_grad_norm >= 0, "clip_grad_norm", "must not be negative")
+        _check(self.dropout is None or 0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
         check_masking_probabilities(self.mask_prob, self.mask_replace_prob, self.random_replace_prob)
         for name in ("eval_every", "log_every", "checkpoint_every"):
             _check(getattr(self, name) >= 0, name, "must not be negative")

@@ -122,6 +122,14 @@ def build_mlm(preset: str, tokenizer, seq_len: int, seed: int) -> MaskedLM:
     return MaskedLM(BertForMaskedLM(config))
 
 
+def set_dropout(model: nn.Module, probability: float) -> None:
+    """Set every dropout layer's probability; the model config is left as it was, so
+    `save_pretrained` still records the checkpoint's own dropout for later fine-tuning."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = probability
+
+
 def max_positions(model: MaskedLM) -> int:
     """Longest input the model can embed (RoBERTa reserves two positions for padding offsets)."""
     config = model.config

