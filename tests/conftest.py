@@ -5,10 +5,14 @@ Everything is built offline in a few seconds; no test needs a hub or ../shared.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 import pytest
+
+# Tests never reach a hub: everything they load is built here, in local folders.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SUBJECTS = ["the cat", "a dog", "the teacher", "my sister", "the old man", "a small bird", "the python program", "our team"]
 VERBS = ["sees", "likes", "finds", "writes", "reads", "builds", "follows", "opens"]
@@ -88,6 +92,44 @@ def store_dir(tmp_path_factory, corpus_dir, tokenizer_dir) -> Path:
     out = tmp_path_factory.mktemp("stores") / "tiny"
     prepare(PrepareConfig(sources=[str(corpus_dir)], out=str(out), tokenizer=str(tokenizer_dir), val_fraction=0.1), progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def roberta_dir(tmp_path_factory) -> Path:
+    """A tiny RoBERTa with a byte-level BPE tokenizer: <s> ... </s> framing, <mask>, pad id 1."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaForMaskedLM
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    raw.train_from_iterator(make_documents(40), trainers.BpeTrainer(vocab_size=300, special_tokens=specials))
+    raw.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True, add_prefix_space=False)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw, bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>", unk_token="<unk>",
+        pad_token="<pad>", mask_token="<mask>", model_max_length=64,
+    )  # fmt: skip
+    config = RobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=66, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("tiny-roberta")
+    RobertaForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def distilbert_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertForMaskedLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128, pad_token_id=0)
+    folder = tmp_path_factory.mktemp("tiny-distilbert")
+    DistilBertForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 def quiet(_: str) -> None:

@@ -124,7 +124,7 @@ def test_prepare_refuses_to_overwrite_and_an_interrupted_prepare_leaves_no_store
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(store_module, "_swap_into_place", crash)
+    monkeypatch.setattr(store_module, "swap_into_place", crash)
     config.overwrite = True
     with pytest.raises(KeyboardInterrupt):
         prepare(config, progress=False)

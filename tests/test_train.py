@@ -40,10 +40,27 @@ def test_optimizer_never_decays_biases_or_layernorm(tiny_model_dir):
     lm = load_mlm(str(tiny_model_dir), echo=quiet)
     cfg = TrainConfig(data="x", out="y", model="m")
     decayed, plain = build_optimizer(lm, cfg, torch.device("cpu")).param_groups
-    names = {id(p): n for n, p in lm.named_parameters()}
+    names = {id(p): n for n, p in lm.model.named_parameters()}
     assert decayed["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
     assert all("bias" in names[id(p)] or "LayerNorm" in names[id(p)] for p in plain["params"])
     assert not any("bias" in names[id(p)] or "LayerNorm" in names[id(p)] for p in decayed["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(lm.parameters()))
+
+
+def test_fresh_head_weights_get_their_own_learning_rate_scale(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from unmask.model import load_mlm
+
+    BertModel(BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path)
+    lm = load_mlm(str(tmp_path), echo=quiet)
+    assert "cls.predictions.transform.dense.weight" in lm.fresh_parameters
+    assert not any(name.startswith("bert.") for name in lm.fresh_parameters), "the tied decoder is the pretrained embedding"
+    groups = build_optimizer(lm, TrainConfig(data="x", out="y", model="m", fresh_lr_scale=10.0), torch.device("cpu")).param_groups
+    names = {id(p): n for n, p in lm.model.named_parameters()}
+    for group in groups:
+        fresh = {names[id(p)] in lm.fresh_parameters for p in group["params"]}
+        assert fresh == {group["lr_scale"] == 10.0}
 
 
 def test_a_run_writes_config_metrics_checkpoints_and_a_model_transformers_can_use(store_dir, tiny_model_dir, tmp_path):
@@ -174,3 +191,46 @@ def test_invalid_settings_name_their_flag(overrides, flag):
     settings.update(overrides)
     with pytest.raises(UnmaskError, match=f"--{flag}"):
         TrainConfig(**settings)
+
+
+@pytest.mark.parametrize("architecture", ["roberta", "distilbert"])
+def test_roberta_and_distilbert_train_from_local_folders(architecture, request, corpus_dir, tmp_path):
+    from transformers import pipeline
+
+    from unmask.config import PrepareConfig
+    from unmask.data.store import TokenStore, prepare
+    from unmask.infer import Filler
+
+    folder = request.getfixturevalue(f"{architecture}_dir")
+    store = tmp_path / "store"
+    prepare(PrepareConfig(sources=[str(corpus_dir)], out=str(store), tokenizer=str(folder), val_fraction=0.1), progress=False)
+    meta = TokenStore.open(store).meta["tokenizer"]
+    if architecture == "roberta":
+        assert (meta["opener_id"], meta["separator_id"], meta["pad_id"], meta["mask_id"]) == (0, 2, 1, 4)
+    out = tmp_path / "run"
+    summary = run(config(store, folder, out, max_steps=3, seq_len=64, checkpoint_every=0))
+    assert summary["steps"] == 3 and math.isfinite(summary["eval_loss"])
+    fill = pipeline("fill-mask", model=str(out / "model"))
+    mask = fill.tokenizer.mask_token
+    assert len(fill(f"the cat {mask} the door.")) == 5
+    filler = Filler(str(out), device="cpu", echo=quiet)
+    [result] = filler.fill(["the cat [MASK] the door."], top_k=2)  # [MASK] works for <mask> models too
+    assert len(result.masks) == 1 and len(result.masks[0].candidates) == 2
+
+
+def test_dropout_override_applies_in_training_but_not_to_the_saved_config(store_dir, tiny_model_dir, tmp_path, monkeypatch):
+    import unmask.train as train_module
+
+    seen = {}
+    real = train_module.set_dropout
+
+    def spy(model, probability):
+        real(model, probability)
+        seen["p"] = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+
+    monkeypatch.setattr(train_module, "set_dropout", spy)
+    out = tmp_path / "run"
+    run(config(store_dir, tiny_model_dir, out, max_steps=1, dropout=0.0, checkpoint_every=0))
+    assert seen["p"] == {0.0}
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert saved["hidden_dropout_prob"] == 0.1 and saved["attention_probs_dropout_prob"] == 0.1

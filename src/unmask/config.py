@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,8 @@ class TrainConfig:
     """Passes over the training windows; used when --max-steps is not set (default 1)."""
     lr: float = 3e-4
     """Peak learning rate."""
+    fresh_lr_scale: float = 1.0
+    """Learning-rate multiplier for weights the checkpoint did not have (a fresh MLM head)."""
     weight_decay: float = 0.01
     """AdamW weight decay; biases and LayerNorm weights never decay."""
     beta1: float = 0.9
@@ -152,6 +155,7 @@ class TrainConfig:
         _check(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be at least 1, got {self.max_steps}")
         _check(self.epochs is None or self.epochs > 0, "epochs", f"must be positive, got {self.epochs}")
         _check(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        _check(self.fresh_lr_scale > 0, "fresh_lr_scale", f"must be positive, got {self.fresh_lr_scale}")
         _check(self.weight_decay >= 0, "weight_decay", f"must not be negative, got {self.weight_decay}")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1", "beta1 and beta2 must be in [0, 1)")
         _check(0 <= self.warmup_fraction < 1, "warmup_fraction", f"must be in [0, 1), got {self.warmup_fraction}")
@@ -213,6 +217,22 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def swap_into_place(building: Path, target: Path) -> None:
+    """Replace folder `target` by the finished folder `building`.
+
+    The old folder is renamed aside first and deleted last: at every moment either the old
+    or the new folder is whole at `target`'s path (or both exist, under different names).
+    """
+    if target.exists():
+        retired = target.with_name(f".{target.name}.replaced")
+        shutil.rmtree(retired, ignore_errors=True)
+        target.rename(retired)
+        building.rename(target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        building.rename(target)
 
 
 def save_yaml(config: Any, path: Path) -> None:

@@ -44,10 +44,12 @@ def _head_function(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] |
 class MaskedLM(nn.Module):
     """A transformers masked LM with a sparse prediction path; `.model` is the plain HF model."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, fresh_parameters: frozenset[str] = frozenset()):
         super().__init__()
         self.model = model
         self._head = _head_function(model)
+        self.fresh_parameters = fresh_parameters
+        """Names (in `model`) of parameters initialised here rather than loaded."""
 
     @property
     def sparse(self) -> bool:
@@ -100,8 +102,9 @@ def load_mlm(name: str, trust_remote_code: bool = False, echo: Callable[[str], N
     except (OSError, ValueError, KeyError) as e:
         where = "folder" if Path(path).exists() else "hub id or folder"
         raise UnmaskError(f"cannot load a masked LM from {where} '{name}': {str(e).splitlines()[0]}") from None
-    _report_fresh_head(name, set(info.get("missing_keys", ())), echo)
-    return MaskedLM(model)
+    missing = set(info.get("missing_keys", ()))
+    _report_fresh_head(name, missing, echo)
+    return MaskedLM(model, frozenset(missing & {n for n, _ in model.named_parameters()}))
 
 
 def build_mlm(preset: str, tokenizer, seq_len: int, seed: int) -> MaskedLM:

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Callable, Optional
 import torch
 
 from unmask import checkpoint
-from unmask.config import RESUMABLE_CHANGES, TrainConfig, UnmaskError, atomic_write_text, load_yaml, save_yaml, to_dict
+from unmask.config import RESUMABLE_CHANGES, TrainConfig, UnmaskError, atomic_write_text, load_yaml, save_yaml, swap_into_place, to_dict
 from unmask.data.store import TokenStore
 from unmask.data.windows import DataPosition, WindowSampler, Windows
 from unmask.evaluate import evaluate_windows
@@ -47,13 +48,22 @@ def learning_rate(step: int, total_steps: int, warmup_steps: int, peak: float, s
     return peak * (min_ratio + (1.0 - min_ratio) * shape)
 
 
-def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; biases and LayerNorm weights (every parameter under 2 dimensions) never decay."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
+def build_optimizer(lm: MaskedLM, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; biases and LayerNorm weights (every parameter under 2 dimensions) never decay.
+
+    Each group carries an `lr_scale`: weights the checkpoint lacked (a fresh MLM head) may
+    learn faster than the pretrained encoder they sit on.
+    """
+    groups = []
+    for fresh in (False, True):
+        for decays in (True, False):
+            params = [
+                p for name, p in lm.model.named_parameters()
+                if p.requires_grad and (name in lm.fresh_parameters) == fresh and (p.ndim >= 2) == decays
+            ]  # fmt: skip
+            if params:
+                scale = config.fresh_lr_scale if fresh else 1.0
+                groups.append({"params": params, "weight_decay": config.weight_decay if decays else 0.0, "lr_scale": scale})
     return torch.optim.AdamW(
         groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.adam_eps, fused=device.type == "cuda"
     )
@@ -128,18 +138,11 @@ class MetricsLog:
 
 def save_final_model(lm: MaskedLM, tokenizer, target: Path) -> None:
     """save_pretrained into a temporary folder, then swap it in: `target` is always whole."""
-    import shutil
-
     building = target.with_name(f".{target.name}.partial")
     shutil.rmtree(building, ignore_errors=True)
     lm.model.save_pretrained(building)
     tokenizer.save_pretrained(building)
-    retired = target.with_name(f".{target.name}.old")
-    if target.exists():
-        shutil.rmtree(retired, ignore_errors=True)
-        target.rename(retired)
-    building.rename(target)
-    shutil.rmtree(retired, ignore_errors=True)
+    swap_into_place(building, target)
 
 
 def train(
@@ -218,7 +221,7 @@ def train(
     while step < total_steps:
         lr = learning_rate(step, total_steps, warmup_steps, config.lr, config.schedule, config.min_lr_ratio)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
 
         # All micro-batches of the step are drawn first, so the loss can be normalised by the
         # masked tokens of the whole step rather than averaged over micro-batch means.

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unmask.config import PrepareConfig, UnmaskError, atomic_write_text
+from unmask.config import PrepareConfig, UnmaskError, atomic_write_text, swap_into_place
 from unmask.data.sources import ReadReport, expand_sources, read_documents
 from unmask.tokenizer import fingerprint, framing_ids, load_tokenizer, raw_tokenizer, special_ids
 
@@ -172,22 +172,11 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
             "seconds": round(seconds, 3),
         }
         atomic_write_text(building / "meta.json", json.dumps(meta, indent=2))
-        _swap_into_place(building, out)
+        swap_into_place(building, out)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
     return meta
-
-
-def _swap_into_place(building: Path, out: Path) -> None:
-    if out.exists():
-        retired = out.with_name(f".{out.name}.replaced")
-        shutil.rmtree(retired, ignore_errors=True)
-        out.rename(retired)
-        building.rename(out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        building.rename(out)
 
 
 @dataclass
