@@ -47,7 +47,7 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     raw.normalizer = normalizers.BertNormalizer(lowercase=True)
     raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     raw.decoder = decoders.WordPiece()
-    raw.train_from_iterator(make_documents(40), trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
+    raw.train_from_iterator(make_documents(40), trainers.WordPieceTrainer(vocab_size=110, special_tokens=specials))
     cls_id, sep_id = raw.token_to_id("[CLS]"), raw.token_to_id("[SEP]")
     raw.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]

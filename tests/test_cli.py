@@ -92,3 +92,46 @@ def test_prepare_train_fill_and_inspect_from_the_command_line(tmp_path, corpus_d
     again = unmask("inspect", "the cat sees the door today.", "--model", str(tokenizer_dir), "--seed", "3", "--mask-prob", "0.5")
     assert first.returncode == 0 and first.stdout == again.stdout
     assert "[CLS]" in first.stdout and "label" in first.stdout and "picked" in first.stdout
+
+
+def test_eval_score_embed_compare_and_plot_commands(tmp_path, store_dir, corpus_dir, tiny_model_dir, capsys):
+    import numpy as np
+
+    from unmask.config import TrainConfig
+    from unmask.train import train
+
+    run = tmp_path / "run"
+    train(
+        TrainConfig(data=str(store_dir), out=str(run), model=str(tiny_model_dir), seq_len=32, batch_size=4, max_steps=4, eval_every=2),
+        progress=False, echo=lambda _: None,
+    )  # fmt: skip
+
+    assert main(["eval", str(run), "--data", str(store_dir), "--seq-len", "32", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["masked_tokens"] > 0 and metrics["top5_accuracy"] >= metrics["accuracy"]
+    assert main(["eval", str(tiny_model_dir), "--data", str(corpus_dir / "doc001.txt"), str(corpus_dir / "doc002.txt")]) == 0
+    table = capsys.readouterr().out
+    assert "top-5 accuracy" in table and "word-piece accuracy" in table
+
+    assert main(["score", str(run), "the cat sees the door.", "a dog reads a book.", "--json"]) == 0
+    scores = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(scores) == 2 and all(s["pll"] < 0 and s["pseudo_perplexity"] > 1 for s in scores)
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the cat sees the door.\n\na dog reads a book every morning in the park.\n")
+    assert main(["embed", str(run), "--file", str(texts), "--out", str(tmp_path / "x.npy")]) == 0
+    vectors = np.load(tmp_path / "x.npy")
+    assert vectors.shape == (3, 32), "one row per input line, the blank one included"
+    assert main(["embed", str(run), "--tokens", "the cat sees"]) == 0
+    assert "[CLS]" in capsys.readouterr().out
+
+    assert main(["compare", str(tiny_model_dir), str(run), "--data", str(store_dir), "--seq-len", "32", "--out", str(tmp_path / "cmp")]) == 0
+    report = json.loads((tmp_path / "cmp" / "report.json").read_text())
+    assert report["base_metrics"]["masked_tokens"] == report["trained_metrics"]["masked_tokens"]
+    assert report["base_metrics"]["loss"] != report["trained_metrics"]["loss"]
+    assert "| top-1 accuracy |" in (tmp_path / "cmp" / "report.md").read_text()
+
+    assert main(["plot", str(run)]) == 0
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["plot", str(tmp_path)]) == 1
+    assert "no metrics.jsonl" in capsys.readouterr().err

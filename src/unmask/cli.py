@@ -94,6 +94,69 @@ def _inspect_parser() -> ArgumentParser:
     return parser
 
 
+def _model_flags(parser: ArgumentParser) -> None:
+    parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N.")
+    parser.add_argument("--trust_remote_code", action=ActionYesNo, default=False, help="Allow a hub model to run its own code.")
+
+
+def _eval_parser() -> ArgumentParser:
+    parser = _parser("Held-out MLM loss, perplexity, top-1/top-5 accuracy (whole words and word pieces), on fixed masked positions.")
+    parser.add_argument("model", help="Run folder, model folder, hub id or alias (minilm-l6).")
+    parser.add_argument("--data", nargs="+", required=True, help="A token store (its held-out split) or text files, folders, globs.")
+    parser.add_argument("--split", type=str, default="val", help="Split of a store to score: val or train.")
+    parser.add_argument("--seq_len", type=int, default=128, help="Tokens per window.")
+    parser.add_argument("--batch_size", type=int, default=32, help="Windows per batch.")
+    parser.add_argument("--max_batches", type=Optional[int], default=None, help="Score only this many batches.")
+    parser.add_argument("--json", action=ActionYesNo, default=False, help="Print the metrics as JSON.")
+    _model_flags(parser)
+    return parser
+
+
+def _score_parser() -> ArgumentParser:
+    parser = _parser("Pseudo-log-likelihood and pseudo-perplexity of sentences (plain and word-aware PLL-word-l2r).")
+    parser.add_argument("model", help="Run folder, model folder, hub id or alias (minilm-l6).")
+    parser.add_argument("texts", nargs="*", default=[], help="Sentences; `-` (or none, with --file unset) reads stdin, one per line.")
+    parser.add_argument("--file", type=Optional[str], default=None, help="File of sentences, one per line.")
+    parser.add_argument("--batch_size", type=int, default=64, help="Masked copies per forward pass.")
+    parser.add_argument("--json", action=ActionYesNo, default=False, help="Print one JSON object per sentence, with per-token scores.")
+    _model_flags(parser)
+    return parser
+
+
+def _embed_parser() -> ArgumentParser:
+    parser = _parser("Sentence embeddings of a file of texts (one per line) to .npy, or token embeddings of one text.")
+    parser.add_argument("model", help="Run folder, model folder, hub id or alias (minilm-l6).")
+    parser.add_argument("--file", type=Optional[str], default=None, help="File of texts, one per line; row i of the output is line i.")
+    parser.add_argument("--out", type=Optional[str], default=None, help="Where to save the array (.npy).")
+    parser.add_argument("--pooling", type=str, default="mean", help="mean (over the attention mask) or cls.")
+    parser.add_argument("--normalize", action=ActionYesNo, default=False, help="Scale each sentence vector to unit length.")
+    parser.add_argument("--batch_size", type=int, default=32, help="Texts per forward pass (batches are formed by length).")
+    parser.add_argument("--tokens", type=Optional[str], default=None, help="Show the contextual embedding of every token of this text.")
+    _model_flags(parser)
+    return parser
+
+
+def _compare_parser() -> ArgumentParser:
+    parser = _parser("Compare a base and a trained model on the same masked positions: table, Markdown report and PNG chart.")
+    parser.add_argument("base", help="The model before training.")
+    parser.add_argument("trained", help="The model after training (a run folder works).")
+    parser.add_argument("--data", nargs="+", required=True, help="A token store (its held-out split) or text files, folders, globs.")
+    parser.add_argument("--out", type=str, default="compare", help="Folder for report.md, report.json and chart.png.")
+    parser.add_argument("--seq_len", type=int, default=128, help="Tokens per window.")
+    parser.add_argument("--batch_size", type=int, default=32, help="Windows per batch.")
+    parser.add_argument("--max_batches", type=Optional[int], default=None, help="Score only this many batches.")
+    parser.add_argument("--examples", type=int, default=8, help="Positions to show where the two top-1 predictions differ.")
+    parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N.")
+    return parser
+
+
+def _plot_parser() -> ArgumentParser:
+    parser = _parser("Plot a run's training loss and evaluation curves to a PNG.")
+    parser.add_argument("run", help="Run folder (with metrics.jsonl).")
+    parser.add_argument("--out", type=Optional[str], default=None, help="PNG to write (default RUN/curves.png).")
+    return parser
+
+
 def run_prepare(args: Namespace) -> int:
     from unmask.data.store import prepare
 
@@ -120,7 +183,7 @@ def run_train(args: Namespace) -> int:
     values = args.as_dict()
     values.pop("config", None)
     config = TrainConfig(**values)
-    summary = train(config, echo=lambda line: print(line, file=sys.stderr))
+    summary = train(config, echo=_stderr)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -148,7 +211,7 @@ def run_fill(args: Namespace) -> int:
     from unmask.infer import Filler
 
     texts, labels = _read_texts(args)
-    filler = Filler(args.model, device=args.device, trust_remote_code=args.trust_remote_code, echo=lambda s: print(s, file=sys.stderr))
+    filler = Filler(args.model, device=args.device, trust_remote_code=args.trust_remote_code, echo=_stderr)
     for result in filler.fill(texts, top_k=args.top_k, batch_size=args.batch_size, labels=labels):
         if args.json:
             print(json.dumps(asdict(result), ensure_ascii=False))
@@ -185,11 +248,109 @@ def run_inspect(args: Namespace) -> int:
     return 0
 
 
+def run_eval(args: Namespace) -> int:
+    from unmask.evaluate import eval_windows, evaluate_models, held_out_split, vocabulary, word_start_table
+    from unmask.infer import LoadedModel
+
+    loaded = LoadedModel(args.model, device=args.device, trust_remote_code=args.trust_remote_code, echo=_stderr)
+    windows = eval_windows(held_out_split(args.data, loaded.tokenizer, args.split), loaded.tokenizer, min(args.seq_len, loaded.max_len))
+    [metrics] = evaluate_models(
+        [loaded.lm], windows, **vocabulary(loaded.tokenizer), batch_size=args.batch_size, device=loaded.device,
+        max_batches=args.max_batches, starts_word=word_start_table(loaded.tokenizer), progress=True,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps({"model": args.model, "data": args.data, "windows": len(windows), **metrics.as_dict()}, indent=2))
+        return 0
+    from unmask.report import text_table, metrics_table
+
+    rows = [row[:2] for row in metrics_table([args.model], [metrics])]
+    print(text_table(rows))
+    return 0
+
+
+def run_score(args: Namespace) -> int:
+    from unmask.infer import Scorer
+
+    texts, labels = _read_texts(args)
+    scorer = Scorer(args.model, device=args.device, trust_remote_code=args.trust_remote_code, echo=_stderr)
+    for result in scorer.score(texts, batch_size=args.batch_size, labels=labels):
+        if args.json:
+            print(json.dumps(asdict(result), ensure_ascii=False))
+        else:
+            print(
+                f"PLL {result.pll:9.3f}  pseudo-perplexity {result.pseudo_perplexity:9.2f}  |  word-l2r PLL {result.pll_word_l2r:9.3f}"
+                f"  pseudo-perplexity {result.pseudo_perplexity_word_l2r:9.2f}  |  {result.text}"
+            )
+    return 0
+
+
+def run_embed(args: Namespace) -> int:
+    import numpy as np
+
+    from unmask.infer import Embedder
+
+    if (args.file is None) == (args.tokens is None):
+        raise UnmaskError("give --file F (sentence embeddings) or --tokens TEXT (token embeddings)")
+    embedder = Embedder(args.model, device=args.device, trust_remote_code=args.trust_remote_code, echo=_stderr)
+    if args.tokens is not None:
+        tokens, ids, vectors = embedder.token_embeddings(args.tokens)
+        print(f"{len(tokens)} tokens x {vectors.shape[1]} dimensions (last hidden layer)")
+        width = max(len(t) for t in tokens)
+        for position, (token, token_id, vector) in enumerate(zip(tokens, ids, vectors)):
+            head = " ".join(f"{v:+.3f}" for v in vector[:6])
+            print(f"{position:4d}  {token.ljust(width)}  {token_id:6d}  norm {np.linalg.norm(vector):7.3f}  [{head} ...]")
+        if args.out:
+            np.save(args.out, vectors)
+            print(f"saved {args.out}")
+        return 0
+    if args.out is None:
+        raise UnmaskError("--out: give the .npy file to write the embeddings to")
+    try:
+        lines = open(args.file, encoding="utf-8").read().split("\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UnmaskError(f"--file {args.file}: cannot read: {e}") from None
+    texts = [line.rstrip("\r") for line in (lines[:-1] if lines[-1] == "" else lines)]  # row i is line i, blank lines too
+    vectors = embedder.embed(texts, pooling=args.pooling, batch_size=args.batch_size, normalize=args.normalize, echo=_stderr)
+    np.save(args.out, vectors)
+    print(f"saved {vectors.shape[0]} x {vectors.shape[1]} {args.pooling}-pooled embeddings to {args.out}")
+    return 0
+
+
+def run_compare(args: Namespace) -> int:
+    from pathlib import Path
+
+    from unmask.report import compare
+
+    compare(
+        args.base, args.trained, args.data, Path(args.out), seq_len=args.seq_len, batch_size=args.batch_size,
+        max_batches=args.max_batches, examples=args.examples, device=args.device, echo=print,
+    )  # fmt: skip
+    return 0
+
+
+def run_plot(args: Namespace) -> int:
+    from pathlib import Path
+
+    from unmask.report import plot_run
+
+    print(f"saved {plot_run(Path(args.run), Path(args.out) if args.out else None)}")
+    return 0
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 COMMANDS: dict[str, tuple[Callable[[], ArgumentParser], Callable[[Namespace], int], str]] = {
     "prepare": (_prepare_parser, run_prepare, "Tokenize text into a token store."),
     "train": (_train_parser, run_train, "Train a masked language model."),
     "fill": (_fill_parser, run_fill, "Fill in [MASK]s with a model."),
     "inspect": (_inspect_parser, run_inspect, "Show one masking draw on a sentence."),
+    "eval": (_eval_parser, run_eval, "Held-out loss, perplexity and accuracy of a model."),
+    "score": (_score_parser, run_score, "Pseudo-log-likelihood of sentences."),
+    "embed": (_embed_parser, run_embed, "Sentence or token embeddings."),
+    "compare": (_compare_parser, run_compare, "Base vs trained report with chart."),
+    "plot": (_plot_parser, run_plot, "Training curves of a run as a PNG."),
 }
 
 

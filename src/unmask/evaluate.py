@@ -1,21 +1,29 @@
-"""Held-out evaluation of a masked LM.
+"""Held-out evaluation of masked LMs.
 
-The masked positions and replacements come from a fixed seed at 15%, drawn on the CPU,
-whatever the training settings or device: two models scored on the same data are scored
-on exactly the same positions. Loss is the mean over masked tokens of the whole split
-(not a mean of batch means), and nothing but running sums is kept in memory.
+The masked positions and replacements come from a fixed seed at 15% for each window, drawn
+on the CPU, whatever the training settings, batch size or device: two models scored on the
+same data are scored on exactly the same positions and replacements. Loss is the mean over the masked tokens of the
+whole split (not a mean of batch means), and nothing but running sums is kept: memory does
+not grow with the size of the data.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 
+from unmask.config import UnmaskError
+from unmask.data.sources import expand_sources, read_documents, ReadReport
+from unmask.data.store import Split, TokenStore
 from unmask.data.windows import Windows, sequential_batches
-from unmask.masking import IGNORE_INDEX, Masker
+from unmask.masking import IGNORE_INDEX, MaskedBatch, Masker
 from unmask.model import MaskedLM, autocast
+from unmask.tokenizer import fingerprint, framing_ids, raw_tokenizer, special_ids
 
 EVAL_SEED = 1234
 EVAL_MASK_PROB = 0.15
@@ -27,18 +35,107 @@ class MlmMetrics:
     perplexity: float
     accuracy: float
     masked_tokens: int
+    top5_accuracy: float = float("nan")
+    whole_word_accuracy: float = float("nan")
+    whole_word_tokens: int = 0
+    word_piece_accuracy: float = float("nan")
+    word_piece_tokens: int = 0
 
     def as_dict(self, prefix: str = "") -> dict:
-        return {f"{prefix}{k}": v for k, v in asdict(self).items()}
+        """Plain values; a metric with nothing behind it is None (JSON null), never NaN."""
+        return {f"{prefix}{k}": None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class MlmAccumulator:
+    """Running sums over masked tokens; `metrics()` turns them into means."""
+
+    loss_sum: float = 0.0
+    count: int = 0
+    top1: int = 0
+    top5: int = 0
+    word_counts: list[int] = field(default_factory=lambda: [0, 0])  # [whole words, word pieces]
+    word_top1: list[int] = field(default_factory=lambda: [0, 0])
+
+    def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, is_piece: torch.Tensor | None) -> torch.Tensor:
+        """Add one batch; returns the top-1 predictions (N,)."""
+        top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+        hit1 = top[:, 0] == targets
+        self.loss_sum += float(loss_sum)
+        self.count += len(targets)
+        self.top1 += int(hit1.sum())
+        self.top5 += int((top == targets[:, None]).any(-1).sum())
+        if is_piece is not None:
+            for kind, selector in ((0, ~is_piece), (1, is_piece)):
+                self.word_counts[kind] += int(selector.sum())
+                self.word_top1[kind] += int(hit1[selector].sum())
+        return top[:, 0]
+
+    def metrics(self) -> MlmMetrics:
+        if self.count == 0:
+            return MlmMetrics(float("nan"), float("nan"), float("nan"), 0)
+        loss = self.loss_sum / self.count
+        share = lambda hits, n: hits / n if n else float("nan")  # noqa: E731
+        return MlmMetrics(
+            loss=loss,
+            perplexity=math.exp(min(loss, 700.0)),
+            accuracy=self.top1 / self.count,
+            masked_tokens=self.count,
+            top5_accuracy=self.top5 / self.count,
+            whole_word_accuracy=share(self.word_top1[0], self.word_counts[0]),
+            whole_word_tokens=self.word_counts[0],
+            word_piece_accuracy=share(self.word_top1[1], self.word_counts[1]),
+            word_piece_tokens=self.word_counts[1],
+        )
 
 
 def eval_masker(vocab_size: int, special_ids: list[int], mask_token_id: int) -> Masker:
     return Masker(vocab_size=vocab_size, special_ids=special_ids, mask_token_id=mask_token_id, seed=EVAL_SEED, mask_prob=EVAL_MASK_PROB)
 
 
+def mask_windows(masker: Masker, input_ids: torch.Tensor, attention_mask: torch.Tensor, window_indices: np.ndarray) -> MaskedBatch:
+    """Mask each window with a draw seeded by its own index.
+
+    The positions then depend on the data and the window length only, not on the batch
+    size or the order of batches: any two evaluations of the same windows agree.
+    """
+    rows = []
+    for row, window in enumerate(window_indices.tolist()):
+        masker.generator.manual_seed(EVAL_SEED * 1_000_003 + window)
+        rows.append(masker(input_ids[row : row + 1], attention_mask[row : row + 1]))
+    return MaskedBatch(*(torch.cat(parts) for parts in zip(*rows)))
+
+
+def word_start_table(tokenizer) -> np.ndarray:
+    """For every id: does this token begin a new word?
+
+    WordPiece marks continuations (`##ing`); byte-level BPE and SentencePiece mark word
+    starts (`Ġthe`, `▁the`). A token that starts with punctuation counts as a word of its own.
+    """
+    vocab = tokenizer.get_vocab()
+    table = np.ones(max(vocab.values()) + 1, dtype=bool)
+    model = tokenizer.backend_tokenizer.model
+    prefix = getattr(model, "continuing_subword_prefix", None)
+    markers = [m for m in ("Ġ", "▁") if any(t.startswith(m) for t in list(vocab)[:5000])]
+    for token, index in vocab.items():
+        if prefix and type(model).__name__ == "WordPiece":
+            table[index] = not token.startswith(prefix)
+        elif markers:
+            table[index] = token.startswith(markers[0]) or not token[:1].isalnum()
+    return table
+
+
+def word_piece_mask(input_ids: torch.Tensor, starts_word: np.ndarray, special: torch.Tensor) -> torch.Tensor:
+    """True at tokens that belong to a word split into several pieces (original ids, (B, T))."""
+    starts = torch.from_numpy(starts_word)[input_ids.clamp(max=len(starts_word) - 1)] | special
+    next_starts = torch.ones_like(starts)
+    next_starts[:, :-1] = starts[:, 1:]
+    return ~(starts & next_starts) & ~special
+
+
 @torch.no_grad()
-def evaluate_windows(
-    lm: MaskedLM,
+def evaluate_models(
+    models: list[MaskedLM],
     windows: Windows,
     *,
     vocab_size: int,
@@ -48,25 +145,75 @@ def evaluate_windows(
     device: torch.device,
     dtype: torch.dtype | None = None,
     max_batches: int | None = None,
-) -> MlmMetrics:
+    starts_word: np.ndarray | None = None,
+    on_batch: Callable[[torch.Tensor, torch.Tensor, list[torch.Tensor]], None] | None = None,
+    progress: bool = False,
+) -> list[MlmMetrics]:
+    """Score every model on the same masked positions; `on_batch(original_ids, labels, top1s)` sees each batch."""
+    from tqdm import tqdm
+
     masker = eval_masker(vocab_size, special_ids, mask_token_id)
-    was_training = lm.training
-    lm.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    correct = 0
-    count = 0
-    for indices in sequential_batches(len(windows), batch_size, max_batches):
-        input_ids, attention_mask = (torch.from_numpy(a) for a in windows.batch(indices))
-        masked = masker(input_ids, attention_mask)
+    specials = torch.tensor(special_ids)
+    accumulators = [MlmAccumulator() for _ in models]
+    modes = [lm.training for lm in models]
+    for lm in models:
+        lm.eval()
+    batches = list(sequential_batches(len(windows), batch_size, max_batches))
+    for indices in tqdm(batches, desc="eval", unit="batch", disable=not progress, leave=False):
+        original, attention_mask = (torch.from_numpy(a) for a in windows.batch(indices))
+        masked = mask_windows(masker, original, attention_mask, indices)
+        picked = masked.labels != IGNORE_INDEX
+        is_piece = None
+        if starts_word is not None:
+            is_piece = word_piece_mask(original, starts_word, torch.isin(original, specials))[picked].to(device)
         labels = masked.labels.to(device)
-        with autocast(device, dtype):
-            batch_loss, logits = lm.loss_sum(masked.input_ids.to(device), attention_mask.to(device), labels)
-        targets = labels[labels != IGNORE_INDEX]
-        loss_sum += batch_loss.double().cpu()
-        correct += int((logits.argmax(-1) == targets).sum())
-        count += len(targets)
-    lm.train(was_training)
-    if count == 0:
-        return MlmMetrics(float("nan"), float("nan"), float("nan"), 0)
-    loss = float(loss_sum) / count
-    return MlmMetrics(loss, math.exp(min(loss, 700.0)), correct / count, count)
+        top1s = []
+        for lm, accumulator in zip(models, accumulators):
+            with autocast(device, dtype):
+                loss_sum, logits = lm.loss_sum(masked.input_ids.to(device), attention_mask.to(device), labels)
+            top1s.append(accumulator.add(loss_sum, logits.float(), labels[labels != IGNORE_INDEX], is_piece).cpu())
+        if on_batch is not None:
+            on_batch(original, masked.labels, top1s)
+    for lm, mode in zip(models, modes):
+        lm.train(mode)
+    return [a.metrics() for a in accumulators]
+
+
+def evaluate_windows(lm: MaskedLM, windows: Windows, **kwargs) -> MlmMetrics:
+    return evaluate_models([lm], windows, **kwargs)[0]
+
+
+def split_from_texts(tokenizer, texts: list[str]) -> Split:
+    """An in-memory split: each text's ids followed by the separator, as the store lays them out."""
+    _, separator = framing_ids(tokenizer)
+    encoded = raw_tokenizer(tokenizer).encode_batch(texts, add_special_tokens=False)
+    pieces = [np.asarray(e.ids + [separator], dtype=np.int64) for e in encoded]
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces])]).astype(np.int64)
+    return Split(np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64), offsets)
+
+
+def held_out_split(data: list[str], tokenizer, split: str = "val") -> Split:
+    """A store's split (its tokenizer must be the model's), or text sources tokenized here."""
+    if len(data) == 1 and (Path(data[0]) / "meta.json").is_file():
+        store = TokenStore.open(data[0])
+        if store.fingerprint != fingerprint(tokenizer):
+            raise UnmaskError(
+                f"--data {data[0]}: made with tokenizer '{store.meta['tokenizer']['name']}', which maps text to other ids than "
+                "this model's; pass the text files instead and they are tokenized with the model's own tokenizer"
+            )
+        if split not in store.meta["splits"]:
+            raise UnmaskError(f"--split: '{split}' is not a split of {data[0]} (train, val)")
+        return store.split(split)
+    texts = [text for _, text in read_documents(expand_sources(data), ReadReport())]
+    if not texts:
+        raise UnmaskError(f"--data {' '.join(data)}: no non-empty documents")
+    return split_from_texts(tokenizer, texts)
+
+
+def eval_windows(split: Split, tokenizer, seq_len: int) -> Windows:
+    opener, closer = framing_ids(tokenizer)
+    return Windows.build(split, seq_len, opener, closer, tokenizer.pad_token_id or 0, keep_partial=True)
+
+
+def vocabulary(tokenizer) -> dict:
+    return {"vocab_size": len(tokenizer), "special_ids": special_ids(tokenizer), "mask_token_id": tokenizer.mask_token_id}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from unmask.config import UnmaskError
@@ -74,8 +77,8 @@ def window_around_masks(ids: list[int], mask_id: int, max_len: int, label: str) 
     return [opener, *body[start : start + room], closer]
 
 
-class Filler:
-    """A loaded model and tokenizer for repeated fill-mask calls."""
+class LoadedModel:
+    """A model and its tokenizer, loaded once for repeated calls (fill, score, embed)."""
 
     def __init__(self, model: str, device: str = "auto", trust_remote_code: bool = False, echo=print):
         name = resolve_model_dir(model)
@@ -85,6 +88,10 @@ class Filler:
         self.device = resolve_device(device)
         self.lm: MaskedLM = load_mlm(name, trust_remote_code, echo=echo).to(self.device).eval()
         self.max_len = min(max_positions(self.lm), self.tokenizer.model_max_length or 10**9)
+
+
+class Filler(LoadedModel):
+    """Fill-mask: the top-k candidates of every mask."""
 
     @torch.no_grad()
     def fill(self, texts: list[str], top_k: int = 5, batch_size: int = 32, labels: list[str] | None = None) -> list[FillResult]:
@@ -173,3 +180,118 @@ def inspect_masking(
             )
         )  # fmt: skip
     return rows
+
+
+@dataclass
+class SentenceScore:
+    text: str
+    tokens: list[str]
+    log_probs: list[float]
+    """log P(token | the rest), each token masked in turn."""
+    pll: float
+    """Pseudo-log-likelihood: the sum of `log_probs` (Salazar et al., 2020)."""
+    pseudo_perplexity: float
+    log_probs_word_l2r: list[float]
+    """As `log_probs`, but the later pieces of the same word are masked too (Kauf and Ivanova, 2023)."""
+    pll_word_l2r: float
+    pseudo_perplexity_word_l2r: float
+
+
+class Scorer(LoadedModel):
+    """Pseudo-log-likelihood scoring; a sentence's masked copies go through in batches."""
+
+    def _log_probs(self, ids: torch.Tensor, masks: torch.Tensor, targets: list[int], batch_size: int) -> list[float]:
+        """Row k of `masks` says which positions copy k hides; copy k is scored at targets[k]."""
+        rows = len(targets)
+        copies = ids.repeat(rows, 1)
+        copies[masks] = self.tokenizer.mask_token_id
+        picked = torch.zeros_like(masks)
+        picked[torch.arange(rows), torch.tensor(targets)] = True
+        scores = []
+        for start in range(0, rows, batch_size):
+            chunk = slice(start, start + batch_size)
+            attention = torch.ones_like(copies[chunk])
+            logits = self.lm.masked_logits(copies[chunk].to(self.device), attention.to(self.device), picked[chunk].to(self.device))
+            true_ids = ids[0, torch.tensor(targets[chunk])].to(self.device)
+            scores.extend(logits.float().log_softmax(-1).gather(1, true_ids[:, None])[:, 0].tolist())
+        return scores
+
+    @torch.no_grad()
+    def score(self, texts: list[str], batch_size: int = 64, labels: list[str] | None = None) -> list[SentenceScore]:
+        labels = labels or [f"text {i + 1}" for i in range(len(texts))]
+        results = []
+        for text, label in zip(texts, labels):
+            encoding = self.tokenizer(text, truncation=False, return_special_tokens_mask=True)
+            ids = torch.tensor([encoding["input_ids"]])
+            if ids.shape[1] > self.max_len:
+                raise UnmaskError(f"{label}: {ids.shape[1]} tokens, more than the model's {self.max_len}; scoring needs the whole text in one window")
+            positions = [i for i, special in enumerate(encoding["special_tokens_mask"]) if not special]
+            if not positions:
+                raise UnmaskError(f"{label}: no tokens to score")
+            words = encoding.word_ids()
+            single = torch.zeros((len(positions), ids.shape[1]), dtype=torch.bool)
+            single[torch.arange(len(positions)), torch.tensor(positions)] = True
+            # Word-aware (PLL-word-l2r): hide the token and the later pieces of its word, so a
+            # piece cannot be read off the rest of its own word.
+            word_l2r = single.clone()
+            for row, position in enumerate(positions):
+                for later in positions[row + 1 :]:
+                    if words[later] is None or words[later] != words[position]:
+                        break
+                    word_l2r[row, later] = True
+            plain = self._log_probs(ids, single, positions, batch_size)
+            aware = self._log_probs(ids, word_l2r, positions, batch_size)
+            n = len(positions)
+            results.append(
+                SentenceScore(
+                    text, self.tokenizer.convert_ids_to_tokens([int(ids[0, p]) for p in positions]), plain, sum(plain),
+                    math.exp(-sum(plain) / n), aware, sum(aware), math.exp(-sum(aware) / n),
+                )
+            )  # fmt: skip
+        return results
+
+
+class Embedder(LoadedModel):
+    """Sentence and token embeddings from the encoder's last hidden states."""
+
+    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.lm.model.base_model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))[0]
+
+    @torch.no_grad()
+    def embed(self, texts: list[str], pooling: str = "mean", batch_size: int = 32, normalize: bool = False, progress: bool = True, echo=print) -> np.ndarray:
+        """(len(texts), hidden) float32, rows in the order of `texts`.
+
+        Batches are formed by length, so little compute goes to padding; mean pooling
+        averages over the attention mask only.
+        """
+        from tqdm import tqdm
+
+        if pooling not in ("mean", "cls"):
+            raise UnmaskError(f"--pooling: '{pooling}' is not mean or cls")
+        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"]]
+        too_long = sum(length > self.max_len for length in lengths)
+        if too_long:
+            echo(f"note: {too_long} text(s) longer than {self.max_len} tokens were cut to fit the model")
+        order = np.argsort(lengths, kind="stable")[::-1]
+        result = np.zeros((len(texts), self.lm.config.hidden_size), dtype=np.float32)
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        for rows in tqdm(batches, desc="embed", unit="batch", disable=not progress, file=sys.stderr):
+            encoded = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=self.max_len, return_tensors="pt")
+            hidden = self._hidden(encoded["input_ids"], encoded["attention_mask"]).float()  # (B, T, H)
+            if pooling == "mean":
+                weights = encoded["attention_mask"].to(hidden.device, hidden.dtype)[..., None]
+                pooled = (hidden * weights).sum(1) / weights.sum(1)
+            else:
+                pooled = hidden[:, 0]
+            if normalize:
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            result[rows] = pooled.cpu().numpy()
+        return result
+
+    @torch.no_grad()
+    def token_embeddings(self, text: str) -> tuple[list[str], list[int], np.ndarray]:
+        """Tokens, ids and contextual vectors (T, hidden) of one text."""
+        encoded = self.tokenizer(text, truncation=True, max_length=self.max_len, return_tensors="pt")
+        hidden = self._hidden(encoded["input_ids"], encoded["attention_mask"])[0].float().cpu().numpy()
+        ids = encoded["input_ids"][0].tolist()
+        return self.tokenizer.convert_ids_to_tokens(ids), ids, hidden

@@ -89,12 +89,16 @@ def _report_fresh_head(name: str, missing: set[str], echo: Callable[[str], None]
         echo(f"note: '{name}' has no MLM head; initialised a fresh one (decoder tied to the input embeddings)")
 
 
-def load_mlm(name: str, trust_remote_code: bool = False, echo: Callable[[str], None] = print) -> MaskedLM:
-    """Load a masked LM; an encoder-only checkpoint gets a fresh, tied MLM head and one line saying so."""
+def load_mlm(name: str, trust_remote_code: bool = False, echo: Callable[[str], None] = print, init_seed: int = 0) -> MaskedLM:
+    """Load a masked LM; an encoder-only checkpoint gets a fresh, tied MLM head and one line saying so.
+
+    `init_seed` seeds that fresh head, so that scoring a headless checkpoint twice gives the same numbers.
+    """
     quiet_transformers()
     from transformers import AutoModelForMaskedLM
 
     path = resolve_pretrained(name)
+    torch.manual_seed(init_seed)
     try:
         model, info = AutoModelForMaskedLM.from_pretrained(
             path, output_loading_info=True, trust_remote_code=trust_remote_code, attn_implementation="sdpa"

@@ -25,7 +25,7 @@ from unmask import checkpoint
 from unmask.config import RESUMABLE_CHANGES, TrainConfig, UnmaskError, atomic_write_text, load_yaml, save_yaml, swap_into_place, to_dict
 from unmask.data.store import TokenStore
 from unmask.data.windows import DataPosition, WindowSampler, Windows
-from unmask.evaluate import evaluate_windows
+from unmask.evaluate import evaluate_windows, word_start_table
 from unmask.masking import IGNORE_INDEX, MaskedBatch, Masker
 from unmask.model import MaskedLM, autocast, autocast_dtype, build_mlm, load_mlm, max_positions, resolve_device, set_dropout
 from unmask.tokenizer import fingerprint, load_tokenizer, special_ids
@@ -86,7 +86,7 @@ def _check_run_dir(run_dir: Path, config: TrainConfig) -> None:
 def _load_model_and_tokenizer(config: TrainConfig, store: TokenStore, echo: Callable[[str], None]):
     if config.model is not None:
         tokenizer = load_tokenizer(config.model, config.trust_remote_code)
-        lm = load_mlm(config.model, config.trust_remote_code, echo=echo)
+        lm = load_mlm(config.model, config.trust_remote_code, echo=echo, init_seed=config.seed)
         source = f"model '{config.model}'"
     else:
         tokenizer = load_tokenizer(config.tokenizer or str(store.tokenizer_path), config.trust_remote_code)
@@ -196,13 +196,19 @@ def train(
     save_yaml(config, run_dir / "config.yaml")
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=step)
 
+    starts_word = word_start_table(tokenizer)
+
     def evaluate() -> dict:
         result = evaluate_windows(
-            lm, val_windows, **vocab, batch_size=config.batch_size, device=device, dtype=dtype, max_batches=config.eval_max_batches
-        )
+            lm, val_windows, **vocab, batch_size=config.batch_size, device=device, dtype=dtype, max_batches=config.eval_max_batches,
+            starts_word=starts_word,
+        )  # fmt: skip
         record = {"step": step, **result.as_dict("eval_")}
         metrics.write(record)
-        echo(f"step {step}: eval loss {result.loss:.4f}, perplexity {result.perplexity:.2f}, accuracy {result.accuracy:.2%}")
+        echo(
+            f"step {step}: eval loss {result.loss:.4f}, perplexity {result.perplexity:.2f}, "
+            f"accuracy {result.accuracy:.2%} (top-5 {result.top5_accuracy:.2%})"
+        )
         return record
 
     def save_checkpoint() -> None:
