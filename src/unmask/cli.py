@@ -69,16 +69,27 @@ def _train_parser() -> ArgumentParser:
     return parser
 
 
+def _model_flags(parser: ArgumentParser) -> None:
+    parser.add_argument("model", help="Run folder, model folder, hub id or alias (minilm-l6).")
+    parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N.")
+    parser.add_argument("--trust_remote_code", action=ActionYesNo, default=False, help="Allow a hub model to run its own code.")
+
+
+def _held_out_flags(parser: ArgumentParser) -> None:
+    parser.add_argument("--data", nargs="+", required=True, help="A token store (its held-out split) or text files, folders, globs.")
+    parser.add_argument("--seq_len", type=int, default=128, help="Tokens per window.")
+    parser.add_argument("--batch_size", type=int, default=32, help="Windows per batch.")
+    parser.add_argument("--max_batches", type=Optional[int], default=None, help="Score only this many batches.")
+
+
 def _fill_parser() -> ArgumentParser:
     parser = _parser("Fill in the masks of texts with a model's top-k candidates.")
-    parser.add_argument("model", help="Run folder, model folder, hub id or alias (minilm-l6).")
+    _model_flags(parser)
     parser.add_argument("texts", nargs="*", default=[], help="Texts with [MASK] or <mask>; `-` (or none, with --file unset) reads stdin, one per line.")
     parser.add_argument("--file", type=Optional[str], default=None, help="File of texts, one per line.")
     parser.add_argument("--top_k", type=int, default=5, help="Candidates per mask.")
     parser.add_argument("--json", action=ActionYesNo, default=False, help="Print one JSON object per text (JSON Lines).")
     parser.add_argument("--batch_size", type=int, default=32, help="Texts per forward pass.")
-    parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N.")
-    parser.add_argument("--trust_remote_code", action=ActionYesNo, default=False, help="Allow a hub model to run its own code.")
     return parser
 
 
@@ -94,45 +105,34 @@ def _inspect_parser() -> ArgumentParser:
     return parser
 
 
-def _model_flags(parser: ArgumentParser) -> None:
-    parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N.")
-    parser.add_argument("--trust_remote_code", action=ActionYesNo, default=False, help="Allow a hub model to run its own code.")
-
-
 def _eval_parser() -> ArgumentParser:
     parser = _parser("Held-out MLM loss, perplexity, top-1/top-5 accuracy (whole words and word pieces), on fixed masked positions.")
-    parser.add_argument("model", help="Run folder, model folder, hub id or alias (minilm-l6).")
-    parser.add_argument("--data", nargs="+", required=True, help="A token store (its held-out split) or text files, folders, globs.")
-    parser.add_argument("--split", type=str, default="val", help="Split of a store to score: val or train.")
-    parser.add_argument("--seq_len", type=int, default=128, help="Tokens per window.")
-    parser.add_argument("--batch_size", type=int, default=32, help="Windows per batch.")
-    parser.add_argument("--max_batches", type=Optional[int], default=None, help="Score only this many batches.")
-    parser.add_argument("--json", action=ActionYesNo, default=False, help="Print the metrics as JSON.")
     _model_flags(parser)
+    _held_out_flags(parser)
+    parser.add_argument("--split", type=str, default="val", help="Split of a store to score: val or train.")
+    parser.add_argument("--json", action=ActionYesNo, default=False, help="Print the metrics as JSON.")
     return parser
 
 
 def _score_parser() -> ArgumentParser:
     parser = _parser("Pseudo-log-likelihood and pseudo-perplexity of sentences (plain and word-aware PLL-word-l2r).")
-    parser.add_argument("model", help="Run folder, model folder, hub id or alias (minilm-l6).")
+    _model_flags(parser)
     parser.add_argument("texts", nargs="*", default=[], help="Sentences; `-` (or none, with --file unset) reads stdin, one per line.")
     parser.add_argument("--file", type=Optional[str], default=None, help="File of sentences, one per line.")
     parser.add_argument("--batch_size", type=int, default=64, help="Masked copies per forward pass.")
     parser.add_argument("--json", action=ActionYesNo, default=False, help="Print one JSON object per sentence, with per-token scores.")
-    _model_flags(parser)
     return parser
 
 
 def _embed_parser() -> ArgumentParser:
     parser = _parser("Sentence embeddings of a file of texts (one per line) to .npy, or token embeddings of one text.")
-    parser.add_argument("model", help="Run folder, model folder, hub id or alias (minilm-l6).")
+    _model_flags(parser)
     parser.add_argument("--file", type=Optional[str], default=None, help="File of texts, one per line; row i of the output is line i.")
     parser.add_argument("--out", type=Optional[str], default=None, help="Where to save the array (.npy).")
     parser.add_argument("--pooling", type=str, default="mean", help="mean (over the attention mask) or cls.")
     parser.add_argument("--normalize", action=ActionYesNo, default=False, help="Scale each sentence vector to unit length.")
     parser.add_argument("--batch_size", type=int, default=32, help="Texts per forward pass (batches are formed by length).")
     parser.add_argument("--tokens", type=Optional[str], default=None, help="Show the contextual embedding of every token of this text.")
-    _model_flags(parser)
     return parser
 
 
@@ -140,11 +140,8 @@ def _compare_parser() -> ArgumentParser:
     parser = _parser("Compare a base and a trained model on the same masked positions: table, Markdown report and PNG chart.")
     parser.add_argument("base", help="The model before training.")
     parser.add_argument("trained", help="The model after training (a run folder works).")
-    parser.add_argument("--data", nargs="+", required=True, help="A token store (its held-out split) or text files, folders, globs.")
+    _held_out_flags(parser)
     parser.add_argument("--out", type=str, default="compare", help="Folder for report.md, report.json and chart.png.")
-    parser.add_argument("--seq_len", type=int, default=128, help="Tokens per window.")
-    parser.add_argument("--batch_size", type=int, default=32, help="Windows per batch.")
-    parser.add_argument("--max_batches", type=Optional[int], default=None, help="Score only this many batches.")
     parser.add_argument("--examples", type=int, default=8, help="Positions to show where the two top-1 predictions differ.")
     parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N.")
     return parser

@@ -103,7 +103,11 @@ def _load_model_and_tokenizer(config: TrainConfig, store: TokenStore, echo: Call
 
 
 def _masked_batch(windows: Windows, indices, masker: Masker, device: torch.device) -> tuple[MaskedBatch, torch.Tensor]:
-    input_ids, attention_mask = (torch.from_numpy(a).to(device, non_blocking=True) for a in windows.batch(indices))
+    """Assemble windows on the host, copy them over (pinned and asynchronous on a GPU), mask on the device."""
+    host = [torch.from_numpy(a) for a in windows.batch(indices)]
+    if device.type == "cuda":
+        host = [t.pin_memory() for t in host]
+    input_ids, attention_mask = (t.to(device, non_blocking=True) for t in host)
     return masker(input_ids, attention_mask), attention_mask
 
 

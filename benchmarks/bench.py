@@ -1,0 +1,387 @@
+"""unmask against the Hugging Face recipe (run_mlm.py: datasets.map tokenize + group_texts,
+DataCollatorForLanguageModeling(0.15), Trainer) on the same model shape, data, batch,
+sequence length, learning rate, precision and machine.
+
+    python benchmarks/bench.py --corpus ../shared/corpus/pydocs
+
+Every measurement runs in a subprocess of its own (so peak RSS is that run's alone), the
+two sides alternate, and the table, the command, the date and the machine go to
+benchmarks/RESULTS.md, with both loss curves in benchmarks/loss_curves.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SHAPES = {
+    "minilm": dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536),
+    "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
+}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def tokenizer_path() -> str:
+    from unmask.tokenizer import resolve_pretrained
+
+    return resolve_pretrained("minilm-l6")
+
+
+# ---------------------------------------------------------------- workers (one per subprocess)
+
+
+def worker_prepare_unmask(args) -> dict:
+    from unmask.config import PrepareConfig
+    from unmask.data.store import prepare
+
+    started = time.perf_counter()
+    meta = prepare(PrepareConfig(sources=[args.corpus], out=args.store, tokenizer=tokenizer_path(), val_fraction=0.01, overwrite=True), progress=False)
+    seconds = time.perf_counter() - started
+    tokens = sum(s["tokens"] for s in meta["splits"].values())
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+def peer_dataset(files: list[str], seq_len: int, cache_dir: str):
+    """run_mlm.py's preparation: the text loader (a record per line), tokenize, group_texts."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    datasets.disable_caching()
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path())
+    raw = datasets.load_dataset("text", data_files={"train": files}, cache_dir=cache_dir)["train"]
+    tokenized = raw.map(lambda batch: tokenizer(batch["text"], return_special_tokens_mask=True), batched=True, remove_columns=["text"])
+
+    def group_texts(examples):
+        concatenated = {k: sum(examples[k], []) for k in examples}
+        total = (len(concatenated["input_ids"]) // seq_len) * seq_len
+        return {k: [t[i : i + seq_len] for i in range(0, total, seq_len)] for k, t in concatenated.items()}
+
+    return tokenized.map(group_texts, batched=True), tokenized
+
+
+def worker_prepare_peer(args) -> dict:
+    files = sorted(str(p) for p in Path(args.corpus).rglob("*") if p.is_file())
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as cache:
+        grouped, tokenized = peer_dataset(files, 128, cache)
+        tokens = sum(len(ids) for ids in tokenized["input_ids"])
+    seconds = time.perf_counter() - started
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "peak_rss_mb": peak_rss_mb(), "windows": len(grouped)}
+
+
+def build_model_folder(shape: str, dropout: float, folder: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, **SHAPES[shape])
+    BertForMaskedLM(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_path()).save_pretrained(folder)
+
+
+def worker_train_unmask(args) -> dict:
+    from unmask.config import TrainConfig
+    from unmask.train import train
+
+    times = []
+
+    def tick(step: int) -> None:
+        times.append(time.perf_counter())
+
+    out = Path(args.run)
+    shutil.rmtree(out, ignore_errors=True)
+    config = TrainConfig(
+        data=args.store, out=str(out), model=args.model, seq_len=128, batch_size=args.batch_size, max_steps=args.steps,
+        lr=args.lr, warmup_steps=args.warmup_steps, weight_decay=0.01, log_every=1, eval_every=0, checkpoint_every=0, seed=0,
+    )  # fmt: skip
+    started = time.perf_counter()
+    train(config, progress=False, echo=lambda _: None, on_step=tick)
+    step_seconds = [b - a for a, b in zip([started] + times[:-1], times)]
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    return {"step_seconds": step_seconds, "losses": losses, "peak_rss_mb": peak_rss_mb()}
+
+
+def worker_train_peer(args) -> dict:
+    import torch
+    from transformers import AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+
+    files = sorted(str(p) for p in Path(args.corpus).rglob("*") if p.is_file())
+    with tempfile.TemporaryDirectory() as cache:
+        grouped, _ = peer_dataset(files, 128, cache)
+        grouped = grouped.remove_columns(["token_type_ids"]) if "token_type_ids" in grouped.column_names else grouped
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        model = BertForMaskedLM.from_pretrained(args.model)
+        times: list[float] = []
+
+        class Clock(TrainerCallback):
+            def on_step_end(self, *_, **__):
+                times.append(time.perf_counter())
+
+        training_args = TrainingArguments(
+            output_dir=os.path.join(cache, "out"), per_device_train_batch_size=args.batch_size, max_steps=args.steps,
+            learning_rate=args.lr, warmup_steps=args.warmup_steps, weight_decay=0.01, lr_scheduler_type="linear", logging_steps=1,
+            save_strategy="no", report_to="none", use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0,
+        )  # fmt: skip
+        trainer = Trainer(
+            model=model, args=training_args, train_dataset=grouped,
+            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15), callbacks=[Clock()],
+        )  # fmt: skip
+        torch.manual_seed(0)
+        started = time.perf_counter()
+        trainer.train()
+        step_seconds = [b - a for a, b in zip([started] + times[:-1], times)]
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {"step_seconds": step_seconds, "losses": losses, "peak_rss_mb": peak_rss_mb()}
+
+
+def worker_fill(args) -> dict:
+    import torch
+    from transformers import pipeline
+
+    from unmask.infer import Filler
+
+    texts = [f"The [MASK] statement number {i} leaves a loop early in Python code." for i in range(args.fill_texts)]
+    if args.side == "unmask":
+        filler = Filler(args.model, device="cpu", echo=lambda _: None)
+        filler.fill(texts[:8], top_k=5)
+        started = time.perf_counter()
+        filler.fill(texts, top_k=5, batch_size=32)
+    else:
+        fill = pipeline("fill-mask", model=args.model, top_k=5, device=-1)
+        fill(texts[:8], batch_size=8)
+        started = time.perf_counter()
+        with torch.no_grad():
+            fill(texts, batch_size=32)
+    seconds = time.perf_counter() - started
+    return {"texts_per_s": len(texts) / seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+def worker_matmul_peak(args) -> dict:
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(3):
+        a @ b
+    runs = []
+    for _ in range(10):
+        started = time.perf_counter()
+        a @ b
+        runs.append(time.perf_counter() - started)
+    return {"gflops": 2 * 2048**3 / min(runs) / 1e9}
+
+
+def worker_profile(args) -> dict:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from unmask.masking import Masker
+    from unmask.model import load_mlm
+
+    lm = load_mlm(args.model, echo=lambda _: None)
+    lm.train()
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=1e-4)
+    ids = torch.randint(1000, 30000, (args.batch_size, 128))
+    attention = torch.ones_like(ids)
+    masker = Masker(vocab_size=30522, special_ids=[0, 100, 101, 102, 103], mask_token_id=103, seed=0)
+
+    def step():
+        batch = masker(ids, attention)
+        loss, _ = lm.loss_sum(batch.input_ids, attention, batch.labels)
+        (loss / (batch.labels != -100).sum()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return {"table": prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)}
+
+
+WORKERS = {
+    "prepare-unmask": worker_prepare_unmask, "prepare-peer": worker_prepare_peer, "train-unmask": worker_train_unmask,
+    "train-peer": worker_train_peer, "fill": worker_fill, "matmul-peak": worker_matmul_peak, "profile": worker_profile,
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------- driver
+
+
+def run_worker(name: str, **options) -> dict:
+    command = [sys.executable, __file__, "--worker", name]
+    for key, value in options.items():
+        command += [f"--{key.replace('_', '-')}", str(value)]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "true"})
+    if result.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def train_flops_per_token(shape: str, head_share: float = 1.0, seq_len: int = 128, vocab: int = 30522) -> float:
+    """Training FLOPs per token: 6 x matmul parameters plus attention scores and values
+    (12 x layers x seq_len x hidden). `head_share` is the share of tokens that go through the
+    MLM head (transform and decoder): 1 for the dense model, the masking rate for a sparse head."""
+    s = SHAPES[shape]
+    h, layers, ffn = s["hidden_size"], s["num_hidden_layers"], s["intermediate_size"]
+    encoder = layers * (4 * h * h + 2 * h * ffn)
+    head = h * h + h * vocab
+    return 6 * (encoder + head_share * head) + 12 * layers * seq_len * h
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    import torch
+
+    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def plot_losses(curves: dict[str, tuple[list[float], list[float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 3.8), squeeze=False)
+    for axis, (label, (ours, peer)) in zip(axes[0], curves.items()):
+        axis.plot(range(1, len(peer) + 1), peer, label="Trainer + DataCollatorForLanguageModeling", color="#9aa5b1")
+        axis.plot(range(1, len(ours) + 1), ours, label="unmask", color="#2f6fb0")
+        axis.set(title=label, xlabel="step", ylabel="training MLM loss")
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", default=str(HERE.parent.parent / "shared" / "corpus" / "pydocs"))
+    parser.add_argument("--shapes", default="minilm", help="comma-separated: minilm, base")
+    parser.add_argument("--dropouts", default="0.1,0.0", help="model dropout settings to measure, both sides alike")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5, help="steps left out of the timing")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--warmup-steps", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds of unmask then the peer")
+    parser.add_argument("--fill-texts", type=int, default=256)
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: prepare, train, fill, profile")
+    parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    parser.add_argument("--append", action="store_true", help="add to --out instead of replacing it")
+    parser.add_argument("--curves", default=str(HERE / "loss_curves.png"), help="PNG of both loss curves")
+    # worker-only options
+    parser.add_argument("--worker")
+    parser.add_argument("--store")
+    parser.add_argument("--model")
+    parser.add_argument("--run")
+    parser.add_argument("--side")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(WORKERS[args.worker](args)))
+        return
+
+    skip = set(filter(None, args.skip.split(",")))
+    work = Path(tempfile.mkdtemp(prefix="unmask-bench-"))
+    lines = [
+        *([] if args.append else ["# Benchmarks: unmask vs Hugging Face Trainer", ""]),
+        f"- command: `python benchmarks/bench.py {' '.join(sys.argv[1:])}`",
+        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", f"- machine: {machine()}",
+        f"- corpus: {args.corpus}; batch {args.batch_size} x 128 tokens, lr {args.lr}, fp32, {args.steps} steps a run,"
+        f" the first {args.warmup} left out of the timing (median of the rest)", "",
+    ]  # fmt: skip
+    corpus_4x = work / "corpus4x"
+    store = work / "store"
+    if "prepare" not in skip:
+        for copy in range(4):
+            shutil.copytree(args.corpus, corpus_4x / f"copy{copy}")
+        lines += ["## Preparation (tokenize + pack)", "", "| corpus | side | tokens | seconds | tokens/s | peak RSS MB | ratio |", "|---|---|---|---|---|---|---|"]
+        for label, corpus in (("1x", args.corpus), ("4x", str(corpus_4x))):
+            ours = run_worker("prepare-unmask", corpus=corpus, store=store if label == "1x" else work / "store4x")
+            peer = run_worker("prepare-peer", corpus=corpus)
+            for side, r in (("unmask", ours), ("peer", peer)):
+                ratio = f"{ours['tokens_per_s'] / peer['tokens_per_s']:.2f}x" if side == "unmask" else ""
+                lines.append(f"| {label} | {side} | {r['tokens']:,} | {r['seconds']:.1f} | {r['tokens_per_s']:,.0f} | {r['peak_rss_mb']:.0f} | {ratio} |")
+            print(lines[-2], lines[-1], sep="\n", flush=True)
+        lines.append("")
+    elif not (store / "meta.json").exists():
+        run_worker("prepare-unmask", corpus=args.corpus, store=store)
+
+    if "train" not in skip:
+        peak = run_worker("matmul-peak")["gflops"]
+        lines += [
+            "## Training throughput", "", f"Measured fp32 matmul peak of this CPU (2048x2048, best of 10): {peak:.1f} GFLOP/s.", "",
+            "Share of peak: model FLOPs per second over that peak, counting the dense model (as MFU does) and, in brackets, the"
+            " FLOPs actually executed (unmask's head runs on the 15% masked tokens only).", "",
+            "| shape | dropout | side | tokens/s (median) | share of matmul peak | peak RSS MB | ratio |", "|---|---|---|---|---|---|---|",
+        ]  # fmt: skip
+        curves = {}
+        for shape in args.shapes.split(","):
+            for dropout in (float(d) for d in args.dropouts.split(",")):
+                model = work / f"model-{shape}-{dropout}"
+                build_model_folder(shape, dropout, model)
+                samples: dict[str, list[float]] = {"unmask": [], "peer": []}
+                losses: dict[str, list[float]] = {}
+                rss: dict[str, float] = {}
+                for _ in range(args.rounds):
+                    for side in ("unmask", "peer"):
+                        options = dict(corpus=args.corpus, store=store, model=model, run=work / "run", steps=args.steps,
+                                       batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps)  # fmt: skip
+                        result = run_worker(f"train-{side}", **options)
+                        samples[side] += result["step_seconds"][args.warmup :]
+                        losses[side] = result["losses"]
+                        rss[side] = max(rss.get(side, 0.0), result["peak_rss_mb"])
+                tokens_per_s = {side: args.batch_size * 128 / statistics.median(s) for side, s in samples.items()}
+                for side in ("unmask", "peer"):
+                    dense = tokens_per_s[side] * train_flops_per_token(shape) / (peak * 1e9)
+                    executed = tokens_per_s[side] * train_flops_per_token(shape, 0.15 if side == "unmask" else 1.0) / (peak * 1e9)
+                    ratio = f"{tokens_per_s['unmask'] / tokens_per_s['peer']:.2f}x" if side == "unmask" else ""
+                    lines.append(
+                        f"| {shape} | {dropout} | {side} | {tokens_per_s[side]:,.0f} | {dense:.0%} ({executed:.0%}) | {rss[side]:.0f} | {ratio} |"
+                    )
+                print(lines[-2], lines[-1], sep="\n", flush=True)
+                curves[f"{shape}, dropout {dropout}"] = (losses["unmask"], losses["peer"])
+        plot_losses(curves, Path(args.curves))
+        lines += ["", f"Both sides' training losses at equal steps: ![loss curves]({Path(args.curves).name})", ""]
+        for label, (ours, peer) in curves.items():
+            lines.append(f"- {label}: mean loss over the last 5 steps: unmask {statistics.mean(ours[-5:]):.3f}, peer {statistics.mean(peer[-5:]):.3f}")
+        lines.append("")
+
+    if "fill" not in skip:
+        starter = tokenizer_path()
+        ours = run_worker("fill", model=starter, side="unmask", fill_texts=args.fill_texts)
+        peer = run_worker("fill", model=starter, side="peer", fill_texts=args.fill_texts)
+        lines += [
+            "## Fill-mask throughput (MiniLM-L6 starter, batch 32, top 5)", "", "| side | texts/s | ratio |", "|---|---|---|",
+            f"| unmask fill | {ours['texts_per_s']:,.1f} | {ours['texts_per_s'] / peer['texts_per_s']:.2f}x |",
+            f"| pipeline('fill-mask') | {peer['texts_per_s']:,.1f} | |", "",
+        ]  # fmt: skip
+        print(*lines[-4:-1], sep="\n", flush=True)
+
+    if "profile" not in skip:
+        model = work / "model-profile"
+        build_model_folder(args.shapes.split(",")[0], float(args.dropouts.split(",")[0]), model)
+        table = run_worker("profile", model=model, batch_size=args.batch_size)["table"]
+        lines += ["## Where the time of one unmask training step goes (MiniLM shape, torch.profiler)", "", "```", table.strip(), "```", ""]
+
+    previous = Path(args.out).read_text(encoding="utf-8") + "\n---\n\n" if args.append and Path(args.out).exists() else ""
+    Path(args.out).write_text(previous + "\n".join(lines) + "\n", encoding="utf-8")
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
