@@ -192,9 +192,12 @@ def worker_profile(args) -> dict:
     from unmask.masking import Masker
     from unmask.model import load_mlm
 
+    from unmask.config import TrainConfig
+    from unmask.train import build_optimizer
+
     lm = load_mlm(args.model, echo=lambda _: None)
     lm.train()
-    optimizer = torch.optim.AdamW(lm.parameters(), lr=1e-4)
+    optimizer = build_optimizer(lm, TrainConfig(data="-", out="-", model=args.model), torch.device("cpu"))
     ids = torch.randint(1000, 30000, (args.batch_size, 128))
     attention = torch.ones_like(ids)
     masker = Masker(vocab_size=30522, special_ids=[0, 100, 101, 102, 103], mask_token_id=103, seed=0)

