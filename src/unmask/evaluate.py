@@ -2,9 +2,9 @@
 
 The masked positions and replacements come from a fixed seed at 15% for each window, drawn
 on the CPU, whatever the training settings, batch size or device: two models scored on the
-same data are scored on exactly the same positions and replacements. Loss is the mean over the masked tokens of the
-whole split (not a mean of batch means), and nothing but running sums is kept: memory does
-not grow with the size of the data.
+same data are scored on exactly the same positions and replacements. Loss is the mean over
+the masked tokens of the whole split (not a mean of batch means), and nothing but running
+sums is kept: memory does not grow with the size of the data.
 """
 
 from __future__ import annotations
@@ -117,8 +117,9 @@ def word_start_table(tokenizer) -> np.ndarray:
     model = tokenizer.backend_tokenizer.model
     prefix = getattr(model, "continuing_subword_prefix", None)
     markers = [m for m in ("Ġ", "▁") if any(t.startswith(m) for t in list(vocab)[:5000])]
+    wordpiece = bool(prefix) and type(model).__name__ == "WordPiece"
     for token, index in vocab.items():
-        if prefix and type(model).__name__ == "WordPiece":
+        if wordpiece:
             table[index] = not token.startswith(prefix)
         elif markers:
             table[index] = token.startswith(markers[0]) or not token[:1].isalnum()
@@ -166,12 +167,14 @@ def evaluate_models(
         is_piece = None
         if starts_word is not None:
             is_piece = word_piece_mask(original, starts_word, torch.isin(original, specials))[picked].to(device)
-        labels = masked.labels.to(device)
+        # Moved to the device once, and the targets picked once, for all the models.
+        input_ids, attention, labels = (t.to(device) for t in (masked.input_ids, attention_mask, masked.labels))
+        targets = labels[labels != IGNORE_INDEX]
         top1s = []
         for lm, accumulator in zip(models, accumulators):
             with autocast(device, dtype):
-                loss_sum, logits = lm.loss_sum(masked.input_ids.to(device), attention_mask.to(device), labels)
-            top1s.append(accumulator.add(loss_sum, logits.float(), labels[labels != IGNORE_INDEX], is_piece).cpu())
+                loss_sum, logits = lm.loss_sum(input_ids, attention, labels)
+            top1s.append(accumulator.add(loss_sum, logits.float(), targets, is_piece).cpu())
         if on_batch is not None:
             on_batch(original, masked.labels, top1s)
     for lm, mode in zip(models, modes):

@@ -11,9 +11,8 @@ import torch
 
 from unmask.config import UnmaskError, atomic_write_text
 from unmask.evaluate import MlmMetrics, eval_windows, evaluate_models, held_out_split, vocabulary, word_start_table
-from unmask.infer import resolve_model_dir
-from unmask.model import load_mlm, max_positions, resolve_device
-from unmask.tokenizer import fingerprint, load_tokenizer
+from unmask.infer import LoadedModel
+from unmask.tokenizer import fingerprint
 
 ROWS = [
     ("loss", "loss", "{:.4f}"),
@@ -86,12 +85,12 @@ def compare(
     echo=print,
 ) -> dict:
     """Score both models on the same masked positions; write report.md, report.json and chart.png to `out`."""
-    tokenizer = load_tokenizer(resolve_model_dir(base))
-    if fingerprint(load_tokenizer(resolve_model_dir(trained))) != fingerprint(tokenizer):
+    loaded = [LoadedModel(name, device=device, echo=echo) for name in (base, trained)]
+    tokenizer = loaded[0].tokenizer
+    if fingerprint(loaded[1].tokenizer) != fingerprint(tokenizer):
         raise UnmaskError(f"'{base}' and '{trained}' use different tokenizers: their masked positions cannot be compared")
-    target = resolve_device(device)
-    models = [load_mlm(resolve_model_dir(name), echo=echo).to(target) for name in (base, trained)]
-    seq_len = min(seq_len, *(max_positions(m) for m in models))
+    models, target = [m.lm for m in loaded], loaded[0].device
+    seq_len = min(seq_len, *(m.max_len for m in loaded))
     windows = eval_windows(held_out_split(data, tokenizer), tokenizer, seq_len)
     found: list[Disagreement] = []
 
