@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from transformers import (
@@ -10,7 +12,7 @@ from transformers import (
 )
 
 from unmask.masking import IGNORE_INDEX
-from unmask.model import PRESET_SHAPES, MaskedLM, build_mlm, load_mlm
+from unmask.model import PRESET_SHAPES, MaskedLM, build_mlm, load_mlm, set_dropout
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 
@@ -30,11 +32,13 @@ def test_sparse_head_equals_dense_logits_at_masked_positions(name, config):
     model = AutoModelForMaskedLM.from_config(config).eval()
     lm = MaskedLM(model)
     assert lm.sparse, f"{name} should use the sparse head"
-    input_ids = torch.randint(5, 120, (3, 16))
+    assert (lm._final_layer is not None) == (name != "modernbert"), "the last layer runs at masked positions only where we know the layer"
+    input_ids = torch.randint(5, 120, (4, 16))
     attention_mask = torch.ones_like(input_ids)
     attention_mask[2, 12:] = 0
     labels = torch.full_like(input_ids, IGNORE_INDEX)
-    labels[0, 3], labels[1, 7], labels[2, 1], labels[2, 11] = 9, 10, 11, 12
+    # Rows with one, three, two (one next to padding) and no masked positions.
+    labels[0, 3], labels[1, 7], labels[1, 0], labels[1, 15], labels[2, 1], labels[2, 11] = 9, 10, 11, 12, 13, 14
     with torch.no_grad():
         dense = model(input_ids=input_ids, attention_mask=attention_mask).logits
         picked = labels != IGNORE_INDEX
@@ -43,6 +47,37 @@ def test_sparse_head_equals_dense_logits_at_masked_positions(name, config):
         reference = torch.nn.functional.cross_entropy(dense.view(-1, 120), labels.view(-1), reduction="sum")
     torch.testing.assert_close(sparse, dense[picked], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(loss_sum, reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,config", list(tiny_configs())[:3], ids=[n for n, _ in tiny_configs()][:3])
+def test_masked_positions_only_last_layer_gives_the_full_encoders_gradients(name, config):
+    torch.manual_seed(0)
+    model = AutoModelForMaskedLM.from_config(config)
+    set_dropout(model, 0.0)
+    full = MaskedLM(copy.deepcopy(model)).train()
+    full._final_layer = None
+    lm = MaskedLM(model).train()
+    input_ids = torch.randint(5, 120, (3, 16))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 10:] = 0
+    labels = torch.where(torch.rand(input_ids.shape) < 0.3, input_ids, IGNORE_INDEX)
+    labels[1, 10:] = IGNORE_INDEX
+    for each in (lm, full):
+        loss, _ = each.loss_sum(input_ids, attention_mask, labels)
+        loss.backward()
+    for (param_name, ours), (_, theirs) in zip(lm.named_parameters(), full.named_parameters()):
+        if theirs.grad is None:
+            assert ours.grad is None, param_name
+            continue
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-5, msg=param_name)
+
+
+def test_a_batch_without_masked_positions_gives_a_zero_loss_that_backpropagates():
+    lm = MaskedLM(AutoModelForMaskedLM.from_config(BertConfig(vocab_size=50, **TINY))).train()
+    ids = torch.randint(5, 50, (2, 8))
+    loss, logits = lm.loss_sum(ids, torch.ones_like(ids), torch.full_like(ids, IGNORE_INDEX))
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and logits.shape == (0, 50)
 
 
 def test_unknown_architecture_falls_back_to_the_dense_head():

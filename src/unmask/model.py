@@ -1,8 +1,9 @@
 """Masked language models: load from a hub id, folder or alias, or build from a preset.
 
-`MaskedLM` runs the encoder on whole windows but the MLM head only at the masked
-positions (sparse prediction): on a small BERT the vocabulary projection is about half of
-all the arithmetic, and 85% of it would be thrown away.
+`MaskedLM` runs the MLM head only at the masked positions (sparse prediction): on a small
+BERT the vocabulary projection is about half of all the arithmetic, and 85% of it would be
+thrown away. For the same reason the last encoder layer runs its queries, attention output
+and feed-forward only at those positions; only its keys and values need every position.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unmask import cpu_dropout
 from unmask.config import UnmaskError
 from unmask.masking import IGNORE_INDEX
 from unmask.tokenizer import quiet_transformers, resolve_pretrained
@@ -41,13 +43,89 @@ def _head_function(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] |
     return None
 
 
+def _attend_at(module: nn.Module, projections: tuple[nn.Module, nn.Module, nn.Module], hidden: torch.Tensor, mask, picked: torch.Tensor):
+    """Self-attention outputs (N, H) for queries at the N picked positions only, keys and
+    values at every position; and the picked positions' input states (N, H), the residual.
+
+    Each row's picked positions are packed to the left of a (B, Q) grid, Q the most any row
+    has, so one batched attention call serves all rows; empty slots are dropped afterwards.
+    """
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    query, key, value = projections
+    batch, length, width = hidden.shape
+    head_size = module.attention_head_size
+    counts = picked.sum(dim=1)
+    slots = int(counts.max())
+    # A stable sort of 0 (picked) before 1 keeps each row's positions in increasing order,
+    # so the selection below comes out in the row-major order of `picked`.
+    order = torch.argsort((~picked).to(torch.int8), dim=1, stable=True)[:, :slots]
+    filled = torch.arange(slots, device=picked.device) < counts[:, None]
+    residual = hidden.gather(1, order.unsqueeze(-1).expand(-1, -1, width))
+    queries = query(residual).view(batch, slots, -1, head_size).transpose(1, 2)
+    keys = key(hidden).view(batch, length, -1, head_size).transpose(1, 2)
+    values = value(hidden).view(batch, length, -1, head_size).transpose(1, 2)
+    if mask is not None and mask.dim() == 4:
+        mask = mask[:, :, :1, :]  # a bidirectional padding mask is the same for every query
+    attention = ALL_ATTENTION_FUNCTIONS[module.config._attn_implementation]
+    context, _ = attention(
+        module, queries, keys, values, mask, dropout=module.dropout.p if module.training else 0.0, scaling=module.scaling
+    )
+    return context.reshape(batch, slots, width)[filled], residual[filled]
+
+
+def _bert_final_layer(layer: nn.Module, hidden: torch.Tensor, mask, picked: torch.Tensor) -> torch.Tensor:
+    attention = layer.attention
+    projections = (attention.self.query, attention.self.key, attention.self.value)
+    context, residual = _attend_at(attention.self, projections, hidden, mask, picked)
+    attended = attention.output(context, residual)
+    return layer.output(layer.intermediate(attended), attended)
+
+
+def _distilbert_final_layer(layer: nn.Module, hidden: torch.Tensor, mask, picked: torch.Tensor) -> torch.Tensor:
+    attention = layer.attention
+    context, residual = _attend_at(attention, (attention.q_lin, attention.k_lin, attention.v_lin), hidden, mask, picked)
+    attended = layer.sa_layer_norm(attention.out_lin(context) + residual)
+    return layer.output_layer_norm(layer.ffn.ff_chunk(attended) + attended)
+
+
+def _final_layer_function(model: nn.Module) -> Callable | None:
+    """(input_ids, attention_mask, picked) -> last hidden states (N, H) at the picked
+    positions, for the architectures we know; None means run the whole encoder."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    kind = type(model).__name__
+    base = model.base_model
+    if kind in ("BertForMaskedLM", "RobertaForMaskedLM", "XLMRobertaForMaskedLM", "CamembertForMaskedLM"):
+        layers, final = base.encoder.layer, _bert_final_layer
+    elif kind == "DistilBertForMaskedLM":
+        layers, final = base.transformer.layer, _distilbert_final_layer
+    else:
+        return None
+    if model.config._attn_implementation not in ("sdpa", cpu_dropout.ATTENTION_NAME) or getattr(model.config, "is_decoder", False):
+        return None
+
+    def run(input_ids: torch.Tensor, attention_mask: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
+        hidden = base.embeddings(input_ids)
+        mask = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        for layer in layers[:-1]:
+            hidden = layer(hidden, mask)
+        if not picked.any():
+            return hidden[picked]
+        return final(layers[-1], hidden, mask, picked)
+
+    return run
+
+
 class MaskedLM(nn.Module):
     """A transformers masked LM with a sparse prediction path; `.model` is the plain HF model."""
 
     def __init__(self, model: nn.Module, fresh_parameters: frozenset[str] = frozenset()):
         super().__init__()
         self.model = model
+        cpu_dropout.install(model)
         self._head = _head_function(model)
+        self._final_layer = _final_layer_function(model) if self._head is not None else None
         self.fresh_parameters = fresh_parameters
         """Names (in `model`) of parameters initialised here rather than loaded."""
 
@@ -65,8 +143,10 @@ class MaskedLM(nn.Module):
             # Unknown architecture: dense head, then select. Same numbers, more arithmetic.
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
             return logits[picked]
+        if self._final_layer is not None:
+            return self._head(self._final_layer(input_ids, attention_mask, picked))  # (N, H) -> (N, V)
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]  # (B, T, H)
-        return self._head(hidden[picked])  # (N, H) -> (N, V)
+        return self._head(hidden[picked])
 
     def loss_sum(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed cross-entropy over the masked tokens, their logits); divide by the count yourself.
