@@ -84,12 +84,26 @@ def worker_prepare_peer(args) -> dict:
     return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "peak_rss_mb": peak_rss_mb(), "windows": len(grouped)}
 
 
-def build_model_folder(shape: str, dropout: float, folder: Path) -> None:
+def on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def peak_gpu_mb() -> float:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
+
+
+def build_model_folder(shape: str, dropout: float, folder: Path, seq_len: int = 128) -> None:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, **SHAPES[shape])
+    config = BertConfig(
+        vocab_size=30522, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, max_position_embeddings=max(512, seq_len), **SHAPES[shape]
+    )
     BertForMaskedLM(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(tokenizer_path()).save_pretrained(folder)
 
@@ -106,14 +120,14 @@ def worker_train_unmask(args) -> dict:
     out = Path(args.run)
     shutil.rmtree(out, ignore_errors=True)
     config = TrainConfig(
-        data=args.store, out=str(out), model=args.model, seq_len=128, batch_size=args.batch_size, max_steps=args.steps,
+        data=args.store, out=str(out), model=args.model, seq_len=args.seq_len, batch_size=args.batch_size, max_steps=args.steps,
         lr=args.lr, warmup_steps=args.warmup_steps, weight_decay=0.01, log_every=1, eval_every=0, checkpoint_every=0, seed=0,
     )  # fmt: skip
     started = time.perf_counter()
     train(config, progress=False, echo=lambda _: None, on_step=tick)
     step_seconds = [b - a for a, b in zip([started] + times[:-1], times)]
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
-    return {"step_seconds": step_seconds, "losses": losses, "peak_rss_mb": peak_rss_mb()}
+    return {"step_seconds": step_seconds, "losses": losses, "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": peak_gpu_mb()}
 
 
 def worker_train_peer(args) -> dict:
@@ -122,7 +136,7 @@ def worker_train_peer(args) -> dict:
 
     files = sorted(str(p) for p in Path(args.corpus).rglob("*") if p.is_file())
     with tempfile.TemporaryDirectory() as cache:
-        grouped, _ = peer_dataset(files, 128, cache)
+        grouped, _ = peer_dataset(files, args.seq_len, cache)
         grouped = grouped.remove_columns(["token_type_ids"]) if "token_type_ids" in grouped.column_names else grouped
         tokenizer = AutoTokenizer.from_pretrained(args.model)
         model = BertForMaskedLM.from_pretrained(args.model)
@@ -135,7 +149,8 @@ def worker_train_peer(args) -> dict:
         training_args = TrainingArguments(
             output_dir=os.path.join(cache, "out"), per_device_train_batch_size=args.batch_size, max_steps=args.steps,
             learning_rate=args.lr, warmup_steps=args.warmup_steps, weight_decay=0.01, lr_scheduler_type="linear", logging_steps=1,
-            save_strategy="no", report_to="none", use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0,
+            save_strategy="no", report_to="none", use_cpu=not on_gpu(), bf16=on_gpu() and torch.cuda.is_bf16_supported(),
+            seed=0, disable_tqdm=True, dataloader_num_workers=0,
         )  # fmt: skip
         trainer = Trainer(
             model=model, args=training_args, train_dataset=grouped,
@@ -146,7 +161,7 @@ def worker_train_peer(args) -> dict:
         trainer.train()
         step_seconds = [b - a for a, b in zip([started] + times[:-1], times)]
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return {"step_seconds": step_seconds, "losses": losses, "peak_rss_mb": peak_rss_mb()}
+    return {"step_seconds": step_seconds, "losses": losses, "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": peak_gpu_mb()}
 
 
 def worker_fill(args) -> dict:
@@ -157,12 +172,12 @@ def worker_fill(args) -> dict:
 
     texts = [f"The [MASK] statement number {i} leaves a loop early in Python code." for i in range(args.fill_texts)]
     if args.side == "unmask":
-        filler = Filler(args.model, device="cpu", echo=lambda _: None)
+        filler = Filler(args.model, device="cuda" if on_gpu() else "cpu", echo=lambda _: None)
         filler.fill(texts[:8], top_k=5)
         started = time.perf_counter()
         filler.fill(texts, top_k=5, batch_size=32)
     else:
-        fill = pipeline("fill-mask", model=args.model, top_k=5, device=-1)
+        fill = pipeline("fill-mask", model=args.model, top_k=5, device=0 if on_gpu() else -1)
         fill(texts[:8], batch_size=8)
         started = time.perf_counter()
         with torch.no_grad():
@@ -172,17 +187,23 @@ def worker_fill(args) -> dict:
 
 
 def worker_matmul_peak(args) -> dict:
+    """fp32 2048^2 on CPU; bf16 8192^2 on a GPU, the precision both sides train in there."""
     import torch
 
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    size, device, dtype = (8192, "cuda", torch.bfloat16) if on_gpu() else (2048, "cpu", torch.float32)
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
     runs = []
     for _ in range(10):
+        if on_gpu():
+            torch.cuda.synchronize()
         started = time.perf_counter()
         a @ b
+        if on_gpu():
+            torch.cuda.synchronize()
         runs.append(time.perf_counter() - started)
-    return {"gflops": 2 * 2048**3 / min(runs) / 1e9}
+    return {"gflops": 2 * size**3 / min(runs) / 1e9, "what": f"{'bf16' if on_gpu() else 'fp32'} {size}x{size}"}
 
 
 def worker_profile(args) -> dict:
@@ -195,25 +216,31 @@ def worker_profile(args) -> dict:
     from unmask.config import TrainConfig
     from unmask.train import build_optimizer
 
-    lm = load_mlm(args.model, echo=lambda _: None)
+    device = torch.device("cuda" if on_gpu() else "cpu")
+    lm = load_mlm(args.model, echo=lambda _: None).to(device)
     lm.train()
-    optimizer = build_optimizer(lm, TrainConfig(data="-", out="-", model=args.model), torch.device("cpu"))
-    ids = torch.randint(1000, 30000, (args.batch_size, 128))
+    optimizer = build_optimizer(lm, TrainConfig(data="-", out="-", model=args.model), device)
+    ids = torch.randint(1000, 30000, (args.batch_size, args.seq_len), device=device)
     attention = torch.ones_like(ids)
-    masker = Masker(vocab_size=30522, special_ids=[0, 100, 101, 102, 103], mask_token_id=103, seed=0)
+    masker = Masker(vocab_size=30522, special_ids=[0, 100, 101, 102, 103], mask_token_id=103, seed=0, device=device)
 
     def step():
         batch = masker(ids, attention)
-        loss, _ = lm.loss_sum(batch.input_ids, attention, batch.labels)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu()):
+            loss, _ = lm.loss_sum(batch.input_ids, attention, batch.labels)
         (loss / (batch.labels != -100).sum()).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     step()
     step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_gpu() else [])]
+    with profile(activities=activities) as prof:
         step()
-    return {"table": prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)}
+        if on_gpu():
+            torch.cuda.synchronize()
+    sort = "self_cuda_time_total" if on_gpu() else "self_cpu_time_total"
+    return {"table": prof.key_averages().table(sort_by=sort, row_limit=14)}
 
 
 WORKERS = {
@@ -235,15 +262,21 @@ def run_worker(name: str, **options) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def train_flops_per_token(shape: str, head_share: float = 1.0, seq_len: int = 128, vocab: int = 30522) -> float:
+def train_flops_per_token(shape: str, seq_len: int, masked_share: float = 1.0, vocab: int = 30522) -> float:
     """Training FLOPs per token: 6 x matmul parameters plus attention scores and values
-    (12 x layers x seq_len x hidden). `head_share` is the share of tokens that go through the
-    MLM head (transform and decoder): 1 for the dense model, the masking rate for a sparse head."""
+    (12 x layers x seq_len x hidden), the dense model's count when `masked_share` is 1.
+
+    With `masked_share` at the masking rate, the count of what unmask executes: the MLM head
+    (transform and decoder) runs on that share of the tokens, and so do the last layer's
+    query, attention, output projection and feed-forward; its keys and values run on all.
+    """
     s = SHAPES[shape]
     h, layers, ffn = s["hidden_size"], s["num_hidden_layers"], s["intermediate_size"]
-    encoder = layers * (4 * h * h + 2 * h * ffn)
+    layer, keys_values = 4 * h * h + 2 * h * ffn, 2 * h * h
+    encoder = (layers - 1) * layer + keys_values + masked_share * (layer - keys_values)
+    attention = 2 * seq_len * h * (layers - 1 + masked_share)
     head = h * h + h * vocab
-    return 6 * (encoder + head_share * head) + 12 * layers * seq_len * h
+    return 6 * (encoder + masked_share * head + attention)
 
 
 def machine() -> str:
@@ -273,11 +306,15 @@ def plot_losses(curves: dict[str, tuple[list[float], list[float]]], path: Path) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", default=str(HERE.parent.parent / "shared" / "corpus" / "pydocs"))
-    parser.add_argument("--shapes", default="minilm", help="comma-separated: minilm, base")
-    parser.add_argument("--dropouts", default="0.1,0.0", help="model dropout settings to measure, both sides alike")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--shapes", default="minilm,base", help="comma-separated: minilm, base")
+    parser.add_argument("--dropouts", default="0.1,0.0", help="MiniLM-shape dropout settings to measure, both sides alike")
+    parser.add_argument("--steps", type=int, default=30, help="steps a MiniLM-shape run")
     parser.add_argument("--warmup", type=int, default=5, help="steps left out of the timing")
+    parser.add_argument("--base-dropouts", default="0.1", help="the same for the bert-base shape")
+    parser.add_argument("--base-steps", type=int, default=10)
+    parser.add_argument("--base-warmup", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds of unmask then the peer")
@@ -298,13 +335,16 @@ def main() -> None:
         return
 
     skip = set(filter(None, args.skip.split(",")))
+    gpu = run_worker("matmul-peak")
+    precision = "bf16 autocast on both sides" if gpu["what"].startswith("bf16") else "fp32"
+    memory = "peak GPU MB" if gpu["what"].startswith("bf16") else "peak RSS MB"
     work = Path(tempfile.mkdtemp(prefix="unmask-bench-"))
     lines = [
         *([] if args.append else ["# Benchmarks: unmask vs Hugging Face Trainer", ""]),
         f"- command: `python benchmarks/bench.py {' '.join(sys.argv[1:])}`",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", f"- machine: {machine()}",
-        f"- corpus: {args.corpus}; batch {args.batch_size} x 128 tokens, lr {args.lr}, fp32, {args.steps} steps a run,"
-        f" the first {args.warmup} left out of the timing (median of the rest)", "",
+        f"- corpus: {args.corpus}; batch {args.batch_size} x {args.seq_len} tokens, lr {args.lr}, {precision}; {args.steps} steps a MiniLM-shape run"
+        f" and {args.base_steps} a bert-base-shape run, the first {args.warmup} and {args.base_warmup} left out of the timing (median of the rest)", "",
     ]  # fmt: skip
     corpus_4x = work / "corpus4x"
     store = work / "store"
@@ -324,33 +364,36 @@ def main() -> None:
         run_worker("prepare-unmask", corpus=args.corpus, store=store)
 
     if "train" not in skip:
-        peak = run_worker("matmul-peak")["gflops"]
+        peak = gpu["gflops"]
         lines += [
-            "## Training throughput", "", f"Measured fp32 matmul peak of this CPU (2048x2048, best of 10): {peak:.1f} GFLOP/s.", "",
+            "## Training throughput", "", f"Measured matmul peak of this machine ({gpu['what']}, best of 10): {peak:.1f} GFLOP/s.", "",
             "Share of peak: model FLOPs per second over that peak, counting the dense model (as MFU does) and, in brackets, the"
-            " FLOPs actually executed (unmask's head runs on the 15% masked tokens only).", "",
-            "| shape | dropout | side | tokens/s (median) | share of matmul peak | peak RSS MB | ratio |", "|---|---|---|---|---|---|---|",
+            " FLOPs actually executed (unmask runs the MLM head, and the last layer's queries, attention output and"
+            " feed-forward, on the 15% masked tokens only).", "",
+            f"| shape | dropout | side | tokens/s (median) | share of matmul peak | {memory} | ratio |", "|---|---|---|---|---|---|---|",
         ]  # fmt: skip
         curves = {}
         for shape in args.shapes.split(","):
-            for dropout in (float(d) for d in args.dropouts.split(",")):
+            steps, warmup = (args.base_steps, args.base_warmup) if shape == "base" else (args.steps, args.warmup)
+            for dropout in (float(d) for d in (args.base_dropouts if shape == "base" else args.dropouts).split(",")):
                 model = work / f"model-{shape}-{dropout}"
-                build_model_folder(shape, dropout, model)
+                build_model_folder(shape, dropout, model, args.seq_len)
                 samples: dict[str, list[float]] = {"unmask": [], "peer": []}
                 losses: dict[str, list[float]] = {}
                 rss: dict[str, float] = {}
                 for _ in range(args.rounds):
                     for side in ("unmask", "peer"):
-                        options = dict(corpus=args.corpus, store=store, model=model, run=work / "run", steps=args.steps,
-                                       batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps)  # fmt: skip
+                        options = dict(corpus=args.corpus, store=store, model=model, run=work / "run", steps=steps,
+                                       batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, seq_len=args.seq_len)  # fmt: skip
                         result = run_worker(f"train-{side}", **options)
-                        samples[side] += result["step_seconds"][args.warmup :]
+                        samples[side] += result["step_seconds"][warmup:]
                         losses[side] = result["losses"]
-                        rss[side] = max(rss.get(side, 0.0), result["peak_rss_mb"])
-                tokens_per_s = {side: args.batch_size * 128 / statistics.median(s) for side, s in samples.items()}
+                        used = result["peak_gpu_mb"] if memory.startswith("peak GPU") else result["peak_rss_mb"]
+                        rss[side] = max(rss.get(side, 0.0), used)
+                tokens_per_s = {side: args.batch_size * args.seq_len / statistics.median(s) for side, s in samples.items()}
                 for side in ("unmask", "peer"):
-                    dense = tokens_per_s[side] * train_flops_per_token(shape) / (peak * 1e9)
-                    executed = tokens_per_s[side] * train_flops_per_token(shape, 0.15 if side == "unmask" else 1.0) / (peak * 1e9)
+                    dense = tokens_per_s[side] * train_flops_per_token(shape, args.seq_len) / (peak * 1e9)
+                    executed = tokens_per_s[side] * train_flops_per_token(shape, args.seq_len, 0.15 if side == "unmask" else 1.0) / (peak * 1e9)
                     ratio = f"{tokens_per_s['unmask'] / tokens_per_s['peer']:.2f}x" if side == "unmask" else ""
                     lines.append(
                         f"| {shape} | {dropout} | {side} | {tokens_per_s[side]:,.0f} | {dense:.0%} ({executed:.0%}) | {rss[side]:.0f} | {ratio} |"
@@ -377,8 +420,11 @@ def main() -> None:
     if "profile" not in skip:
         model = work / "model-profile"
         build_model_folder(args.shapes.split(",")[0], float(args.dropouts.split(",")[0]), model)
-        table = run_worker("profile", model=model, batch_size=args.batch_size)["table"]
-        lines += ["## Where the time of one unmask training step goes (MiniLM shape, torch.profiler)", "", "```", table.strip(), "```", ""]
+        table = run_worker("profile", model=model, batch_size=args.batch_size, seq_len=args.seq_len)["table"]
+        lines += [
+            f"## Where the time of one unmask training step goes ({args.shapes.split(',')[0]} shape, dropout"
+            f" {args.dropouts.split(',')[0]}, torch.profiler)", "", "```", table.strip(), "```", "",
+        ]  # fmt: skip
 
     previous = Path(args.out).read_text(encoding="utf-8") + "\n---\n\n" if args.append and Path(args.out).exists() else ""
     Path(args.out).write_text(previous + "\n".join(lines) + "\n", encoding="utf-8")
