@@ -20,6 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 ATTENTION_NAME = "unmask_sdpa"
+# Models whose attention is plain softmax attention under a padding mask, which is all
+# `attention_forward`'s dropout path does; others (ModernBERT's sliding windows) keep SDPA.
+PLAIN_ATTENTION_MODELS = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "distilbert"})
 _RESOLUTION = 1 << 16
 
 
@@ -84,7 +87,7 @@ def install(model: nn.Module) -> bool:
     """Swap every `nn.Dropout` in `model` for `CheapDropout`, and SDPA attention for "unmask_sdpa".
 
     Parameter names and the state dict are unchanged. Returns whether the attention was
-    switched (only a model that used SDPA is).
+    switched (only a model of `PLAIN_ATTENTION_MODELS` that used SDPA is).
     """
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -94,6 +97,8 @@ def install(model: nn.Module) -> bool:
                 setattr(parent, name, replacement)
     config = getattr(model, "config", None)
     if not hasattr(model, "set_attn_implementation") or getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
+    if config.model_type not in PLAIN_ATTENTION_MODELS:
         return False
     register()
     model.set_attn_implementation(ATTENTION_NAME)
