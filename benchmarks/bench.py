@@ -281,6 +281,13 @@ def train_flops_per_token(shape: str, seq_len: int, masked_share: float = 1.0, v
     return 6 * (encoder + masked_share * head + attention)
 
 
+SCHEDULE_OFFSET = (
+    "The two warmups are one step apart: Trainer's linear warmup gives the first step a learning rate of 0, unmask's gives"
+    " it lr / warmup steps, so the peer's curve runs about one step behind. Read the curves for overlap in shape, not for a"
+    " lead at equal steps."
+)
+
+
 def machine() -> str:
     model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
     import torch
@@ -406,7 +413,7 @@ def main() -> None:
         lines += ["", f"Both sides' training losses at equal steps: ![loss curves]({Path(args.curves).name})", ""]
         for label, (ours, peer) in curves.items():
             lines.append(f"- {label}: mean loss over the last 5 steps: unmask {statistics.mean(ours[-5:]):.3f}, peer {statistics.mean(peer[-5:]):.3f}")
-        lines.append("")
+        lines += ["", SCHEDULE_OFFSET, ""]
 
     if "fill" not in skip:
         starter = tokenizer_path()
