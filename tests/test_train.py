@@ -234,3 +234,27 @@ def test_dropout_override_applies_in_training_but_not_to_the_saved_config(store_
     assert seen["p"] == {0.0}
     saved = json.loads((out / "model" / "config.json").read_text())
     assert saved["hidden_dropout_prob"] == 0.1 and saved["attention_probs_dropout_prob"] == 0.1
+
+
+def test_compiled_encoder_trains_exactly_like_the_eager_one(store_dir, tiny_model_dir, tmp_path, monkeypatch):
+    # The eager backend traces the layers with dynamo but runs the same kernels, so the
+    # losses must match to the bit; inductor would take half a minute to compile here.
+    calls = []
+    real_compile = torch.compile
+
+    def eager_compile(target, **options):
+        calls.append(target)
+        return real_compile(target, **{**options, "backend": "eager"})
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    run(config(store_dir, tiny_model_dir, eager, max_steps=3, eval_every=0, checkpoint_every=0))
+    run(config(store_dir, tiny_model_dir, compiled, max_steps=3, eval_every=0, checkpoint_every=0, compile=True))
+
+    def losses(out):
+        return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+
+    assert len(calls) == 1, "the tiny BERT's one full-width layer is compiled; its last layer runs at masked positions"
+    assert losses(compiled) == losses(eager) and len(losses(eager)) == 3
+    saved = [load_file(checkpoint.latest_checkpoint(out) / "model.safetensors") for out in (compiled, eager)]
+    assert set(saved[0]) == set(saved[1]), "compiling must not rename parameters"

@@ -2,9 +2,9 @@
 
 torch's CPU dropout calls `bernoulli_`, which spends one Mersenne-Twister draw and a float
 conversion per element: on a 2-core machine it took 93 ms for one layer's attention
-probabilities in the MiniLM shape (32 x 12 x 128 x 128), a quarter of a training step. Here
-one 64-bit draw gives four 16-bit uniforms, compared against a threshold: 17 ms for the same
-tensor. The keep probability is exact to 1/65536.
+probabilities in the MiniLM shape (32 x 12 x 128 x 128), and a quarter of a training step in
+all. Here one 64-bit draw gives four 16-bit uniforms, compared against a threshold: 17 ms for
+the same tensor. The keep probability is exact to 1/65536.
 
 The attention dropout happens inside SDPA, so the model's attention goes through
 `attention_forward`, registered with transformers' `AttentionInterface` as "unmask_sdpa".
@@ -41,7 +41,7 @@ def cheap_dropout(x: torch.Tensor, probability: float, training: bool = True) ->
     if not training or probability == 0.0 or x.device.type != "cpu":
         return F.dropout(x, probability, training)
     if probability == 1.0:
-        return torch.zeros_like(x)
+        return x * 0.0
     keep = keep_mask(x.shape, 1.0 - probability)
     # `where` keeps only the bool mask for backward, not a float copy of it.
     return torch.where(keep, x * (1.0 / (1.0 - probability)), 0.0)

@@ -89,19 +89,25 @@ def _distilbert_final_layer(layer: nn.Module, hidden: torch.Tensor, mask, picked
     return layer.output_layer_norm(layer.ffn.ff_chunk(attended) + attended)
 
 
+def _encoder_layers(model: nn.Module) -> nn.ModuleList | None:
+    kind = type(model).__name__
+    if kind in ("BertForMaskedLM", "RobertaForMaskedLM", "XLMRobertaForMaskedLM", "CamembertForMaskedLM"):
+        return model.base_model.encoder.layer
+    if kind == "DistilBertForMaskedLM":
+        return model.base_model.transformer.layer
+    return None
+
+
 def _final_layer_function(model: nn.Module) -> Callable | None:
     """(input_ids, attention_mask, picked) -> last hidden states (N, H) at the picked
     positions, for the architectures we know; None means run the whole encoder."""
     from transformers.masking_utils import create_bidirectional_mask
 
-    kind = type(model).__name__
     base = model.base_model
-    if kind in ("BertForMaskedLM", "RobertaForMaskedLM", "XLMRobertaForMaskedLM", "CamembertForMaskedLM"):
-        layers, final = base.encoder.layer, _bert_final_layer
-    elif kind == "DistilBertForMaskedLM":
-        layers, final = base.transformer.layer, _distilbert_final_layer
-    else:
+    layers = _encoder_layers(model)
+    if layers is None:
         return None
+    final = _distilbert_final_layer if type(model).__name__ == "DistilBertForMaskedLM" else _bert_final_layer
     if model.config._attn_implementation not in ("sdpa", cpu_dropout.ATTENTION_NAME) or getattr(model.config, "is_decoder", False):
         return None
 
@@ -132,6 +138,17 @@ class MaskedLM(nn.Module):
     @property
     def sparse(self) -> bool:
         return self._head is not None
+
+    def compile_encoder(self, **compile_options) -> None:
+        """torch.compile, in place, the encoder layers that see every token. The last layer
+        and the head stay eager when they run at the masked positions only, whose number
+        changes every batch; parameter names are unchanged."""
+        layers = _encoder_layers(self.model)
+        if layers is None or self._final_layer is None:
+            self.model.base_model.compile(**compile_options)
+            return
+        for layer in layers[:-1]:
+            layer.compile(**compile_options)
 
     @property
     def config(self):

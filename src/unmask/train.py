@@ -171,6 +171,8 @@ def train(
     if config.dropout is not None:
         set_dropout(lm, config.dropout)
     lm.to(device).train()
+    if config.compile:
+        lm.compile_encoder()
 
     meta = store.meta["tokenizer"]
     framing = dict(opener_id=meta["opener_id"], closer_id=meta["separator_id"], pad_id=meta["pad_id"] or 0)
