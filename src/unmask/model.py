@@ -124,7 +124,11 @@ def _final_layer_function(model: nn.Module) -> Callable | None:
 
 
 class MaskedLM(nn.Module):
-    """A transformers masked LM with a sparse prediction path; `.model` is the plain HF model."""
+    """A transformers masked LM with a sparse prediction path; `.model` is the plain HF model.
+
+    Wrapping swaps the model's dropout layers and attention for `cpu_dropout`'s, which
+    differ from the originals only in how CPU training draws its dropout masks.
+    """
 
     def __init__(self, model: nn.Module, fresh_parameters: frozenset[str] = frozenset()):
         super().__init__()
