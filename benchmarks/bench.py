@@ -212,10 +212,10 @@ def worker_profile(args) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    from unmask.config import TrainConfig
     from unmask.masking import Masker
     from unmask.model import load_mlm
-
-    from unmask.config import TrainConfig
+    from unmask.tokenizer import Vocabulary, load_tokenizer
     from unmask.train import build_optimizer
 
     device = torch.device("cuda" if on_gpu() else "cpu")
@@ -224,7 +224,7 @@ def worker_profile(args) -> dict:
     optimizer = build_optimizer(lm, TrainConfig(data="-", out="-", model=args.model), device)
     ids = torch.randint(1000, 30000, (args.batch_size, args.seq_len), device=device)
     attention = torch.ones_like(ids)
-    masker = Masker(vocab_size=30522, special_ids=[0, 100, 101, 102, 103], mask_token_id=103, seed=0, device=device)
+    masker = Masker(Vocabulary.from_tokenizer(load_tokenizer(args.model)), seed=0, device=device)
 
     def step():
         batch = masker(ids, attention)

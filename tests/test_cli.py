@@ -1,3 +1,10 @@
+"""The `unmask` command: parsers generated from the settings classes, exit codes, output.
+
+All but one test call `main([...])` in-process; one smoke test runs the installed console script.
+"""
+
+import dataclasses
+import io
 import json
 import subprocess
 import sys
@@ -6,98 +13,118 @@ from pathlib import Path
 import pytest
 import yaml
 
-from unmask.cli import build_parser, main, normalise_flags
-from unmask.config import TrainConfig, from_dict
+from unmask.cli import COMMANDS, build_parser, main, normalise_flags, parse
+from unmask.config import EvalConfig, FillConfig, TrainConfig, from_dict
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def unmask(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "unmask", *args], capture_output=True, text=True, input=stdin, timeout=300)
+def test_the_console_script_runs_and_reports_errors_without_a_traceback(tmp_path):
+    script = Path(sys.executable).parent / "unmask"
+    assert script.is_file(), "pip install -e . installs the console script"
+    result = subprocess.run([str(script), "prepare", str(tmp_path / "none" / "*.txt"), "--out", str(tmp_path / "s")],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 1 and "glob matched no files" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_dashed_and_underscored_flags_both_work():
     assert normalise_flags(["--batch-size", "8", "--top-k=3", "x", "--a-b", "--mask-prob"]) == [
         "--batch_size", "8", "--top_k=3", "x", "--a_b", "--mask_prob",
     ]  # fmt: skip
-    args = build_parser().parse_args(normalise_flags(["train", "--data", "d", "--out", "o", "--model", "m", "--batch-size", "8"]))
-    assert args.train.batch_size == 8
+    name, config = parse(["train", "--data", "d", "--out", "o", "--model", "m", "--batch-size", "8"])
+    assert name == "train" and config == TrainConfig(data="d", out="o", model="m", batch_size=8)
+    name, config = parse(["fill", "m", "a [MASK].", "b [MASK].", "--top_k", "3", "--json"])
+    assert config == FillConfig(model="m", texts=["a [MASK].", "b [MASK]."], top_k=3, json=True)
+    name, config = parse(["eval", "m", "--data", "s1", "s2", "--no-json"])
+    assert config == EvalConfig(model="m", data=["s1", "s2"])
 
 
-def test_train_help_documents_every_field_with_dashes(capsys):
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_documents_every_setting_with_dashes(command, capsys):
     with pytest.raises(SystemExit):
-        main(["train", "--help"])
+        main([command, "--help"])
     help_text = capsys.readouterr().out
-    assert "--batch-size" in help_text and "--from-scratch" in help_text and "--batch_size" not in help_text
-    assert "Windows per micro-batch." in help_text and "Peak learning rate." in help_text
-    for field in TrainConfig.__dataclass_fields__:
-        assert f"--{field.replace('_', '-')}" in help_text, field
+    settings = COMMANDS[command].settings
+    from unmask.cli import field_docs
+
+    docs = field_docs(settings)
+    for field in [f.name for f in dataclasses.fields(settings)]:
+        if field not in getattr(settings, "POSITIONAL", ()):
+            assert f"--{field.replace('_', '-')}" in help_text, field
+        assert field in docs, f"{command}: {field} has no docstring, so no help"
+        assert docs[field].split()[0] in help_text, field
+    assert "_" not in "".join(w for w in help_text.split() if w.startswith("--"))
 
 
 def test_yaml_config_with_flag_overrides(tmp_path):
     (tmp_path / "run.yaml").write_text("data: d\nout: o\nmodel: m\nlr: 0.001\nbatch_size: 4\n")
-    args = build_parser().parse_args(normalise_flags(["train", "--config", str(tmp_path / "run.yaml"), "--batch-size", "16"]))
-    assert args.train.lr == 0.001 and args.train.batch_size == 16
+    _, config = parse(["train", "--config", str(tmp_path / "run.yaml"), "--batch-size", "16"])
+    assert config.lr == 0.001 and config.batch_size == 16
+    (tmp_path / "fill.yaml").write_text("top_k: 2\n")
+    _, config = parse(["fill", "--config", str(tmp_path / "fill.yaml"), "m", "x [MASK]"])
+    assert config.top_k == 2
 
 
 def test_every_shipped_config_loads():
     shipped = sorted((REPO / "configs").glob("*.yaml"))
     assert shipped, "configs/ ships at least one example"
     for path in shipped:
-        values = yaml.safe_load(path.read_text())
-        from_dict(TrainConfig, values, str(path))
+        from_dict(TrainConfig, yaml.safe_load(path.read_text()), str(path))
 
 
-def test_bad_input_gets_a_message_and_exit_code_not_a_traceback(tmp_path, tokenizer_dir):
-    result = unmask("prepare", str(tmp_path / "nothing" / "*.txt"), "--out", str(tmp_path / "s"), "--tokenizer", str(tokenizer_dir))
-    assert result.returncode == 1 and "glob matched no files" in result.stderr and "Traceback" not in result.stderr
+def test_bad_input_gets_a_message_and_exit_code_not_a_traceback(tmp_path, tokenizer_dir, capsys):
+    assert main(["prepare", str(tmp_path / "nothing" / "*.txt"), "--out", str(tmp_path / "s"), "--tokenizer", str(tokenizer_dir)]) == 1
+    assert "glob matched no files" in capsys.readouterr().err
     (tmp_path / "bad.txt").write_bytes(b"ok\n\xff\xfe broken\n")
-    result = unmask("prepare", str(tmp_path / "bad.txt"), "--out", str(tmp_path / "s"), "--tokenizer", str(tokenizer_dir))
-    assert result.returncode == 1 and "bad.txt:2: not valid UTF-8" in result.stderr and "Traceback" not in result.stderr
-    result = unmask("train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r"), "--model", "m", "--mask-prob", "1.5")
-    assert result.returncode == 1 and "--mask-prob" in result.stderr and "Traceback" not in result.stderr
-    result = unmask("train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r"), "--model", "m")
-    assert result.returncode == 1 and "not a token store" in result.stderr
+    assert main(["prepare", str(tmp_path / "bad.txt"), "--out", str(tmp_path / "s"), "--tokenizer", str(tokenizer_dir)]) == 1
+    assert "bad.txt:2: not valid UTF-8" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r"), "--model", "m", "--mask-prob", "1.5"]) == 1
+    assert "--mask-prob" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r"), "--model", "m"]) == 1
+    assert "not a token store" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["embed", "m", "--pooling", "max", "--file", "f", "--out", "x.npy"])
+    assert exit_info.value.code == 2 and "pooling" in capsys.readouterr().err
 
 
-def test_prepare_train_fill_and_inspect_from_the_command_line(tmp_path, corpus_dir, tokenizer_dir, tiny_model_dir):
+def test_prepare_train_fill_and_inspect_from_the_command_line(tmp_path, corpus_dir, tokenizer_dir, tiny_model_dir, capsys, monkeypatch):
     store, run = tmp_path / "store", tmp_path / "run"
-    result = unmask("prepare", str(corpus_dir), "--out", str(store), "--tokenizer", str(tokenizer_dir), "--val-fraction", "0.1")
-    assert result.returncode == 0, result.stderr
-    assert "36 training documents" in result.stdout and "4 held out" in result.stdout
-    result = unmask(
-        "train", "--model", str(tiny_model_dir), "--data", str(store), "--out", str(run), "--max-steps", "3", "--batch-size", "4",
-        "--seq-len", "32", "--eval-every", "0",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["steps"] == 3
+    assert main(["prepare", str(corpus_dir), "--out", str(store), "--tokenizer", str(tokenizer_dir), "--val-fraction", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "36 training documents" in out and "4 held out" in out
+    args = ["train", "--model", str(tiny_model_dir), "--data", str(store), "--out", str(run), "--max-steps", "3", "--batch-size", "4",
+            "--seq-len", "32", "--eval-every", "0"]  # fmt: skip
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 3
 
-    result = unmask("fill", str(run), "the cat [MASK] the door.", "--top-k", "2")
-    assert result.returncode == 0, result.stderr
-    assert "mask 1:" in result.stdout and "->" in result.stdout
+    assert main(["fill", str(run), "the cat [MASK] the door.", "--top-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "mask 1:" in out and "->" in out
 
     texts = tmp_path / "texts.txt"
     texts.write_text("a dog [MASK] a book.\n\nthe [MASK] reads <mask> letter.\n")
-    result = unmask("fill", str(run / "model"), "--file", str(texts), "--json")
-    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert main(["fill", str(run / "model"), "--file", str(texts), "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [len(line["masks"]) for line in lines] == [1, 2]
     assert len(lines[0]["masks"][0]["candidates"]) == 5
 
-    result = unmask("fill", str(run), "-", "--json", stdin="the cat [MASK] the door.\n")
-    assert len(result.stdout.splitlines()) == 1
-    result = unmask("fill", str(run), "no mask here")
-    assert result.returncode == 1 and "text 1: no mask" in result.stderr
+    monkeypatch.setattr(sys, "stdin", io.StringIO("the cat [MASK] the door.\n"))
+    assert main(["fill", str(run), "-", "--json"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
+    assert main(["fill", str(run), "no mask here"]) == 1
+    assert "text 1: no mask" in capsys.readouterr().err
 
-    first = unmask("inspect", "the cat sees the door today.", "--model", str(tokenizer_dir), "--seed", "3", "--mask-prob", "0.5")
-    again = unmask("inspect", "the cat sees the door today.", "--model", str(tokenizer_dir), "--seed", "3", "--mask-prob", "0.5")
-    assert first.returncode == 0 and first.stdout == again.stdout
-    assert "[CLS]" in first.stdout and "label" in first.stdout and "picked" in first.stdout
+    inspect = ["inspect", "the cat sees the door today.", "--model", str(tokenizer_dir), "--seed", "3", "--mask-prob", "0.5"]
+    assert main(inspect) == 0
+    first = capsys.readouterr().out
+    assert main(inspect) == 0
+    assert capsys.readouterr().out == first
+    assert "[CLS]" in first and "label" in first and "picked" in first
 
 
 def test_eval_score_embed_compare_and_plot_commands(tmp_path, store_dir, corpus_dir, tiny_model_dir, capsys):
     import numpy as np
 
-    from unmask.config import TrainConfig
     from unmask.train import train
 
     run = tmp_path / "run"

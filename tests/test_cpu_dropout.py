@@ -68,7 +68,7 @@ def test_install_keeps_weights_and_eval_outputs_and_saves_a_plain_config(tmp_pat
     ids = torch.randint(5, 60, (2, 9))
     before = model(input_ids=ids).logits
     keys = set(model.state_dict())
-    assert cpu_dropout.install(model)
+    assert cpu_dropout.install(model, switch_attention=True)
     assert model.config._attn_implementation == cpu_dropout.ATTENTION_NAME
     assert all(type(m) is not torch.nn.Dropout for m in model.modules())
     assert any(isinstance(m, CheapDropout) for m in model.modules())
@@ -76,3 +76,18 @@ def test_install_keeps_weights_and_eval_outputs_and_saves_a_plain_config(tmp_pat
     assert torch.equal(model(input_ids=ids).logits, before)
     model.save_pretrained(tmp_path)
     assert "unmask" not in (tmp_path / "config.json").read_text()
+
+
+def test_attention_is_only_switched_where_the_architecture_table_allows():
+    from transformers import ModernBertConfig
+
+    from unmask.model import MaskedLM
+
+    modern = MaskedLM(AutoModelForMaskedLM.from_config(ModernBertConfig(
+        vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, pad_token_id=0,
+    ), attn_implementation="sdpa"))  # fmt: skip
+    assert modern.config._attn_implementation == "sdpa"
+    bert = MaskedLM(AutoModelForMaskedLM.from_config(BertConfig(
+        vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    ), attn_implementation="sdpa"))  # fmt: skip
+    assert bert.config._attn_implementation == cpu_dropout.ATTENTION_NAME

@@ -1,9 +1,20 @@
+"""Fill-mask, sentence scoring, embeddings and masking inspection, anchored on plain transformers."""
+
+import math
+
+import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
 
 from conftest import quiet
 from unmask.config import UnmaskError
-from unmask.infer import Filler, inspect_masking, normalise_masks, window_around_masks
+from unmask.infer import Embedder, Filler, Scorer, inspect_masking, normalise_masks, window_around_masks
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_dir):
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +81,68 @@ def test_inspect_is_deterministic_by_seed_and_never_picks_specials(tokenizer_dir
             assert row.input_id == row.token_id and row.became == ""
         if row.became == "[MASK]":
             assert row.input_id != row.token_id
+
+
+def test_fill_top_k_equals_the_transformers_pipeline(tiny_model_dir):
+    text = "the cat [MASK] the door today."
+    reference = pipeline("fill-mask", model=str(tiny_model_dir), top_k=5)(text)
+    [ours] = Filler(str(tiny_model_dir), device="cpu", echo=quiet).fill([text], top_k=5)
+    assert [c.token_id for c in ours.masks[0].candidates] == [r["token"] for r in reference]
+    assert [c.score for c in ours.masks[0].candidates] == pytest.approx([r["score"] for r in reference], rel=1e-5)
+    assert [c.token for c in ours.masks[0].candidates] == [r["token_str"] for r in reference]
+
+
+def direct_pll(model, tokenizer, text: str, word_l2r: bool) -> float:
+    """One token at a time, one forward pass each: the definition, with no batching."""
+    encoding = tokenizer(text, return_special_tokens_mask=True)
+    ids = torch.tensor(encoding["input_ids"])
+    words = encoding.word_ids()
+    total = 0.0
+    for position, special in enumerate(encoding["special_tokens_mask"]):
+        if special:
+            continue
+        hidden = ids.clone()
+        hidden[position] = tokenizer.mask_token_id
+        if word_l2r:
+            later = position + 1
+            while later < len(ids) and words[later] is not None and words[later] == words[position]:
+                hidden[later] = tokenizer.mask_token_id
+                later += 1
+        with torch.no_grad():
+            logits = model(input_ids=hidden[None]).logits[0, position]
+        total += logits.log_softmax(-1)[ids[position]].item()
+    return total
+
+
+def test_pll_equals_a_direct_one_token_at_a_time_loop(tiny_model_dir, tokenizer):
+    model = AutoModelForMaskedLM.from_pretrained(tiny_model_dir).eval()
+    texts = ["the cat sees the door today.", "a small bird quickly follows the unbelievably old man"]
+    scorer = Scorer(str(tiny_model_dir), device="cpu", echo=quiet)
+    for text, result in zip(texts, scorer.score(texts, batch_size=3)):
+        assert result.pll == pytest.approx(direct_pll(model, tokenizer, text, word_l2r=False), rel=1e-4)
+        assert result.pll_word_l2r == pytest.approx(direct_pll(model, tokenizer, text, word_l2r=True), rel=1e-4)
+        assert result.pseudo_perplexity == pytest.approx(math.exp(-result.pll / len(result.tokens)))
+    split_words = any(t.startswith("##") for t in scorer.score([texts[1]])[0].tokens)
+    assert split_words, "the second text must contain a word split into pieces, or the word-aware test proves nothing"
+    # An untrained model barely reads context, so the two variants differ only slightly; that
+    # each matches its own direct loop above is the real check.
+    scored = scorer.score([texts[1]])[0]
+    assert scored.log_probs_word_l2r != scored.log_probs
+
+
+def test_sentence_embeddings_mean_pool_over_the_attention_mask_and_keep_input_order(tiny_model_dir, tokenizer):
+    texts = ["a dog", "the old man reads a letter every morning in the park", "the cat", "our team builds a new function again"]
+    embedder = Embedder(str(tiny_model_dir), device="cpu", echo=quiet)
+    vectors = embedder.embed(texts, pooling="mean", batch_size=2, progress=False)
+    encoder = AutoModelForMaskedLM.from_pretrained(tiny_model_dir).eval().base_model
+    for text, vector in zip(texts, vectors):
+        encoded = tokenizer(text, return_tensors="pt")
+        with torch.no_grad():
+            alone = encoder(**encoded)[0][0].mean(0)  # no padding when alone: a plain mean
+        np.testing.assert_allclose(vector, alone.numpy(), rtol=1e-4, atol=1e-5)
+    cls = embedder.embed(texts, pooling="cls", progress=False)
+    assert not np.allclose(cls, vectors)
+    unit = embedder.embed(texts, normalize=True, progress=False)
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, rtol=1e-5)
+    tokens, ids, hidden = embedder.token_embeddings("the cat sees")
+    assert tokens[0] == "[CLS]" and hidden.shape == (len(ids), 32)

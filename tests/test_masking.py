@@ -1,8 +1,10 @@
+import numpy as np
 import pytest
 import torch
 
 from unmask.config import UnmaskError
 from unmask.masking import IGNORE_INDEX, Masker, mask_tokens, maskable_positions, replacement_ids, seeded_generator
+from unmask.tokenizer import Vocabulary
 
 VOCAB = 1000
 SPECIALS = [0, 1, 2, 3, 4]  # pad, unk, cls, sep, mask
@@ -21,8 +23,13 @@ def framed_batch(rows: int, length: int, pad_from: int | None = None, seed: int 
     return ids, attention
 
 
+VOCABULARY = Vocabulary(
+    size=VOCAB, special_ids=tuple(SPECIALS), mask_id=MASK_ID, opener_id=2, closer_id=3, pad_id=0, starts_word=np.ones(VOCAB, bool)
+)
+
+
 def masker(seed: int = 0, **probabilities) -> Masker:
-    return Masker(vocab_size=VOCAB, special_ids=SPECIALS, mask_token_id=MASK_ID, seed=seed, **probabilities)
+    return Masker(VOCABULARY, seed=seed, **probabilities)
 
 
 def test_rate_and_80_10_10_split_on_over_100k_tokens():
@@ -117,7 +124,7 @@ def test_replacement_shares_must_fit_in_one():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_masking_runs_on_cuda_tensors():
     ids, attention = framed_batch(100, 128)
-    drawn = Masker(vocab_size=VOCAB, special_ids=SPECIALS, mask_token_id=MASK_ID, seed=0, device="cuda")(ids.cuda(), attention.cuda())
+    drawn = Masker(VOCABULARY, seed=0, device="cuda")(ids.cuda(), attention.cuda())
     assert drawn.input_ids.is_cuda
     picked = drawn.labels != IGNORE_INDEX
     assert abs(picked.float().sum().item() / drawn.maskable.sum().item() - 0.15) < 0.01

@@ -124,12 +124,15 @@ def test_missing_model_is_a_clear_error(tmp_path):
 def test_presets_build_tied_bert_for_the_tokenizer(preset, tokenizer_dir):
     from transformers import AutoTokenizer
 
+    from unmask.tokenizer import Vocabulary
+
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    lm = build_mlm(preset, tokenizer, seq_len=128, seed=0)
+    vocab = Vocabulary.from_tokenizer(tokenizer)
+    lm = build_mlm(preset, vocab, seq_len=128, seed=0)
     assert lm.config.hidden_size == PRESET_SHAPES[preset]["hidden_size"]
     assert lm.config.vocab_size == len(tokenizer)
     assert lm.model.cls.predictions.decoder.weight is lm.model.bert.embeddings.word_embeddings.weight
-    again = build_mlm(preset, tokenizer, seq_len=128, seed=0)
+    again = build_mlm(preset, vocab, seq_len=128, seed=0)
     assert torch.equal(lm.model.bert.encoder.layer[0].attention.self.query.weight, again.model.bert.encoder.layer[0].attention.self.query.weight)
 
 
@@ -139,3 +142,29 @@ def test_starter_alias_loads_the_bundled_minilm():
     lm = load_mlm("minilm-l6", echo=lines.append)
     assert lm.config.num_hidden_layers == 6 and lm.config.hidden_size == 384 and lm.config.vocab_size == 30522
     assert len(lines) == 1 and "no MLM head" in lines[0]
+
+
+def test_loading_or_building_a_model_leaves_the_callers_random_state_alone(tmp_path):
+    BertModel(BertConfig(vocab_size=60, **TINY)).save_pretrained(tmp_path)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = load_mlm(str(tmp_path), echo=lambda _: None, init_seed=5)
+    assert torch.equal(torch.rand(3), expected), "load_mlm must not reseed the global generator"
+    second = load_mlm(str(tmp_path), echo=lambda _: None, init_seed=5)
+    head = "cls.predictions.transform.dense.weight"
+    assert torch.equal(first.model.state_dict()[head], second.model.state_dict()[head]), "the fresh head is seeded by init_seed"
+
+
+def test_every_table_entry_reaches_its_head_and_layers():
+    from unmask.model import ARCHITECTURES, architecture_of
+
+    for name, config in tiny_configs():
+        model = AutoModelForMaskedLM.from_config(config)
+        architecture = architecture_of(model)
+        assert architecture is ARCHITECTURES[type(model).__name__]
+        assert len(architecture.layers(model)) == 2, name
+        hidden = torch.randn(3, 32)
+        assert architecture.head(model)(hidden).shape == (3, 120), name
+        head_names = [n for n, _ in model.named_parameters() if n.startswith(architecture.head_prefixes)]
+        assert head_names, f"{name}: the head prefixes name its head's parameters"

@@ -1,18 +1,17 @@
 """Resumable checkpoints in safetensors and JSON only (nothing is ever unpickled).
 
-A checkpoint is written into `checkpoints/.step-N.partial/` and renamed to
-`checkpoints/step-N/` once every file is on disk; `state.json`, written last, records each
-file's SHA-256. A crash mid-write therefore leaves only a `.partial` folder, which is never
-mistaken for a checkpoint, and a damaged one fails verification and is passed over.
+A checkpoint is written into a hidden `checkpoints/.step-N.partial-PID/` folder, every file
+fsynced, and then published as `checkpoints/step-N/` by a rename (`files.publish_folder`);
+`state.json`, written last, records each file's SHA-256. A crash mid-write therefore leaves
+only a hidden folder, which is never mistaken for a checkpoint, and a damaged one fails
+verification and is passed over.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -20,7 +19,8 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from unmask.config import UnmaskError, atomic_write_text
+from unmask.config import UnmaskError
+from unmask.files import atomic_write_text, building_path, publish_folder, remove_tree
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 MODEL_FILE = "model.safetensors"
@@ -34,6 +34,8 @@ class Restored:
     step: int
     data: dict
     rng: dict[str, torch.Tensor]
+    info: dict
+    """What the run recorded besides (the device type it trained on, ...)."""
 
 
 def _sha256(path: Path) -> str:
@@ -76,12 +78,13 @@ def save_checkpoint(
     rng: dict[str, torch.Tensor],
     data: dict,
     keep: int,
+    info: dict | None = None,
 ) -> Path:
     """Write a complete checkpoint for `step`, then delete all but the newest `keep`."""
     root = run_dir / "checkpoints"
     final = root / f"step-{step:08d}"
-    partial = root / f".step-{step:08d}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = building_path(root / f"step-{step:08d}", "partial")
+    remove_tree(partial)
     partial.mkdir(parents=True)
     try:
         save_model(model, str(partial / MODEL_FILE))
@@ -89,27 +92,15 @@ def save_checkpoint(
         save_file(optimizer_tensors, str(partial / OPTIMIZER_FILE))
         save_file({k: v.contiguous().cpu() for k, v in rng.items()}, str(partial / RNG_FILE))
         files = {name: _sha256(partial / name) for name in (MODEL_FILE, OPTIMIZER_FILE, RNG_FILE)}
-        state = {"step": step, "data": data, "optimizer": optimizer_json, "files": files}
+        state = {"step": step, "data": data, "optimizer": optimizer_json, "info": info or {}, "files": files}
         atomic_write_text(partial / STATE_FILE, json.dumps(state, indent=1))
-        _fsync_dir(partial)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
-        _fsync_dir(root)
+        publish_folder(partial, final)
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        remove_tree(partial)
         raise
-    for old in sorted(complete_step_dirs(root))[:-keep]:
-        shutil.rmtree(old)
+    for old in complete_step_dirs(root)[:-keep]:
+        remove_tree(old)
     return final
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def complete_step_dirs(root: Path) -> list[Path]:
@@ -156,4 +147,4 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         rng = load_file(str(path / RNG_FILE))
     except (OSError, KeyError, ValueError, RuntimeError) as e:
         raise UnmaskError(f"{path}: cannot restore checkpoint: {e}") from None
-    return Restored(step=state["step"], data=state["data"], rng=rng)
+    return Restored(step=state["step"], data=state["data"], rng=rng, info=state.get("info", {}))

@@ -20,9 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 ATTENTION_NAME = "unmask_sdpa"
-# Models whose attention is plain softmax attention under a padding mask, which is all
-# `attention_forward`'s dropout path does; others (ModernBERT's sliding windows) keep SDPA.
-PLAIN_ATTENTION_MODELS = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "distilbert"})
 _RESOLUTION = 1 << 16
 
 
@@ -83,11 +80,13 @@ def register() -> None:
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, sdpa_mask)
 
 
-def install(model: nn.Module) -> bool:
+def install(model: nn.Module, switch_attention: bool) -> bool:
     """Swap every `nn.Dropout` in `model` for `CheapDropout`, and SDPA attention for "unmask_sdpa".
 
-    Parameter names and the state dict are unchanged. Returns whether the attention was
-    switched (only a model of `PLAIN_ATTENTION_MODELS` that used SDPA is).
+    `switch_attention` comes from the architecture table (`model.ARCHITECTURES`): only
+    plain softmax attention under a padding mask, which is all `attention_forward`'s dropout
+    path does, may switch; others (ModernBERT's sliding windows) keep SDPA. Parameter names
+    and the state dict are unchanged. Returns whether the attention was switched.
     """
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -96,9 +95,7 @@ def install(model: nn.Module) -> bool:
                 replacement.train(child.training)
                 setattr(parent, name, replacement)
     config = getattr(model, "config", None)
-    if not hasattr(model, "set_attn_implementation") or getattr(config, "_attn_implementation", None) != "sdpa":
-        return False
-    if config.model_type not in PLAIN_ATTENTION_MODELS:
+    if not switch_attention or not hasattr(model, "set_attn_implementation") or getattr(config, "_attn_implementation", None) != "sdpa":
         return False
     register()
     model.set_attn_implementation(ATTENTION_NAME)

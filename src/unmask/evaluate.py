@@ -5,6 +5,10 @@ on the CPU, whatever the training settings, batch size or device: two models sco
 same data are scored on exactly the same positions and replacements. Loss is the mean over
 the masked tokens of the whole split (not a mean of batch means), and nothing but running
 sums is kept: memory does not grow with the size of the data.
+
+`held_out_windows` turns a store's split or text files into windows; `evaluate_model`
+scores one or several models on them. Training, `unmask eval` and `unmask compare` all go
+through these two.
 """
 
 from __future__ import annotations
@@ -18,12 +22,12 @@ import numpy as np
 import torch
 
 from unmask.config import UnmaskError
-from unmask.data.sources import expand_sources, read_documents, ReadReport
+from unmask.data.sources import ReadReport, expand_sources, read_documents
 from unmask.data.store import Split, TokenStore
 from unmask.data.windows import Windows, sequential_batches
 from unmask.masking import IGNORE_INDEX, MaskedBatch, Masker
 from unmask.model import MaskedLM, autocast
-from unmask.tokenizer import fingerprint, framing_ids, raw_tokenizer, special_ids
+from unmask.tokenizer import Vocabulary, raw_tokenizer
 
 EVAL_SEED = 1234
 EVAL_MASK_PROB = 0.15
@@ -89,8 +93,8 @@ class MlmAccumulator:
         )
 
 
-def eval_masker(vocab_size: int, special_ids: list[int], mask_token_id: int) -> Masker:
-    return Masker(vocab_size=vocab_size, special_ids=special_ids, mask_token_id=mask_token_id, seed=EVAL_SEED, mask_prob=EVAL_MASK_PROB)
+def eval_masker(vocab: Vocabulary) -> Masker:
+    return Masker(vocab, seed=EVAL_SEED, mask_prob=EVAL_MASK_PROB)
 
 
 def mask_windows(masker: Masker, input_ids: torch.Tensor, attention_mask: torch.Tensor, window_indices: np.ndarray) -> MaskedBatch:
@@ -106,26 +110,6 @@ def mask_windows(masker: Masker, input_ids: torch.Tensor, attention_mask: torch.
     return MaskedBatch(*(torch.cat(parts) for parts in zip(*rows)))
 
 
-def word_start_table(tokenizer) -> np.ndarray:
-    """For every id: does this token begin a new word?
-
-    WordPiece marks continuations (`##ing`); byte-level BPE and SentencePiece mark word
-    starts (`Ġthe`, `▁the`). A token that starts with punctuation counts as a word of its own.
-    """
-    vocab = tokenizer.get_vocab()
-    table = np.ones(max(vocab.values()) + 1, dtype=bool)
-    model = tokenizer.backend_tokenizer.model
-    prefix = getattr(model, "continuing_subword_prefix", None)
-    markers = [m for m in ("Ġ", "▁") if any(t.startswith(m) for t in list(vocab)[:5000])]
-    wordpiece = bool(prefix) and type(model).__name__ == "WordPiece"
-    for token, index in vocab.items():
-        if wordpiece:
-            table[index] = not token.startswith(prefix)
-        elif markers:
-            table[index] = token.startswith(markers[0]) or not token[:1].isalnum()
-    return table
-
-
 def word_piece_mask(input_ids: torch.Tensor, starts_word: np.ndarray, special: torch.Tensor) -> torch.Tensor:
     """True at tokens that belong to a word split into several pieces (original ids, (B, T))."""
     starts = torch.from_numpy(starts_word)[input_ids.clamp(max=len(starts_word) - 1)] | special
@@ -135,26 +119,27 @@ def word_piece_mask(input_ids: torch.Tensor, starts_word: np.ndarray, special: t
 
 
 @torch.no_grad()
-def evaluate_models(
-    models: list[MaskedLM],
+def evaluate_model(
+    models: MaskedLM | list[MaskedLM],
     windows: Windows,
     *,
-    vocab_size: int,
-    special_ids: list[int],
-    mask_token_id: int,
     batch_size: int,
     device: torch.device,
     dtype: torch.dtype | None = None,
     max_batches: int | None = None,
-    starts_word: np.ndarray | None = None,
     on_batch: Callable[[torch.Tensor, torch.Tensor, list[torch.Tensor]], None] | None = None,
     progress: bool = False,
 ) -> list[MlmMetrics]:
-    """Score every model on the same masked positions; `on_batch(original_ids, labels, top1s)` sees each batch."""
+    """Score one or several models on the same masked positions of `windows`; one result per model.
+
+    `on_batch(original_ids, labels, top1s)` sees each batch (the comparison report uses it).
+    """
     from tqdm import tqdm
 
-    masker = eval_masker(vocab_size, special_ids, mask_token_id)
-    specials = torch.tensor(special_ids)
+    models = [models] if isinstance(models, MaskedLM) else models
+    vocab = windows.vocab
+    masker = eval_masker(vocab)
+    specials = torch.tensor(vocab.special_ids)
     accumulators = [MlmAccumulator() for _ in models]
     modes = [lm.training for lm in models]
     for lm in models:
@@ -164,9 +149,7 @@ def evaluate_models(
         original, attention_mask = (torch.from_numpy(a) for a in windows.batch(indices))
         masked = mask_windows(masker, original, attention_mask, indices)
         picked = masked.labels != IGNORE_INDEX
-        is_piece = None
-        if starts_word is not None:
-            is_piece = word_piece_mask(original, starts_word, torch.isin(original, specials))[picked].to(device)
+        is_piece = word_piece_mask(original, vocab.starts_word, torch.isin(original, specials))[picked].to(device)
         # Moved to the device once, and the targets picked once, for all the models.
         input_ids, attention, labels = (t.to(device) for t in (masked.input_ids, attention_mask, masked.labels))
         targets = labels[labels != IGNORE_INDEX]
@@ -182,41 +165,26 @@ def evaluate_models(
     return [a.metrics() for a in accumulators]
 
 
-def evaluate_windows(lm: MaskedLM, windows: Windows, **kwargs) -> MlmMetrics:
-    return evaluate_models([lm], windows, **kwargs)[0]
-
-
 def split_from_texts(tokenizer, texts: list[str]) -> Split:
     """An in-memory split: each text's ids followed by the separator, as the store lays them out."""
-    _, separator = framing_ids(tokenizer)
+    closer = Vocabulary.from_tokenizer(tokenizer).closer_id
     encoded = raw_tokenizer(tokenizer).encode_batch(texts, add_special_tokens=False)
-    pieces = [np.asarray(e.ids + [separator], dtype=np.int64) for e in encoded]
+    pieces = [np.asarray(e.ids + [closer], dtype=np.int64) for e in encoded]
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces])]).astype(np.int64)
     return Split(np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64), offsets)
 
 
-def held_out_split(data: list[str], tokenizer, split: str = "val") -> Split:
-    """A store's split (its tokenizer must be the model's), or text sources tokenized here."""
+def held_out_windows(data: list[str], tokenizer, seq_len: int, split: str = "val") -> Windows:
+    """Evaluation windows (ragged tail kept) of a store's split, whose tokenizer must be the
+    model's, or of text sources tokenized here with the model's tokenizer."""
+    vocab = Vocabulary.from_tokenizer(tokenizer)
     if len(data) == 1 and (Path(data[0]) / "meta.json").is_file():
         store = TokenStore.open(data[0])
-        if store.fingerprint != fingerprint(tokenizer):
-            raise UnmaskError(
-                f"--data {data[0]}: made with tokenizer '{store.meta['tokenizer']['name']}', which maps text to other ids than "
-                "this model's; pass the text files instead and they are tokenized with the model's own tokenizer"
-            )
-        if split not in store.meta["splits"]:
-            raise UnmaskError(f"--split: '{split}' is not a split of {data[0]} (train, val)")
-        return store.split(split)
-    texts = [text for _, text in read_documents(expand_sources(data), ReadReport())]
-    if not texts:
-        raise UnmaskError(f"--data {' '.join(data)}: no non-empty documents")
-    return split_from_texts(tokenizer, texts)
-
-
-def eval_windows(split: Split, tokenizer, seq_len: int) -> Windows:
-    opener, closer = framing_ids(tokenizer)
-    return Windows.build(split, seq_len, opener, closer, tokenizer.pad_token_id or 0, keep_partial=True)
-
-
-def vocabulary(tokenizer) -> dict:
-    return {"vocab_size": len(tokenizer), "special_ids": special_ids(tokenizer), "mask_token_id": tokenizer.mask_token_id}
+        store.require_tokenizer(tokenizer, "this model's", "pass the text files instead and they are tokenized with the model's own tokenizer")
+        source = store.split(split)
+    else:
+        texts = [text for _, text in read_documents(expand_sources(data), ReadReport())]
+        if not texts:
+            raise UnmaskError(f"--data {' '.join(data)}: no non-empty documents")
+        source = split_from_texts(tokenizer, texts)
+    return Windows.build(source, seq_len, vocab, keep_partial=True)

@@ -13,7 +13,7 @@ import torch
 from unmask.config import UnmaskError
 from unmask.masking import Masker
 from unmask.model import MaskedLM, load_mlm, max_positions, resolve_device
-from unmask.tokenizer import load_tokenizer, special_ids
+from unmask.tokenizer import Vocabulary, load_tokenizer
 
 MASK_SPELLINGS = ("[MASK]", "<mask>")
 
@@ -83,8 +83,8 @@ class LoadedModel:
     def __init__(self, model: str, device: str = "auto", trust_remote_code: bool = False, echo=print):
         name = resolve_model_dir(model)
         self.tokenizer = load_tokenizer(name, trust_remote_code)
-        if self.tokenizer.mask_token_id is None:
-            raise UnmaskError(f"'{model}': the tokenizer has no mask token")
+        self.vocab = Vocabulary.from_tokenizer(self.tokenizer)
+        self.vocab.require_mask(f"'{model}'")
         self.device = resolve_device(device)
         self.lm: MaskedLM = load_mlm(name, trust_remote_code, echo=echo).to(self.device).eval()
         self.max_len = min(max_positions(self.lm), self.tokenizer.model_max_length or 10**9)
@@ -98,7 +98,7 @@ class Filler(LoadedModel):
         if top_k < 1:
             raise UnmaskError(f"--top-k: must be at least 1, got {top_k}")
         labels = labels or [f"text {i + 1}" for i in range(len(texts))]
-        mask_id, pad_id = self.tokenizer.mask_token_id, self.tokenizer.pad_token_id or 0
+        mask_id, pad_id = self.vocab.mask_id, self.vocab.pad_id
         encoded = []
         for text, label in zip(texts, labels):
             ids = self.tokenizer(normalise_masks(text, self.tokenizer.mask_token), truncation=False)["input_ids"]
@@ -156,7 +156,7 @@ def inspect_masking(
     tokenizer = load_tokenizer(resolve_model_dir(tokenizer_name), trust_remote_code)
     encoded = tokenizer(text, return_tensors="pt", truncation=False)
     masker = Masker(
-        vocab_size=len(tokenizer), special_ids=special_ids(tokenizer), mask_token_id=tokenizer.mask_token_id, seed=seed,
+        Vocabulary.from_tokenizer(tokenizer), seed=seed,
         mask_prob=mask_prob, mask_replace_prob=mask_replace_prob, random_replace_prob=random_replace_prob,
     )  # fmt: skip
     drawn = masker(encoded["input_ids"], encoded["attention_mask"])
@@ -204,7 +204,7 @@ class Scorer(LoadedModel):
         """Row k of `masks` says which positions copy k hides; copy k is scored at targets[k]."""
         rows = len(targets)
         copies = ids.repeat(rows, 1)
-        copies[masks] = self.tokenizer.mask_token_id
+        copies[masks] = self.vocab.mask_id
         picked = torch.zeros_like(masks)
         picked[torch.arange(rows), torch.tensor(targets)] = True
         scores = []

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 
 from unmask.config import check_masking_probabilities
+from unmask.tokenizer import Vocabulary
 
 IGNORE_INDEX = -100
 
@@ -85,14 +86,12 @@ def mask_tokens(
 
 
 class Masker:
-    """The masking settings of a run bound to its vocabulary, special ids and generator."""
+    """The masking settings of a run bound to its vocabulary and its own seeded generator."""
 
     def __init__(
         self,
+        vocab: Vocabulary,
         *,
-        vocab_size: int,
-        special_ids: list[int],
-        mask_token_id: int,
         seed: int,
         mask_prob: float = 0.15,
         mask_replace_prob: float = 0.8,
@@ -100,9 +99,9 @@ class Masker:
         device: torch.device | str = "cpu",
     ):
         check_masking_probabilities(mask_prob, mask_replace_prob, random_replace_prob)
-        self.special_ids = torch.tensor(special_ids, dtype=torch.long, device=device)
-        self.random_pool = replacement_ids(vocab_size, self.special_ids, device)
-        self.mask_token_id = mask_token_id
+        self.special_ids = torch.tensor(vocab.special_ids, dtype=torch.long, device=device)
+        self.random_pool = replacement_ids(vocab.size, self.special_ids, device)
+        self.mask_token_id = vocab.require_mask("masking")
         self.generator = seeded_generator(seed, device)
         self.probabilities = dict(mask_prob=mask_prob, mask_replace_prob=mask_replace_prob, random_replace_prob=random_replace_prob)
 

@@ -4,12 +4,17 @@
 BERT the vocabulary projection is about half of all the arithmetic, and 85% of it would be
 thrown away. For the same reason the last encoder layer runs its queries, attention output
 and feed-forward only at those positions; only its keys and values need every position.
+
+Everything unmask knows about a model class is in one table, `ARCHITECTURES`. Adding an
+architecture means adding one entry there (and, for a masked-only last layer, a function
+like `_bert_final_layer`); a class not in the table is trained with its own dense head.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +23,7 @@ from torch import nn
 from unmask import cpu_dropout
 from unmask.config import UnmaskError
 from unmask.masking import IGNORE_INDEX
-from unmask.tokenizer import quiet_transformers, resolve_pretrained
+from unmask.tokenizer import Vocabulary, quiet_transformers, resolve_pretrained
 
 # Google's BERT miniatures (Turc et al., 2019) and bert-base.
 PRESET_SHAPES = {
@@ -27,20 +32,6 @@ PRESET_SHAPES = {
     "small": dict(num_hidden_layers=4, hidden_size=512, num_attention_heads=8, intermediate_size=2048),
     "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
 }
-
-
-def _head_function(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """hidden states (N, H) -> vocabulary logits (N, V), for the architectures we know."""
-    kind = type(model).__name__
-    if kind == "BertForMaskedLM":
-        return model.cls
-    if kind in ("RobertaForMaskedLM", "XLMRobertaForMaskedLM", "CamembertForMaskedLM"):
-        return model.lm_head
-    if kind == "DistilBertForMaskedLM":
-        return lambda h: model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))
-    if kind == "ModernBertForMaskedLM":
-        return lambda h: model.decoder(model.head(h))
-    return None
 
 
 def _attend_at(module: nn.Module, projections: tuple[nn.Module, nn.Module, nn.Module], hidden: torch.Tensor, mask, picked: torch.Tensor):
@@ -89,27 +80,74 @@ def _distilbert_final_layer(layer: nn.Module, hidden: torch.Tensor, mask, picked
     return layer.output_layer_norm(layer.ffn.ff_chunk(attended) + attended)
 
 
-def _encoder_layers(model: nn.Module) -> nn.ModuleList | None:
-    kind = type(model).__name__
-    if kind in ("BertForMaskedLM", "RobertaForMaskedLM", "XLMRobertaForMaskedLM", "CamembertForMaskedLM"):
-        return model.base_model.encoder.layer
-    if kind == "DistilBertForMaskedLM":
-        return model.base_model.transformer.layer
-    return None
+Head = Callable[[torch.Tensor], torch.Tensor]
+FinalLayer = Callable[[nn.Module, torch.Tensor, Optional[torch.Tensor], torch.Tensor], torch.Tensor]
 
 
-def _final_layer_function(model: nn.Module) -> Callable | None:
+@dataclass(frozen=True)
+class Architecture:
+    """What unmask knows about one masked-LM class."""
+
+    head: Callable[[nn.Module], Head]
+    """model -> function from hidden states (N, H) to vocabulary logits (N, V)."""
+    head_prefixes: tuple[str, ...]
+    """Parameter-name prefixes of the MLM head: a checkpoint without them gets a fresh head."""
+    layers: Callable[[nn.Module], nn.ModuleList]
+    """model -> its encoder layers (sharding, compiling and the masked-only last layer use them)."""
+    final_layer: Optional[FinalLayer] = None
+    """(last layer, hidden states, attention mask, picked) -> (N, H) at the picked positions; None: run the whole encoder."""
+    plain_attention: bool = False
+    """Softmax attention under a padding mask and nothing else, so `cpu_dropout` may take it over."""
+    position_offset: int = 0
+    """Positions the embedding reserves (RoBERTa counts positions from padding_idx + 1)."""
+
+
+def _distilbert_head(model: nn.Module) -> Head:
+    return lambda h: model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))
+
+
+_ROBERTA_FAMILY = Architecture(
+    head=lambda m: m.lm_head, head_prefixes=("lm_head.",), layers=lambda m: m.base_model.encoder.layer,
+    final_layer=_bert_final_layer, plain_attention=True, position_offset=2,
+)  # fmt: skip
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "BertForMaskedLM": Architecture(
+        head=lambda m: m.cls, head_prefixes=("cls.",), layers=lambda m: m.base_model.encoder.layer,
+        final_layer=_bert_final_layer, plain_attention=True,
+    ),
+    "RobertaForMaskedLM": _ROBERTA_FAMILY,
+    "XLMRobertaForMaskedLM": _ROBERTA_FAMILY,
+    "CamembertForMaskedLM": _ROBERTA_FAMILY,
+    "DistilBertForMaskedLM": Architecture(
+        head=_distilbert_head, head_prefixes=("vocab_transform.", "vocab_layer_norm.", "vocab_projector."),
+        layers=lambda m: m.base_model.transformer.layer, final_layer=_distilbert_final_layer, plain_attention=True,
+    ),
+    # ModernBERT's layers mix global and sliding-window attention with rotary positions:
+    # its last layer and its attention stay as transformers wrote them.
+    "ModernBertForMaskedLM": Architecture(
+        head=lambda m: (lambda h: m.decoder(m.head(h))), head_prefixes=("head.", "decoder."), layers=lambda m: m.model.layers,
+    ),
+}  # fmt: skip
+# Head names of architectures outside the table, for the fresh-head report only.
+_GENERIC_HEAD_PARTS = ("cls.", "lm_head", "vocab_", "decoder", "head.")
+
+
+def architecture_of(model: nn.Module) -> Architecture | None:
+    return ARCHITECTURES.get(type(model).__name__)
+
+
+def _final_layer_function(model: nn.Module, architecture: Architecture) -> Callable | None:
     """(input_ids, attention_mask, picked) -> last hidden states (N, H) at the picked
-    positions, for the architectures we know; None means run the whole encoder."""
+    positions; None means run the whole encoder."""
     from transformers.masking_utils import create_bidirectional_mask
 
-    base = model.base_model
-    layers = _encoder_layers(model)
-    if layers is None:
+    final = architecture.final_layer
+    if final is None or model.config._attn_implementation not in ("sdpa", cpu_dropout.ATTENTION_NAME):
         return None
-    final = _distilbert_final_layer if type(model).__name__ == "DistilBertForMaskedLM" else _bert_final_layer
-    if model.config._attn_implementation not in ("sdpa", cpu_dropout.ATTENTION_NAME) or getattr(model.config, "is_decoder", False):
+    if getattr(model.config, "is_decoder", False):
         return None
+    base, layers = model.base_model, architecture.layers(model)
 
     def run(input_ids: torch.Tensor, attention_mask: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
         hidden = base.embeddings(input_ids)
@@ -133,9 +171,10 @@ class MaskedLM(nn.Module):
     def __init__(self, model: nn.Module, fresh_parameters: frozenset[str] = frozenset()):
         super().__init__()
         self.model = model
-        cpu_dropout.install(model)
-        self._head = _head_function(model)
-        self._final_layer = _final_layer_function(model) if self._head is not None else None
+        self.architecture = architecture_of(model)
+        cpu_dropout.install(model, switch_attention=self.architecture is not None and self.architecture.plain_attention)
+        self._head = self.architecture.head(model) if self.architecture else None
+        self._final_layer = _final_layer_function(model, self.architecture) if self.architecture else None
         self.fresh_parameters = fresh_parameters
         """Names (in `model`) of parameters initialised here rather than loaded."""
 
@@ -147,11 +186,10 @@ class MaskedLM(nn.Module):
         """torch.compile, in place, the encoder layers that see every token. The last layer
         and the head stay eager when they run at the masked positions only, whose number
         changes every batch; parameter names are unchanged."""
-        layers = _encoder_layers(self.model)
-        if layers is None or self._final_layer is None:
+        if self.architecture is None or self._final_layer is None:
             self.model.base_model.compile(**compile_options)
             return
-        for layer in layers[:-1]:
+        for layer in self.architecture.layers(self.model)[:-1]:
             layer.compile(**compile_options)
 
     @property
@@ -169,6 +207,10 @@ class MaskedLM(nn.Module):
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]  # (B, T, H)
         return self._head(hidden[picked])
 
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`loss_sum`; the entry point that wrappers (DDP, FSDP) hook into."""
+        return self.loss_sum(input_ids, attention_mask, labels)
+
     def loss_sum(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed cross-entropy over the masked tokens, their logits); divide by the count yourself.
 
@@ -180,8 +222,12 @@ class MaskedLM(nn.Module):
         return F.cross_entropy(logits.float(), labels[picked], reduction="sum"), logits
 
 
-def _report_fresh_head(name: str, missing: set[str], echo: Callable[[str], None]) -> None:
-    head_missing = sorted(k for k in missing if any(p in k for p in ("cls.", "lm_head", "vocab_", "decoder", "head.")))
+def _report_fresh_head(name: str, model: nn.Module, missing: set[str], echo: Callable[[str], None]) -> None:
+    architecture = architecture_of(model)
+    if architecture is not None:
+        head_missing = sorted(k for k in missing if k.startswith(architecture.head_prefixes))
+    else:
+        head_missing = sorted(k for k in missing if any(p in k for p in _GENERIC_HEAD_PARTS))
     other_missing = sorted(set(missing) - set(head_missing))
     if other_missing:
         shown = ", ".join(other_missing[:5]) + (" ..." if len(other_missing) > 5 else "")
@@ -199,35 +245,38 @@ def load_mlm(name: str, trust_remote_code: bool = False, echo: Callable[[str], N
     from transformers import AutoModelForMaskedLM
 
     path = resolve_pretrained(name)
-    torch.manual_seed(init_seed)
-    try:
-        model, info = AutoModelForMaskedLM.from_pretrained(
-            path, output_loading_info=True, trust_remote_code=trust_remote_code, attn_implementation="sdpa"
-        )
-    except (OSError, ValueError, KeyError) as e:
-        where = "folder" if Path(path).exists() else "hub id or folder"
-        raise UnmaskError(f"cannot load a masked LM from {where} '{name}': {str(e).splitlines()[0]}") from None
+    # A forked RNG: seeding the fresh head must not reset the caller's global random state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        try:
+            model, info = AutoModelForMaskedLM.from_pretrained(
+                path, output_loading_info=True, trust_remote_code=trust_remote_code, attn_implementation="sdpa"
+            )
+        except (OSError, ValueError, KeyError) as e:
+            where = "folder" if Path(path).exists() else "hub id or folder"
+            raise UnmaskError(f"cannot load a masked LM from {where} '{name}': {str(e).splitlines()[0]}") from None
     missing = set(info.get("missing_keys", ()))
-    _report_fresh_head(name, missing, echo)
+    _report_fresh_head(name, model, missing, echo)
     return MaskedLM(model, frozenset(missing & {n for n, _ in model.named_parameters()}))
 
 
-def build_mlm(preset: str, tokenizer, seq_len: int, seed: int) -> MaskedLM:
-    """A freshly initialised BERT of a preset shape for this tokenizer's vocabulary."""
+def build_mlm(preset: str, vocab: Vocabulary, seq_len: int, seed: int) -> MaskedLM:
+    """A freshly initialised BERT of a preset shape for this vocabulary."""
     quiet_transformers()
     from transformers import BertConfig, BertForMaskedLM
 
     if preset not in PRESET_SHAPES:
         raise UnmaskError(f"--from-scratch: unknown preset '{preset}' (choose from {', '.join(PRESET_SHAPES)})")
     config = BertConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab.size,
         max_position_embeddings=max(512, seq_len),
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        pad_token_id=vocab.pad_id,
         tie_word_embeddings=True,
         **PRESET_SHAPES[preset],
     )
-    torch.manual_seed(seed)
-    return MaskedLM(BertForMaskedLM(config))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MaskedLM(BertForMaskedLM(config))
 
 
 def set_dropout(model: nn.Module, probability: float) -> None:
@@ -240,11 +289,8 @@ def set_dropout(model: nn.Module, probability: float) -> None:
 
 def max_positions(model: MaskedLM) -> int:
     """Longest input the model can embed (RoBERTa reserves two positions for padding offsets)."""
-    config = model.config
-    limit = getattr(config, "max_position_embeddings", 512)
-    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
-        limit -= 2
-    return limit
+    limit = getattr(model.config, "max_position_embeddings", 512)
+    return limit - (model.architecture.position_offset if model.architecture else 0)
 
 
 def resolve_device(device: str) -> torch.device:

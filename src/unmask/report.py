@@ -9,10 +9,13 @@ from pathlib import Path
 
 import torch
 
-from unmask.config import UnmaskError, atomic_write_text
-from unmask.evaluate import MlmMetrics, eval_windows, evaluate_models, held_out_split, vocabulary, word_start_table
+from unmask.config import UnmaskError
+from unmask.evaluate import EVAL_MASK_PROB, EVAL_SEED, MlmMetrics, evaluate_model, held_out_windows
+from unmask.files import atomic_write_text
 from unmask.infer import LoadedModel
 from unmask.tokenizer import fingerprint
+
+CHART_HINT = "charts need matplotlib: pip install 'unmask[report]'"
 
 ROWS = [
     ("loss", "loss", "{:.4f}"),
@@ -32,7 +35,7 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UnmaskError("charts need matplotlib: pip install 'unmask[report]'") from None
+        raise UnmaskError(CHART_HINT) from None
     return plt
 
 
@@ -91,7 +94,7 @@ def compare(
         raise UnmaskError(f"'{base}' and '{trained}' use different tokenizers: their masked positions cannot be compared")
     models, target = [m.lm for m in loaded], loaded[0].device
     seq_len = min(seq_len, *(m.max_len for m in loaded))
-    windows = eval_windows(held_out_split(data, tokenizer), tokenizer, seq_len)
+    windows = held_out_windows(data, tokenizer, seq_len)
     found: list[Disagreement] = []
 
     def collect(original: torch.Tensor, labels: torch.Tensor, top1s: list[torch.Tensor]) -> None:
@@ -110,10 +113,7 @@ def compare(
                 )
             )  # fmt: skip
 
-    results = evaluate_models(
-        models, windows, **vocabulary(tokenizer), batch_size=batch_size, device=target, max_batches=max_batches,
-        starts_word=word_start_table(tokenizer), on_batch=collect, progress=True,
-    )  # fmt: skip
+    results = evaluate_model(models, windows, batch_size=batch_size, device=target, max_batches=max_batches, on_batch=collect, progress=True)
     table = metrics_table(["base", "trained"], results)
     out.mkdir(parents=True, exist_ok=True)
     report = {
@@ -122,22 +122,26 @@ def compare(
         "disagreements": [d.__dict__ for d in found],
     }  # fmt: skip
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+    try:
+        _compare_chart(results, out / "chart.png")
+        chart, image = f", chart: {out / 'chart.png'}", ["![metrics](chart.png)", ""]
+    except UnmaskError as e:
+        chart, image = f"\nno chart.png: {e}", []
     markdown = [
         "# Base vs trained", "", f"- base: `{base}`", f"- trained: `{trained}`", f"- data: `{' '.join(data)}`",
-        f"- {len(windows)} windows of {seq_len} tokens; the same masked positions for both (15%, seed 1234)", "",
+        f"- {len(windows)} windows of {seq_len} tokens; the same masked positions for both "
+        f"({EVAL_MASK_PROB:.0%}, seed {EVAL_SEED})", "",
         _markdown_table(table), "", "## Where their top-1 predictions differ", "",
         "| context | true | base | trained |", "|---|---|---|---|",
-        *(f"| {d.context.replace('|', '/')} | {d.truth} | {d.base} | {d.trained} |" for d in found), "",
-        "![metrics](chart.png)", "",
+        *(f"| {d.context.replace('|', '/')} | {d.truth} | {d.base} | {d.trained} |" for d in found), "", *image,
     ]  # fmt: skip
     atomic_write_text(out / "report.md", "\n".join(markdown))
-    _compare_chart(results, out / "chart.png")
     echo(text_table(table))
     if found:
         echo("\nwhere their top-1 predictions differ (true / base / trained):")
         for d in found:
             echo(f"  {d.context}\n      {d.truth} / {d.base} / {d.trained}")
-    echo(f"\nreport: {out / 'report.md'}, chart: {out / 'chart.png'}")
+    echo(f"\nreport: {out / 'report.md'}{chart}")
     return report
 
 

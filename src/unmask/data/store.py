@@ -1,22 +1,22 @@
 """The token store: tokenized documents on disk, memory-mapped for training.
 
 Layout of a store folder:
-    meta.json                       tokenizer fingerprint and ids, dtype, counts, sources
+    meta.json                       tokenizer fingerprint, vocabulary record, dtype, counts, sources
     tokenizer/                      the tokenizer that made it (save_pretrained format)
     {train,val}.tokens              raw uint16 (uint32 for vocabularies over 65,536) ids,
                                     every document followed by one separator ([SEP])
     {train,val}.offsets             raw int64: start of each document in .tokens, plus the end
 
 Preparation streams: texts are tokenized in batches and appended to the files, so memory
-stays flat whatever the corpus size. The store is built in a temporary folder and renamed
-into place at the end, so an interrupted prepare never leaves a store that looks complete.
+stays flat whatever the corpus size. The store is built in a folder of this process's own,
+fsynced, and renamed into place at the end, so an interrupted prepare never leaves a store
+that looks complete, and `--overwrite` only ever replaces something that is a token store.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -25,11 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from unmask.config import PrepareConfig, UnmaskError, atomic_write_text, swap_into_place
+from unmask.config import PrepareConfig, UnmaskError
 from unmask.data.sources import ReadReport, expand_sources, read_documents
-from unmask.tokenizer import fingerprint, framing_ids, load_tokenizer, raw_tokenizer, special_ids
+from unmask.files import atomic_write_text, building_path, publish_folder, recover_folder, remove_tree
+from unmask.tokenizer import Vocabulary, fingerprint, load_tokenizer, raw_tokenizer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # format 1 kept its ids loose under "tokenizer"; it still opens
 SPLITS = ("train", "val")
 _TEXTS_PER_BATCH = 256
 _TOKENS_PER_WRITE = 1 << 20
@@ -84,27 +86,49 @@ class _SplitWriter:
         self.offsets.close()
 
 
+def is_token_store(path: Path) -> bool:
+    """Whether `path` is a folder that `unmask prepare` made (and so may be replaced)."""
+    try:
+        meta = json.loads((Path(path) / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format_version") in READABLE_VERSIONS and (Path(path) / "train.tokens").is_file()
+
+
+def _check_out(out: Path, sources: list[str], overwrite: bool) -> None:
+    """Refuse any --out whose replacement could lose something that is not a token store."""
+    recover_folder(out)
+    if out.exists():
+        if not overwrite:
+            raise UnmaskError(f"--out {out}: already exists (pass --overwrite to replace it)")
+        if not is_token_store(out):
+            raise UnmaskError(f"--out {out}: exists and is not a token store; --overwrite only ever replaces a store (choose another --out)")
+    resolved = out.resolve()
+    for source in sources:
+        path = Path(source).resolve()
+        if path.exists() and (path == resolved or resolved in path.parents or (path.is_dir() and path in resolved.parents)):
+            raise UnmaskError(f"--out {out}: overlaps the source '{source}'; put the store outside the text it is made from")
+
+
 def prepare(config: PrepareConfig, progress: bool = True) -> dict:
     """Tokenize the sources into a new store at config.out; returns its metadata."""
     from tqdm import tqdm
 
     out = Path(config.out)
-    if out.exists() and not config.overwrite:
-        raise UnmaskError(f"--out {out}: already exists (pass --overwrite to replace it)")
+    _check_out(out, config.sources, config.overwrite)
     files = expand_sources(config.sources)
     tokenizer = load_tokenizer(config.tokenizer, config.trust_remote_code)
+    vocab = Vocabulary.from_tokenizer(tokenizer)
     encoder = raw_tokenizer(tokenizer)
-    vocab_size = len(tokenizer)
-    dtype = token_dtype(vocab_size)
-    opener, separator = framing_ids(tokenizer)
+    dtype = token_dtype(vocab.size)
     val_fraction = Fraction(str(config.val_fraction))
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    building = out.with_name(f".{out.name}.building")
-    shutil.rmtree(building, ignore_errors=True)
+    building = building_path(out)
+    remove_tree(building)
     building.mkdir()
     try:
-        writers = {split: _SplitWriter(building, split, dtype, separator) for split in SPLITS}
+        writers = {split: _SplitWriter(building, split, dtype, vocab.closer_id) for split in SPLITS}
         report = ReadReport()
         started = time.perf_counter()
         total_bytes = sum(f.stat().st_size for f in files)
@@ -151,16 +175,8 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
         tokenizer.save_pretrained(building / "tokenizer")
         meta = {
             "format_version": FORMAT_VERSION,
-            "tokenizer": {
-                "name": config.tokenizer,
-                "fingerprint": fingerprint(tokenizer),
-                "vocab_size": vocab_size,
-                "opener_id": opener,
-                "separator_id": separator,
-                "pad_id": tokenizer.pad_token_id,
-                "mask_id": tokenizer.mask_token_id,
-                "special_ids": special_ids(tokenizer),
-            },
+            "tokenizer": {"name": config.tokenizer, "fingerprint": fingerprint(tokenizer)},
+            "vocabulary": vocab.to_meta(),
             "dtype": dtype.name,
             "splits": {s: {"documents": w.documents, "tokens": w.total_tokens} for s, w in writers.items()},
             "sources": config.sources,
@@ -176,9 +192,9 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
             "seconds": round(seconds, 3),
         }
         atomic_write_text(building / "meta.json", json.dumps(meta, indent=2))
-        swap_into_place(building, out)
+        publish_folder(building, out)
     except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
+        remove_tree(building)
         raise
     return meta
 
@@ -203,15 +219,17 @@ class TokenStore:
     @classmethod
     def open(cls, path: str | Path) -> "TokenStore":
         path = Path(path)
+        recover_folder(path)
         meta_path = path / "meta.json"
         if not meta_path.is_file():
             raise UnmaskError(f"{path}: not a token store (no meta.json); make one with `unmask prepare`")
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise UnmaskError(f"{meta_path}: unreadable store metadata: {e}") from None
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise UnmaskError(f"{path}: store format {meta.get('format_version')} is not {FORMAT_VERSION}; prepare it again")
+        if not isinstance(meta, dict) or meta.get("format_version") not in READABLE_VERSIONS:
+            version = meta.get("format_version") if isinstance(meta, dict) else None
+            raise UnmaskError(f"{path}: store format {version} is not one this unmask reads ({READABLE_VERSIONS}); prepare it again")
         return cls(path, meta)
 
     @property
@@ -219,15 +237,43 @@ class TokenStore:
         return self.path / "tokenizer"
 
     @property
+    def tokenizer_name(self) -> str:
+        return self.meta["tokenizer"]["name"]
+
+    @property
     def fingerprint(self) -> str:
         return self.meta["tokenizer"]["fingerprint"]
 
+    def vocabulary(self) -> Vocabulary:
+        if "vocabulary" in self.meta:
+            return Vocabulary.from_meta(self.meta["vocabulary"])
+        # Format 1 kept the ids under "tokenizer" and no word-start table: rebuild the record
+        # from the tokenizer the store carries, keeping the ids it recorded.
+        old = self.meta["tokenizer"]
+        rebuilt = Vocabulary.from_tokenizer(load_tokenizer(str(self.tokenizer_path)))
+        return Vocabulary(
+            size=old["vocab_size"], special_ids=tuple(old["special_ids"]), mask_id=old["mask_id"], opener_id=old["opener_id"],
+            closer_id=old["separator_id"], pad_id=old["pad_id"] if old["pad_id"] is not None else 0, starts_word=rebuilt.starts_word,
+        )  # fmt: skip
+
+    def require_tokenizer(self, tokenizer, used_by: str, hint: str) -> None:
+        """Refuse to pair this store with a tokenizer that maps text to other ids."""
+        if fingerprint(tokenizer) != self.fingerprint:
+            raise UnmaskError(
+                f"--data {self.path}: made with tokenizer '{self.tokenizer_name}', which maps text to other ids than {used_by}; {hint}"
+            )
+
     def split(self, name: str) -> Split:
+        if name not in self.meta["splits"]:
+            raise UnmaskError(f"--split: '{name}' is not a split of {self.path} ({', '.join(self.meta['splits'])})")
         count = self.meta["splits"][name]["tokens"]
         if count == 0:
             return Split(np.zeros(0, dtype=self.meta["dtype"]), np.zeros(1, dtype=np.int64))
-        tokens = np.memmap(self.path / f"{name}.tokens", dtype=self.meta["dtype"], mode="r")
-        offsets = np.memmap(self.path / f"{name}.offsets", dtype=np.int64, mode="r")
+        try:
+            tokens = np.memmap(self.path / f"{name}.tokens", dtype=self.meta["dtype"], mode="r")
+            offsets = np.memmap(self.path / f"{name}.offsets", dtype=np.int64, mode="r")
+        except (OSError, ValueError) as e:
+            raise UnmaskError(f"{self.path}: {name} split cannot be read: {e}") from None
         if len(tokens) != count or offsets[-1] != count:
             raise UnmaskError(f"{self.path}: {name} split is damaged ({len(tokens)} tokens on disk, {count} recorded)")
         return Split(tokens, offsets)

@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 
 from unmask.data.store import Split
+from unmask.tokenizer import Vocabulary
 
 
 def packed_windows(total_tokens: int, body_len: int, keep_partial: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -53,9 +54,7 @@ class Windows:
 
     split: Split
     seq_len: int
-    opener_id: int
-    closer_id: int
-    pad_id: int
+    vocab: Vocabulary
     starts: np.ndarray
     lengths: np.ndarray
 
@@ -64,9 +63,7 @@ class Windows:
         cls,
         split: Split,
         seq_len: int,
-        opener_id: int,
-        closer_id: int,
-        pad_id: int,
+        vocab: Vocabulary,
         packing: Literal["packed", "padded"] = "packed",
         keep_partial: bool = False,
     ) -> "Windows":
@@ -75,7 +72,7 @@ class Windows:
             starts, lengths = packed_windows(len(split.tokens), body_len, keep_partial)
         else:
             starts, lengths = padded_windows(np.asarray(split.offsets), body_len)
-        return cls(split, seq_len, opener_id, closer_id, pad_id, starts, lengths)
+        return cls(split, seq_len, vocab, starts, lengths)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -83,13 +80,13 @@ class Windows:
     def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """input_ids and attention_mask, both int64 of shape (len(indices), seq_len)."""
         count = len(indices)
-        input_ids = np.full((count, self.seq_len), self.pad_id, dtype=np.int64)
+        input_ids = np.full((count, self.seq_len), self.vocab.pad_id, dtype=np.int64)
         attention_mask = np.zeros((count, self.seq_len), dtype=np.int64)
-        input_ids[:, 0] = self.opener_id
+        input_ids[:, 0] = self.vocab.opener_id
         for row, index in enumerate(indices.tolist()):
             start, length = int(self.starts[index]), int(self.lengths[index])
             input_ids[row, 1 : 1 + length] = self.split.tokens[start : start + length]
-            input_ids[row, 1 + length] = self.closer_id
+            input_ids[row, 1 + length] = self.vocab.closer_id
             attention_mask[row, : length + 2] = 1
         return input_ids, attention_mask
 

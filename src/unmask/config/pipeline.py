@@ -1,46 +1,22 @@
-"""Typed settings for every stage, validated on construction and saved as YAML.
+"""Settings of the pipeline stages: `unmask prepare` and `unmask train`.
 
-Each field's docstring is its `--help` text (jsonargparse reads attribute docstrings).
+Each field's docstring is its `--help` text; `__post_init__` refuses bad values and names
+the flag; derived values are methods.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import ClassVar, Literal, Optional
 
-import yaml
+from unmask.config.base import check_masking_probabilities, require
 
-
-class UnmaskError(Exception):
-    """An error caused by the user's input; the CLI prints it without a traceback."""
-
-
-def _check(condition: bool, argument: str, message: str) -> None:
-    if not condition:
-        raise UnmaskError(f"--{argument.replace('_', '-')}: {message}")
-
-
-def check_masking_probabilities(mask_prob: float, mask_replace_prob: float, random_replace_prob: float) -> None:
-    """Refuse masking settings that cannot describe a BERT-style draw."""
-    _check(0.0 < mask_prob < 1.0, "mask_prob", f"must be strictly between 0 and 1, got {mask_prob}")
-    _check(0.0 <= mask_replace_prob <= 1.0, "mask_replace_prob", f"must be in [0, 1], got {mask_replace_prob}")
-    _check(0.0 <= random_replace_prob <= 1.0, "random_replace_prob", f"must be in [0, 1], got {random_replace_prob}")
-    _check(
-        mask_replace_prob + random_replace_prob <= 1.0 + 1e-9,
-        "random_replace_prob",
-        f"mask_replace_prob + random_replace_prob must be at most 1, got {mask_replace_prob} + {random_replace_prob}",
-    )
-
-
-@dataclass
+@dataclass(kw_only=True)
 class PrepareConfig:
     """Settings of `unmask prepare`: text sources to a token store."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("sources",)
 
     sources: list[str]
     """Text files (.txt, .jsonl), folders or globs; `sample:pydocs` is the bundled sample corpus."""
@@ -62,15 +38,15 @@ class PrepareConfig:
     """Allow a hub tokenizer to run its own code."""
 
     def __post_init__(self) -> None:
-        _check(len(self.sources) > 0, "sources", "give at least one file, folder or glob")
-        _check(0.0 <= self.val_fraction < 1.0, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
-        _check(bool(self.text_field), "text_field", "must not be empty")
+        require(len(self.sources) > 0, "sources", "give at least one file, folder or glob")
+        require(0.0 <= self.val_fraction < 1.0, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+        require(bool(self.text_field), "text_field", "must not be empty")
 
 
 PRESETS = ("tiny", "mini", "small", "base")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
     """Settings of `unmask train`."""
 
@@ -150,26 +126,26 @@ class TrainConfig:
     """Continue the run in --out from its newest complete checkpoint."""
 
     def __post_init__(self) -> None:
-        _check((self.model is None) != (self.from_scratch is None), "model", "give exactly one of --model or --from-scratch")
-        _check(self.seq_len >= 8, "seq_len", f"must be at least 8, got {self.seq_len}")
-        _check(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
-        _check(self.grad_accum >= 1, "grad_accum", f"must be at least 1, got {self.grad_accum}")
-        _check(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be at least 1, got {self.max_steps}")
-        _check(self.epochs is None or self.epochs > 0, "epochs", f"must be positive, got {self.epochs}")
-        _check(self.lr > 0, "lr", f"must be positive, got {self.lr}")
-        _check(self.fresh_lr_scale > 0, "fresh_lr_scale", f"must be positive, got {self.fresh_lr_scale}")
-        _check(self.weight_decay >= 0, "weight_decay", f"must not be negative, got {self.weight_decay}")
-        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1", "beta1 and beta2 must be in [0, 1)")
-        _check(0 <= self.warmup_fraction < 1, "warmup_fraction", f"must be in [0, 1), got {self.warmup_fraction}")
-        _check(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps", "must not be negative")
-        _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-        _check(self.clip_grad_norm >= 0, "clip_grad_norm", "must not be negative")
-        _check(self.dropout is None or 0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+        require((self.model is None) != (self.from_scratch is None), "model", "give exactly one of --model or --from-scratch")
+        require(self.seq_len >= 8, "seq_len", f"must be at least 8, got {self.seq_len}")
+        require(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        require(self.grad_accum >= 1, "grad_accum", f"must be at least 1, got {self.grad_accum}")
+        require(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be at least 1, got {self.max_steps}")
+        require(self.epochs is None or self.epochs > 0, "epochs", f"must be positive, got {self.epochs}")
+        require(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        require(self.fresh_lr_scale > 0, "fresh_lr_scale", f"must be positive, got {self.fresh_lr_scale}")
+        require(self.weight_decay >= 0, "weight_decay", f"must not be negative, got {self.weight_decay}")
+        require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1", "beta1 and beta2 must be in [0, 1)")
+        require(0 <= self.warmup_fraction < 1, "warmup_fraction", f"must be in [0, 1), got {self.warmup_fraction}")
+        require(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps", "must not be negative")
+        require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        require(self.clip_grad_norm >= 0, "clip_grad_norm", "must not be negative")
+        require(self.dropout is None or 0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
         check_masking_probabilities(self.mask_prob, self.mask_replace_prob, self.random_replace_prob)
         for name in ("eval_every", "log_every", "checkpoint_every"):
-            _check(getattr(self, name) >= 0, name, "must not be negative")
-        _check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
-        _check(self.eval_max_batches is None or self.eval_max_batches >= 1, "eval_max_batches", "must be at least 1")
+            require(getattr(self, name) >= 0, name, "must not be negative")
+        require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
+        require(self.eval_max_batches is None or self.eval_max_batches >= 1, "eval_max_batches", "must be at least 1")
 
     def windows_per_step(self) -> int:
         return self.batch_size * self.grad_accum
@@ -189,61 +165,12 @@ class TrainConfig:
 
 
 # Fields that may change when a run is resumed: they change neither the data order, the
-# masking, nor the arithmetic of a step.
+# masking, nor the arithmetic of a step. (A change of device *type* is refused separately,
+# against the device recorded in the checkpoint: "auto" may resolve differently.)
 RESUMABLE_CHANGES = frozenset({"resume", "device", "compile", "eval_every", "eval_max_batches", "log_every", "checkpoint_every", "keep_checkpoints"})
 
 
-def to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
-
-
-def from_dict(cls: type, values: dict[str, Any], source: str) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise UnmaskError(f"{source}: unknown setting(s) {', '.join(unknown)}")
-    return cls(**values)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temporary file and a rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def swap_into_place(building: Path, target: Path) -> None:
-    """Replace folder `target` by the finished folder `building`.
-
-    The old folder is renamed aside first and deleted last: at every moment either the old
-    or the new folder is whole at `target`'s path (or both exist, under different names).
-    """
-    if target.exists():
-        retired = target.with_name(f".{target.name}.replaced")
-        shutil.rmtree(retired, ignore_errors=True)
-        target.rename(retired)
-        building.rename(target)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        building.rename(target)
-
-
-def save_yaml(config: Any, path: Path) -> None:
-    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
-
-
-def load_yaml(cls: type, path: Path) -> Any:
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise UnmaskError(f"{path}: cannot read config: {e}") from None
-    return from_dict(cls, values, str(path))
+def refused_resume_changes(saved: dict, now: dict) -> list[str]:
+    """`field: old -> new` for every setting that differs and may not change on resume."""
+    changed = sorted(k for k, v in now.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+    return [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed]

@@ -1,0 +1,193 @@
+"""What each subcommand does with its settings and prints: the glue between the CLI and the library.
+
+Each `run_*` function takes the settings dataclass of its command and returns an exit code;
+results go to stdout, notes and progress to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from unmask.config import (
+    CompareConfig,
+    EmbedConfig,
+    EvalConfig,
+    FillConfig,
+    InspectConfig,
+    PlotConfig,
+    PrepareConfig,
+    ScoreConfig,
+    TrainConfig,
+    UnmaskError,
+)
+
+
+def echo_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def run_prepare(config: PrepareConfig) -> int:
+    from unmask.data.store import prepare
+
+    meta = prepare(config)
+    splits, skipped = meta["splits"], meta["skipped"]
+    print(
+        f"store {config.out}: {splits['train']['documents']:,} training documents ({splits['train']['tokens']:,} tokens), "
+        f"{splits['val']['documents']:,} held out ({splits['val']['tokens']:,} tokens) from {meta['files']} file(s) "
+        f"in {meta['seconds']:.1f}s"
+    )
+    if skipped["empty_files"]:
+        print(f"skipped {len(skipped['empty_files'])} empty file(s): {', '.join(skipped['empty_files'][:5])}")
+    if skipped["bad_files"]:
+        print(f"skipped {len(skipped['bad_files'])} unreadable file(s): " + "; ".join(skipped["bad_files"][:5]))
+    if skipped["empty_documents"]:
+        print(f"skipped {skipped['empty_documents']} empty document(s)")
+    return 0
+
+
+def run_train(config: TrainConfig) -> int:
+    from unmask.train import train
+
+    summary = train(config, echo=echo_stderr)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def read_texts(texts: list[str], file: str | None) -> tuple[list[str], list[str]]:
+    """Texts and a label naming where each came from (file:line), for error messages."""
+    if file is not None:
+        try:
+            lines = Path(file).read_text(encoding="utf-8").split("\n")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UnmaskError(f"--file {file}: cannot read: {e}") from None
+        pairs = [(line.rstrip("\r"), f"{file}:{n}") for n, line in enumerate(lines, 1) if line.strip()]
+    elif texts and texts != ["-"]:
+        pairs = [(text, f"text {n}") for n, text in enumerate(texts, 1)]
+    elif texts == ["-"] or not sys.stdin.isatty():
+        pairs = [(line.rstrip("\r\n"), f"stdin:{n}") for n, line in enumerate(sys.stdin, 1) if line.strip()]
+    else:
+        raise UnmaskError("give texts, --file F, or pipe texts on stdin")
+    if not pairs:
+        raise UnmaskError("no texts to fill")
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def run_fill(config: FillConfig) -> int:
+    from unmask.infer import Filler
+
+    texts, labels = read_texts(config.texts, config.file)
+    filler = Filler(config.model, device=config.device, trust_remote_code=config.trust_remote_code, echo=echo_stderr)
+    for result in filler.fill(texts, top_k=config.top_k, batch_size=config.batch_size, labels=labels):
+        if config.json:
+            print(json.dumps(asdict(result), ensure_ascii=False))
+            continue
+        print(result.text)
+        for number, mask in enumerate(result.masks, 1):
+            shown = "  ".join(f"{c.token.strip() or repr(c.token)} ({c.score:.1%})" for c in mask.candidates)
+            print(f"  mask {number}: {shown}")
+        print(f"  -> {result.best_guess()}")
+    return 0
+
+
+def run_inspect(config: InspectConfig) -> int:
+    from unmask.infer import inspect_masking
+    from unmask.report import text_table
+
+    rows = inspect_masking(
+        config.text, config.model, config.seed, config.mask_prob, config.mask_replace_prob, config.random_replace_prob,
+        trust_remote_code=config.trust_remote_code,
+    )  # fmt: skip
+    if config.json:
+        print(json.dumps([asdict(r) for r in rows], ensure_ascii=False, indent=1))
+        return 0
+    header = ["pos", "token", "id", "attn", "special", "picked", "became", "input_id", "label"]
+    print(text_table([header] + [
+        [str(r.position), r.token, str(r.token_id), str(r.attention), "yes" if r.special else "", "yes" if r.picked else "",
+         r.became, str(r.input_id), str(r.label)]
+        for r in rows
+    ]))  # fmt: skip
+    maskable = sum(not r.special for r in rows)
+    picked = sum(r.picked for r in rows)
+    print(f"\npicked {picked} of {maskable} maskable tokens ({picked / max(maskable, 1):.0%}; mask_prob {config.mask_prob}) with seed {config.seed}")
+    return 0
+
+
+def run_eval(config: EvalConfig) -> int:
+    from unmask.evaluate import evaluate_model, held_out_windows
+    from unmask.infer import LoadedModel
+    from unmask.report import metrics_table, text_table
+
+    loaded = LoadedModel(config.model, device=config.device, trust_remote_code=config.trust_remote_code, echo=echo_stderr)
+    windows = held_out_windows(config.data, loaded.tokenizer, min(config.seq_len, loaded.max_len), config.split)
+    [metrics] = evaluate_model(
+        loaded.lm, windows, batch_size=config.batch_size, device=loaded.device, max_batches=config.max_batches, progress=True
+    )
+    if config.json:
+        print(json.dumps({"model": config.model, "data": config.data, "windows": len(windows), **metrics.as_dict()}, indent=2))
+        return 0
+    print(text_table([row[:2] for row in metrics_table([config.model], [metrics])]))
+    return 0
+
+
+def run_score(config: ScoreConfig) -> int:
+    from unmask.infer import Scorer
+
+    texts, labels = read_texts(config.texts, config.file)
+    scorer = Scorer(config.model, device=config.device, trust_remote_code=config.trust_remote_code, echo=echo_stderr)
+    for result in scorer.score(texts, batch_size=config.batch_size, labels=labels):
+        if config.json:
+            print(json.dumps(asdict(result), ensure_ascii=False))
+        else:
+            print(
+                f"PLL {result.pll:9.3f}  pseudo-perplexity {result.pseudo_perplexity:9.2f}  |  word-l2r PLL {result.pll_word_l2r:9.3f}"
+                f"  pseudo-perplexity {result.pseudo_perplexity_word_l2r:9.2f}  |  {result.text}"
+            )
+    return 0
+
+
+def run_embed(config: EmbedConfig) -> int:
+    import numpy as np
+
+    from unmask.infer import Embedder
+
+    embedder = Embedder(config.model, device=config.device, trust_remote_code=config.trust_remote_code, echo=echo_stderr)
+    if config.tokens is not None:
+        tokens, ids, vectors = embedder.token_embeddings(config.tokens)
+        print(f"{len(tokens)} tokens x {vectors.shape[1]} dimensions (last hidden layer)")
+        width = max(len(t) for t in tokens)
+        for position, (token, token_id, vector) in enumerate(zip(tokens, ids, vectors)):
+            head = " ".join(f"{v:+.3f}" for v in vector[:6])
+            print(f"{position:4d}  {token.ljust(width)}  {token_id:6d}  norm {np.linalg.norm(vector):7.3f}  [{head} ...]")
+        if config.out:
+            np.save(config.out, vectors)
+            print(f"saved {config.out}")
+        return 0
+    try:
+        lines = Path(config.file).read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UnmaskError(f"--file {config.file}: cannot read: {e}") from None
+    texts = [line.rstrip("\r") for line in (lines[:-1] if lines[-1] == "" else lines)]  # row i is line i, blank lines too
+    vectors = embedder.embed(texts, pooling=config.pooling, batch_size=config.batch_size, normalize=config.normalize, echo=echo_stderr)
+    np.save(config.out, vectors)
+    print(f"saved {vectors.shape[0]} x {vectors.shape[1]} {config.pooling}-pooled embeddings to {config.out}")
+    return 0
+
+
+def run_compare(config: CompareConfig) -> int:
+    from unmask.report import compare
+
+    compare(
+        config.base, config.trained, config.data, Path(config.out), seq_len=config.seq_len, batch_size=config.batch_size,
+        max_batches=config.max_batches, examples=config.examples, device=config.device, echo=print,
+    )  # fmt: skip
+    return 0
+
+
+def run_plot(config: PlotConfig) -> int:
+    from unmask.report import plot_run
+
+    print(f"saved {plot_run(Path(config.run), Path(config.out) if config.out else None)}")
+    return 0

@@ -1,0 +1,68 @@
+"""What every config shares: the user-error type, validation helpers, YAML in and out."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from unmask.files import atomic_write_text
+
+
+class UnmaskError(Exception):
+    """An error caused by the user's input; the CLI prints it without a traceback."""
+
+
+def flag(name: str) -> str:
+    """A field name as users type it: `batch_size` -> `--batch-size`."""
+    return f"--{name.replace('_', '-')}"
+
+
+def require(condition: bool, argument: str, message: str) -> None:
+    """Refuse a setting, naming the flag it came from."""
+    if not condition:
+        raise UnmaskError(f"{flag(argument)}: {message}")
+
+
+def check_masking_probabilities(mask_prob: float, mask_replace_prob: float, random_replace_prob: float, name: str = "mask_prob") -> None:
+    """Refuse masking settings that cannot describe a BERT-style draw."""
+    require(0.0 < mask_prob < 1.0, name, f"must be strictly between 0 and 1, got {mask_prob}")
+    require(0.0 <= mask_replace_prob <= 1.0, "mask_replace_prob", f"must be in [0, 1], got {mask_replace_prob}")
+    require(0.0 <= random_replace_prob <= 1.0, "random_replace_prob", f"must be in [0, 1], got {random_replace_prob}")
+    require(
+        mask_replace_prob + random_replace_prob <= 1.0 + 1e-9,
+        "random_replace_prob",
+        f"mask_replace_prob + random_replace_prob must be at most 1, got {mask_replace_prob} + {random_replace_prob}",
+    )
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, values: dict[str, Any], source: str) -> Any:
+    """Build a config from a mapping; an unknown key is an error, never silently dropped."""
+    if not isinstance(values, dict):
+        raise UnmaskError(f"{source}: expected a mapping of settings, got {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UnmaskError(f"{source}: unknown setting(s) {', '.join(unknown)}")
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise UnmaskError(f"{source}: {e}") from None
+
+
+def save_yaml(config: Any, path: Path) -> None:
+    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def load_yaml(cls: type, path: Path) -> Any:
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UnmaskError(f"{path}: cannot read config: {e}") from None
+    return from_dict(cls, values, str(path))

@@ -1,0 +1,180 @@
+"""Settings of the commands that use a model: fill, inspect, eval, score, embed, compare, plot.
+
+As for training, each field's docstring is its `--help` text, and `POSITIONAL` names the
+fields given without a flag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, Optional
+
+from unmask.config.base import check_masking_probabilities, require
+
+
+@dataclass(kw_only=True)
+class DeviceOptions:
+    device: str = "auto"
+    """`auto`, `cpu`, `cuda` or `cuda:N`."""
+
+
+@dataclass(kw_only=True)
+class ModelOptions(DeviceOptions):
+    model: str
+    """Run folder, model folder, hub id or alias (minilm-l6)."""
+    trust_remote_code: bool = False
+    """Allow a hub model to run its own code."""
+
+
+@dataclass(kw_only=True)
+class HeldOutOptions:
+    data: list[str]
+    """A token store (its held-out split) or text files, folders, globs."""
+    seq_len: int = 128
+    """Tokens per window."""
+    batch_size: int = 32
+    """Windows per batch."""
+    max_batches: Optional[int] = None
+    """Score only this many batches."""
+
+    def __post_init__(self) -> None:
+        require(len(self.data) > 0, "data", "give a token store or text files")
+        require(self.seq_len >= 8, "seq_len", f"must be at least 8, got {self.seq_len}")
+        require(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        require(self.max_batches is None or self.max_batches >= 1, "max_batches", "must be at least 1")
+
+
+@dataclass(kw_only=True)
+class TextsOptions:
+    texts: list[str] = field(default_factory=list)
+    """Texts; `-` (or none, with --file unset) reads stdin, one per line."""
+    file: Optional[str] = None
+    """File of texts, one per line."""
+
+
+@dataclass(kw_only=True)
+class FillConfig(ModelOptions, TextsOptions):
+    """Settings of `unmask fill`: the top-k candidates of every mask."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("model", "texts")
+    texts: list[str] = field(default_factory=list)
+    """Texts with [MASK] or <mask>; `-` (or none, with --file unset) reads stdin, one per line."""
+    top_k: int = 5
+    """Candidates per mask."""
+    json: bool = False
+    """Print one JSON object per text (JSON Lines)."""
+    batch_size: int = 32
+    """Texts per forward pass."""
+
+    def __post_init__(self) -> None:
+        require(self.top_k >= 1, "top_k", f"must be at least 1, got {self.top_k}")
+        require(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+
+
+@dataclass(kw_only=True)
+class InspectConfig:
+    """Settings of `unmask inspect`: one masking draw on one sentence."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("text",)
+    text: str
+    """Any sentence."""
+    model: str = "minilm-l6"
+    """Tokenizer to use: run folder, model folder, hub id or alias."""
+    seed: int = 0
+    """Seed of the draw; the same seed gives the same draw."""
+    mask_prob: float = 0.15
+    """Share of maskable tokens picked."""
+    mask_replace_prob: float = 0.8
+    """Share of picked tokens replaced by the mask token."""
+    random_replace_prob: float = 0.1
+    """Share of picked tokens replaced by a random token."""
+    json: bool = False
+    """Print the rows as JSON."""
+    trust_remote_code: bool = False
+    """Allow a hub tokenizer to run its own code."""
+
+    def __post_init__(self) -> None:
+        check_masking_probabilities(self.mask_prob, self.mask_replace_prob, self.random_replace_prob)
+
+
+@dataclass(kw_only=True)
+class EvalConfig(ModelOptions, HeldOutOptions):
+    """Settings of `unmask eval`: held-out metrics on fixed masked positions."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("model",)
+    split: Literal["val", "train"] = "val"
+    """Split of a store to score: val or train."""
+    json: bool = False
+    """Print the metrics as JSON."""
+
+
+@dataclass(kw_only=True)
+class ScoreConfig(ModelOptions, TextsOptions):
+    """Settings of `unmask score`: pseudo-log-likelihood of sentences."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("model", "texts")
+    texts: list[str] = field(default_factory=list)
+    """Sentences; `-` (or none, with --file unset) reads stdin, one per line."""
+    file: Optional[str] = None
+    """File of sentences, one per line."""
+    batch_size: int = 64
+    """Masked copies per forward pass."""
+    json: bool = False
+    """Print one JSON object per sentence, with per-token scores."""
+
+    def __post_init__(self) -> None:
+        require(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+
+
+@dataclass(kw_only=True)
+class EmbedConfig(ModelOptions):
+    """Settings of `unmask embed`: sentence or token embeddings."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("model",)
+    file: Optional[str] = None
+    """File of texts, one per line; row i of the output is line i."""
+    out: Optional[str] = None
+    """Where to save the array (.npy)."""
+    pooling: Literal["mean", "cls"] = "mean"
+    """mean (over the attention mask) or cls."""
+    normalize: bool = False
+    """Scale each sentence vector to unit length."""
+    batch_size: int = 32
+    """Texts per forward pass (batches are formed by length)."""
+    tokens: Optional[str] = None
+    """Show the contextual embedding of every token of this text."""
+
+    def __post_init__(self) -> None:
+        require(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        require((self.file is None) != (self.tokens is None), "file", "give --file F (sentence embeddings) or --tokens TEXT (token embeddings)")
+        require(self.tokens is not None or self.out is not None, "out", "give the .npy file to write the embeddings to")
+
+
+@dataclass(kw_only=True)
+class CompareConfig(DeviceOptions, HeldOutOptions):
+    """Settings of `unmask compare`: a base and a trained model on the same masked positions."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("base", "trained")
+    base: str
+    """The model before training."""
+    trained: str
+    """The model after training (a run folder works)."""
+    out: str = "compare"
+    """Folder for report.md, report.json and chart.png."""
+    examples: int = 8
+    """Positions to show where the two top-1 predictions differ."""
+
+    def __post_init__(self) -> None:
+        HeldOutOptions.__post_init__(self)
+        require(self.examples >= 0, "examples", f"must not be negative, got {self.examples}")
+
+
+@dataclass(kw_only=True)
+class PlotConfig:
+    """Settings of `unmask plot`: a run's curves as a PNG."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("run",)
+    run: str
+    """Run folder (with metrics.jsonl)."""
+    out: Optional[str] = None
+    """PNG to write (default RUN/curves.png)."""

@@ -1,0 +1,79 @@
+"""Readers of text sources: formats, document modes, bad input named by file and line."""
+
+import pytest
+
+from unmask.config import UnmaskError
+from unmask.data.sources import SAMPLE_ALIAS, ReadReport, expand_sources, read_documents
+
+
+def docs(files, **kwargs):
+    report = ReadReport()
+    return [text for _, text in read_documents(files, report, **kwargs)], report
+
+
+def test_txt_document_modes(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("first line\nsecond line\n\n\nnext block\r\nmore\n", encoding="utf-8")
+    assert docs([path], doc_per="file")[0] == ["first line\nsecond line\n\n\nnext block\r\nmore\n"]
+    assert docs([path], doc_per="blank-line")[0] == ["first line\nsecond line", "next block\nmore"]
+    texts, report = docs([path], doc_per="line")
+    assert texts == ["first line", "second line", "next block", "more"]
+    assert report.empty_documents == 3
+
+
+def test_jsonl_reads_the_configured_field_and_names_bad_lines(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"text": "hello"}\n\n{"body": "x", "text": "world \\u2028 sep"}\n', encoding="utf-8")
+    assert docs([path])[0] == ["hello", "world \u2028 sep"]
+    other = tmp_path / "b.jsonl"
+    other.write_text('{"body": "x"}\n', encoding="utf-8")
+    assert docs([other], text_field="body")[0] == ["x"]
+    with pytest.raises(UnmaskError, match=r"b\.jsonl:1: record has no 'text' field"):
+        docs([other])
+    broken = tmp_path / "c.jsonl"
+    broken.write_text('{"text": "ok"}\n{"text": oops}\n', encoding="utf-8")
+    with pytest.raises(UnmaskError, match=r"c\.jsonl:2: invalid JSON"):
+        docs([broken])
+
+
+def test_bad_files_name_file_and_line_or_are_skipped_whole(tmp_path):
+    good = tmp_path / "good.txt"
+    good.write_text("fine text", encoding="utf-8")
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    binary = tmp_path / "blob.txt"
+    binary.write_bytes(b"\x89PNG\x00\x00\x01")
+    with pytest.raises(UnmaskError, match=r"latin\.jsonl:2: not valid UTF-8"):
+        docs([latin])
+    with pytest.raises(UnmaskError, match=r"blob\.txt: looks like a binary file"):
+        docs([binary])
+    texts, report = docs([latin, good, binary], skip_bad_files=True)
+    assert texts == ["fine text"], "a skipped file contributes nothing, not even its good first line"
+    assert len(report.bad_files) == 2
+
+
+def test_source_expansion_errors_and_skips(tmp_path):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "a.txt").write_text("alpha", encoding="utf-8")
+    (tmp_path / "notes.bin").write_bytes(b"\x00")
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden" / "h.txt").write_text("hidden", encoding="utf-8")
+    files = expand_sources([str(tmp_path)])
+    assert [f.name for f in files] == ["a.txt", "empty.txt"]
+    texts, report = docs(files)
+    assert texts == ["alpha"] and report.empty_files == [str(tmp_path / "empty.txt")]
+    with pytest.raises(UnmaskError, match="glob matched no files"):
+        expand_sources([str(tmp_path / "*.jsonl")])
+    with pytest.raises(UnmaskError, match="no such file or folder"):
+        expand_sources([str(tmp_path / "missing.txt")])
+    (tmp_path / "nothing").mkdir()
+    (tmp_path / "nothing" / "x.bin").write_bytes(b"1")
+    with pytest.raises(UnmaskError, match="folder holds no usable files"):
+        expand_sources([str(tmp_path / "nothing")])
+    assert len(expand_sources([str(tmp_path / "*.txt")])) == 2
+
+
+def test_bundled_sample_corpus_is_about_a_megabyte_of_text():
+    files = expand_sources([SAMPLE_ALIAS])
+    assert len(files) >= 40
+    assert 0.8e6 < sum(f.stat().st_size for f in files) < 1.5e6

@@ -1,0 +1,43 @@
+"""Windows: packing, padding, framing, and the seeded order that resumes without replay."""
+
+import numpy as np
+
+from unmask.data.store import Split
+from unmask.data.windows import DataPosition, WindowSampler, Windows, epoch_order, packed_windows, padded_windows
+from unmask.tokenizer import Vocabulary
+
+VOCAB = Vocabulary(size=30, special_ids=(0, 1, 2, 3, 4), mask_id=4, opener_id=2, closer_id=3, pad_id=0, starts_word=np.ones(30, bool))
+
+
+def test_packed_windows_frame_the_stream_without_padding():
+    starts, lengths = packed_windows(10, 4, keep_partial=False)
+    assert starts.tolist() == [0, 4] and lengths.tolist() == [4, 4]
+    starts, lengths = packed_windows(10, 4, keep_partial=True)
+    assert starts.tolist() == [0, 4, 8] and lengths.tolist() == [4, 4, 2]
+
+
+def test_windows_batches_are_framed_and_padded_windows_stay_in_their_document():
+    tokens = np.array([10, 11, 12, 3, 20, 21, 22, 23, 24, 3], dtype=np.uint16)  # two docs, separator id 3
+    split = Split(tokens, np.array([0, 4, 10]))
+    packed = Windows.build(split, seq_len=6, vocab=VOCAB)
+    ids, mask = packed.batch(np.array([0, 1]))
+    assert ids.tolist() == [[2, 10, 11, 12, 3, 3], [2, 20, 21, 22, 23, 3]]
+    assert mask.min() == 1
+    starts, lengths = padded_windows(split.offsets, body_len=4)
+    assert list(zip(starts.tolist(), lengths.tolist())) == [(0, 3), (4, 4), (8, 1)]
+    padded = Windows.build(split, seq_len=6, vocab=VOCAB, packing="padded")
+    ids, mask = padded.batch(np.array([0, 2]))
+    assert ids.tolist() == [[2, 10, 11, 12, 3, 0], [2, 24, 3, 0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]]
+
+
+def test_sampler_order_is_seeded_crosses_epochs_and_resumes_without_replay():
+    straight = WindowSampler(10, seed=5)
+    batches = [straight.take(4).tolist() for _ in range(6)]  # 24 windows: 2.4 epochs
+    flat = sum(batches, [])
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
+    assert flat[:10] == epoch_order(10, 5, 0).tolist() and flat[10:20] == epoch_order(10, 5, 1).tolist()
+    assert flat[:10] != flat[10:20], "each epoch has its own order"
+    resumed = WindowSampler(10, seed=5, position=DataPosition(epoch=1, position=2))  # after 3 batches
+    assert sum((resumed.take(4).tolist() for _ in range(3)), []) == flat[12:]
+    assert WindowSampler(10, seed=6).take(10).tolist() != flat[:10]
