@@ -111,6 +111,11 @@ def build_model_folder(shape: str, dropout: float, folder: Path, seq_len: int = 
 
 
 def worker_train_unmask(args) -> dict:
+    """One unmask training run; under torchrun (--nproc > 1) each process takes batch / nproc
+    windows, so the global batch is the peer's."""
+    import torch
+
+    from unmask import distributed
     from unmask.config import TrainConfig
     from unmask.train import train
 
@@ -119,17 +124,29 @@ def worker_train_unmask(args) -> dict:
     def tick(step: int) -> None:
         times.append(time.perf_counter())
 
-    out = Path(args.run)
-    shutil.rmtree(out, ignore_errors=True)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    out = Path(args.run_dir)
+    if os.environ.get("RANK", "0") == "0":
+        shutil.rmtree(out, ignore_errors=True)
     config = TrainConfig(
-        data=args.store, out=str(out), model=args.model, seq_len=args.seq_len, batch_size=args.batch_size, max_steps=args.steps,
+        data=args.store, out=str(out), model=args.model, seq_len=args.seq_len, batch_size=args.batch_size // world, max_steps=args.steps,
         lr=args.lr, warmup_steps=args.warmup_steps, weight_decay=0.01, log_every=1, eval_every=0, checkpoint_every=0, seed=0,
+        strategy=args.strategy,
     )  # fmt: skip
     started = time.perf_counter()
     train(config, progress=False, echo=lambda _: None, on_step=tick)
     step_seconds = [b - a for a, b in zip([started] + times[:-1], times)]
+    rss = [peak_rss_mb()]
+    if world > 1:
+        gathered = torch.zeros(world, dtype=torch.float64)
+        gathered[int(os.environ["RANK"])] = rss[0]
+        torch.distributed.all_reduce(gathered)
+        rss = gathered.tolist()
+    distributed.leave()
+    if os.environ.get("RANK", "0") != "0":
+        raise SystemExit(0)
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
-    return {"step_seconds": step_seconds, "losses": losses, "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": peak_gpu_mb()}
+    return {"step_seconds": step_seconds, "losses": losses, "peak_rss_mb": max(rss), "rank_rss_mb": rss, "peak_gpu_mb": peak_gpu_mb()}
 
 
 def worker_train_peer(args) -> dict:
@@ -254,11 +271,16 @@ WORKERS = {
 # ---------------------------------------------------------------- driver
 
 
-def run_worker(name: str, **options) -> dict:
-    command = [sys.executable, __file__, "--worker", name]
+def run_worker(name: str, nproc: int = 1, threads: int | None = None, **options) -> dict:
+    """Run one worker in a process of its own, or under torchrun in `nproc` processes."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else [sys.executable]
+    command = [*launcher, __file__, "--worker", name]
     for key, value in options.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "true"})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "true"}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise SystemExit(f"{name} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -328,6 +350,10 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds of unmask then the peer")
     parser.add_argument("--fill-texts", type=int, default=256)
+    parser.add_argument("--nproc", type=int, default=1, help="train the unmask side under torchrun in N processes (batch / N each)")
+    parser.add_argument("--strategy", default="auto", help="with --nproc: auto (DDP), ddp or fsdp")
+    parser.add_argument("--threads", type=int, default=None, help="OMP threads per unmask training process (torchrun's default is 1)")
+    parser.add_argument("--sides", default="unmask,peer", help="unmask,peer or just unmask (no ratio)")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: prepare, train, fill, profile")
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
     parser.add_argument("--append", action="store_true", help="add to --out instead of replacing it")
@@ -336,7 +362,7 @@ def main() -> None:
     parser.add_argument("--worker")
     parser.add_argument("--store")
     parser.add_argument("--model")
-    parser.add_argument("--run")
+    parser.add_argument("--run-dir")
     parser.add_argument("--side")
     args = parser.parse_args()
     if args.worker:
@@ -382,6 +408,7 @@ def main() -> None:
             f"| shape | dropout | side | tokens/s (median) | share of matmul peak | {memory} | ratio |", "|---|---|---|---|---|---|---|",
         ]  # fmt: skip
         curves = {}
+        layout = f" ({args.nproc} processes, {args.strategy})" if args.nproc > 1 else ""
         for shape in args.shapes.split(","):
             steps, warmup = (args.base_steps, args.base_warmup) if shape == "base" else (args.steps, args.warmup)
             for dropout in (float(d) for d in (args.base_dropouts if shape == "base" else args.dropouts).split(",")):
@@ -392,28 +419,39 @@ def main() -> None:
                 rss: dict[str, float] = {}
                 for _ in range(args.rounds):
                     for side in ("unmask", "peer"):
-                        options = dict(corpus=args.corpus, store=store, model=model, run=work / "run", steps=steps,
+                        options = dict(corpus=args.corpus, store=store, model=model, run_dir=work / "run", steps=steps,
                                        batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, seq_len=args.seq_len)  # fmt: skip
+                        if side == "unmask":
+                            options.update(nproc=args.nproc, threads=args.threads, strategy=args.strategy)
+                        elif "peer" not in args.sides:
+                            continue
                         result = run_worker(f"train-{side}", **options)
                         samples[side] += result["step_seconds"][warmup:]
                         losses[side] = result["losses"]
                         used = result["peak_gpu_mb"] if memory.startswith("peak GPU") else result["peak_rss_mb"]
                         rss[side] = max(rss.get(side, 0.0), used)
-                tokens_per_s = {side: args.batch_size * args.seq_len / statistics.median(s) for side, s in samples.items()}
+                        ranks = result.get("rank_rss_mb", [used])
+                tokens_per_s = {side: args.batch_size * args.seq_len / statistics.median(s) for side, s in samples.items() if s}
+                if "peer" not in tokens_per_s:
+                    dense = tokens_per_s["unmask"] * train_flops_per_token(shape, args.seq_len) / (peak * 1e9)
+                    lines.append(f"| {shape} | {dropout} | unmask{layout} | {tokens_per_s['unmask']:,.0f} | {dense:.0%} | {rss['unmask']:.0f} (per process: {', '.join(f'{r:.0f}' for r in ranks)}) | |")
+                    print(lines[-1], flush=True)
+                    continue
                 for side in ("unmask", "peer"):
                     dense = tokens_per_s[side] * train_flops_per_token(shape, args.seq_len) / (peak * 1e9)
                     executed = tokens_per_s[side] * train_flops_per_token(shape, args.seq_len, 0.15 if side == "unmask" else 1.0) / (peak * 1e9)
                     ratio = f"{tokens_per_s['unmask'] / tokens_per_s['peer']:.2f}x" if side == "unmask" else ""
                     lines.append(
-                        f"| {shape} | {dropout} | {side} | {tokens_per_s[side]:,.0f} | {dense:.0%} ({executed:.0%}) | {rss[side]:.0f} | {ratio} |"
+                        f"| {shape} | {dropout} | {side}{layout if side == 'unmask' else ''} | {tokens_per_s[side]:,.0f} | {dense:.0%} ({executed:.0%}) | {rss[side]:.0f} | {ratio} |"
                     )
                 print(lines[-2], lines[-1], sep="\n", flush=True)
                 curves[f"{shape}, dropout {dropout}"] = (losses["unmask"], losses["peer"])
-        plot_losses(curves, Path(args.curves))
-        lines += ["", f"Both sides' training losses at equal steps: ![loss curves]({Path(args.curves).name})", ""]
-        for label, (ours, peer) in curves.items():
-            lines.append(f"- {label}: mean loss over the last 5 steps: unmask {statistics.mean(ours[-5:]):.3f}, peer {statistics.mean(peer[-5:]):.3f}")
-        lines += ["", SCHEDULE_OFFSET, ""]
+        if curves:
+            plot_losses(curves, Path(args.curves))
+            lines += ["", f"Both sides' training losses at equal steps: ![loss curves]({Path(args.curves).name})", ""]
+            for label, (ours, peer) in curves.items():
+                lines.append(f"- {label}: mean loss over the last 5 steps: unmask {statistics.mean(ours[-5:]):.3f}, peer {statistics.mean(peer[-5:]):.3f}")
+            lines += ["", SCHEDULE_OFFSET, ""]
 
     if "fill" not in skip:
         starter = tokenizer_path()

@@ -5,6 +5,8 @@ import json
 import pytest
 import torch
 
+from safetensors.torch import load_file
+
 from conftest import tiny_bert
 from unmask import checkpoint
 from unmask.config import UnmaskError
@@ -19,8 +21,39 @@ def model_and_optimizer(seed: int = 0):
     return model, optimizer
 
 
+def names(model) -> dict[int, str]:
+    return {id(p): n for n, p in model.named_parameters()}
+
+
+def aliases(model) -> dict[str, str]:
+    first, found = {}, {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        found.update({name: first[id(p)]} if id(p) in first else {})
+        first.setdefault(id(p), name)
+    return found
+
+
+def weights(model) -> dict:
+    return {k: v for k, v in model.state_dict().items() if k not in aliases(model)}
+
+
 def save(run_dir, step, model, optimizer, keep=3):
-    return checkpoint.save_checkpoint(run_dir, step, model, optimizer, {"torch": torch.get_rng_state()}, {"epoch": 0, "position": step}, keep, {"device_type": "cpu"})
+    return checkpoint.save_checkpoint(
+        run_dir, step, weights(model), checkpoint.named_optimizer_state(optimizer, names(model)), {"epoch": 0, "position": step},
+        {"device_type": "cpu"}, keep,
+    )  # fmt: skip
+
+
+def order(model, optimizer) -> list[str]:
+    return [names(model)[id(p)] for g in optimizer.param_groups for p in g["params"]]
+
+
+def restore(path, model, optimizer) -> checkpoint.Checkpoint:
+    saved = checkpoint.read_checkpoint(path, order(model, optimizer))
+    state = dict(saved.model, **{alias: saved.model[name] for alias, name in aliases(model).items() if alias not in saved.model})
+    model.load_state_dict(state, strict=True)
+    optimizer.load_state_dict(checkpoint.indexed_optimizer_state(saved.optimizer, optimizer, names(model)))
+    return saved
 
 
 def test_save_then_load_restores_weights_optimizer_and_state(tmp_path):
@@ -28,8 +61,9 @@ def test_save_then_load_restores_weights_optimizer_and_state(tmp_path):
     path = save(tmp_path, 5, model, optimizer)
     assert path.name == "step-00000005" and checkpoint.verify(path) is None
     fresh, fresh_optimizer = model_and_optimizer(seed=1)
-    restored = checkpoint.load_checkpoint(path, fresh, fresh_optimizer)
+    restored = restore(path, fresh, fresh_optimizer)
     assert restored.step == 5 and restored.data == {"epoch": 0, "position": 5} and restored.info == {"device_type": "cpu"}
+    assert "bert.embeddings.word_embeddings.weight:exp_avg" in load_file(str(path / "optimizer.safetensors"))
     for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(a, b), name
     ours, theirs = optimizer.state_dict(), fresh_optimizer.state_dict()
@@ -70,11 +104,40 @@ def test_a_damaged_newest_checkpoint_is_named_and_passed_over(tmp_path, damage, 
     assert len(warnings) == 1 and str(newest) in warnings[0] and problem in warnings[0]
 
 
-def test_a_checkpoint_for_another_model_is_refused_clearly(tmp_path):
+def test_a_checkpoint_of_format_1_keyed_by_index_still_reads(tmp_path):
+    """Checkpoints written before format 2 keyed the optimizer by parameter index."""
+    from safetensors.torch import save_file, save_model
+
+    model, optimizer = model_and_optimizer()
+    path = tmp_path / "checkpoints" / "step-00000004"
+    path.mkdir(parents=True)
+    save_model(model, str(path / "model.safetensors"))
+    state = optimizer.state_dict()
+    save_file({f"{i}.{k}": v for i, e in state["state"].items() for k, v in e.items()}, str(path / "optimizer.safetensors"))
+    save_file({"torch": torch.get_rng_state()}, str(path / "rng.safetensors"))
+    files = {n: checkpoint._sha256(path / n) for n in ("model.safetensors", "optimizer.safetensors", "rng.safetensors")}
+    (path / "state.json").write_text(json.dumps({
+        "step": 4, "data": {"epoch": 1, "position": 2}, "files": files,
+        "optimizer": {"param_groups": state["param_groups"], "scalars": {}},
+    }))  # fmt: skip
+    assert checkpoint.verify(path) is None
+    fresh, fresh_optimizer = model_and_optimizer(seed=1)
+    saved = restore(path, fresh, fresh_optimizer)
+    assert saved.step == 4 and saved.data == {"epoch": 1, "position": 2}
+    for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name
+    for index, entries in optimizer.state_dict()["state"].items():
+        assert torch.equal(entries["exp_avg"], fresh_optimizer.state_dict()["state"][index]["exp_avg"])
+
+
+def test_a_damaged_or_foreign_checkpoint_is_refused_clearly(tmp_path):
     model, optimizer = model_and_optimizer()
     path = save(tmp_path, 1, model, optimizer)
     other = tiny_bert(70)
-    with pytest.raises(UnmaskError, match="cannot restore checkpoint"):
-        checkpoint.load_checkpoint(path, other, torch.optim.AdamW(other.parameters()))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        restore(path, other, torch.optim.AdamW(other.parameters()))
+    (path / "optimizer.safetensors").write_bytes(b"garbage")
+    with pytest.raises(UnmaskError, match="cannot read checkpoint"):
+        checkpoint.read_checkpoint(path, order(model, optimizer))
     state = json.loads((path / "state.json").read_text())
-    assert set(state) == {"step", "data", "optimizer", "info", "files"}
+    assert set(state) == {"format", "step", "data", "optimizer", "info", "files"}

@@ -3,7 +3,7 @@
 import numpy as np
 
 from unmask.data.store import Split
-from unmask.data.windows import DataPosition, WindowSampler, Windows, epoch_order, packed_windows, padded_windows
+from unmask.data.windows import DataPosition, WindowSampler, Windows, epoch_order, packed_windows, padded_windows, rank_share
 from unmask.tokenizer import Vocabulary
 
 VOCAB = Vocabulary(size=30, special_ids=(0, 1, 2, 3, 4), mask_id=4, opener_id=2, closer_id=3, pad_id=0, starts_word=np.ones(30, bool))
@@ -33,11 +33,22 @@ def test_windows_batches_are_framed_and_padded_windows_stay_in_their_document():
 
 def test_sampler_order_is_seeded_crosses_epochs_and_resumes_without_replay():
     straight = WindowSampler(10, seed=5)
-    batches = [straight.take(4).tolist() for _ in range(6)]  # 24 windows: 2.4 epochs
+    taken = [straight.take(4) for _ in range(6)]  # 24 windows: 2.4 epochs
+    batches = [indices.tolist() for indices, _ in taken]
+    assert sum((epochs.tolist() for _, epochs in taken), []) == [0] * 10 + [1] * 10 + [2] * 4, "each window knows its epoch"
     flat = sum(batches, [])
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
     assert flat[:10] == epoch_order(10, 5, 0).tolist() and flat[10:20] == epoch_order(10, 5, 1).tolist()
     assert flat[:10] != flat[10:20], "each epoch has its own order"
     resumed = WindowSampler(10, seed=5, position=DataPosition(epoch=1, position=2))  # after 3 batches
-    assert sum((resumed.take(4).tolist() for _ in range(3)), []) == flat[12:]
-    assert WindowSampler(10, seed=6).take(10).tolist() != flat[:10]
+    assert sum((resumed.take(4)[0].tolist() for _ in range(3)), []) == flat[12:]
+    assert WindowSampler(10, seed=6).take(10)[0].tolist() != flat[:10]
+
+
+def test_rank_shares_are_disjoint_and_cover_the_global_batch():
+    global_batch = np.arange(24)  # batch 3, 2 micro-batches, 4 processes
+    shares = [[global_batch[part].tolist() for part in rank_share(rank, 3, 2)] for rank in range(4)]
+    assert sorted(sum(sum(shares, []), [])) == list(range(24))
+    assert shares[1] == [[6, 7, 8], [9, 10, 11]]
+    one_process = [global_batch[part].tolist() for part in rank_share(0, 3, 8)]
+    assert sum(one_process, []) == sum(sum(shares, []), []), "1 x 8 micro-batches and 4 x 2 see the same windows in the same order"

@@ -3,7 +3,17 @@ import pytest
 import torch
 
 from unmask.config import UnmaskError
-from unmask.masking import IGNORE_INDEX, Masker, mask_tokens, maskable_positions, replacement_ids, seeded_generator
+from unmask.masking import (
+    IGNORE_INDEX,
+    Masker,
+    generator_draws,
+    hashed_draws,
+    mask_tokens,
+    maskable_positions,
+    mix32,
+    replacement_ids,
+    seeded_generator,
+)
 from unmask.tokenizer import Vocabulary
 
 VOCAB = 1000
@@ -28,8 +38,15 @@ VOCABULARY = Vocabulary(
 )
 
 
-def masker(seed: int = 0, **probabilities) -> Masker:
-    return Masker(VOCABULARY, seed=seed, **probabilities)
+class masker:
+    """A Masker whose call numbers the rows as windows 0..B-1 of one epoch."""
+
+    def __init__(self, seed: int = 0, epoch: int = 0, **probabilities):
+        self.inner, self.epoch = Masker(VOCABULARY, seed=seed, **probabilities), epoch
+
+    def __call__(self, ids, attention):
+        rows = len(ids)
+        return self.inner(ids, attention, torch.arange(rows), torch.full((rows,), self.epoch))
 
 
 def test_rate_and_80_10_10_split_on_over_100k_tokens():
@@ -111,8 +128,8 @@ def test_mask_probability_outside_open_interval_is_refused(bad):
     ids, attention = framed_batch(2, 16)
     with pytest.raises(UnmaskError, match="mask-prob"):
         mask_tokens(
-            ids, maskable_positions(ids, torch.tensor(SPECIALS), attention), mask_token_id=MASK_ID,
-            random_pool=torch.arange(5, VOCAB), generator=seeded_generator(0), mask_prob=bad,
+            ids, maskable_positions(ids, torch.tensor(SPECIALS), attention), generator_draws(ids.shape, seeded_generator(0), VOCAB - 5),
+            mask_token_id=MASK_ID, random_pool=torch.arange(5, VOCAB), mask_prob=bad,
         )  # fmt: skip
 
 
@@ -124,7 +141,63 @@ def test_replacement_shares_must_fit_in_one():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_masking_runs_on_cuda_tensors():
     ids, attention = framed_batch(100, 128)
-    drawn = Masker(VOCABULARY, seed=0, device="cuda")(ids.cuda(), attention.cuda())
-    assert drawn.input_ids.is_cuda
-    picked = drawn.labels != IGNORE_INDEX
-    assert abs(picked.float().sum().item() / drawn.maskable.sum().item() - 0.15) < 0.01
+    rows = torch.arange(100)
+    on_gpu = Masker(VOCABULARY, seed=0, device="cuda")(ids.cuda(), attention.cuda(), rows.cuda(), torch.zeros(100).long().cuda())
+    on_cpu = Masker(VOCABULARY, seed=0)(ids, attention, rows, torch.zeros(100).long())
+    assert on_gpu.input_ids.is_cuda
+    assert torch.equal(on_gpu.labels.cpu(), on_cpu.labels) and torch.equal(on_gpu.input_ids.cpu(), on_cpu.input_ids), "masks are device-independent"
+
+
+def test_a_mask_is_a_function_of_seed_epoch_window_and_position_only():
+    ids, attention = framed_batch(8, 64)
+    inner = Masker(VOCABULARY, seed=3)
+    windows, epochs = torch.tensor([5, 9, 2, 7, 11, 40, 3, 1]), torch.tensor([0, 0, 1, 1, 0, 2, 0, 0])
+    whole = inner(ids, attention, windows, epochs)
+    # The same windows in another batch layout: reversed order, and one at a time.
+    backwards = inner(ids.flip(0), attention, windows.flip(0), epochs.flip(0))
+    assert torch.equal(backwards.labels.flip(0), whole.labels) and torch.equal(backwards.input_ids.flip(0), whole.input_ids)
+    for row in range(8):
+        alone = inner(ids[row : row + 1], attention[row : row + 1], windows[row : row + 1], epochs[row : row + 1])
+        assert torch.equal(alone.labels[0], whole.labels[row])
+    # Another epoch, window or seed draws anew.
+    for other in (inner(ids, attention, windows, epochs + 1), inner(ids, attention, windows + 1, epochs), Masker(VOCABULARY, seed=4)(ids, attention, windows, epochs)):
+        assert not torch.equal(other.labels, whole.labels)
+
+
+def test_hashed_draws_are_uniform_and_independent_across_streams_positions_and_windows():
+    draws = hashed_draws(7, torch.zeros(2000, dtype=torch.long), torch.arange(2000), 128, 1000)
+    for uniform in (draws.pick, draws.split):
+        assert 0.0 <= float(uniform.min()) and float(uniform.max()) < 1.0
+        assert abs(float(uniform.mean()) - 0.5) < 0.003 and abs(float(uniform.var()) - 1 / 12) < 0.002
+        histogram = torch.histc(uniform.flatten(), bins=20, min=0, max=1)
+        expected = uniform.numel() / 20
+        assert float(((histogram - expected) ** 2 / expected).sum()) < 45, "chi-square over 19 degrees of freedom, p < 0.001"
+    pairs = [(draws.pick.flatten(), draws.split.flatten()), (draws.pick[:, :-1].flatten(), draws.pick[:, 1:].flatten()),
+             (draws.pick[:-1].flatten(), draws.pick[1:].flatten())]  # fmt: skip
+    for a, b in pairs:
+        assert abs(float(torch.corrcoef(torch.stack([a, b]))[0, 1])) < 0.01
+    counts = torch.bincount(draws.choice.flatten(), minlength=1000).float()
+    assert counts.min() > 0.7 * counts.mean() and counts.max() < 1.3 * counts.mean() and draws.choice.max() < 1000
+
+
+def test_the_32_bit_hash_never_overflows_and_matches_exact_arithmetic():
+    def reference(x: int) -> int:  # lowbias32 with Python's unbounded integers
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & 0xFFFFFFFF
+        x ^= x >> 15
+        x = (x * 0x846CA68B) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    values = [0, 1, 2**31 - 1, 2**31, 2**32 - 1, 123456789, 0xDEADBEEF]
+    assert [int(v) for v in mix32(torch.tensor(values))] == [reference(v) for v in values] == [mix32(v) for v in values]
+    windows = torch.tensor([2**40 + 3, 3])
+    far = hashed_draws(0, torch.zeros(2, dtype=torch.long), windows, 16, 10)
+    assert not torch.equal(far.pick[0], far.pick[1]), "window ids beyond 2**32 are told apart"
+
+
+def test_generator_draws_keep_the_order_evaluation_has_always_used():
+    first = generator_draws((3, 9), seeded_generator(11), 50)
+    generator = seeded_generator(11)
+    assert torch.equal(first.pick, torch.rand((3, 9), generator=generator))
+    assert torch.equal(first.split, torch.rand((3, 9), generator=generator))
+    assert torch.equal(first.choice, torch.randint(50, (3, 9), generator=generator))

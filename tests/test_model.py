@@ -168,3 +168,30 @@ def test_every_table_entry_reaches_its_head_and_layers():
         assert architecture.head(model)(hidden).shape == (3, 120), name
         head_names = [n for n, _ in model.named_parameters() if n.startswith(architecture.head_prefixes)]
         assert head_names, f"{name}: the head prefixes name its head's parameters"
+
+
+def test_wrapping_gives_no_weight_a_second_name():
+    """The head must not be registered twice: FSDP's full state dict would save it as `_head.*`."""
+    for name, config in tiny_configs():
+        lm = MaskedLM(AutoModelForMaskedLM.from_config(config))
+        assert all(key.startswith("model.") for key in lm.state_dict()), name
+        assert len(list(lm.parameters())) == len(list(lm.model.parameters())), name
+
+
+def test_activation_checkpointing_recomputes_the_full_width_layers_in_the_backward_pass():
+    def forwards_of_first_layer(checkpointing: bool) -> int:
+        torch.manual_seed(0)
+        lm = MaskedLM(AutoModelForMaskedLM.from_config(BertConfig(vocab_size=120, **TINY))).train()
+        if checkpointing:
+            lm.enable_activation_checkpointing()
+        calls = []
+        # transformers checkpoints the layer's `forward`: the recompute shows on its submodules.
+        lm.model.bert.encoder.layer[0].intermediate.register_forward_hook(lambda *_: calls.append(1))
+        ids = torch.randint(5, 120, (2, 12))
+        labels = torch.where(torch.rand(ids.shape) < 0.3, ids, IGNORE_INDEX)
+        labels[0, 1] = ids[0, 1]
+        loss, _ = lm(ids, torch.ones_like(ids), labels)
+        loss.backward()
+        return len(calls)
+
+    assert forwards_of_first_layer(False) == 1 and forwards_of_first_layer(True) == 2

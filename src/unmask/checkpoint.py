@@ -1,10 +1,22 @@
 """Resumable checkpoints in safetensors and JSON only (nothing is ever unpickled).
 
-A checkpoint is written into a hidden `checkpoints/.step-N.partial-PID/` folder, every file
-fsynced, and then published as `checkpoints/step-N/` by a rename (`files.publish_folder`);
-`state.json`, written last, records each file's SHA-256. A crash mid-write therefore leaves
-only a hidden folder, which is never mistaken for a checkpoint, and a damaged one fails
-verification and is passed over.
+A checkpoint holds full, unsharded state keyed by parameter name, whatever wrote it (one
+process, DDP, or FSDP2 after gathering), so that any checkpoint resumes under any world
+size and strategy:
+
+    model.safetensors       the model's weights by Hugging Face name (a tied alias once)
+    optimizer.safetensors   AdamW's tensors, `NAME:exp_avg`, `NAME:exp_avg_sq`, `NAME:step`
+    state.json              step, data position, optimizer param groups (by name), what the
+                            run recorded (device type, world size, global batch), and the
+                            SHA-256 of every file
+
+It is written into a hidden `checkpoints/.step-N.partial-PID/` folder, every file fsynced,
+and then published as `checkpoints/step-N/` by a rename (`files.publish_folder`);
+`state.json` is written last. A crash mid-write leaves only a hidden folder, never mistaken
+for a checkpoint, and a damaged one fails verification and is passed over.
+
+Checkpoints carry no random-number state: masks are a function of (seed, epoch, window,
+position) and dropout is reseeded from (seed, step, rank) every step.
 """
 
 from __future__ import annotations
@@ -17,25 +29,32 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from unmask.config import UnmaskError
 from unmask.files import atomic_write_text, building_path, publish_folder, remove_tree
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+FORMAT = 2
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
-RNG_FILE = "rng.safetensors"
 STATE_FILE = "state.json"
+_SEPARATOR = ":"
+
+# Optimizer state by parameter name: {"state": {name: {key: tensor}}, "param_groups": [{..., "params": [name, ...]}]},
+# the layout torch.distributed.checkpoint's full optimizer state dicts use.
+NamedOptimizerState = dict[str, Any]
 
 
 @dataclass
-class Restored:
+class Checkpoint:
     step: int
     data: dict
-    rng: dict[str, torch.Tensor]
     info: dict
-    """What the run recorded besides (the device type it trained on, ...)."""
+    """What the run recorded besides (device type, world size, global batch, ...)."""
+    model: dict[str, torch.Tensor]
+    optimizer: NamedOptimizerState
 
 
 def _sha256(path: Path) -> str:
@@ -46,53 +65,78 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _split_optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors go to safetensors, everything else (param groups, scalars) to JSON."""
+def named_optimizer_state(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> NamedOptimizerState:
+    """An optimizer's state dict keyed by parameter name (`names`: id(parameter) -> name)."""
     state_dict = optimizer.state_dict()
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    groups = [{**{k: v for k, v in group.items() if k != "params"}, "params": [order[i] for i in group["params"]]} for group in state_dict["param_groups"]]
+    return {"state": {order[index]: entries for index, entries in state_dict["state"].items()}, "param_groups": groups}
+
+
+def indexed_optimizer_state(named: NamedOptimizerState, optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict:
+    """The inverse: a state dict `optimizer.load_state_dict` takes."""
+    index = {names[id(p)]: i for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])}
+    missing = sorted(set(index) - {n for g in named["param_groups"] for n in g["params"]})
+    if missing:
+        raise UnmaskError(f"the checkpoint's optimizer has no state for {len(missing)} parameter(s) of this model: {', '.join(missing[:3])}")
+    groups = [{**{k: v for k, v in group.items() if k != "params"}, "params": [index[n] for n in group["params"]]} for group in named["param_groups"]]
+    return {"state": {index[name]: entries for name, entries in named["state"].items()}, "param_groups": groups}
+
+
+def _split_optimizer_state(named: NamedOptimizerState) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors go to safetensors, everything else (param groups, plain numbers) to JSON."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
-    for index, entries in state_dict["state"].items():
-        for name, value in entries.items():
-            key = f"{index}.{name}"
+    for name, entries in named["state"].items():
+        for key, value in entries.items():
             if isinstance(value, torch.Tensor):
-                tensors[key] = value.detach().contiguous().cpu()
+                tensors[f"{name}{_SEPARATOR}{key}"] = value.detach().contiguous().cpu()
             else:
-                scalars[key] = value
-    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+                scalars[f"{name}{_SEPARATOR}{key}"] = value
+    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in named["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
 
 
-def _join_optimizer_state(tensors: dict[str, torch.Tensor], saved: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
+def _join_optimizer_state(tensors: dict[str, torch.Tensor], saved: dict[str, Any]) -> NamedOptimizerState:
+    state: dict[str, dict[str, Any]] = {}
     for key, value in list(tensors.items()) + list(saved["scalars"].items()):
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
+        name, entry = key.rsplit(_SEPARATOR, 1)
+        state.setdefault(name, {})[entry] = value
     groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()} for g in saved["param_groups"]]
     return {"state": state, "param_groups": groups}
 
 
+def _format1_optimizer_state(tensors: dict[str, torch.Tensor], saved: dict[str, Any], names_in_order: list[str]) -> NamedOptimizerState:
+    """Checkpoints before format 2 keyed the optimizer by parameter index; translate to names."""
+    state: dict[str, dict[str, Any]] = {}
+    for key, value in list(tensors.items()) + list(saved["scalars"].items()):
+        index, entry = key.split(".", 1)
+        state.setdefault(names_in_order[int(index)], {})[entry] = value
+    groups = [
+        {**{k: tuple(v) if isinstance(v, list) else v for k, v in g.items() if k != "params"}, "params": [names_in_order[i] for i in g["params"]]}
+        for g in saved["param_groups"]
+    ]
+    return {"state": state, "param_groups": groups}
+
+
 def save_checkpoint(
-    run_dir: Path,
-    step: int,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    rng: dict[str, torch.Tensor],
-    data: dict,
-    keep: int,
-    info: dict | None = None,
+    run_dir: Path, step: int, model: dict[str, torch.Tensor], optimizer: NamedOptimizerState, data: dict, info: dict, keep: int
 ) -> Path:
-    """Write a complete checkpoint for `step`, then delete all but the newest `keep`."""
+    """Write a complete checkpoint for `step`, then delete all but the newest `keep`.
+
+    `model` must not hold one tensor under two names (drop tied aliases first).
+    """
     root = run_dir / "checkpoints"
     final = root / f"step-{step:08d}"
-    partial = building_path(root / f"step-{step:08d}", "partial")
+    partial = building_path(final, "partial")
     remove_tree(partial)
     partial.mkdir(parents=True)
     try:
-        save_model(model, str(partial / MODEL_FILE))
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.items()}, str(partial / MODEL_FILE))
         optimizer_tensors, optimizer_json = _split_optimizer_state(optimizer)
         save_file(optimizer_tensors, str(partial / OPTIMIZER_FILE))
-        save_file({k: v.contiguous().cpu() for k, v in rng.items()}, str(partial / RNG_FILE))
-        files = {name: _sha256(partial / name) for name in (MODEL_FILE, OPTIMIZER_FILE, RNG_FILE)}
-        state = {"step": step, "data": data, "optimizer": optimizer_json, "info": info or {}, "files": files}
+        files = {name: _sha256(partial / name) for name in (MODEL_FILE, OPTIMIZER_FILE)}
+        state = {"format": FORMAT, "step": step, "data": data, "optimizer": optimizer_json, "info": info, "files": files}
         atomic_write_text(partial / STATE_FILE, json.dumps(state, indent=1))
         publish_folder(partial, final)
     except BaseException:
@@ -118,9 +162,11 @@ def verify(path: Path) -> str | None:
         return "no state.json"
     try:
         state = json.loads(state_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         return f"unreadable state.json ({e})"
-    for name, digest in state.get("files", {}).items():
+    if not isinstance(state, dict) or not isinstance(state.get("files"), dict) or not state["files"] or "step" not in state:
+        return "state.json lacks the step or the file checksums"
+    for name, digest in state["files"].items():
         if not (path / name).is_file():
             return f"{name} is missing"
         if _sha256(path / name) != digest:
@@ -138,13 +184,20 @@ def latest_checkpoint(run_dir: Path, warn: Callable[[str], None] = print) -> Pat
     return None
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Restored:
-    """Restore model and optimizer in place; returns the step, data position and RNG states."""
+def read_checkpoint(path: Path, names_in_order: list[str]) -> Checkpoint:
+    """Load a verified checkpoint's contents onto the CPU.
+
+    `names_in_order` (the optimizer's parameters, group by group) translates the
+    index-keyed optimizer state of checkpoints written before format 2.
+    """
     try:
         state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
-        load_model(model, str(path / MODEL_FILE), strict=True)
-        optimizer.load_state_dict(_join_optimizer_state(load_file(str(path / OPTIMIZER_FILE)), state["optimizer"]))
-        rng = load_file(str(path / RNG_FILE))
-    except (OSError, KeyError, ValueError, RuntimeError) as e:
-        raise UnmaskError(f"{path}: cannot restore checkpoint: {e}") from None
-    return Restored(step=state["step"], data=state["data"], rng=rng, info=state.get("info", {}))
+        model = load_file(str(path / MODEL_FILE))
+        tensors = load_file(str(path / OPTIMIZER_FILE))
+        if state.get("format", 1) >= 2:
+            optimizer = _join_optimizer_state(tensors, state["optimizer"])
+        else:
+            optimizer = _format1_optimizer_state(tensors, state["optimizer"], names_in_order)
+    except (OSError, KeyError, ValueError, IndexError, RuntimeError, SafetensorError) as e:
+        raise UnmaskError(f"{path}: cannot read checkpoint: {e}") from None
+    return Checkpoint(step=state["step"], data=state["data"], info=state.get("info", {}), model=model, optimizer=optimizer)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import re
 import sys
 import typing
@@ -39,6 +40,8 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "prepare": Command(settings.PrepareConfig, "unmask.commands:run_prepare", "Tokenize text into a token store.",
                        "Tokenize text files into a token store for training."),
+    "tokenizer": Command(settings.TokenizerConfig, "unmask.commands:run_tokenizer", "Train a vocabulary of your own.",
+                         "Train a WordPiece, byte-level BPE or unigram vocabulary on text sources (for --from-scratch)."),
     "train": Command(settings.TrainConfig, "unmask.commands:run_train", "Train a masked language model.",
                      "Train (or continue pretraining) a masked language model on a token store."),
     "fill": Command(settings.FillConfig, "unmask.commands:run_fill", "Fill in [MASK]s with a model.",
@@ -133,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         module, function = COMMANDS[command].function.split(":")
         return getattr(importlib.import_module(module), function)(config)
     except UnmaskError as e:
-        print(f"unmask {command}: error: {e}", file=sys.stderr)
+        # Under torchrun every process may fail alike; name the rank of any but the first.
+        rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
+        print(f"unmask {command}: error: {'' if rank == '0' else f'[rank {rank}] '}{e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"unmask {command}: interrupted; finished files and checkpoints are intact", file=sys.stderr)

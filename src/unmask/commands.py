@@ -7,6 +7,7 @@ results go to stdout, notes and progress to stderr.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +21,7 @@ from unmask.config import (
     PlotConfig,
     PrepareConfig,
     ScoreConfig,
+    TokenizerConfig,
     TrainConfig,
     UnmaskError,
 )
@@ -48,10 +50,35 @@ def run_prepare(config: PrepareConfig) -> int:
     return 0
 
 
+def run_tokenizer(config: TokenizerConfig) -> int:
+    from unmask.vocab import train_tokenizer
+
+    summary = train_tokenizer(config)
+    print(
+        f"tokenizer {config.out}: {summary['kind']}, {summary['vocab_size']:,} tokens, learned from {summary['documents']:,} documents "
+        f"({summary['characters']:,} characters) in {summary['seconds']:.1f}s"
+    )
+    if summary["skipped"]["bad_files"]:
+        print(f"skipped {len(summary['skipped']['bad_files'])} unreadable file(s): " + "; ".join(summary["skipped"]["bad_files"][:5]))
+    return 0
+
+
 def run_train(config: TrainConfig) -> int:
+    from unmask import distributed
+    from unmask.preemption import Stopped
     from unmask.train import train
 
-    summary = train(config, echo=echo_stderr)
+    main_process = not distributed.launched_by_torchrun() or os.environ.get("RANK", "0") == "0"
+    try:
+        summary = train(config, echo=echo_stderr)
+    except Stopped as stop:
+        if main_process:
+            echo_stderr(str(stop))
+        return stop.exit_code
+    finally:
+        distributed.leave()
+    if not main_process:
+        return 0
     print(json.dumps(summary, indent=2))
     return 0
 

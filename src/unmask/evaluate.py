@@ -8,7 +8,8 @@ sums is kept: memory does not grow with the size of the data.
 
 `held_out_windows` turns a store's split or text files into windows; `evaluate_model`
 scores one or several models on them. Training, `unmask eval` and `unmask compare` all go
-through these two.
+through these two. Under torchrun the batches are dealt out to the processes and the sums
+added up, so the numbers are those of a single process.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from unmask.config import UnmaskError
 from unmask.data.sources import ReadReport, expand_sources, read_documents
 from unmask.data.store import Split, TokenStore
 from unmask.data.windows import Windows, sequential_batches
-from unmask.masking import IGNORE_INDEX, MaskedBatch, Masker
+from unmask.distributed import World, sum_across
+from unmask.masking import IGNORE_INDEX, MaskedBatch, Masker, generator_draws
 from unmask.model import MaskedLM, autocast
 from unmask.tokenizer import Vocabulary, raw_tokenizer
 
@@ -75,6 +77,14 @@ class MlmAccumulator:
                 self.word_top1[kind] += int(hit1[selector].sum())
         return top[:, 0]
 
+    def totals(self) -> list[float]:
+        return [self.loss_sum, self.count, self.top1, self.top5, *self.word_counts, *self.word_top1]
+
+    @classmethod
+    def from_totals(cls, totals: list[float]) -> "MlmAccumulator":
+        loss_sum, count, top1, top5, words, pieces, word_top1, piece_top1 = totals
+        return cls(loss_sum, round(count), round(top1), round(top5), [round(words), round(pieces)], [round(word_top1), round(piece_top1)])
+
     def metrics(self) -> MlmMetrics:
         if self.count == 0:
             return MlmMetrics(float("nan"), float("nan"), float("nan"), 0)
@@ -104,9 +114,11 @@ def mask_windows(masker: Masker, input_ids: torch.Tensor, attention_mask: torch.
     size or the order of batches: any two evaluations of the same windows agree.
     """
     rows = []
+    generator = torch.Generator()
     for row, window in enumerate(window_indices.tolist()):
-        masker.generator.manual_seed(EVAL_SEED * 1_000_003 + window)
-        rows.append(masker(input_ids[row : row + 1], attention_mask[row : row + 1]))
+        generator.manual_seed(EVAL_SEED * 1_000_003 + window)
+        draws = generator_draws((1, input_ids.shape[1]), generator, len(masker.random_pool))
+        rows.append(masker.with_draws(input_ids[row : row + 1], attention_mask[row : row + 1], draws))
     return MaskedBatch(*(torch.cat(parts) for parts in zip(*rows)))
 
 
@@ -129,10 +141,13 @@ def evaluate_model(
     max_batches: int | None = None,
     on_batch: Callable[[torch.Tensor, torch.Tensor, list[torch.Tensor]], None] | None = None,
     progress: bool = False,
+    world: World = World(),
 ) -> list[MlmMetrics]:
     """Score one or several models on the same masked positions of `windows`; one result per model.
 
-    `on_batch(original_ids, labels, top1s)` sees each batch (the comparison report uses it).
+    `on_batch(original_ids, labels, top1s)` sees each batch this process scores (the
+    comparison report uses it). Each model is called through its forward, which is where
+    FSDP gathers sharded weights.
     """
     from tqdm import tqdm
 
@@ -145,7 +160,13 @@ def evaluate_model(
     for lm in models:
         lm.eval()
     batches = list(sequential_batches(len(windows), batch_size, max_batches))
-    for indices in tqdm(batches, desc="eval", unit="batch", disable=not progress, leave=False):
+    mine = batches[world.rank :: world.size]
+    # Every process runs as many forwards as the busiest one: a sharded model gathers its
+    # weights in each forward, which all processes must join. Surplus forwards are not counted.
+    rounds = -(-len(batches) // world.size) if batches else 0
+    for round_ in tqdm(range(rounds), desc="eval", unit="batch", disable=not progress, leave=False):
+        counted = round_ < len(mine)
+        indices = mine[round_] if counted else batches[0]
         original, attention_mask = (torch.from_numpy(a) for a in windows.batch(indices))
         masked = mask_windows(masker, original, attention_mask, indices)
         picked = masked.labels != IGNORE_INDEX
@@ -156,13 +177,14 @@ def evaluate_model(
         top1s = []
         for lm, accumulator in zip(models, accumulators):
             with autocast(device, dtype):
-                loss_sum, logits = lm.loss_sum(input_ids, attention, labels)
-            top1s.append(accumulator.add(loss_sum, logits.float(), targets, is_piece).cpu())
-        if on_batch is not None:
+                loss_sum, logits = lm(input_ids, attention, labels)
+            if counted:
+                top1s.append(accumulator.add(loss_sum, logits.float(), targets, is_piece).cpu())
+        if on_batch is not None and counted:
             on_batch(original, masked.labels, top1s)
     for lm, mode in zip(models, modes):
         lm.train(mode)
-    return [a.metrics() for a in accumulators]
+    return [MlmAccumulator.from_totals(sum_across(a.totals(), world, device)).metrics() for a in accumulators]
 
 
 def split_from_texts(tokenizer, texts: list[str]) -> Split:

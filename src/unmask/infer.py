@@ -152,14 +152,16 @@ def inspect_masking(
     random_replace_prob: float = 0.1,
     trust_remote_code: bool = False,
 ) -> list[InspectedToken]:
-    """One masking draw on one sentence, exactly as training would draw it."""
+    """One masking draw on one sentence, exactly as training draws it: the masks of window 0
+    in epoch 0 of a run with this `seed`."""
     tokenizer = load_tokenizer(resolve_model_dir(tokenizer_name), trust_remote_code)
     encoded = tokenizer(text, return_tensors="pt", truncation=False)
     masker = Masker(
         Vocabulary.from_tokenizer(tokenizer), seed=seed,
         mask_prob=mask_prob, mask_replace_prob=mask_replace_prob, random_replace_prob=random_replace_prob,
     )  # fmt: skip
-    drawn = masker(encoded["input_ids"], encoded["attention_mask"])
+    # The draw of window 0 in epoch 0 of a training run with this seed.
+    drawn = masker(encoded["input_ids"], encoded["attention_mask"], windows=torch.zeros(1, dtype=torch.long), epochs=torch.zeros(1, dtype=torch.long))
     rows = []
     original = encoded["input_ids"][0].tolist()
     for i, token_id in enumerate(original):

@@ -173,7 +173,10 @@ class MaskedLM(nn.Module):
         self.model = model
         self.architecture = architecture_of(model)
         cpu_dropout.install(model, switch_attention=self.architecture is not None and self.architecture.plain_attention)
-        self._head = self.architecture.head(model) if self.architecture else None
+        head = self.architecture.head(model) if self.architecture else None
+        # A plain callable, not a submodule: registering the head twice would give its
+        # weights a second name in every state dict.
+        self._head = head.__call__ if isinstance(head, nn.Module) else head
         self._final_layer = _final_layer_function(model, self.architecture) if self.architecture else None
         self.fresh_parameters = fresh_parameters
         """Names (in `model`) of parameters initialised here rather than loaded."""
@@ -195,6 +198,37 @@ class MaskedLM(nn.Module):
     @property
     def config(self):
         return self.model.config
+
+    def separately_shardable_layers(self) -> list[nn.Module]:
+        """Encoder layers that FSDP may shard one by one: those called through their own
+        forward. The masked-only last layer calls its submodules directly, so it stays with the root."""
+        if self.architecture is None:
+            return []
+        layers = list(self.architecture.layers(self.model))
+        return layers[:-1] if self._final_layer is not None else layers
+
+    def enable_activation_checkpointing(self) -> None:
+        """Recompute each encoder layer's activations in the backward pass instead of keeping them."""
+        if not getattr(self.model, "supports_gradient_checkpointing", False):
+            raise UnmaskError(f"--activation-checkpointing: {type(self.model).__name__} does not support it")
+        # Non-reentrant checkpointing, the kind that works under FSDP2 hooks.
+        options = {"use_reentrant": False}
+        if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5.x
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+
+    def tied_aliases(self) -> dict[str, str]:
+        """State-dict names that are another parameter under a second name (a decoder tied to
+        the embeddings): alias -> the name `named_parameters` reports."""
+        first: dict[int, str] = {}
+        aliases = {}
+        for name, parameter in self.model.named_parameters(remove_duplicate=False):
+            if id(parameter) in first:
+                aliases[name] = first[id(parameter)]
+            else:
+                first[id(parameter)] = name
+        return aliases
 
     def masked_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
         """Logits (N, V) at the N picked positions, in row-major order of `picked`."""
@@ -218,6 +252,13 @@ class MaskedLM(nn.Module):
         masked tokens of the whole step or split instead of averaging batch means.
         """
         picked = labels != IGNORE_INDEX
+        if not picked.any():
+            # Nothing to predict: run one position anyway and return zero times its logits, so
+            # every parameter still gets a (zero) gradient, as DDP and FSDP expect of each process.
+            dummy = torch.zeros_like(picked)
+            dummy[0, 0] = True
+            logits = self.masked_logits(input_ids, attention_mask, dummy)
+            return logits.float().sum() * 0.0, logits[:0]
         logits = self.masked_logits(input_ids, attention_mask, picked)
         return F.cross_entropy(logits.float(), labels[picked], reduction="sum"), logits
 

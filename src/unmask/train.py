@@ -1,36 +1,43 @@
 """Training: `setup` builds everything a run needs into a `Run`; `train` is the loop.
 
 Per step, top to bottom: set the learning rate, draw and mask the step's micro-batches,
-forward and backward each (loss normalised by the masked tokens of the whole step), clip,
-step, log, evaluate, checkpoint. Everything a resumed run needs (weights, optimizer, RNG
-states, data position) is in the checkpoint, so an interrupted and resumed run ends with
+forward and backward each (loss normalised by the masked tokens of the whole step, over all
+processes), clip, check, step, log, evaluate, checkpoint. Everything a resumed run needs
+(weights, optimizer state, data position) is in the checkpoint, and the random numbers are
+functions of (seed, step, window, position), so an interrupted and resumed run ends with
 the same weights as one that ran straight through.
+
+Under torchrun every process runs this same loop on its own share of each global batch
+(`data.windows.rank_share`); `distributed` holds the process-group plumbing.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import platform
-import sys
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
+import numpy as np
 import torch
+from torch import nn
 
-from unmask import checkpoint
+from unmask import checkpoint, distributed
 from unmask.config import TrainConfig, UnmaskError, load_yaml, refused_resume_changes, save_yaml, to_dict
 from unmask.data.store import TokenStore
-from unmask.data.windows import DataPosition, WindowSampler, Windows
+from unmask.data.windows import DataPosition, WindowSampler, Windows, rank_share
+from unmask.distributed import World
 from unmask.evaluate import evaluate_model
 from unmask.files import atomic_write_text, building_path, publish_folder, remove_tree
-from unmask.masking import IGNORE_INDEX, MaskedBatch, Masker
-from unmask.model import MaskedLM, autocast, autocast_dtype, build_mlm, load_mlm, max_positions, resolve_device, set_dropout
+from unmask.masking import IGNORE_INDEX, MaskedBatch, Masker, mix32
+from unmask.model import MaskedLM, autocast, autocast_dtype, build_mlm, load_mlm, max_positions, set_dropout
+from unmask.preemption import StopSignals, Stopped
+from unmask.progress import MetricsLog, Progress, Throughput
 from unmask.tokenizer import Vocabulary, load_tokenizer
+
+_HF_PREFIX = "model."  # MaskedLM keeps the transformers model as `.model`
 
 
 def learning_rate(step: int, total_steps: int, warmup_steps: int, peak: float, schedule: str, min_ratio: float = 0.0) -> float:
@@ -48,6 +55,12 @@ def learning_rate(step: int, total_steps: int, warmup_steps: int, peak: float, s
     else:
         raise ValueError(f"unknown schedule {schedule!r}")
     return peak * (min_ratio + (1.0 - min_ratio) * shape)
+
+
+def dropout_seed(seed: int, step: int, rank: int) -> int:
+    """The torch seed of one step on one process: dropout is a function of (seed, step, rank),
+    so a checkpoint needs no random-number state."""
+    return mix32(mix32(mix32((seed & 0xFFFFFFFF) ^ 0x3C6EF372) ^ step) ^ rank)
 
 
 def build_optimizer(lm: MaskedLM, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -73,41 +86,13 @@ def build_optimizer(lm: MaskedLM, config: TrainConfig, device: torch.device) -> 
     )
 
 
-class MetricsLog:
-    """metrics.jsonl: one JSON object a line; a resumed run drops lines past its checkpoint."""
+@dataclass
+class StepCounts:
+    """Counts of one step over all processes."""
 
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
-        if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= resume_step]
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-    def write(self, record: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-class Throughput:
-    """Tokens per second of training time only: evaluation and checkpoints are paused out."""
-
-    def __init__(self) -> None:
-        self.started, self.tokens = time.perf_counter(), 0
-
-    def add(self, tokens: int) -> None:
-        self.tokens += tokens
-
-    @contextmanager
-    def paused(self) -> Iterator[None]:
-        began = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.started += time.perf_counter() - began
-
-    def rate_and_restart(self) -> float:
-        rate = self.tokens / max(time.perf_counter() - self.started, 1e-9)
-        self.started, self.tokens = time.perf_counter(), 0
-        return rate
+    picked: int
+    maskable: int
+    tokens: int
 
 
 @dataclass
@@ -116,10 +101,14 @@ class Run:
 
     config: TrainConfig
     out: Path
+    world: World
+    strategy: str
     device: torch.device
     dtype: Optional[torch.dtype]
     tokenizer: object
     lm: MaskedLM
+    model: nn.Module
+    """What the step calls: `lm`, DDP around it, or `lm` sharded in place by FSDP2."""
     optimizer: torch.optim.Optimizer
     masker: Masker
     sampler: WindowSampler
@@ -128,65 +117,129 @@ class Run:
     total_steps: int
     warmup_steps: int
     metrics: MetricsLog
+    tied_aliases: dict[str, str]
     step: int = 0
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.windows_per_step(self.world.size)
 
     def set_learning_rate(self) -> float:
         c = self.config
         lr = learning_rate(self.step, self.total_steps, self.warmup_steps, c.lr, c.schedule, c.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
+        torch.manual_seed(dropout_seed(c.seed, self.step, self.world.rank))
         return lr
 
     def draw_step(self) -> list[tuple[MaskedBatch, torch.Tensor]]:
-        """The step's micro-batches, masked, each with its attention mask.
+        """This process's micro-batches of the step, masked, each with its attention mask.
 
-        Assembled on the host, copied over (pinned and asynchronous on a GPU), masked on the device.
+        Every process draws the whole global batch's window indices (cheap) and keeps its
+        share. Windows are assembled on the host, copied over (pinned and asynchronous on a
+        GPU), and masked on the device.
         """
+        indices, epochs = self.sampler.take(self.global_batch)
         drawn = []
-        for _ in range(self.config.grad_accum):
-            host = [torch.from_numpy(a) for a in self.train_windows.batch(self.sampler.take(self.config.batch_size))]
+        for part in rank_share(self.world.rank, self.config.batch_size, self.config.grad_accum):
+            host = [torch.from_numpy(a) for a in (*self.train_windows.batch(indices[part]), indices[part], epochs[part])]
             if self.device.type == "cuda":
                 host = [t.pin_memory() for t in host]
-            input_ids, attention_mask = (t.to(self.device, non_blocking=True) for t in host)
-            drawn.append((self.masker(input_ids, attention_mask), attention_mask))
+            input_ids, attention_mask, windows, window_epochs = (t.to(self.device, non_blocking=True) for t in host)
+            drawn.append((self.masker(input_ids, attention_mask, windows, window_epochs), attention_mask))
         return drawn
 
-    def evaluate(self, echo: Callable[[str], None]) -> dict:
+    def count(self, micro_batches: list[tuple[MaskedBatch, torch.Tensor]]) -> StepCounts:
+        local = [
+            sum(int((batch.labels != IGNORE_INDEX).sum()) for batch, _ in micro_batches),
+            sum(int(batch.maskable.sum()) for batch, _ in micro_batches),
+            sum(int(mask.sum()) for _, mask in micro_batches),
+        ]
+        return StepCounts(*(round(v) for v in distributed.sum_across(local, self.world, self.device)))
+
+    def agree(self, loss_sum: torch.Tensor, counts: StepCounts, signals: StopSignals) -> tuple[float, int]:
+        """The step's mean loss over all processes, and the signal any of them received (0: none)."""
+        loss, = distributed.sum_across([float(loss_sum)], self.world, self.device)
+        signal, = distributed.max_across([float(signals.received or 0)], self.world, self.device)
+        return loss / max(counts.picked, 1), int(signal)
+
+    def evaluate(self, progress: Progress) -> dict:
         """Held-out metrics, logged and printed; {} when there is no held-out split."""
         if len(self.val_windows) == 0:
             return {}
         [result] = evaluate_model(
             self.lm, self.val_windows, batch_size=self.config.batch_size, device=self.device, dtype=self.dtype,
-            max_batches=self.config.eval_max_batches,
+            max_batches=self.config.eval_max_batches, world=self.world,
         )  # fmt: skip
         record = {"step": self.step, **result.as_dict("eval_")}
         self.metrics.write(record)
-        echo(
+        progress.echo(
             f"step {self.step}: eval loss {result.loss:.4f}, perplexity {result.perplexity:.2f}, "
             f"accuracy {result.accuracy:.2%} (top-5 {result.top5_accuracy:.2%})"
         )
         return record
 
-    def save_checkpoint(self) -> None:
-        checkpoint.save_checkpoint(
-            self.out, self.step, self.lm.model, self.optimizer, _rng_state(self.masker), dataclasses.asdict(self.sampler.position),
-            keep=self.config.keep_checkpoints, info={"device_type": self.device.type},
-        )  # fmt: skip
+    def full_state(self, with_optimizer: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+        """Unsharded model weights (Hugging Face names, tied aliases once) and optimizer state by
+        name; under FSDP every process must call this (it gathers), and only rank 0 gets them."""
+        if self.strategy == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            weights = _strip(get_model_state_dict(self.lm, options=options))
+            named = get_optimizer_state_dict(self.lm, self.optimizer, options=options) if with_optimizer else {}
+            if named:
+                named = {"state": _strip(named["state"]), "param_groups": [{**g, "params": list(_strip(dict.fromkeys(g["params"])))} for g in named["param_groups"]]}
+        else:
+            weights = self.lm.model.state_dict()
+            named = checkpoint.named_optimizer_state(self.optimizer, _names(self.lm)) if with_optimizer else {}
+        return {k: v for k, v in weights.items() if k not in self.tied_aliases}, named
+
+    def save_checkpoint(self) -> Path:
+        weights, named = self.full_state()
+        path = self.out / "checkpoints" / f"step-{self.step:08d}"
+        if self.world.is_main:
+            info = {"device_type": self.device.type, "world_size": self.world.size, "global_batch": self.global_batch, "strategy": self.strategy}
+            path = checkpoint.save_checkpoint(
+                self.out, self.step, weights, named, asdict(self.sampler.position), info, keep=self.config.keep_checkpoints
+            )
+        distributed.barrier(self.world)
+        return path
+
+    def load_checkpoint(self, saved: checkpoint.Checkpoint) -> None:
+        weights = dict(saved.model)
+        for alias, name in self.tied_aliases.items():
+            if alias not in weights and name in weights:
+                weights[alias] = weights[name]
+        if self.strategy == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+            options = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.lm, {_HF_PREFIX + k: v for k, v in weights.items()}, options=options)
+            prefixed = {
+                "state": {_HF_PREFIX + k: v for k, v in saved.optimizer["state"].items()},
+                "param_groups": [{**g, "params": [_HF_PREFIX + n for n in g["params"]]} for g in saved.optimizer["param_groups"]],
+            }
+            set_optimizer_state_dict(self.lm, self.optimizer, prefixed, options=options)
+        else:
+            try:
+                self.lm.model.load_state_dict(weights, strict=True)
+            except RuntimeError as e:
+                raise UnmaskError(f"the checkpoint does not fit this model: {str(e).splitlines()[0]}") from None
+            self.optimizer.load_state_dict(checkpoint.indexed_optimizer_state(saved.optimizer, self.optimizer, _names(self.lm)))
 
 
-def _rng_state(masker: Masker) -> dict[str, torch.Tensor]:
-    state = {"torch": torch.get_rng_state(), "masking": masker.generator.get_state()}
-    if torch.cuda.is_available():
-        state.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    return state
+def _total_norm(norm: torch.Tensor) -> float:
+    """A gradient norm as a number (under FSDP it is a replicated DTensor)."""
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
-def _restore_rng(state: dict[str, torch.Tensor], masker: Masker) -> None:
-    torch.set_rng_state(state["torch"])
-    masker.generator.set_state(state["masking"])
-    cuda = [state[k] for k in sorted(k for k in state if k.startswith("cuda"))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+def _names(lm: MaskedLM) -> dict[int, str]:
+    return {id(p): name for name, p in lm.model.named_parameters()}
+
+
+def _strip(state: dict) -> dict:
+    return {(k[len(_HF_PREFIX):] if k.startswith(_HF_PREFIX) else k): v for k, v in state.items()}
 
 
 def _check_run_dir(out: Path, config: TrainConfig) -> None:
@@ -217,63 +270,83 @@ def _load_model_and_tokenizer(config: TrainConfig, store: TokenStore, vocab: Voc
 
 
 def _restore(run: Run, echo: Callable[[str], None]) -> None:
-    latest = checkpoint.latest_checkpoint(run.out, warn=echo)
-    if latest is None:
+    """Continue from the newest checkpoint that verifies (rank 0 checks, everyone loads it)."""
+    latest = checkpoint.latest_checkpoint(run.out, warn=echo) if run.world.is_main else None
+    step, = distributed.max_across([float(int(latest.name.split("-")[1]) if latest else -1)], run.world, run.device)
+    if step < 0:
         echo(f"note: no checkpoint in {run.out}; starting from step 0")
         return
-    restored = checkpoint.load_checkpoint(latest, run.lm.model, run.optimizer)
-    trained_on = restored.info.get("device_type", run.device.type)
+    path = run.out / "checkpoints" / f"step-{int(step):08d}"
+    names = _names(run.lm)
+    saved = checkpoint.read_checkpoint(path, [names[id(p)] for group in run.optimizer.param_groups for p in group["params"]])
+    trained_on = saved.info.get("device_type", run.device.type)
     if trained_on != run.device.type:
         raise UnmaskError(
-            f"--resume: {latest} was trained on {trained_on}, this run would continue on {run.device.type}; "
-            f"its masking and precision live on the device, so continue on {trained_on} (--device {trained_on})"
+            f"--resume: {path} was trained on {trained_on}, this run would continue on {run.device.type}; "
+            f"its precision lives on the device, so continue on {trained_on} (--device {trained_on})"
         )
-    run.step = restored.step
-    run.sampler.position = DataPosition(**restored.data)
-    _restore_rng(restored.rng, run.masker)
-    echo(f"resumed from {latest} at step {run.step}")
+    was = saved.info.get("global_batch", run.global_batch)
+    if was != run.global_batch:
+        raise UnmaskError(
+            f"--resume: {path} trained on {was} windows a step (batch-size x grad-accum x processes), this run would take "
+            f"{run.global_batch}; keep the global batch, e.g. --grad-accum {max(1, was // (run.config.batch_size * run.world.size))} "
+            f"with --batch-size {run.config.batch_size} on {run.world.size} process(es)"
+        )
+    run.load_checkpoint(saved)
+    run.step = saved.step
+    run.sampler.position = DataPosition(**saved.data)
+    echo(f"resumed from {path} at step {run.step}")
 
 
 def setup(config: TrainConfig, echo: Callable[[str], None] = print) -> Run:
-    """Check the run folder, load the data and the model, build the optimizer and the
-    sampler, and restore the newest checkpoint when resuming."""
+    """Join the process group, check the run folder, load the data and the model, wrap it,
+    build the optimizer and the sampler, and restore the newest checkpoint when resuming."""
+    world, device = distributed.join(config.device)
+    echo = echo if world.is_main else (lambda _: None)
     out = Path(config.out)
     _check_run_dir(out, config)
     store = TokenStore.open(config.data)
     vocab = store.vocabulary()
     vocab.require_mask(f"--data {store.path}")
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
     tokenizer, lm = _load_model_and_tokenizer(config, store, vocab, echo)
     if config.dropout is not None:
         set_dropout(lm, config.dropout)
+    tied = lm.tied_aliases()
+    strategy = distributed.resolve_strategy(config.strategy, world)
+    dtype = autocast_dtype(device, config.precision)
     lm.to(device).train()
+    if config.activation_checkpointing:
+        lm.enable_activation_checkpointing()
     if config.compile:
         lm.compile_encoder()
+    model = distributed.wrap(lm, strategy, device, dtype)
 
     train_windows = Windows.build(store.split("train"), config.seq_len, vocab, packing=config.packing)
     val_windows = Windows.build(store.split("val"), config.seq_len, vocab, packing=config.packing, keep_partial=True)
     if len(train_windows) == 0:
         raise UnmaskError(f"--data {store.path}: {store.meta['splits']['train']['tokens']} training tokens make no window of --seq-len {config.seq_len}")
-    total_steps = config.total_steps(len(train_windows))
+    total_steps = config.total_steps(len(train_windows), world.size)
     masker = Masker(
-        vocab, seed=config.seed + 1, device=device,
+        vocab, seed=config.seed, device=device,
         mask_prob=config.mask_prob, mask_replace_prob=config.mask_replace_prob, random_replace_prob=config.random_replace_prob,
     )  # fmt: skip
     run = Run(
-        config=config, out=out, device=device, dtype=autocast_dtype(device, config.precision), tokenizer=tokenizer, lm=lm,
+        config=config, out=out, world=world, strategy=strategy, device=device, dtype=dtype, tokenizer=tokenizer, lm=lm, model=model,
         optimizer=build_optimizer(lm, config, device), masker=masker, sampler=WindowSampler(len(train_windows), config.seed),
         train_windows=train_windows, val_windows=val_windows, total_steps=total_steps, warmup_steps=config.warmup(total_steps),
-        metrics=None,  # type: ignore[arg-type]  # set below, once the step to resume from is known
+        metrics=MetricsLog(out / "metrics.jsonl", None, enabled=False), tied_aliases=tied,
     )  # fmt: skip
     if config.resume:
         _restore(run, echo)
-    out.mkdir(parents=True, exist_ok=True)
-    save_yaml(config, out / "config.yaml")
-    run.metrics = MetricsLog(out / "metrics.jsonl", resume_step=run.step)
+    distributed.barrier(world)  # every process has checked the folder before rank 0 writes into it
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_yaml(config, out / "config.yaml")
+    run.metrics = MetricsLog(out / "metrics.jsonl", resume_step=run.step, enabled=world.is_main)
+    processes = f" on {world.size} processes ({strategy})" if world.distributed else ""
     echo(
-        f"training {type(lm.model).__name__} ({sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M parameters) on {device}"
-        f"{' with bf16 autocast' if run.dtype else ' in fp32'}: {total_steps} steps of {config.windows_per_step()} x {config.seq_len} tokens,"
+        f"training {type(lm.model).__name__} ({sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M parameters) on {device}{processes}"
+        f"{' with bf16' if dtype else ' in fp32'}: {total_steps} steps of {run.global_batch} x {config.seq_len} tokens,"
         f" {len(train_windows)} training windows, {len(val_windows)} held-out windows"
     )
     return run
@@ -287,86 +360,97 @@ def train(
     on_step: Optional[Callable[[int], None]] = None,
 ) -> dict:
     """Run (or resume) training as `config` says; returns the summary also saved as summary.json."""
-    from tqdm import tqdm
-
     run = setup(config, echo)
-    lm, optimizer, device = run.lm, run.optimizer, run.device
+    lm, model, optimizer, device = run.lm, run.model, run.optimizer, run.device
     max_norm = config.clip_grad_norm if config.clip_grad_norm > 0 else float("inf")
-    bar = tqdm(total=run.total_steps, initial=run.step, desc="train", unit="step", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    display = Progress(config.progress if progress else "none", run.total_steps, run.step, echo, enabled=run.world.is_main)
     speed = Throughput()
     last_eval: dict = {}
-    while run.step < run.total_steps:
-        lr = run.set_learning_rate()
+    with StopSignals() as signals:
+        while run.step < run.total_steps:
+            lr = run.set_learning_rate()
 
-        # All micro-batches of the step are drawn first, so the loss can be normalised by the
-        # masked tokens of the whole step rather than averaged over micro-batch means.
-        micro_batches = run.draw_step()
-        picked = sum(int((batch.labels != IGNORE_INDEX).sum()) for batch, _ in micro_batches)
-        maskable = sum(int(batch.maskable.sum()) for batch, _ in micro_batches)
-        loss_sum = torch.zeros((), device=device)
-        for batch, attention_mask in micro_batches:
-            with autocast(device, run.dtype):
-                loss, _ = lm.loss_sum(batch.input_ids, attention_mask, batch.labels)
-            (loss / max(picked, 1)).backward()
-            loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(lm.parameters(), max_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        run.step += 1
+            # All micro-batches of the step are drawn and counted first, so the loss can be
+            # normalised by the masked tokens of the whole step on all processes rather than
+            # averaged over micro-batch means. DDP and FSDP average gradients over processes,
+            # hence the factor `world.size`.
+            micro_batches = run.draw_step()
+            counts = run.count(micro_batches)
+            loss_sum = torch.zeros((), device=device)
+            for number, (batch, attention_mask) in enumerate(micro_batches, 1):
+                with distributed.set_gradient_sync(model, run.strategy, number == len(micro_batches)), autocast(device, run.dtype):
+                    loss, _ = model(batch.input_ids, attention_mask, batch.labels)
+                    (loss * run.world.size / max(counts.picked, 1)).backward()
+                loss_sum += loss.detach()
+            grad_norm = _total_norm(torch.nn.utils.clip_grad_norm_(lm.parameters(), max_norm))
+            train_loss, stop_signal = run.agree(loss_sum, counts, signals)
+            if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):
+                raise UnmaskError(
+                    f"step {run.step + 1}: training loss is {train_loss}, gradient norm {grad_norm}; stopped before applying it "
+                    f"(checkpoints so far are intact). Try a lower --lr or --precision fp32"
+                )
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            run.step += 1
 
-        train_loss = float(loss_sum) / max(picked, 1)
-        if not math.isfinite(train_loss):
-            raise UnmaskError(
-                f"step {run.step}: training loss is {train_loss}; stopped before saving anything from this step "
-                f"(checkpoints so far are intact). Try a lower --lr or --precision fp32"
-            )
-        speed.add(sum(int(mask.sum()) for _, mask in micro_batches))
-        bar.update(1)
-        if run.step % config.log_every == 0 or run.step == run.total_steps:
-            tokens_per_s = speed.rate_and_restart()
-            run.metrics.write(
-                {"step": run.step, "loss": train_loss, "lr": lr, "grad_norm": float(grad_norm), "mask_rate": picked / max(maskable, 1),
-                 "tokens_per_s": tokens_per_s, "epoch": run.sampler.position.epoch}
-            )  # fmt: skip
-            bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", lr=f"{lr:.2e}")
-        with speed.paused():
-            if config.eval_every and run.step % config.eval_every == 0 and run.step < run.total_steps:
-                last_eval = run.evaluate(echo) or last_eval
-            if config.checkpoint_every and run.step % config.checkpoint_every == 0 and run.step < run.total_steps:
-                run.save_checkpoint()
-        if on_step is not None:
-            on_step(run.step)
-    bar.close()
-    return finish(run, last_eval, echo)
+            speed.add(counts.tokens)
+            logged = None
+            if run.step % config.log_every == 0 or run.step == run.total_steps:
+                logged = {"step": run.step, "loss": train_loss, "lr": lr, "grad_norm": grad_norm, "mask_rate": counts.picked / max(counts.maskable, 1),
+                          "tokens_per_s": speed.rate_and_restart(), "epoch": run.sampler.position.epoch}  # fmt: skip
+                run.metrics.write(logged)
+            display.step(run.step, logged)
+            with speed.paused():
+                if config.eval_every and run.step % config.eval_every == 0 and run.step < run.total_steps:
+                    last_eval = run.evaluate(display) or last_eval
+                if stop_signal or config.checkpoint_every and run.step % config.checkpoint_every == 0 and run.step < run.total_steps:
+                    saved = run.save_checkpoint()
+                if stop_signal:
+                    display.close()
+                    raise Stopped(stop_signal, run.step, saved)
+            if on_step is not None:
+                on_step(run.step)
+    display.close()
+    return finish(run, last_eval, display)
 
 
-def save_final_model(lm: MaskedLM, tokenizer, target: Path) -> None:
-    """save_pretrained into a folder of its own, then publish it: `target` is always whole."""
+def save_final_model(run: Run, target: Path) -> None:
+    """save_pretrained into a folder of its own, then publish it: `target` is always whole.
+
+    Under FSDP the weights are gathered first (every process takes part; rank 0 writes).
+    """
+    weights = run.full_state(with_optimizer=False)[0] if run.strategy == "fsdp" else None
+    if not run.world.is_main:
+        return
     building = building_path(target, "partial")
     remove_tree(building)
     try:
-        lm.model.save_pretrained(building)
-        tokenizer.save_pretrained(building)
+        run.lm.model.save_pretrained(building, state_dict=weights)
+        run.tokenizer.save_pretrained(building)
         publish_folder(building, target)
     except BaseException:
         remove_tree(building)
         raise
 
 
-def finish(run: Run, last_eval: dict, echo: Callable[[str], None]) -> dict:
+def finish(run: Run, last_eval: dict, display: Progress) -> dict:
     """Final evaluation, checkpoint, model and summary."""
-    last_eval = run.evaluate(echo) or last_eval
+    last_eval = run.evaluate(display) or last_eval
     run.save_checkpoint()
-    save_final_model(run.lm, run.tokenizer, run.out / "model")
+    save_final_model(run, run.out / "model")
     summary = {
         "steps": run.step,
-        "tokens_per_step": run.config.windows_per_step() * run.config.seq_len,
+        "tokens_per_step": run.global_batch * run.config.seq_len,
         **{k: v for k, v in last_eval.items() if k != "step"},
         "device": str(run.device),
+        "processes": run.world.size,
+        "strategy": run.strategy,
         "precision": "bf16" if run.dtype else "fp32",
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
-    atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=2))
-    echo(f"model saved to {run.out / 'model'} (loads with transformers' from_pretrained)")
+    if run.world.is_main:
+        atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=2))
+    display.echo(f"model saved to {run.out / 'model'} (loads with transformers' from_pretrained)")
+    distributed.barrier(run.world)
     return summary

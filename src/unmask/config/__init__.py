@@ -1,14 +1,14 @@
 """Typed settings for every command, validated on construction and saved as YAML.
 
 - `base`: the user-error type, validation helpers, YAML in and out.
-- `pipeline`: `unmask prepare` and `unmask train`.
+- `pipeline`: `unmask prepare`, `unmask tokenizer` and `unmask train`.
 - `use`: the commands that use a model (fill, inspect, eval, score, embed, compare, plot).
 
 Each field's docstring is its `--help` text; the CLI is generated from these classes.
 """
 
 from unmask.config.base import UnmaskError, check_masking_probabilities, flag, from_dict, load_yaml, require, save_yaml, to_dict
-from unmask.config.pipeline import PRESETS, RESUMABLE_CHANGES, PrepareConfig, TrainConfig, refused_resume_changes
+from unmask.config.pipeline import PRESETS, RESUMABLE_CHANGES, PrepareConfig, SourceOptions, TokenizerConfig, TrainConfig, refused_resume_changes
 from unmask.config.use import (
     CompareConfig,
     EmbedConfig,
@@ -21,6 +21,6 @@ from unmask.config.use import (
 
 __all__ = [
     "UnmaskError", "check_masking_probabilities", "flag", "from_dict", "load_yaml", "require", "save_yaml", "to_dict",
-    "PRESETS", "RESUMABLE_CHANGES", "PrepareConfig", "TrainConfig", "refused_resume_changes",
+    "PRESETS", "RESUMABLE_CHANGES", "PrepareConfig", "SourceOptions", "TokenizerConfig", "TrainConfig", "refused_resume_changes",
     "CompareConfig", "EmbedConfig", "EvalConfig", "FillConfig", "InspectConfig", "PlotConfig", "ScoreConfig",
 ]  # fmt: skip

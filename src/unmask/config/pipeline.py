@@ -13,34 +13,84 @@ from typing import ClassVar, Literal, Optional
 from unmask.config.base import check_masking_probabilities, require
 
 @dataclass(kw_only=True)
-class PrepareConfig:
+class SourceOptions:
+    """How documents are read from text sources (shared by prepare and tokenizer)."""
+
+    doc_per: Literal["file", "blank-line", "line"] = "file"
+    """What one document is in a text file: the whole file, a block separated by blank lines, or one line."""
+    text_field: str = "text"
+    """Field of .jsonl records, column of .csv/.tsv/.parquet/.arrow files and datasets, that holds the text."""
+    hf_config: Optional[str] = None
+    """Configuration (subset) of an hf:NAME dataset, e.g. wikitext-103-raw-v1."""
+    hf_split: str = "train"
+    """Split of an hf:NAME dataset or of a saved DatasetDict folder."""
+    max_docs: Optional[int] = None
+    """Read at most this many (non-empty) documents, then stop: useful on a streamed hub dataset."""
+    skip_bad_files: bool = False
+    """Skip binary, non-UTF-8 or corrupt files with a count instead of stopping with an error."""
+
+    def __post_init__(self) -> None:
+        require(len(self.sources) > 0, "sources", "give at least one file, folder, glob or hf:NAME")
+        require(bool(self.text_field), "text_field", "must not be empty")
+        require(bool(self.hf_split), "hf_split", "must not be empty")
+        require(self.max_docs is None or self.max_docs >= 1, "max_docs", f"must be at least 1, got {self.max_docs}")
+
+    def read_options(self):
+        from unmask.data.sources import ReadOptions
+
+        return ReadOptions(self.doc_per, self.text_field, self.skip_bad_files, self.hf_config, self.hf_split)
+
+
+@dataclass(kw_only=True)
+class PrepareConfig(SourceOptions):
     """Settings of `unmask prepare`: text sources to a token store."""
 
     POSITIONAL: ClassVar[tuple[str, ...]] = ("sources",)
-
     sources: list[str]
-    """Text files (.txt, .jsonl), folders or globs; `sample:pydocs` is the bundled sample corpus."""
+    """Text (.txt .md .rst), .jsonl, .csv, .tsv (each also .gz .bz2 .xz .zst), .parquet and .arrow files, folders, globs, saved datasets, hf:NAME; `sample:pydocs` is the bundled sample corpus."""
     out: str
     """Folder of the token store to create."""
     tokenizer: str = "minilm-l6"
     """Hub id, local folder or alias of the tokenizer. `minilm-l6` is the bert-base-uncased WordPiece vocabulary shipped with the starter checkpoint."""
-    doc_per: Literal["file", "blank-line", "line"] = "file"
-    """What one document is in a .txt file: the whole file, a block separated by blank lines, or one line."""
-    text_field: str = "text"
-    """Field of each .jsonl record that holds the text."""
     val_fraction: float = 0.01
     """Share of documents held out for evaluation (every k-th document, the first always; at least one when above 0)."""
-    skip_bad_files: bool = False
-    """Skip binary or non-UTF-8 files with a count instead of stopping with an error."""
+    max_tokens: Optional[int] = None
+    """Stop once this many tokens are stored (whole documents: the last one is kept entire)."""
     overwrite: bool = False
     """Replace an existing store at --out (the old one stays intact until the new one is complete)."""
     trust_remote_code: bool = False
     """Allow a hub tokenizer to run its own code."""
 
     def __post_init__(self) -> None:
-        require(len(self.sources) > 0, "sources", "give at least one file, folder or glob")
+        SourceOptions.__post_init__(self)
         require(0.0 <= self.val_fraction < 1.0, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
-        require(bool(self.text_field), "text_field", "must not be empty")
+        require(self.max_tokens is None or self.max_tokens >= 1, "max_tokens", f"must be at least 1, got {self.max_tokens}")
+
+
+@dataclass(kw_only=True)
+class TokenizerConfig(SourceOptions):
+    """Settings of `unmask tokenizer`: train a vocabulary on text sources."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("sources",)
+    sources: list[str]
+    """The same sources `unmask prepare` reads."""
+    out: str
+    """Folder to save the tokenizer to (loads with AutoTokenizer.from_pretrained)."""
+    kind: Literal["wordpiece", "bpe", "unigram"] = "wordpiece"
+    """`wordpiece`: BERT-style [CLS] ... [SEP], [MASK]. `bpe`: RoBERTa-style byte-level BPE, <s> ... </s>, <mask>. `unigram`: SentencePiece-style unigram with ▁ word starts, <s> ... </s>, <mask>."""
+    vocab_size: int = 30522
+    """Size of the vocabulary, special tokens included."""
+    lowercase: bool = False
+    """Lowercase text before tokenizing (as bert-base-uncased does)."""
+    min_frequency: int = 2
+    """Least number of times a piece must occur to enter the vocabulary (WordPiece and BPE)."""
+    overwrite: bool = False
+    """Replace an existing tokenizer folder at --out."""
+
+    def __post_init__(self) -> None:
+        SourceOptions.__post_init__(self)
+        require(self.vocab_size >= 100, "vocab_size", f"must be at least 100, got {self.vocab_size}")
+        require(self.min_frequency >= 1, "min_frequency", f"must be at least 1, got {self.min_frequency}")
 
 
 PRESETS = ("tiny", "mini", "small", "base")
@@ -67,9 +117,9 @@ class TrainConfig:
     packing: Literal["packed", "padded"] = "packed"
     """`packed`: documents back to back, no padding. `padded`: each document on its own windows, padded."""
     batch_size: int = 32
-    """Windows per micro-batch."""
+    """Windows per micro-batch, per process."""
     grad_accum: int = 1
-    """Micro-batches per optimizer step."""
+    """Micro-batches per optimizer step; a step trains on batch-size x grad-accum x processes windows."""
     max_steps: Optional[int] = None
     """Optimizer steps to run; with --epochs, whichever ends first."""
     epochs: Optional[float] = None
@@ -110,6 +160,12 @@ class TrainConfig:
     """`auto`, `cpu`, `cuda` or `cuda:N`."""
     compile: bool = False
     """torch.compile the encoder layers that run on every token (off: on a 2-core CPU it cost 15-35 s of compiling and ran no faster)."""
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    """Under torchrun: `ddp` replicates the model on every process, `fsdp` shards weights, gradients and optimizer state (FSDP2); `auto` is DDP. One process ignores it."""
+    activation_checkpointing: bool = False
+    """Recompute each encoder layer's activations in the backward pass instead of storing them: less memory for long sequences, about a third more compute."""
+    progress: Literal["auto", "bar", "lines", "none"] = "auto"
+    """`bar` in a terminal, `lines` (one plain line every --log-every steps) in a log file; `auto` picks by whether stderr is a terminal."""
     seed: int = 0
     """Seed of the model init, data order, masking and dropout."""
     eval_every: int = 100
@@ -147,12 +203,13 @@ class TrainConfig:
         require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
         require(self.eval_max_batches is None or self.eval_max_batches >= 1, "eval_max_batches", "must be at least 1")
 
-    def windows_per_step(self) -> int:
-        return self.batch_size * self.grad_accum
+    def windows_per_step(self, world_size: int = 1) -> int:
+        """The global batch: windows of one optimizer step over all processes."""
+        return self.batch_size * self.grad_accum * world_size
 
-    def total_steps(self, train_windows: int) -> int:
+    def total_steps(self, train_windows: int, world_size: int = 1) -> int:
         """Optimizer steps of the whole run, given the number of training windows."""
-        steps_per_epoch = max(1, train_windows // self.windows_per_step())
+        steps_per_epoch = max(1, train_windows // self.windows_per_step(world_size))
         by_epochs = math.ceil((self.epochs or 1.0) * steps_per_epoch)
         if self.max_steps is None:
             return by_epochs
@@ -165,9 +222,13 @@ class TrainConfig:
 
 
 # Fields that may change when a run is resumed: they change neither the data order, the
-# masking, nor the arithmetic of a step. (A change of device *type* is refused separately,
-# against the device recorded in the checkpoint: "auto" may resolve differently.)
-RESUMABLE_CHANGES = frozenset({"resume", "device", "compile", "eval_every", "eval_max_batches", "log_every", "checkpoint_every", "keep_checkpoints"})
+# masking, nor the arithmetic of a step. Checked against the checkpoint instead: the device
+# type ("auto" may resolve differently) and the global batch (batch-size and grad-accum may
+# change with the number of processes as long as their product with it stays the same).
+RESUMABLE_CHANGES = frozenset({
+    "out", "resume", "device", "compile", "eval_every", "eval_max_batches", "log_every", "checkpoint_every", "keep_checkpoints",
+    "strategy", "activation_checkpointing", "progress", "batch_size", "grad_accum",
+})  # fmt: skip
 
 
 def refused_resume_changes(saved: dict, now: dict) -> list[str]:

@@ -1,33 +1,66 @@
-"""Read documents from text sources: .txt, .jsonl, folders and globs of them.
+"""Read documents from where users keep text, as a stream: memory stays flat whatever the size.
 
-Every problem names the file (and line where there is one). Empty files and empty
-documents are skipped and counted; binary or non-UTF-8 files stop the run unless the user
-asks to skip them, because a half-read corpus is worse than an error.
+Kinds of source, mixed freely in one call:
+- text files (.txt .text .md .rst) and JSON Lines (.jsonl .ndjson, `--text-field`), plain or
+  compressed (.gz .bz2 .xz .zst, decompressed as a stream);
+- CSV and TSV with a header row (`--text-field` names the column), plain or compressed;
+- Parquet files (read by row group) and Arrow files (`.arrow`, as `datasets` writes them);
+- a folder written by `Dataset.save_to_disk` or `DatasetDict.save_to_disk` (`--hf-split`);
+- `hf:NAME`, a Hugging Face dataset loaded with `streaming=True` (`--hf-config`, `--hf-split`);
+- folders (searched recursively, hidden files skipped) and globs of any of these.
+
+Every problem names the source (and line or row where there is one). Empty files and empty
+documents are skipped and counted; binary, non-UTF-8 or corrupt files stop the run unless the
+user asks to skip them, because a half-read corpus is worse than an error.
 """
 
 from __future__ import annotations
 
+import bz2
 import glob
-import json
+import gzip
+import io
+import lzma
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import IO, Iterator, Literal
 
 from unmask.config import UnmaskError
+from unmask.data import formats
+from unmask.data.formats import BadFile
 
 SAMPLE_ALIAS = "sample:pydocs"
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_corpus" / "pydocs"
+HUB_PREFIX = "hf:"
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
+TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
+COLUMNAR_SUFFIXES = (".parquet", ".arrow")
+COMPRESSIONS = {".gz": "gz", ".bz2": "bz2", ".xz": "xz", ".zst": "zst", ".zstd": "zst"}
+STREAM_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + tuple(TABLE_SUFFIXES)
 _GLOB_CHARS = set("*?[")
-_BINARY_PROBE_BYTES = 8192
 
 DocPer = Literal["file", "blank-line", "line"]
+Kind = Literal["text", "jsonl", "csv", "tsv", "parquet", "arrow", "saved-dataset", "hub-dataset"]
 
 
-class BadFile(UnmaskError):
-    """A file that cannot be read as text (binary, not UTF-8, unreadable)."""
+@dataclass(frozen=True)
+class Source:
+    """One thing documents are read from."""
+
+    kind: Kind
+    location: str
+    """A path, or a hub dataset's name."""
+    compression: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{HUB_PREFIX}{self.location}" if self.kind == "hub-dataset" else self.location
+
+    @property
+    def is_file(self) -> bool:
+        return self.kind not in ("saved-dataset", "hub-dataset")
 
 
 @dataclass
@@ -40,126 +73,146 @@ class ReadReport:
     empty_documents: int = 0
 
 
-def expand_sources(sources: list[str]) -> list[Path]:
-    """Files to read, in a stable order; an argument that yields nothing is an error."""
-    files: list[Path] = []
+@dataclass(frozen=True)
+class ReadOptions:
+    doc_per: DocPer = "file"
+    text_field: str = "text"
+    skip_bad_files: bool = False
+    hf_config: str | None = None
+    hf_split: str = "train"
+
+
+def is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file() or ((path / "state.json").is_file() and (path / "dataset_info.json").is_file())
+
+
+def classify(path: Path) -> Source | None:
+    """The source a file is, by its name; None for a file unmask does not read."""
+    suffixes = [s.lower() for s in path.suffixes]
+    compression = COMPRESSIONS.get(suffixes[-1]) if suffixes else None
+    inner = suffixes[-2] if compression and len(suffixes) > 1 else (suffixes[-1] if suffixes and not compression else "")
+    if inner in TEXT_SUFFIXES:
+        return Source("text", str(path), compression)
+    if inner in JSONL_SUFFIXES:
+        return Source("jsonl", str(path), compression)
+    if inner in TABLE_SUFFIXES:
+        return Source("csv" if inner == ".csv" else "tsv", str(path), compression)
+    if inner in COLUMNAR_SUFFIXES and not compression:
+        return Source(inner[1:], str(path))  # type: ignore[arg-type]
+    return None
+
+
+def _folder_sources(folder: Path) -> list[Source]:
+    found: list[Source] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        here = Path(root)
+        for name in list(dirs):
+            if is_saved_dataset(here / name):
+                found.append(Source("saved-dataset", str(here / name)))
+                dirs.remove(name)
+        found.extend(s for name in sorted(files) if not name.startswith(".") and (s := classify(here / name)) is not None)
+    return found
+
+
+def expand_sources(sources: list[str]) -> list[Source]:
+    """What to read, in a stable order; an argument that yields nothing is an error."""
+    found: list[Source] = []
     for source in sources:
         if source == SAMPLE_ALIAS:
-            files.extend(sorted(SAMPLE_DIR.glob("*.txt")))
+            found.extend(Source("text", str(p)) for p in sorted(SAMPLE_DIR.glob("*.txt")))
+            continue
+        if source.startswith(HUB_PREFIX):
+            name = source[len(HUB_PREFIX):]
+            if not name:
+                raise UnmaskError(f"{source}: give a dataset name after hf:, e.g. hf:wikitext")
+            found.append(Source("hub-dataset", name))
             continue
         path = Path(source)
         if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file()
-                and p.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
-            if not found:
-                suffixes = ", ".join(TEXT_SUFFIXES + JSONL_SUFFIXES)
-                raise UnmaskError(f"{source}: folder holds no usable files (looked for {suffixes})")
-            files.extend(found)
+            if is_saved_dataset(path):
+                found.append(Source("saved-dataset", str(path)))
+                continue
+            inside = _folder_sources(path)
+            if not inside:
+                kinds = ", ".join(STREAM_SUFFIXES + COLUMNAR_SUFFIXES)
+                raise UnmaskError(f"{source}: folder holds no usable files (looked for {kinds}, compressed or not, and saved datasets)")
+            found.extend(inside)
         elif path.is_file():
-            files.append(path)
+            found.append(classify(path) or Source("text", str(path)))  # an unknown suffix is read as text
         elif _GLOB_CHARS & set(source):
-            found = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
-            if not found:
+            matches = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
+            if not matches:
                 raise UnmaskError(f"{source}: glob matched no files")
-            files.extend(found)
+            found.extend(classify(p) or Source("text", str(p)) for p in matches)
         elif path.exists():
             raise UnmaskError(f"{source}: not a regular file or folder")
         else:
             raise UnmaskError(f"{source}: no such file or folder")
-    unique = list(dict.fromkeys(files))
-    for path in unique:
-        if not os.access(path, os.R_OK):
-            raise UnmaskError(f"{path}: permission denied (cannot read)")
+    unique = list(dict.fromkeys(found))
+    for item in unique:
+        if item.kind != "hub-dataset" and not os.access(item.location, os.R_OK):
+            raise UnmaskError(f"{item.location}: permission denied (cannot read)")
     return unique
 
 
-def _decode(data: bytes, path: Path) -> str:
+def open_binary(source: Source) -> IO[bytes]:
+    """The file's bytes, decompressed as they are read."""
+    path = source.location
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = 1 + data[: e.start].count(b"\n")
-        raise BadFile(f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x})") from None
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
+        if source.compression == "gz":
+            return gzip.open(path, "rb")
+        if source.compression == "bz2":
+            return bz2.open(path, "rb")
+        if source.compression == "xz":
+            return lzma.open(path, "rb")
+        if source.compression == "zst":
+            try:
+                import zstandard
+            except ImportError:
+                raise UnmaskError(f"{path}: reading .zst needs zstandard: pip install 'unmask[zstd]'") from None
+            return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+        return open(path, "rb")
     except OSError as e:
-        raise UnmaskError(f"{path}: cannot read: {e.strerror}") from None
-    if b"\x00" in data[:_BINARY_PROBE_BYTES]:
-        raise BadFile(f"{path}: looks like a binary file (NUL bytes), not text")
-    return data
+        raise UnmaskError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
-def _lines(text: str) -> list[str]:
-    # Not str.splitlines: it also splits on form feeds and U+2028, which occur inside text.
-    return [line.rstrip("\r") for line in text.split("\n")]
+def _documents(source: Source, options: ReadOptions) -> Iterator[str]:
+    if source.kind == "text":
+        return formats.text_documents(source, open_binary, options.doc_per)
+    if source.kind == "jsonl":
+        return formats.jsonl_documents(source, open_binary, options.text_field)
+    if source.kind in ("csv", "tsv"):
+        return formats.table_documents(source, open_binary, options.text_field, TABLE_SUFFIXES[f".{source.kind}"])
+    if source.kind == "parquet":
+        return formats.parquet_documents(source.location, options.text_field)
+    if source.kind == "arrow":
+        return formats.arrow_documents(source.location, options.text_field)
+    if source.kind == "saved-dataset":
+        return formats.saved_dataset_documents(source.location, options.text_field, options.hf_split)
+    return formats.hub_documents(source.location, options.text_field, options.hf_config, options.hf_split)
 
 
-def _split_blocks(text: str) -> Iterator[str]:
-    block: list[str] = []
-    for line in _lines(text):
-        if line.strip():
-            block.append(line)
-        elif block:
-            yield "\n".join(block)
-            block = []
-    if block:
-        yield "\n".join(block)
+def read_documents(sources: list[Source], report: ReadReport, options: ReadOptions = ReadOptions()) -> Iterator[tuple[Source, str]]:
+    """Yield (source, document text) for every non-empty document, filling in `report`.
 
-
-def _text_documents(path: Path, doc_per: DocPer) -> Iterator[str]:
-    text = _decode(_read_bytes(path), path)
-    if doc_per == "file":
-        yield text
-    elif doc_per == "blank-line":
-        yield from _split_blocks(text)
-    else:
-        yield from _lines(text)
-
-
-def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
-    # Decode the whole file before yielding, so a bad byte on line N never leaves lines
-    # 1..N-1 in the store of a file the user asked to skip.
-    text = _decode(_read_bytes(path), path)
-    for number, line in enumerate(_lines(text), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UnmaskError(f"{path}:{number}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(record, dict) or text_field not in record:
-            raise UnmaskError(f"{path}:{number}: record has no '{text_field}' field (set it with --text-field)")
-        value = record[text_field]
-        if not isinstance(value, str):
-            raise UnmaskError(f"{path}:{number}: field '{text_field}' is {type(value).__name__}, not a string")
-        yield value
-
-
-def read_documents(
-    files: list[Path], report: ReadReport, doc_per: DocPer = "file", text_field: str = "text", skip_bad_files: bool = False
-) -> Iterator[tuple[Path, str]]:
-    """Yield (file, document text) for every non-empty document, filling in `report`."""
-    for path in files:
+    With `skip_bad_files`, each text-like file is first read through once to check it, so
+    that a bad byte on line N never leaves lines 1..N-1 of a skipped file in the store.
+    """
+    for source in sources:
         report.files += 1
-        if path.stat().st_size == 0:
-            report.empty_files.append(str(path))
+        if source.is_file and Path(source.location).stat().st_size == 0:
+            report.empty_files.append(source.location)
             continue
-        is_jsonl = path.suffix.lower() in JSONL_SUFFIXES
-        documents = _jsonl_documents(path, text_field) if is_jsonl else _text_documents(path, doc_per)
         try:
-            for text in documents:
+            if options.skip_bad_files and source.kind in ("text", "jsonl", "csv", "tsv"):
+                formats.check_text_stream(source, open_binary)
+            for text in _documents(source, options):
                 if text.strip():
-                    yield path, text
+                    yield source, text
                 else:
                     report.empty_documents += 1
         except BadFile as e:
-            if not skip_bad_files:
+            if not options.skip_bad_files:
                 raise UnmaskError(f"{e} (pass --skip-bad-files to skip such files)") from None
             report.bad_files.append(str(e))

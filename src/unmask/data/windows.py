@@ -122,18 +122,31 @@ class WindowSampler:
             self._order_epoch = epoch
         return self._order
 
-    def take(self, count: int) -> np.ndarray:
-        """The next `count` window indices; an epoch boundary inside a batch is crossed."""
-        taken = []
+    def take(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next `count` window indices and the epoch each belongs to; an epoch boundary
+        inside a batch is crossed."""
+        taken, epochs = [], []
         while count > 0:
             order = self._order_for(self.position.epoch)
             piece = order[self.position.position : self.position.position + count]
             taken.append(piece)
+            epochs.append(np.full(len(piece), self.position.epoch, dtype=np.int64))
             count -= len(piece)
             self.position.position += len(piece)
             if self.position.position >= self.window_count:
                 self.position = DataPosition(self.position.epoch + 1, 0)
-        return np.concatenate(taken)
+        return np.concatenate(taken), np.concatenate(epochs)
+
+
+def rank_share(rank: int, batch_size: int, micro_batches: int) -> list[slice]:
+    """Where this rank's micro-batches lie in one global step of `batch x micro_batches x world` windows.
+
+    Rank r takes the r-th block of `batch x micro_batches` windows: the shares are disjoint
+    and together they are the step, so any split of the same global batch trains on the
+    same windows.
+    """
+    start = rank * batch_size * micro_batches
+    return [slice(start + m * batch_size, start + (m + 1) * batch_size) for m in range(micro_batches)]
 
 
 def sequential_batches(window_count: int, batch_size: int, max_batches: int | None = None):

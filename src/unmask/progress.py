@@ -1,0 +1,117 @@
+"""What a run shows and records as it goes: the progress display, tokens per second, metrics.jsonl.
+
+In a terminal the display is a tqdm bar; where stderr is not a terminal (SLURM, nohup, CI)
+it is one plain line every `--log-every` steps, because a carriage-return bar turns into
+lines thousands of characters long in a log file. Only rank 0 shows or writes anything.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Literal
+
+from unmask.files import atomic_write_text
+
+ProgressMode = Literal["auto", "bar", "lines", "none"]
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
+
+
+class Progress:
+    """The training display; `echo` prints a line without gluing it onto the bar."""
+
+    def __init__(self, mode: ProgressMode, total: int, initial: int, echo: Callable[[str], None], enabled: bool = True):
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        self.mode = mode if enabled else "none"
+        self.total, self.initial = total, initial
+        self._echo = echo if enabled else (lambda _: None)
+        self.started = time.perf_counter()
+        self.bar = None
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def echo(self, line: str) -> None:
+        if self.bar is None:
+            self._echo(line)
+            return
+        with self.bar.external_write_mode(file=sys.stderr):
+            self._echo(line)
+
+    def eta(self, step: int) -> float:
+        done = step - self.initial
+        return (time.perf_counter() - self.started) / done * (self.total - step) if done > 0 else float("nan")
+
+    def step(self, step: int, logged: dict | None = None) -> None:
+        """Called once per step; `logged` holds the numbers of a step that writes a metrics line."""
+        if self.bar is not None:
+            self.bar.update(1)
+            if logged:
+                self.bar.set_postfix(loss=f"{logged['loss']:.3f}", tok_s=f"{logged['tokens_per_s']:,.0f}", lr=f"{logged['lr']:.2e}")
+        elif self.mode == "lines" and logged:
+            eta = self.eta(step)
+            self._echo(
+                f"step {step}/{self.total} ({step / self.total:.0%})  loss {logged['loss']:.4f}  lr {logged['lr']:.2e}  "
+                f"{logged['tokens_per_s']:,.0f} tok/s  elapsed {format_duration(time.perf_counter() - self.started)}"
+                + (f"  ETA {format_duration(eta)}" if eta == eta else "")
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class Throughput:
+    """Tokens per second of training time only: evaluation and checkpoints are paused out."""
+
+    def __init__(self) -> None:
+        self.started, self.tokens = time.perf_counter(), 0
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.started += time.perf_counter() - began
+
+    def rate_and_restart(self) -> float:
+        rate = self.tokens / max(time.perf_counter() - self.started, 1e-9)
+        self.started, self.tokens = time.perf_counter(), 0
+        return rate
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object a line; a resumed run drops lines past its checkpoint."""
+
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        if enabled and resume_step is not None and path.exists():
+            kept = []
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line)["step"] <= resume_step:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line torn by a crash mid-write
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")

@@ -1,0 +1,155 @@
+"""Train a vocabulary of one's own with the `tokenizers` library, from the sources `prepare` reads.
+
+Three families, each with the special tokens and framing of the models that use it:
+- `wordpiece` (BERT): `[CLS] ... [SEP]`, `[PAD]` `[UNK]` `[MASK]`, `##` continuations;
+- `bpe` (RoBERTa): byte-level BPE, `<s> ... </s>`, `<pad>` `<unk>` `<mask>`, `Ġ` word starts;
+- `unigram` (SentencePiece, as XLM-R and ALBERT): `▁` word starts, `<s> ... </s>`, `<mask>`.
+
+The folder written loads with `AutoTokenizer.from_pretrained`, works as `prepare
+--tokenizer DIR` and `train --from-scratch PRESET --tokenizer DIR`, and travels inside the
+final model folder, so `pipeline("fill-mask")` uses it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+from unmask.config import TokenizerConfig, UnmaskError
+from unmask.data.sources import ReadReport, expand_sources, read_documents
+from unmask.files import building_path, publish_folder, recover_folder, remove_tree
+from unmask.tokenizer import quiet_transformers
+
+SPECIAL_TOKENS = {
+    "wordpiece": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
+    # RoBERTa's order: <s>=0, <pad>=1, </s>=2, <unk>=3.
+    "bpe": {"cls": "<s>", "pad": "<pad>", "sep": "</s>", "unk": "<unk>", "mask": "<mask>"},
+    "unigram": {"cls": "<s>", "pad": "<pad>", "sep": "</s>", "unk": "<unk>", "mask": "<mask>"},
+}
+
+
+def _pipeline(kind: str, lowercase: bool):
+    """An untrained Rust tokenizer with the family's normalizer, pre-tokenizer and decoder, and its trainer class."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    specials = SPECIAL_TOKENS[kind]
+    if kind == "wordpiece":
+        raw = Tokenizer(models.WordPiece(unk_token=specials["unk"], continuing_subword_prefix="##"))
+        raw.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
+        raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        raw.decoder = decoders.WordPiece(prefix="##")
+        return raw, trainers.WordPieceTrainer
+    steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
+    if kind == "bpe":
+        raw = Tokenizer(models.BPE(unk_token=None))
+        raw.normalizer = normalizers.Sequence(steps)
+        raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        raw.decoder = decoders.ByteLevel()
+        return raw, trainers.BpeTrainer
+    raw = Tokenizer(models.Unigram())
+    raw.normalizer = normalizers.Sequence(steps)
+    raw.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    raw.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    return raw, trainers.UnigramTrainer
+
+
+def _trainer(kind: str, trainer_class, config: TokenizerConfig):
+    from tokenizers import pre_tokenizers
+
+    specials = list(SPECIAL_TOKENS[kind].values())
+    if kind == "unigram":
+        return trainer_class(vocab_size=config.vocab_size, special_tokens=specials, unk_token="<unk>", show_progress=False)
+    options = dict(vocab_size=config.vocab_size, min_frequency=config.min_frequency, special_tokens=specials, show_progress=False)
+    if kind == "bpe":
+        options["initial_alphabet"] = pre_tokenizers.ByteLevel.alphabet()
+    return trainer_class(**options)
+
+
+def _post_processor(kind: str, raw):
+    from tokenizers import processors
+
+    specials = SPECIAL_TOKENS[kind]
+    cls, sep = specials["cls"], specials["sep"]
+    cls_id, sep_id = raw.token_to_id(cls), raw.token_to_id(sep)
+    if kind == "wordpiece":
+        return processors.TemplateProcessing(
+            single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1", special_tokens=[(cls, cls_id), (sep, sep_id)]
+        )
+    if kind == "bpe":
+        return processors.RobertaProcessing((sep, sep_id), (cls, cls_id), trim_offsets=True, add_prefix_space=False)
+    return processors.TemplateProcessing(single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} {sep} $B {sep}", special_tokens=[(cls, cls_id), (sep, sep_id)])
+
+
+def wrap(kind: str, raw, model_max_length: int = 512):
+    """The trained Rust tokenizer as a transformers tokenizer with its special tokens named."""
+    quiet_transformers()
+    from tokenizers import AddedToken
+    from transformers import PreTrainedTokenizerFast
+
+    specials = SPECIAL_TOKENS[kind]
+    # `<mask>` swallows the space before it, as RoBERTa's does: "a <mask> b" masks the word, not " ".
+    mask = specials["mask"] if kind == "wordpiece" else AddedToken(specials["mask"], lstrip=True, rstrip=False)
+    extra = {} if kind == "wordpiece" else {"bos_token": specials["cls"], "eos_token": specials["sep"]}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw, unk_token=specials["unk"], pad_token=specials["pad"], cls_token=specials["cls"], sep_token=specials["sep"],
+        mask_token=mask, model_max_length=model_max_length, **extra,
+    )  # fmt: skip
+
+
+def is_tokenizer_folder(path: Path) -> bool:
+    return (path / "tokenizer.json").is_file() and (path / "tokenizer_config.json").is_file()
+
+
+def train_tokenizer(config: TokenizerConfig, progress: bool = True) -> dict:
+    """Train, then write the tokenizer folder to `config.out`; returns a summary."""
+    from tqdm import tqdm
+
+    out = Path(config.out)
+    recover_folder(out)
+    if out.exists() and not (config.overwrite and is_tokenizer_folder(out)):
+        reason = "is not a tokenizer folder; --overwrite only ever replaces one" if config.overwrite else "already exists (pass --overwrite to replace it)"
+        raise UnmaskError(f"--out {out}: {reason}")
+    sources = expand_sources(config.sources)
+    raw, trainer_class = _pipeline(config.kind, config.lowercase)
+    report = ReadReport()
+    bar = tqdm(total=config.max_docs, unit="doc", desc="read", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    counted = {"documents": 0, "characters": 0}
+
+    def texts() -> Iterator[str]:
+        for _, text in read_documents(sources, report, config.read_options()):
+            counted["documents"] += 1
+            counted["characters"] += len(text)
+            bar.update(1)
+            yield text
+            if config.max_docs is not None and counted["documents"] >= config.max_docs:
+                return
+
+    started = time.perf_counter()
+    raw.train_from_iterator(texts(), _trainer(config.kind, trainer_class, config))
+    bar.close()
+    if counted["documents"] == 0:
+        raise UnmaskError(f"{', '.join(config.sources)}: no non-empty documents to learn a vocabulary from")
+    raw.post_processor = _post_processor(config.kind, raw)
+    tokenizer = wrap(config.kind, raw)
+    seconds = time.perf_counter() - started
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    building = building_path(out)
+    remove_tree(building)
+    try:
+        tokenizer.save_pretrained(building)
+        summary = {
+            "kind": config.kind, "vocab_size": len(tokenizer), "lowercase": config.lowercase, "min_frequency": config.min_frequency,
+            "documents": counted["documents"], "characters": counted["characters"], "seconds": round(seconds, 2),
+            "sources": config.sources, "skipped": {"empty_files": len(report.empty_files), "bad_files": report.bad_files,
+                                                   "empty_documents": report.empty_documents},
+        }  # fmt: skip
+        (building / "unmask_tokenizer.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        publish_folder(building, out)
+    except BaseException:
+        remove_tree(building)
+        raise
+    return summary

@@ -1,0 +1,204 @@
+"""Many processes for real: torchrun, gloo, 2 processes, tiny models.
+
+The same run at any world size: 2 processes x batch 4 take the same steps as 1 process x
+batch 4 x grad-accum 2, under DDP and under FSDP2; checkpoints resume across world sizes
+and strategies; evaluation sharded over processes gives the single-process numbers; a
+SIGTERM to the launcher leaves a checkpoint to continue from.
+"""
+
+import dataclasses
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import quiet
+from unmask import distributed
+from unmask.config import TrainConfig
+from unmask.train import train
+
+STEPS = 6
+
+
+def settings(store, model, out, **overrides) -> list[str]:
+    values = dict(
+        model=model, data=store, out=out, seq_len=32, batch_size=4, max_steps=STEPS, lr=1e-3, warmup_steps=1, log_every=1,
+        eval_every=3, checkpoint_every=3, dropout=0.0, progress="none",
+    )  # fmt: skip
+    values.update(overrides)
+    return [item for key, value in values.items() for item in (f"--{key.replace('_', '-')}", str(value))]
+
+
+def torchrun(*args: str, processes: int = 2, timeout: int = 240) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m", "unmask", "train", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def single(*args: str) -> dict:
+    from unmask.cli import parse
+
+    _, config = parse(["train", *args])
+    return train(config, progress=False, echo=quiet)
+
+
+def records(run, key: str) -> dict[int, float]:
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r[key] for r in lines if key in r}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, store_dir, tiny_model_dir):
+    root = tmp_path_factory.mktemp("distributed")
+    store, model = str(store_dir), str(tiny_model_dir)
+    single(*settings(store, model, root / "single", grad_accum=2))
+    for strategy in ("ddp", "fsdp"):
+        result = torchrun(*settings(store, model, root / strategy, strategy=strategy))
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.count('"steps": 6') == 1, "rank 0 alone prints the summary"
+    return root
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_take_the_same_steps_as_one_with_gradient_accumulation(runs, strategy):
+    one, two = records(runs / "single", "loss"), records(runs / strategy, "loss")
+    assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5), step
+    mask_rates = records(runs / strategy, "mask_rate")
+    assert mask_rates == pytest.approx(records(runs / "single", "mask_rate"), rel=1e-12), "the same masks, whatever the layout"
+    summary = json.loads((runs / strategy / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["strategy"] == strategy
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_sharded_evaluation_equals_single_process_evaluation_of_the_same_weights(runs, strategy, store_dir):
+    from unmask.evaluate import evaluate_model
+    from unmask.model import load_mlm
+    from unmask.data.store import TokenStore
+    from unmask.data.windows import Windows
+
+    store = TokenStore.open(store_dir)
+    windows = Windows.build(store.split("val"), 32, store.vocabulary(), keep_partial=True)
+    [alone] = evaluate_model(load_mlm(str(runs / strategy / "model"), echo=quiet), windows, batch_size=4, device=torch.device("cpu"))
+    sharded = records(runs / strategy, "eval_loss")[STEPS]
+    assert sharded == pytest.approx(alone.loss, rel=1e-9)
+    assert records(runs / strategy, "eval_masked_tokens")[STEPS] == alone.masked_tokens
+    assert records(runs / strategy, "eval_accuracy")[STEPS] == alone.accuracy
+
+
+def test_the_final_model_of_a_sharded_run_is_a_plain_transformers_folder(runs):
+    from safetensors.torch import load_file
+    from transformers import pipeline
+
+    sharded, plain = (load_file(str(runs / name / "model" / "model.safetensors")) for name in ("fsdp", "single"))
+    assert sorted(sharded) == sorted(plain)
+    assert max(float((sharded[k] - plain[k]).abs().max()) for k in plain) < 1e-4
+    assert len(pipeline("fill-mask", model=str(runs / "fsdp" / "model"))("the cat [MASK] the door.")) == 5
+
+
+def test_checkpoints_resume_under_another_world_size_and_strategy(runs, store_dir, tiny_model_dir, tmp_path):
+    store, model = str(store_dir), str(tiny_model_dir)
+    # A DDP checkpoint continued by one process with gradient accumulation.
+    shutil.copytree(runs / "ddp", tmp_path / "to-one")
+    for leftover in ("checkpoints/step-00000006", "model", "summary.json"):
+        shutil.rmtree(tmp_path / "to-one" / leftover, ignore_errors=True)
+        (tmp_path / "to-one" / leftover).unlink(missing_ok=True)
+    single(*settings(store, model, tmp_path / "to-one", grad_accum=2), "--resume")
+    # A one-process checkpoint continued by two processes under FSDP2.
+    shutil.copytree(runs / "single", tmp_path / "to-two")
+    for leftover in ("checkpoints/step-00000006", "model", "summary.json"):
+        shutil.rmtree(tmp_path / "to-two" / leftover, ignore_errors=True)
+        (tmp_path / "to-two" / leftover).unlink(missing_ok=True)
+    result = torchrun(*settings(store, model, tmp_path / "to-two", strategy="fsdp"), "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    uninterrupted = records(runs / "single", "loss")
+    for resumed in (tmp_path / "to-one", tmp_path / "to-two"):
+        losses = records(resumed, "loss")
+        assert sorted(losses) == list(range(1, STEPS + 1))
+        for step in (4, 5, 6):
+            assert losses[step] == pytest.approx(uninterrupted[step], rel=1e-5), (resumed.name, step)
+    # Another global batch is refused, naming the grad-accum that keeps it.
+    shutil.rmtree(tmp_path / "to-one" / "model")
+    with pytest.raises(Exception, match=r"trained on 8 windows a step.*--grad-accum 2"):
+        single(*settings(store, model, tmp_path / "to-one"), "--resume")
+
+
+def test_sigterm_to_the_launcher_leaves_a_checkpoint_to_continue_from(store_dir, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    args = settings(str(store_dir), str(tiny_model_dir), out, max_steps=100_000, eval_every=0, checkpoint_every=0, log_every=20, progress="lines")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "unmask", "train", *args]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not (out / "metrics.jsonl").exists() or '"step": 40' not in (out / "metrics.jsonl").read_text():
+        assert time.time() < deadline and launcher.poll() is None, "training never got going"
+        time.sleep(0.2)
+    launcher.send_signal(signal.SIGTERM)
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode != 0, "torchrun reports the signal"
+    stopped = [line for line in stderr.splitlines() if line.startswith("stopped at step")]
+    assert len(stopped) == 1 and "by SIGTERM" in stopped[0] and "continue with --resume" in stopped[0], stderr[-2000:]
+    step = int(stopped[0].split()[3])
+    from unmask import checkpoint
+
+    assert checkpoint.latest_checkpoint(out).name == f"step-{step:08d}"
+    assert "\r" not in stderr, "a log gets plain lines, never a carriage-return bar"
+    from unmask.cli import parse
+
+    _, config = parse(["train", *args[:], "--grad-accum", "2", "--resume"])
+    seen = []
+
+    def first_step_then_stop(number: int) -> None:
+        seen.append(number)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, progress=False, echo=quiet, on_step=first_step_then_stop)
+    assert seen == [step + 1], "one process continues where the two stopped"
+
+
+def test_a_single_process_stops_at_a_step_boundary_on_a_signal(store_dir, tiny_model_dir, tmp_path):
+    import os
+
+    from unmask.preemption import Stopped
+
+    def interrupt_at_step_3(step: int) -> None:
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    cfg = TrainConfig(data=str(store_dir), model=str(tiny_model_dir), out=str(tmp_path / "run"), seq_len=32, batch_size=4, max_steps=10,
+                      eval_every=0, checkpoint_every=0, log_every=1)  # fmt: skip
+    with pytest.raises(Stopped) as stopped:
+        train(cfg, progress=False, echo=quiet, on_step=interrupt_at_step_3)
+    assert stopped.value.exit_code == 143 and stopped.value.step == 4, "the signal is acted on at the next step boundary"
+    assert stopped.value.checkpoint.name == "step-00000004" and (stopped.value.checkpoint / "state.json").is_file()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the handlers are put back"
+
+    def ctrl_c_twice(step: int) -> None:
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(dataclasses.replace(cfg, out=str(tmp_path / "twice")), progress=False, echo=quiet, on_step=ctrl_c_twice)
+
+
+def test_one_process_without_torchrun_is_a_world_of_one(monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    world, device = distributed.join("cpu")
+    assert world == distributed.World() and not world.distributed and device.type == "cpu"
+    assert distributed.resolve_strategy("fsdp", world) == "none"
+    assert distributed.sum_across([1.5, 2.0], world, device) == [1.5, 2.0]
+    assert distributed.resolve_strategy("auto", distributed.World(0, 2)) == "ddp"
+
+
+def test_activation_checkpointing_gives_the_same_losses(store_dir, tiny_model_dir, tmp_path):
+    plain = single(*settings(str(store_dir), str(tiny_model_dir), tmp_path / "plain", max_steps=3))
+    recomputed = single(*settings(str(store_dir), str(tiny_model_dir), tmp_path / "ac", max_steps=3), "--activation-checkpointing")
+    assert records(tmp_path / "ac", "loss") == pytest.approx(records(tmp_path / "plain", "loss"), rel=1e-6)
+    assert plain["eval_loss"] == pytest.approx(recomputed["eval_loss"], rel=1e-6)

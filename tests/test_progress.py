@@ -1,0 +1,61 @@
+"""The progress display, throughput and the metrics log."""
+
+import json
+import re
+import time
+
+from unmask.progress import MetricsLog, Progress, Throughput, format_duration
+
+LOGGED = {"loss": 4.25, "lr": 3e-4, "tokens_per_s": 1234.5}
+
+
+def test_lines_mode_prints_plain_lines_with_step_loss_rate_and_eta():
+    lines = []
+    progress = Progress("lines", total=4, initial=0, echo=lines.append)
+    for step in range(1, 5):
+        progress.step(step, LOGGED if step % 2 == 0 else None)
+    assert len(lines) == 2 and lines[0].startswith("step 2/4 (50%)  loss 4.2500  lr 3.00e-04  1,234 tok/s")
+    assert "ETA" in lines[0] and not any("\r" in line for line in lines)
+
+
+def test_an_echoed_line_never_glues_onto_the_bar(capsys):
+    seen = []
+    progress = Progress("bar", total=10, initial=0, echo=lambda line: (seen.append(line), print(line, file=__import__("sys").stderr)))
+    progress.step(1, LOGGED)
+    progress.echo("step 1: eval loss 4.5279")
+    progress.step(2)
+    progress.close()
+    segments = re.split(r"[\r\n]", capsys.readouterr().err)
+    assert "step 1: eval loss 4.5279" in segments, segments
+    assert seen == ["step 1: eval loss 4.5279"]
+
+
+def test_a_disabled_display_shows_nothing_and_auto_picks_lines_off_a_terminal(capsys):
+    lines = []
+    quiet = Progress("lines", total=4, initial=0, echo=lines.append, enabled=False)
+    quiet.step(1, LOGGED)
+    quiet.echo("x")
+    assert lines == [] and quiet.mode == "none"
+    assert Progress("auto", total=4, initial=0, echo=lines.append).mode == "lines", "pytest's stderr is not a terminal"
+
+
+def test_throughput_leaves_out_paused_time():
+    speed = Throughput()
+    speed.add(1000)
+    with speed.paused():
+        time.sleep(0.2)
+    assert speed.rate_and_restart() > 1000 / 0.15
+
+
+def test_a_resumed_metrics_log_drops_later_and_torn_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 5}\n{"step": 2, "loss": 4}\n{"step": 3, "loss": 3}\n{"step": 4, "lo')
+    log = MetricsLog(path, resume_step=2)
+    log.write({"step": 3, "loss": 2.5})
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    MetricsLog(tmp_path / "other.jsonl", resume_step=None, enabled=False).write({"step": 1})
+    assert not (tmp_path / "other.jsonl").exists()
+
+
+def test_durations_read_like_a_person_writes_them():
+    assert [format_duration(s) for s in (5, 65, 3725)] == ["5s", "1m 05s", "1h 02m"]
