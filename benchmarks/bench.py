@@ -76,6 +76,52 @@ def peer_dataset(files: list[str], seq_len: int, cache_dir: str):
     return tokenized.map(group_texts, batched=True), tokenized
 
 
+def convert_corpus(corpus: str, folder: Path, kind: str, copies: int) -> None:
+    """The corpus (one document per file) as one .parquet or .jsonl.zst file per copy, to time those readers."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    texts = [p.read_text(encoding="utf-8") for p in sorted(Path(corpus).rglob("*")) if p.is_file()]
+    folder.mkdir(parents=True, exist_ok=True)
+    for copy in range(copies):
+        if kind == "parquet":
+            pq.write_table(pa.table({"text": texts}), folder / f"copy{copy}.parquet", row_group_size=256)
+        else:
+            with io.TextIOWrapper(zstandard.ZstdCompressor().stream_writer(open(folder / f"copy{copy}.jsonl.zst", "wb")), encoding="utf-8") as f:
+                for text in texts:
+                    f.write(json.dumps({"text": text}) + "\n")
+
+
+def worker_tokenizer(args) -> dict:
+    """Train a vocabulary on the corpus less every 20th file; fertility on those held-out files."""
+    from transformers import AutoTokenizer
+
+    from unmask.config import TokenizerConfig
+    from unmask.vocab import train_tokenizer
+
+    files = sorted(p for p in Path(args.corpus).rglob("*") if p.is_file())
+    held_out = files[::20]
+    train_dir = Path(args.run_dir) / "train-files"
+    train_dir.mkdir(parents=True, exist_ok=True)
+    for p in files:
+        if p not in held_out:
+            (train_dir / f"{len(list(train_dir.iterdir())):05d}{p.suffix or '.txt'}").write_bytes(p.read_bytes())
+    started = time.perf_counter()
+    summary = train_tokenizer(TokenizerConfig(sources=[str(train_dir)], out=str(Path(args.run_dir) / "tok"), kind=args.side,
+                                              vocab_size=30522, lowercase=True), progress=False)  # fmt: skip
+    seconds = time.perf_counter() - started
+    text = "\n".join(p.read_text(encoding="utf-8") for p in held_out)
+    words = len(text.split())
+    ours = AutoTokenizer.from_pretrained(Path(args.run_dir) / "tok")
+    base = AutoTokenizer.from_pretrained(tokenizer_path())
+    count = lambda t: len(t(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    return {"seconds": seconds, "vocab": summary["vocab_size"], "megabytes": summary["characters"] / 1e6, "words": words,
+            "fertility": count(ours) / words, "base_fertility": count(base) / words, "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+
+
 def worker_prepare_peer(args) -> dict:
     files = sorted(str(p) for p in Path(args.corpus).rglob("*") if p.is_file())
     started = time.perf_counter()
@@ -263,7 +309,7 @@ def worker_profile(args) -> dict:
 
 
 WORKERS = {
-    "prepare-unmask": worker_prepare_unmask, "prepare-peer": worker_prepare_peer, "train-unmask": worker_train_unmask,
+    "prepare-unmask": worker_prepare_unmask, "prepare-peer": worker_prepare_peer, "tokenizer": worker_tokenizer, "train-unmask": worker_train_unmask,
     "train-peer": worker_train_peer, "fill": worker_fill, "matmul-peak": worker_matmul_peak, "profile": worker_profile,
 }  # fmt: skip
 
@@ -354,7 +400,7 @@ def main() -> None:
     parser.add_argument("--strategy", default="auto", help="with --nproc: auto (DDP), ddp or fsdp")
     parser.add_argument("--threads", type=int, default=None, help="OMP threads per unmask training process (torchrun's default is 1)")
     parser.add_argument("--sides", default="unmask,peer", help="unmask,peer or just unmask (no ratio)")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: prepare, train, fill, profile")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: prepare, formats, tokenizer, train, fill, profile")
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
     parser.add_argument("--append", action="store_true", help="add to --out instead of replacing it")
     parser.add_argument("--curves", default=str(HERE / "loss_curves.png"), help="PNG of both loss curves")
@@ -397,6 +443,40 @@ def main() -> None:
         lines.append("")
     elif not (store / "meta.json").exists():
         run_worker("prepare-unmask", corpus=args.corpus, store=store)
+
+    if "formats" not in skip:
+        lines += [
+            "## Preparation from other formats", "",
+            "The same corpus as one Parquet file (row groups of 256 documents) or one `.jsonl.zst` file per copy; plain text",
+            "is one file per document, as above. Tokens include word starts, recorded since issue 11.", "",
+            "| corpus | format | tokens | seconds | tokens/s | peak RSS MB |", "|---|---|---|---|---|---|",
+        ]  # fmt: skip
+        for copy in range(4):
+            if not (corpus_4x / f"copy{copy}").exists():
+                shutil.copytree(args.corpus, corpus_4x / f"copy{copy}")
+        for label, copies in (("1x", 1), ("4x", 4)):
+            plain = run_worker("prepare-unmask", corpus=args.corpus if copies == 1 else str(corpus_4x), store=work / "store-plain")
+            lines.append(f"| {label} | text files | {plain['tokens']:,} | {plain['seconds']:.1f} | {plain['tokens_per_s']:,.0f} | {plain['peak_rss_mb']:.0f} |")
+            for kind in ("parquet", "jsonl.zst"):
+                folder = work / f"{kind}-{label}"
+                convert_corpus(args.corpus, folder, kind, copies)
+                r = run_worker("prepare-unmask", corpus=str(folder), store=work / f"store-{kind}")
+                lines.append(f"| {label} | {kind} | {r['tokens']:,} | {r['seconds']:.1f} | {r['tokens_per_s']:,.0f} | {r['peak_rss_mb']:.0f} |")
+            print(*lines[-3:], sep="\n", flush=True)
+        lines.append("")
+
+    if "tokenizer" not in skip:
+        lines += [
+            "## Training a vocabulary (`unmask tokenizer`, 30,522 tokens, lowercased)", "",
+            "Trained on the corpus less every 20th file; fertility (tokens per whitespace-separated word) on those held-out",
+            "files, against the bert-base-uncased vocabulary.", "",
+            "| kind | seconds | MB of text | vocabulary | fertility | bert-base-uncased fertility | peak RSS MB |", "|---|---|---|---|---|---|---|",
+        ]  # fmt: skip
+        for kind in ("wordpiece", "bpe", "unigram"):
+            r = run_worker("tokenizer", corpus=args.corpus, run_dir=work / f"tok-{kind}", side=kind)
+            lines.append(f"| {kind} | {r['seconds']:.1f} | {r['megabytes']:.1f} | {r['vocab']:,} | {r['fertility']:.3f} | {r['base_fertility']:.3f} | {r['peak_rss_mb']:.0f} |")
+            print(lines[-1], flush=True)
+        lines.append("")
 
     if "train" not in skip:
         peak = gpu["gflops"]

@@ -120,3 +120,38 @@ def test_a_store_with_a_damaged_split_or_metadata_is_named(store_dir, tmp_path):
     (copy / "meta.json").write_text('{"format_version": 99}')
     with pytest.raises(UnmaskError, match="store format 99"):
         TokenStore.open(copy)
+
+
+@pytest.mark.parametrize("fixture", ["tokenizer_dir", "roberta_dir"])
+def test_the_store_records_the_tokenizers_own_word_starts(request, fixture, corpus_dir, tmp_path):
+    folder = request.getfixturevalue(fixture)
+    corpus = tmp_path / "corpus"
+    shutil.copytree(corpus_dir, corpus)
+    (corpus / "doc000a.txt").write_text("the unbelievably quick zebras jump; a lexicographer writes prettily.")
+    prepare(PrepareConfig(sources=[str(corpus)], out=str(tmp_path / "s"), tokenizer=str(folder), val_fraction=0.1), progress=False)
+    store = TokenStore.open(tmp_path / "s")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    texts = [p.read_text(encoding="utf-8") for p in sorted(corpus.glob("*.txt"))]
+    held_out = [is_validation_document(i, Fraction("0.1")) for i in range(len(texts))]
+    continuations = 0
+    for split in ("train", "val"):
+        documents = [t for t, val in zip(texts, held_out) if val == (split == "val")]
+        stored = store.split(split)
+        for position, text in enumerate(documents):
+            words = tokenizer(text, add_special_tokens=False).word_ids()
+            expected = [i == 0 or words[i] != words[i - 1] for i in range(len(words))] + [True]
+            start, end = int(stored.offsets[position]), int(stored.offsets[position + 1])
+            assert stored.word_starts(start, end - start).tolist() == expected, (split, position)
+            continuations += expected.count(False)
+    assert continuations > 3, "some words are split into pieces, or the comparison proves little"
+    assert store.has_word_starts and len(store.split("train").words) == (store.meta["splits"]["train"]["tokens"] + 7) // 8
+
+
+def test_word_start_bits_survive_flushes_that_end_mid_byte(monkeypatch, corpus_dir, tokenizer_dir, tmp_path):
+    monkeypatch.setattr("unmask.data.store._TOKENS_PER_WRITE", 13)  # flush after almost every document
+    prepare(PrepareConfig(sources=[str(corpus_dir)], out=str(tmp_path / "small"), tokenizer=str(tokenizer_dir), val_fraction=0.1), progress=False)
+    monkeypatch.setattr("unmask.data.store._TOKENS_PER_WRITE", 1 << 20)
+    prepare(PrepareConfig(sources=[str(corpus_dir)], out=str(tmp_path / "large"), tokenizer=str(tokenizer_dir), val_fraction=0.1), progress=False)
+    for split in ("train", "val"):
+        a, b = TokenStore.open(tmp_path / "small").split(split), TokenStore.open(tmp_path / "large").split(split)
+        assert np.array_equal(np.asarray(a.words), np.asarray(b.words)) and np.array_equal(np.asarray(a.tokens), np.asarray(b.tokens))

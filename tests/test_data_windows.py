@@ -20,13 +20,14 @@ def test_windows_batches_are_framed_and_padded_windows_stay_in_their_document():
     tokens = np.array([10, 11, 12, 3, 20, 21, 22, 23, 24, 3], dtype=np.uint16)  # two docs, separator id 3
     split = Split(tokens, np.array([0, 4, 10]))
     packed = Windows.build(split, seq_len=6, vocab=VOCAB)
-    ids, mask = packed.batch(np.array([0, 1]))
+    ids, mask, starts = packed.batch(np.array([0, 1]))
+    assert starts is None, "a split without word starts gives none"
     assert ids.tolist() == [[2, 10, 11, 12, 3, 3], [2, 20, 21, 22, 23, 3]]
     assert mask.min() == 1
     starts, lengths = padded_windows(split.offsets, body_len=4)
     assert list(zip(starts.tolist(), lengths.tolist())) == [(0, 3), (4, 4), (8, 1)]
     padded = Windows.build(split, seq_len=6, vocab=VOCAB, packing="padded")
-    ids, mask = padded.batch(np.array([0, 2]))
+    ids, mask, _ = padded.batch(np.array([0, 2]))
     assert ids.tolist() == [[2, 10, 11, 12, 3, 0], [2, 24, 3, 0, 0, 0]]
     assert mask.tolist() == [[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]]
 
@@ -52,3 +53,16 @@ def test_rank_shares_are_disjoint_and_cover_the_global_batch():
     assert shares[1] == [[6, 7, 8], [9, 10, 11]]
     one_process = [global_batch[part].tolist() for part in rank_share(0, 3, 8)]
     assert sum(one_process, []) == sum(sum(shares, []), []), "1 x 8 micro-batches and 4 x 2 see the same windows in the same order"
+
+
+def test_word_starts_travel_with_the_window_and_a_window_opens_on_a_word():
+    tokens = np.array([10, 11, 12, 3, 20, 21, 22, 23, 24, 3], dtype=np.uint16)
+    starts = np.array([1, 0, 1, 1, 1, 0, 0, 1, 0, 1], dtype=bool)  # "10 11" is one word, "20 21 22" another
+    split = Split(tokens, np.array([0, 4, 10]), np.packbits(starts))
+    assert split.word_starts(0, 10).tolist() == starts.tolist() and split.word_starts(5, 4).tolist() == starts[5:9].tolist()
+    ids, _, words = Windows.build(split, seq_len=6, vocab=VOCAB).batch(np.array([0, 1]))
+    assert words.tolist() == [[True, True, False, True, True, True], [True, True, False, False, True, True]]
+    # The second window opens on token 21, in the middle of the word "20 21 22": it starts the window's word.
+    assert ids[1, 1] == 20 and words[1, 2] is np.False_
+    shifted = Windows(split, 6, VOCAB, np.array([5]), np.array([4]))
+    assert shifted.batch(np.array([0]))[2][0].tolist() == [True, True, False, True, False, True]

@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 from conftest import quiet
 from unmask import checkpoint
 from unmask.config import TrainConfig, UnmaskError
-from unmask.train import build_optimizer, learning_rate, train
+from unmask.schedule import learning_rate
+from unmask.train import build_optimizer, train
 
 
 def config(store_dir, model_dir, out, **overrides) -> TrainConfig:

@@ -125,7 +125,7 @@ def run_inspect(config: InspectConfig) -> int:
 
     rows = inspect_masking(
         config.text, config.model, config.seed, config.mask_prob, config.mask_replace_prob, config.random_replace_prob,
-        trust_remote_code=config.trust_remote_code,
+        trust_remote_code=config.trust_remote_code, masking=config.masking,
     )  # fmt: skip
     if config.json:
         print(json.dumps([asdict(r) for r in rows], ensure_ascii=False, indent=1))
@@ -138,7 +138,10 @@ def run_inspect(config: InspectConfig) -> int:
     ]))  # fmt: skip
     maskable = sum(not r.special for r in rows)
     picked = sum(r.picked for r in rows)
-    print(f"\npicked {picked} of {maskable} maskable tokens ({picked / max(maskable, 1):.0%}; mask_prob {config.mask_prob}) with seed {config.seed}")
+    print(
+        f"\npicked {picked} of {maskable} maskable tokens ({picked / max(maskable, 1):.0%}; mask_prob {config.mask_prob}, "
+        f"{config.masking} masking) with seed {config.seed}"
+    )
     return 0
 
 

@@ -167,7 +167,7 @@ def evaluate_model(
     for round_ in tqdm(range(rounds), desc="eval", unit="batch", disable=not progress, leave=False):
         counted = round_ < len(mine)
         indices = mine[round_] if counted else batches[0]
-        original, attention_mask = (torch.from_numpy(a) for a in windows.batch(indices))
+        original, attention_mask = (torch.from_numpy(a) for a in windows.batch(indices)[:2])
         masked = mask_windows(masker, original, attention_mask, indices)
         picked = masked.labels != IGNORE_INDEX
         is_piece = word_piece_mask(original, vocab.starts_word, torch.isin(original, specials))[picked].to(device)

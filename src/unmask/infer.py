@@ -151,17 +151,23 @@ def inspect_masking(
     mask_replace_prob: float = 0.8,
     random_replace_prob: float = 0.1,
     trust_remote_code: bool = False,
+    masking: str = "token",
 ) -> list[InspectedToken]:
     """One masking draw on one sentence, exactly as training draws it: the masks of window 0
     in epoch 0 of a run with this `seed`."""
+    from unmask.data.store import word_starts
+
     tokenizer = load_tokenizer(resolve_model_dir(tokenizer_name), trust_remote_code)
     encoded = tokenizer(text, return_tensors="pt", truncation=False)
     masker = Masker(
-        Vocabulary.from_tokenizer(tokenizer), seed=seed,
+        Vocabulary.from_tokenizer(tokenizer), seed=seed, strategy=masking,
         mask_prob=mask_prob, mask_replace_prob=mask_replace_prob, random_replace_prob=random_replace_prob,
     )  # fmt: skip
+    # Word boundaries as prepare records them: from the tokenizer's own word ids.
+    starts = torch.from_numpy(word_starts(encoded.word_ids(0)))[None]
     # The draw of window 0 in epoch 0 of a training run with this seed.
-    drawn = masker(encoded["input_ids"], encoded["attention_mask"], windows=torch.zeros(1, dtype=torch.long), epochs=torch.zeros(1, dtype=torch.long))
+    zero = torch.zeros(1, dtype=torch.long)
+    drawn = masker(encoded["input_ids"], encoded["attention_mask"], windows=zero, epochs=zero, word_starts=starts)
     rows = []
     original = encoded["input_ids"][0].tolist()
     for i, token_id in enumerate(original):

@@ -6,6 +6,15 @@ a random vocabulary token with `random_replace_prob`, and otherwise stays as it 
 hold the original id at picked positions and -100 everywhere else (the transformers
 contract).
 
+Three strategies decide what is picked, with the same budget (`mask_prob` of the maskable
+tokens, in expectation) and the same 80/10/10 split:
+- `token`: each token on its own (BERT);
+- `whole-word`: each word on its own, every piece of a word sharing its word's fate;
+- `span`: SpanBERT's spans of whole words, lengths geometric (p = 0.2) up to 10 words, and
+  the split made per span.
+Word boundaries come from the tokenizer (the store records them), so they are right for
+WordPiece, byte-level BPE and SentencePiece alike.
+
 The random numbers behind a draw (`Draws`) come from one of two sources:
 - `hashed_draws`, for training: a counter-based hash of (seed, epoch, window, position).
   A training mask is a pure function of those four numbers, with no generator state: the
@@ -16,6 +25,8 @@ The random numbers behind a draw (`Draws`) come from one of two sources:
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import NamedTuple
 
 import torch
@@ -28,6 +39,10 @@ _MASK32 = 0xFFFFFFFF
 # One stream per kind of draw, so that the pick, the split and the replacement of one
 # position are independent numbers.
 PICK, SPLIT, CHOICE = 0x243F6A88, 0x85A308D3, 0x13198A2E
+SPAN_LENGTH, VIRTUAL_START, VIRTUAL_LENGTH = 0x03707344, 0xA4093822, 0x299F31D0
+STRATEGIES = ("token", "whole-word", "span")
+SPAN_GEOMETRIC_P = 0.2
+SPAN_MAX_WORDS = 10
 
 
 class MaskedBatch(NamedTuple):
@@ -98,6 +113,75 @@ def hashed_draws(seed: int, epochs: torch.Tensor, windows: torch.Tensor, length:
         to_uniform(hashed_bits(seed, SPLIT, epochs, windows, length)),
         choice,
     )
+
+
+def word_first_positions(word_starts: torch.Tensor) -> torch.Tensor:
+    """For each token (B, T), the position of the first token of its word (position 0 starts a word)."""
+    positions = torch.arange(word_starts.shape[1], device=word_starts.device).expand_as(word_starts)
+    return torch.cummax(torch.where(word_starts, positions, 0), dim=1).values
+
+
+def whole_word_draws(draws: Draws, word_starts: torch.Tensor) -> Draws:
+    """Every piece of a word takes its word's pick and split (its random token stays its own).
+
+    With each word picked with probability p, the expected share of picked tokens is p too.
+    """
+    first = word_first_positions(word_starts)
+    return Draws(draws.pick.gather(1, first), draws.split.gather(1, first), draws.choice)
+
+
+def span_lengths(uniform: torch.Tensor) -> torch.Tensor:
+    """Span lengths in words from uniforms: geometric (p = 0.2) truncated to 1..10, mean 3.8 (SpanBERT)."""
+    q = 1.0 - SPAN_GEOMETRIC_P
+    tail = 1.0 - q**SPAN_MAX_WORDS
+    lengths = 1 + torch.floor(torch.log1p(-uniform.double() * tail) / math.log(q)).long()
+    return lengths.clamp(1, SPAN_MAX_WORDS)
+
+
+@functools.lru_cache(maxsize=64)
+def span_start_rate(mask_prob: float) -> float:
+    """The chance a word starts a span such that a share `mask_prob` of words is covered.
+
+    A word is left uncovered when none of the 10 words up to it starts a span long enough to
+    reach it: 1 - prod_d (1 - r P(length > d)) = mask_prob, solved for r by bisection.
+    """
+    q = 1.0 - SPAN_GEOMETRIC_P
+    tail = 1.0 - q**SPAN_MAX_WORDS
+    longer = [(q**d - q**SPAN_MAX_WORDS) / tail for d in range(SPAN_MAX_WORDS)]  # P(length > d)
+    low, high = 0.0, 1.0
+    for _ in range(100):
+        rate = (low + high) / 2
+        covered = 1.0 - math.prod(1.0 - rate * s for s in longer)
+        low, high = (rate, high) if covered < mask_prob else (low, rate)
+    return (low + high) / 2
+
+
+def span_picks(
+    seed: int, epochs: torch.Tensor, windows: torch.Tensor, draws: Draws, word_starts: torch.Tensor, maskable: torch.Tensor, mask_prob: float
+) -> Draws:
+    """Draws whose `pick` covers SpanBERT spans of whole maskable words and whose `split` is
+    the covering span's, so that a span is masked, replaced or kept as one.
+
+    A span starts at a word with `span_start_rate(mask_prob)`; the words it covers are found
+    with a running maximum of how far the spans begun so far reach. Nine virtual words
+    before the window may start spans too, so that the window's first words are covered as
+    often as any (spans are at most 10 words).
+    """
+    batch, length = word_starts.shape
+    rate = span_start_rate(mask_prob)
+    is_word = word_starts & maskable
+    word_index = torch.cumsum(is_word.long(), dim=1) - 1  # among the window's maskable words
+    lengths = span_lengths(to_uniform(hashed_bits(seed, SPAN_LENGTH, epochs, windows, length)))
+    reach = torch.where(is_word & (draws.pick < rate), word_index + lengths, -1)
+    virtual_starts = to_uniform(hashed_bits(seed, VIRTUAL_START, epochs, windows, SPAN_MAX_WORDS - 1)) < rate
+    virtual_lengths = span_lengths(to_uniform(hashed_bits(seed, VIRTUAL_LENGTH, epochs, windows, SPAN_MAX_WORDS - 1)))
+    behind = torch.arange(1, SPAN_MAX_WORDS, device=reach.device)  # a virtual word d before word 0 reaches length - d
+    carried = torch.where(virtual_starts, virtual_lengths - behind, -1).amax(dim=1)  # (B,)
+    first_word = is_word & (word_index == 0)
+    reach = torch.where(first_word, torch.maximum(reach, carried[:, None]), reach)
+    furthest, source = torch.cummax(reach, dim=1)
+    covered = maskable & (furthest > word_index)
+    return Draws(torch.where(covered, 0.0, 1.0), draws.split.gather(1, source), draws.choice)
 
 
 def generator_draws(shape: torch.Size | tuple[int, ...], generator: torch.Generator, pool_size: int, device="cpu") -> Draws:
@@ -171,10 +255,13 @@ class Masker:
         mask_prob: float = 0.15,
         mask_replace_prob: float = 0.8,
         random_replace_prob: float = 0.1,
+        strategy: str = "token",
         device: torch.device | str = "cpu",
     ):
         check_masking_probabilities(mask_prob, mask_replace_prob, random_replace_prob)
-        self.seed = seed
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown masking strategy {strategy!r}")
+        self.seed, self.strategy = seed, strategy
         self.special_ids = torch.tensor(vocab.special_ids, dtype=torch.long, device=device)
         self.random_pool = replacement_ids(vocab.size, self.special_ids, device)
         self.mask_token_id = vocab.require_mask("masking")
@@ -186,8 +273,27 @@ class Masker:
         return mask_tokens(input_ids, maskable, draws, mask_token_id=self.mask_token_id, random_pool=self.random_pool, **probabilities)
 
     def __call__(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, windows: torch.Tensor, epochs: torch.Tensor, mask_prob: float | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        windows: torch.Tensor,
+        epochs: torch.Tensor,
+        mask_prob: float | None = None,
+        word_starts: torch.Tensor | None = None,
     ) -> MaskedBatch:
-        """Mask rows of training windows; `windows` and `epochs` (B,) say which window of which epoch each row is."""
-        draws = hashed_draws(self.seed, epochs.to(input_ids.device), windows.to(input_ids.device), input_ids.shape[1], len(self.random_pool))
+        """Mask rows of training windows: `windows` and `epochs` (B,) say which window of which
+        epoch each row is; `word_starts` (B, T) marks word boundaries (whole-word and span need them)."""
+        device = input_ids.device
+        epochs, windows = epochs.to(device), windows.to(device)
+        draws = hashed_draws(self.seed, epochs, windows, input_ids.shape[1], len(self.random_pool))
+        if self.strategy != "token":
+            if word_starts is None:
+                raise ValueError(f"{self.strategy} masking needs word starts")
+            word_starts = word_starts.to(device)
+            if self.strategy == "whole-word":
+                draws = whole_word_draws(draws, word_starts)
+            else:
+                maskable = maskable_positions(input_ids, self.special_ids, attention_mask)
+                rate = self.probabilities["mask_prob"] if mask_prob is None else mask_prob
+                draws = span_picks(self.seed, epochs, windows, draws, word_starts, maskable, rate)
         return self.with_draws(input_ids, attention_mask, draws, mask_prob)

@@ -29,7 +29,7 @@ def format_duration(seconds: float) -> str:
 class Progress:
     """The training display; `echo` prints a line without gluing it onto the bar."""
 
-    def __init__(self, mode: ProgressMode, total: int, initial: int, echo: Callable[[str], None], enabled: bool = True):
+    def __init__(self, mode: ProgressMode, total: int | None, initial: int, echo: Callable[[str], None], enabled: bool = True):
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "lines"
         self.mode = mode if enabled else "none"
@@ -49,20 +49,26 @@ class Progress:
         with self.bar.external_write_mode(file=sys.stderr):
             self._echo(line)
 
-    def eta(self, step: int) -> float:
-        done = step - self.initial
-        return (time.perf_counter() - self.started) / done * (self.total - step) if done > 0 else float("nan")
+    def eta(self, step: int, fraction: float | None) -> float:
+        """Seconds left, from this process's pace so far over the share of the run still to go."""
+        if fraction is None:
+            fraction = step / self.total if self.total else 0.0
+        done = fraction - (self.initial / self.total if self.total else 0.0)
+        return (time.perf_counter() - self.started) / done * (1.0 - fraction) if done > 0 else float("nan")
 
-    def step(self, step: int, logged: dict | None = None) -> None:
-        """Called once per step; `logged` holds the numbers of a step that writes a metrics line."""
+    def step(self, step: int, logged: dict | None = None, fraction: float | None = None) -> None:
+        """Called once per step; `logged` holds the numbers of a step that writes a metrics line,
+        `fraction` how far along the run is (steps or time budget)."""
         if self.bar is not None:
             self.bar.update(1)
             if logged:
                 self.bar.set_postfix(loss=f"{logged['loss']:.3f}", tok_s=f"{logged['tokens_per_s']:,.0f}", lr=f"{logged['lr']:.2e}")
         elif self.mode == "lines" and logged:
-            eta = self.eta(step)
+            eta = self.eta(step, fraction)
+            where = f"step {step}/{self.total}" if self.total else f"step {step}"
+            share = fraction if fraction is not None else (step / self.total if self.total else None)
             self._echo(
-                f"step {step}/{self.total} ({step / self.total:.0%})  loss {logged['loss']:.4f}  lr {logged['lr']:.2e}  "
+                f"{where}{f' ({share:.0%})' if share is not None else ''}  loss {logged['loss']:.4f}  lr {logged['lr']:.2e}  "
                 f"{logged['tokens_per_s']:,.0f} tok/s  elapsed {format_duration(time.perf_counter() - self.started)}"
                 + (f"  ETA {format_duration(eta)}" if eta == eta else "")
             )

@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import math
 import platform
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -35,26 +36,10 @@ from unmask.masking import IGNORE_INDEX, MaskedBatch, Masker, mix32
 from unmask.model import MaskedLM, autocast, autocast_dtype, build_mlm, load_mlm, max_positions, set_dropout
 from unmask.preemption import StopSignals, Stopped
 from unmask.progress import MetricsLog, Progress, Throughput
+from unmask.schedule import learning_rate, learning_rate_at, mask_rate, run_progress
 from unmask.tokenizer import Vocabulary, load_tokenizer
 
 _HF_PREFIX = "model."  # MaskedLM keeps the transformers model as `.model`
-
-
-def learning_rate(step: int, total_steps: int, warmup_steps: int, peak: float, schedule: str, min_ratio: float = 0.0) -> float:
-    """Linear warmup from 0 to `peak`, then linear or cosine decay to `min_ratio * peak`."""
-    if step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
-    if schedule == "constant":
-        return peak
-    decay_steps = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
-    if schedule == "linear":
-        shape = 1.0 - progress
-    elif schedule == "cosine":
-        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
-    else:
-        raise ValueError(f"unknown schedule {schedule!r}")
-    return peak * (min_ratio + (1.0 - min_ratio) * shape)
 
 
 def dropout_seed(seed: int, step: int, rank: int) -> int:
@@ -114,23 +99,47 @@ class Run:
     sampler: WindowSampler
     train_windows: Windows
     val_windows: Windows
-    total_steps: int
+    total_steps: Optional[int]
+    """None when only the time budget ends the run."""
     warmup_steps: int
     metrics: MetricsLog
     tied_aliases: dict[str, str]
+    budget: Optional[float] = None
+    """--time-budget in seconds."""
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
     step: int = 0
+    spent: float = 0.0
+    """Seconds spent training (evaluation and checkpoints not counted), agreed by all processes."""
+    last_mask_prob: float = 0.0
+    """The masking rate the schedule gave the last step drawn."""
 
     @property
     def global_batch(self) -> int:
         return self.config.windows_per_step(self.world.size)
 
+    def progress(self) -> float:
+        return run_progress(self.step, self.total_steps, self.spent, self.budget)
+
+    def finished(self) -> bool:
+        return (self.total_steps is not None and self.step >= self.total_steps) or (self.budget is not None and self.spent >= self.budget)
+
     def set_learning_rate(self) -> float:
         c = self.config
-        lr = learning_rate(self.step, self.total_steps, self.warmup_steps, c.lr, c.schedule, c.min_lr_ratio)
+        if self.budget is None:
+            lr = learning_rate(self.step, self.total_steps, self.warmup_steps, c.lr, c.schedule, c.min_lr_ratio)
+        elif self.step < self.warmup_steps:
+            lr = c.lr * (self.step + 1) / self.warmup_steps
+        else:
+            warmup_share = 0.0 if c.warmup_steps is not None else c.warmup_fraction
+            lr = learning_rate_at(self.progress(), warmup_share, c.lr, c.schedule, c.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
         torch.manual_seed(dropout_seed(c.seed, self.step, self.world.rank))
         return lr
+
+    def mask_prob(self) -> float:
+        c = self.config
+        return mask_rate(self.progress(), c.mask_prob, c.mask_prob_end, c.mask_schedule)
 
     def draw_step(self) -> list[tuple[MaskedBatch, torch.Tensor]]:
         """This process's micro-batches of the step, masked, each with its attention mask.
@@ -140,13 +149,18 @@ class Run:
         GPU), and masked on the device.
         """
         indices, epochs = self.sampler.take(self.global_batch)
+        rate = self.last_mask_prob = self.mask_prob()
         drawn = []
         for part in rank_share(self.world.rank, self.config.batch_size, self.config.grad_accum):
-            host = [torch.from_numpy(a) for a in (*self.train_windows.batch(indices[part]), indices[part], epochs[part])]
+            input_ids, attention_mask, starts = self.train_windows.batch(indices[part])
+            host = [torch.from_numpy(a) for a in (input_ids, attention_mask, indices[part], epochs[part])]
+            if starts is not None and self.config.masking != "token":
+                host.append(torch.from_numpy(starts))
             if self.device.type == "cuda":
                 host = [t.pin_memory() for t in host]
-            input_ids, attention_mask, windows, window_epochs = (t.to(self.device, non_blocking=True) for t in host)
-            drawn.append((self.masker(input_ids, attention_mask, windows, window_epochs), attention_mask))
+            on_device = [t.to(self.device, non_blocking=True) for t in host]
+            batch = self.masker(*on_device[:4], mask_prob=rate, word_starts=on_device[4] if len(on_device) > 4 else None)
+            drawn.append((batch, on_device[1]))
         return drawn
 
     def count(self, micro_batches: list[tuple[MaskedBatch, torch.Tensor]]) -> StepCounts:
@@ -157,11 +171,17 @@ class Run:
         ]
         return StepCounts(*(round(v) for v in distributed.sum_across(local, self.world, self.device)))
 
-    def agree(self, loss_sum: torch.Tensor, counts: StepCounts, signals: StopSignals) -> tuple[float, int]:
-        """The step's mean loss over all processes, and the signal any of them received (0: none)."""
+    def mean_loss(self, loss_sum: torch.Tensor, counts: StepCounts) -> float:
+        """The step's mean loss over the masked tokens of all processes."""
         loss, = distributed.sum_across([float(loss_sum)], self.world, self.device)
-        signal, = distributed.max_across([float(signals.received or 0)], self.world, self.device)
-        return loss / max(counts.picked, 1), int(signal)
+        return loss / max(counts.picked, 1)
+
+    def end_step(self, seconds: float, signals: StopSignals) -> int:
+        """Count the step's training time and agree on it, and on any signal received (0: none),
+        so that every process stops at the same step."""
+        signal, spent = distributed.max_across([float(signals.received or 0), self.spent + seconds], self.world, self.device)
+        self.spent = spent
+        return int(signal)
 
     def evaluate(self, progress: Progress) -> dict:
         """Held-out metrics, logged and printed; {} when there is no held-out split."""
@@ -199,7 +219,10 @@ class Run:
         weights, named = self.full_state()
         path = self.out / "checkpoints" / f"step-{self.step:08d}"
         if self.world.is_main:
-            info = {"device_type": self.device.type, "world_size": self.world.size, "global_batch": self.global_batch, "strategy": self.strategy}
+            info = {
+                "device_type": self.device.type, "world_size": self.world.size, "global_batch": self.global_batch,
+                "strategy": self.strategy, "train_seconds": self.spent,
+            }  # fmt: skip
             path = checkpoint.save_checkpoint(
                 self.out, self.step, weights, named, asdict(self.sampler.position), info, keep=self.config.keep_checkpoints
             )
@@ -294,6 +317,7 @@ def _restore(run: Run, echo: Callable[[str], None]) -> None:
         )
     run.load_checkpoint(saved)
     run.step = saved.step
+    run.spent = float(saved.info.get("train_seconds", 0.0))
     run.sampler.position = DataPosition(**saved.data)
     echo(f"resumed from {path} at step {run.step}")
 
@@ -308,6 +332,11 @@ def setup(config: TrainConfig, echo: Callable[[str], None] = print) -> Run:
     store = TokenStore.open(config.data)
     vocab = store.vocabulary()
     vocab.require_mask(f"--data {store.path}")
+    if config.masking != "token" and not store.has_word_starts:
+        raise UnmaskError(
+            f"--masking {config.masking}: {store.path} was made before unmask recorded word boundaries; "
+            f"prepare it again (`unmask prepare ... --out {store.path} --overwrite`) or use --masking token"
+        )
     tokenizer, lm = _load_model_and_tokenizer(config, store, vocab, echo)
     if config.dropout is not None:
         set_dropout(lm, config.dropout)
@@ -327,14 +356,14 @@ def setup(config: TrainConfig, echo: Callable[[str], None] = print) -> Run:
         raise UnmaskError(f"--data {store.path}: {store.meta['splits']['train']['tokens']} training tokens make no window of --seq-len {config.seq_len}")
     total_steps = config.total_steps(len(train_windows), world.size)
     masker = Masker(
-        vocab, seed=config.seed, device=device,
+        vocab, seed=config.seed, device=device, strategy=config.masking,
         mask_prob=config.mask_prob, mask_replace_prob=config.mask_replace_prob, random_replace_prob=config.random_replace_prob,
     )  # fmt: skip
     run = Run(
         config=config, out=out, world=world, strategy=strategy, device=device, dtype=dtype, tokenizer=tokenizer, lm=lm, model=model,
         optimizer=build_optimizer(lm, config, device), masker=masker, sampler=WindowSampler(len(train_windows), config.seed),
         train_windows=train_windows, val_windows=val_windows, total_steps=total_steps, warmup_steps=config.warmup(total_steps),
-        metrics=MetricsLog(out / "metrics.jsonl", None, enabled=False), tied_aliases=tied,
+        metrics=MetricsLog(out / "metrics.jsonl", None, enabled=False), tied_aliases=tied, budget=config.budget_seconds(),
     )  # fmt: skip
     if config.resume:
         _restore(run, echo)
@@ -344,9 +373,11 @@ def setup(config: TrainConfig, echo: Callable[[str], None] = print) -> Run:
         save_yaml(config, out / "config.yaml")
     run.metrics = MetricsLog(out / "metrics.jsonl", resume_step=run.step, enabled=world.is_main)
     processes = f" on {world.size} processes ({strategy})" if world.distributed else ""
+    length = f"{total_steps} steps" if total_steps else f"{config.time_budget} of training"
+    length += f" (or {config.time_budget}, whichever ends first)" if total_steps and config.time_budget else ""
     echo(
         f"training {type(lm.model).__name__} ({sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M parameters) on {device}{processes}"
-        f"{' with bf16' if dtype else ' in fp32'}: {total_steps} steps of {run.global_batch} x {config.seq_len} tokens,"
+        f"{' with bf16' if dtype else ' in fp32'}: {length} of {run.global_batch} x {config.seq_len} tokens,"
         f" {len(train_windows)} training windows, {len(val_windows)} held-out windows"
     )
     return run
@@ -358,16 +389,22 @@ def train(
     progress: bool = True,
     echo: Callable[[str], None] = print,
     on_step: Optional[Callable[[int], None]] = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict:
-    """Run (or resume) training as `config` says; returns the summary also saved as summary.json."""
+    """Run (or resume) training as `config` says; returns the summary also saved as summary.json.
+
+    `clock` measures the training time a --time-budget counts (tests pass a fake one).
+    """
     run = setup(config, echo)
+    run.clock = clock
     lm, model, optimizer, device = run.lm, run.model, run.optimizer, run.device
     max_norm = config.clip_grad_norm if config.clip_grad_norm > 0 else float("inf")
     display = Progress(config.progress if progress else "none", run.total_steps, run.step, echo, enabled=run.world.is_main)
     speed = Throughput()
     last_eval: dict = {}
     with StopSignals() as signals:
-        while run.step < run.total_steps:
+        while not run.finished():
+            began = clock()
             lr = run.set_learning_rate()
 
             # All micro-batches of the step are drawn and counted first, so the loss can be
@@ -383,7 +420,7 @@ def train(
                     (loss * run.world.size / max(counts.picked, 1)).backward()
                 loss_sum += loss.detach()
             grad_norm = _total_norm(torch.nn.utils.clip_grad_norm_(lm.parameters(), max_norm))
-            train_loss, stop_signal = run.agree(loss_sum, counts, signals)
+            train_loss = run.mean_loss(loss_sum, counts)
             if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):
                 raise UnmaskError(
                     f"step {run.step + 1}: training loss is {train_loss}, gradient norm {grad_norm}; stopped before applying it "
@@ -392,18 +429,20 @@ def train(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             run.step += 1
+            stop_signal = run.end_step(clock() - began, signals)
 
             speed.add(counts.tokens)
             logged = None
-            if run.step % config.log_every == 0 or run.step == run.total_steps:
+            if run.step % config.log_every == 0 or run.finished():
                 logged = {"step": run.step, "loss": train_loss, "lr": lr, "grad_norm": grad_norm, "mask_rate": counts.picked / max(counts.maskable, 1),
-                          "tokens_per_s": speed.rate_and_restart(), "epoch": run.sampler.position.epoch}  # fmt: skip
+                          "mask_prob": run.last_mask_prob, "tokens_per_s": speed.rate_and_restart(),
+                          "epoch": run.sampler.position.epoch, "train_seconds": run.spent}  # fmt: skip
                 run.metrics.write(logged)
-            display.step(run.step, logged)
+            display.step(run.step, logged, run.progress())
             with speed.paused():
-                if config.eval_every and run.step % config.eval_every == 0 and run.step < run.total_steps:
+                if config.eval_every and run.step % config.eval_every == 0 and not run.finished():
                     last_eval = run.evaluate(display) or last_eval
-                if stop_signal or config.checkpoint_every and run.step % config.checkpoint_every == 0 and run.step < run.total_steps:
+                if stop_signal or config.checkpoint_every and run.step % config.checkpoint_every == 0 and not run.finished():
                     saved = run.save_checkpoint()
                 if stop_signal:
                     display.close()

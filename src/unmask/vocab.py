@@ -56,10 +56,20 @@ def _pipeline(kind: str, lowercase: bool):
     return raw, trainers.UnigramTrainer
 
 
+def _special_tokens(kind: str) -> list:
+    from tokenizers import AddedToken
+
+    # `<mask>` swallows the space before it, as RoBERTa's does: "a <mask> b" masks the word, not " ".
+    return [
+        AddedToken(token, lstrip=kind != "wordpiece" and name == "mask", rstrip=False, normalized=False, special=True)
+        for name, token in SPECIAL_TOKENS[kind].items()
+    ]
+
+
 def _trainer(kind: str, trainer_class, config: TokenizerConfig):
     from tokenizers import pre_tokenizers
 
-    specials = list(SPECIAL_TOKENS[kind].values())
+    specials = _special_tokens(kind)
     if kind == "unigram":
         return trainer_class(vocab_size=config.vocab_size, special_tokens=specials, unk_token="<unk>", show_progress=False)
     options = dict(vocab_size=config.vocab_size, min_frequency=config.min_frequency, special_tokens=specials, show_progress=False)
@@ -86,16 +96,13 @@ def _post_processor(kind: str, raw):
 def wrap(kind: str, raw, model_max_length: int = 512):
     """The trained Rust tokenizer as a transformers tokenizer with its special tokens named."""
     quiet_transformers()
-    from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
-    specials = SPECIAL_TOKENS[kind]
-    # `<mask>` swallows the space before it, as RoBERTa's does: "a <mask> b" masks the word, not " ".
-    mask = specials["mask"] if kind == "wordpiece" else AddedToken(specials["mask"], lstrip=True, rstrip=False)
-    extra = {} if kind == "wordpiece" else {"bos_token": specials["cls"], "eos_token": specials["sep"]}
+    tokens = dict(zip(SPECIAL_TOKENS[kind], _special_tokens(kind)))
+    extra = {} if kind == "wordpiece" else {"bos_token": tokens["cls"], "eos_token": tokens["sep"]}
     return PreTrainedTokenizerFast(
-        tokenizer_object=raw, unk_token=specials["unk"], pad_token=specials["pad"], cls_token=specials["cls"], sep_token=specials["sep"],
-        mask_token=mask, model_max_length=model_max_length, **extra,
+        tokenizer_object=raw, unk_token=tokens["unk"], pad_token=tokens["pad"], cls_token=tokens["cls"], sep_token=tokens["sep"],
+        mask_token=tokens["mask"], model_max_length=model_max_length, **extra,
     )  # fmt: skip
 
 

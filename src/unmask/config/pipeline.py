@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal, Optional
 
 from unmask.config.base import check_masking_probabilities, require
+from unmask.schedule import parse_duration
 
 @dataclass(kw_only=True)
 class SourceOptions:
@@ -121,9 +122,11 @@ class TrainConfig:
     grad_accum: int = 1
     """Micro-batches per optimizer step; a step trains on batch-size x grad-accum x processes windows."""
     max_steps: Optional[int] = None
-    """Optimizer steps to run; with --epochs, whichever ends first."""
+    """Optimizer steps to run; with --epochs or --time-budget, whichever ends first."""
     epochs: Optional[float] = None
-    """Passes over the training windows; used when --max-steps is not set (default 1)."""
+    """Passes over the training windows; used when --max-steps is not set (default 1, none with --time-budget)."""
+    time_budget: Optional[str] = None
+    """Train for this much time (`30m`, `2h`, `1d`, `1h30m`; evaluation and checkpoints not counted): the schedules run on the share of it spent, and the run ends there with a checkpoint and the model. Not bit-reproducible."""
     lr: float = 3e-4
     """Peak learning rate."""
     fresh_lr_scale: float = 1.0
@@ -146,8 +149,14 @@ class TrainConfig:
     """Learning rate at the last step, as a share of --lr."""
     clip_grad_norm: float = 1.0
     """Clip the global gradient norm to this; 0 turns clipping off."""
+    masking: Literal["token", "whole-word", "span"] = "token"
+    """`token`: each token on its own (BERT). `whole-word`: every piece of a word shares its word's fate. `span`: SpanBERT's spans of whole words, geometric lengths up to 10 words, split per span."""
     mask_prob: float = 0.15
-    """Share of maskable tokens picked for prediction in training."""
+    """Share of maskable tokens picked for prediction in training (at the start, with --mask-schedule)."""
+    mask_prob_end: Optional[float] = None
+    """Masking rate at the end of the run, reached by --mask-schedule linear or cosine (e.g. 0.3 -> 0.15)."""
+    mask_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """How the training masking rate moves from --mask-prob to --mask-prob-end over the run."""
     mask_replace_prob: float = 0.8
     """Share of picked tokens replaced by the mask token."""
     random_replace_prob: float = 0.1
@@ -198,6 +207,17 @@ class TrainConfig:
         require(self.clip_grad_norm >= 0, "clip_grad_norm", "must not be negative")
         require(self.dropout is None or 0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
         check_masking_probabilities(self.mask_prob, self.mask_replace_prob, self.random_replace_prob)
+        if self.mask_prob_end is not None:
+            require(0.0 < self.mask_prob_end < 1.0, "mask_prob_end", f"must be strictly between 0 and 1, got {self.mask_prob_end}")
+        require(
+            (self.mask_schedule == "constant") or self.mask_prob_end is not None, "mask_prob_end",
+            f"--mask-schedule {self.mask_schedule} needs the rate to end at, e.g. --mask-prob-end 0.15",
+        )  # fmt: skip
+        if self.time_budget is not None:
+            try:
+                parse_duration(self.time_budget)
+            except ValueError as e:
+                require(False, "time_budget", str(e))
         for name in ("eval_every", "log_every", "checkpoint_every"):
             require(getattr(self, name) >= 0, name, "must not be negative")
         require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
@@ -207,18 +227,25 @@ class TrainConfig:
         """The global batch: windows of one optimizer step over all processes."""
         return self.batch_size * self.grad_accum * world_size
 
-    def total_steps(self, train_windows: int, world_size: int = 1) -> int:
-        """Optimizer steps of the whole run, given the number of training windows."""
+    def budget_seconds(self) -> float | None:
+        return parse_duration(self.time_budget) if self.time_budget else None
+
+    def total_steps(self, train_windows: int, world_size: int = 1) -> int | None:
+        """Optimizer steps of the whole run, given the number of training windows; None when
+        only a time budget ends it."""
+        if self.time_budget is not None and self.max_steps is None and self.epochs is None:
+            return None
         steps_per_epoch = max(1, train_windows // self.windows_per_step(world_size))
         by_epochs = math.ceil((self.epochs or 1.0) * steps_per_epoch)
         if self.max_steps is None:
             return by_epochs
         return self.max_steps if self.epochs is None else min(self.max_steps, by_epochs)
 
-    def warmup(self, total_steps: int) -> int:
+    def warmup(self, total_steps: int | None) -> int:
+        """Warmup steps (0 when a time budget alone ends the run: it warms up over --warmup-fraction of the time)."""
         if self.warmup_steps is not None:
             return self.warmup_steps
-        return int(self.warmup_fraction * total_steps)
+        return int(self.warmup_fraction * total_steps) if total_steps else 0
 
 
 # Fields that may change when a run is resumed: they change neither the data order, the

@@ -82,6 +82,8 @@ class InspectConfig:
     """Tokenizer to use: run folder, model folder, hub id or alias."""
     seed: int = 0
     """Seed of the draw; the same seed gives the same draw."""
+    masking: Literal["token", "whole-word", "span"] = "token"
+    """Masking strategy, as in training."""
     mask_prob: float = 0.15
     """Share of maskable tokens picked."""
     mask_replace_prob: float = 0.8

@@ -9,7 +9,7 @@ is two integers (epoch, position) and resuming never replays batches.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -48,6 +48,16 @@ def padded_windows(offsets: np.ndarray, body_len: int) -> tuple[np.ndarray, np.n
     return np.asarray(starts, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
 
 
+class WindowBatch(NamedTuple):
+    input_ids: np.ndarray
+    """int64 (B, seq_len)."""
+    attention_mask: np.ndarray
+    """int64 (B, seq_len): 1 on tokens, 0 on padding."""
+    word_starts: np.ndarray | None
+    """bool (B, seq_len): does the token begin a word? The framing tokens and padding are words
+    of their own. None where the store has no word starts."""
+
+
 @dataclass
 class Windows:
     """Windows of one split, assembled into (input_ids, attention_mask) batches."""
@@ -77,18 +87,27 @@ class Windows:
     def __len__(self) -> int:
         return len(self.starts)
 
-    def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """input_ids and attention_mask, both int64 of shape (len(indices), seq_len)."""
+    @property
+    def has_word_starts(self) -> bool:
+        return self.split.words is not None
+
+    def batch(self, indices: np.ndarray) -> WindowBatch:
+        """The windows `indices`, framed and padded to seq_len."""
         count = len(indices)
         input_ids = np.full((count, self.seq_len), self.vocab.pad_id, dtype=np.int64)
         attention_mask = np.zeros((count, self.seq_len), dtype=np.int64)
+        starts = np.ones((count, self.seq_len), dtype=bool) if self.has_word_starts else None
         input_ids[:, 0] = self.vocab.opener_id
         for row, index in enumerate(indices.tolist()):
             start, length = int(self.starts[index]), int(self.lengths[index])
             input_ids[row, 1 : 1 + length] = self.split.tokens[start : start + length]
             input_ids[row, 1 + length] = self.vocab.closer_id
             attention_mask[row, : length + 2] = 1
-        return input_ids, attention_mask
+            if starts is not None:
+                starts[row, 1 : 1 + length] = self.split.word_starts(start, length)
+                # A window may open in the middle of a word: its first piece starts the window's word.
+                starts[row, 1] = True
+        return WindowBatch(input_ids, attention_mask, starts)
 
 
 @dataclass
