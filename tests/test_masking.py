@@ -201,3 +201,101 @@ def test_generator_draws_keep_the_order_evaluation_has_always_used():
     assert torch.equal(first.pick, torch.rand((3, 9), generator=generator))
     assert torch.equal(first.split, torch.rand((3, 9), generator=generator))
     assert torch.equal(first.choice, torch.randint(50, (3, 9), generator=generator))
+
+
+def worded_batch(rows: int, length: int, seed: int = 0, pad_from: int | None = None):
+    """Framed rows with word starts (about 1.7 tokens a word) and an [UNK] inside the text."""
+    ids, attention = framed_batch(rows, length, pad_from, seed)
+    starts = torch.rand(rows, length, generator=torch.Generator().manual_seed(seed + 1)) < 0.6
+    starts[:, :2] = True
+    ids[:, 10], starts[:, 10:12] = 1, True  # a special token is a word of its own
+    starts[:, -1] = True
+    if pad_from is not None:
+        starts[:, pad_from - 1 :] = True
+    return ids, attention, starts
+
+
+def strategy_draw(strategy: str, ids, attention, starts, seed: int = 0, **probabilities):
+    inner = Masker(VOCABULARY, seed=seed, strategy=strategy, **probabilities)
+    return inner(ids, attention, torch.arange(len(ids)), torch.zeros(len(ids), dtype=torch.long), word_starts=starts)
+
+
+def first_of_word(starts):
+    from unmask.masking import word_first_positions
+
+    return word_first_positions(starts)
+
+
+@pytest.mark.parametrize("strategy,rows,tolerance", [("whole-word", 1000, 0.007), ("span", 4000, 0.008)])
+@pytest.mark.parametrize("mask_prob", [0.15, 0.3])
+def test_word_strategies_mask_the_asked_share_of_tokens(strategy, rows, tolerance, mask_prob):
+    ids, attention, starts = worded_batch(rows, 130)
+    drawn = strategy_draw(strategy, ids, attention, starts, mask_prob=mask_prob)
+    picked = drawn.labels != IGNORE_INDEX
+    rate = int(picked.sum()) / int(drawn.maskable.sum())
+    assert abs(rate - mask_prob) < tolerance, (strategy, rate)
+    # The first words of a window are covered as often as later ones (no edge deficit).
+    early = picked[:, 2:12].float().mean().item()
+    assert abs(early - mask_prob) < 0.03, early
+
+
+@pytest.mark.parametrize("strategy", ["whole-word", "span"])
+def test_every_piece_of_a_word_shares_its_words_fate(strategy):
+    ids, attention, starts = worded_batch(1000, 130)
+    drawn = strategy_draw(strategy, ids, attention, starts)
+    first = first_of_word(starts)
+    picked = drawn.labels != IGNORE_INDEX
+    for outcome in (picked, drawn.became_mask, drawn.became_random):
+        assert torch.equal(outcome, outcome.gather(1, first)), "a word is picked, masked or replaced whole"
+    assert (starts & ~starts.roll(-1, dims=1))[:, :-1].any(), "the batch has words of several pieces"
+
+
+@pytest.mark.parametrize("strategy", ["whole-word", "span"])
+def test_the_80_10_10_split_applies_per_word_or_span(strategy):
+    ids, attention, starts = worded_batch(3000, 130)
+    drawn = strategy_draw(strategy, ids, attention, starts)
+    picked = drawn.labels != IGNORE_INDEX
+    heads = picked & starts  # one vote per picked word
+    words = int(heads.sum())
+    shares = [int((heads & drawn.became_mask).sum()) / words, int((heads & drawn.became_random).sum()) / words]
+    assert abs(shares[0] - 0.8) < 0.03 and abs(shares[1] - 0.1) < 0.025, shares
+    if strategy == "span":
+        # A span is masked, replaced or kept as one: neighbouring picked words mostly agree.
+        both = picked[:, 1:] & picked[:, :-1] & starts[:, 1:]
+        agree = (drawn.became_mask[:, 1:] == drawn.became_mask[:, :-1])[both].float().mean().item()
+        assert agree > 0.9, agree
+
+
+@pytest.mark.parametrize("strategy", ["token", "whole-word", "span"])
+def test_no_strategy_ever_picks_specials_or_padding(strategy):
+    ids, attention, starts = worded_batch(400, 64, pad_from=40)
+    drawn = strategy_draw(strategy, ids, attention, starts, mask_prob=0.9)
+    picked = drawn.labels != IGNORE_INDEX
+    assert not picked[:, 0].any() and not picked[:, 10].any() and not picked[:, 40:].any()
+    assert picked[:, 1:10].float().mean() > 0.6, "a high rate, so the absence above is not luck"
+    assert torch.equal(drawn.input_ids[:, 40:], ids[:, 40:])
+
+
+@pytest.mark.parametrize("strategy", ["whole-word", "span"])
+def test_word_strategy_masks_are_a_function_of_seed_epoch_window_and_position(strategy):
+    ids, attention, starts = worded_batch(8, 64)
+    inner = Masker(VOCABULARY, seed=5, strategy=strategy)
+    windows, epochs = torch.tensor([4, 8, 15, 16, 23, 42, 1, 2]), torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    whole = inner(ids, attention, windows, epochs, word_starts=starts)
+    for row in range(8):
+        alone = inner(ids[row : row + 1], attention[row : row + 1], windows[row : row + 1], epochs[row : row + 1], word_starts=starts[row : row + 1])
+        assert torch.equal(alone.labels[0], whole.labels[row]) and torch.equal(alone.input_ids[0], whole.input_ids[row])
+    other = inner(ids, attention, windows, epochs + 1, word_starts=starts)
+    assert not torch.equal(other.labels, whole.labels)
+    with pytest.raises(ValueError, match="needs word starts"):
+        inner(ids, attention, windows, epochs)
+
+
+def test_span_lengths_are_geometric_truncated_at_ten_with_spanberts_mean():
+    from unmask.masking import span_lengths, span_start_rate
+
+    lengths = span_lengths(torch.rand(200_000, generator=torch.Generator().manual_seed(0)))
+    assert int(lengths.min()) == 1 and int(lengths.max()) == 10
+    assert abs(float(lengths.float().mean()) - 3.8) < 0.03
+    assert abs(float((lengths == 1).float().mean()) - 0.2 / (1 - 0.8**10)) < 0.005
+    assert 0.15 / 3.8 < span_start_rate(0.15) < 0.15 / 3.0, "overlaps need a little more than rate / mean length"

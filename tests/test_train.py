@@ -9,7 +9,6 @@ from safetensors.torch import load_file
 from conftest import quiet
 from unmask import checkpoint
 from unmask.config import TrainConfig, UnmaskError
-from unmask.schedule import learning_rate
 from unmask.train import build_optimizer, train
 
 
@@ -24,16 +23,6 @@ def config(store_dir, model_dir, out, **overrides) -> TrainConfig:
 
 def run(cfg: TrainConfig, **kwargs) -> dict:
     return train(cfg, progress=False, echo=quiet, **kwargs)
-
-
-def test_learning_rate_warms_up_then_decays_to_the_floor():
-    lrs = [learning_rate(s, 100, 10, 1.0, "linear") for s in range(100)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert lrs[10] == pytest.approx(1.0) and lrs[55] == pytest.approx(0.5) and lrs[99] == pytest.approx(1 / 90)
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
-    cosine = [learning_rate(s, 100, 0, 2.0, "cosine", min_ratio=0.1) for s in (0, 50, 100)]
-    assert cosine == pytest.approx([2.0, 1.1, 0.2])
-    assert learning_rate(70, 100, 10, 3.0, "constant") == 3.0
 
 
 def test_optimizer_never_decays_biases_or_layernorm(tiny_model_dir):
@@ -259,3 +248,69 @@ def test_compiled_encoder_trains_exactly_like_the_eager_one(store_dir, tiny_mode
     assert losses(compiled) == losses(eager) and len(losses(eager)) == 3
     saved = [load_file(checkpoint.latest_checkpoint(out) / "model.safetensors") for out in (compiled, eager)]
     assert set(saved[0]) == set(saved[1]), "compiling must not rename parameters"
+
+
+class FakeClock:
+    """Each reading is `step` seconds after the last. Training reads it at the start and the
+    end of every step, so every step lasts `step` seconds (and the time between steps is not counted)."""
+
+    def __init__(self, step: float):
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_a_time_budget_ends_the_run_and_its_schedules_follow_the_time_spent(store_dir, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = config(store_dir, tiny_model_dir, out, max_steps=None, time_budget="60s", warmup_steps=None, warmup_fraction=0.2,
+                 mask_prob=0.3, mask_prob_end=0.15, mask_schedule="linear", eval_every=0, checkpoint_every=3)  # fmt: skip
+    summary = train(cfg, progress=False, echo=quiet, clock=FakeClock(10.0))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert summary["steps"] == 6 and [r["train_seconds"] for r in records] == [10, 20, 30, 40, 50, 60]
+    # Warmup over the first 20% of the time, then linear decay over the rest.
+    assert [r["lr"] for r in records] == pytest.approx([0.0, 1e-3 * (10 / 60) / 0.2, 1e-3 * (1 - (20 / 60 - 0.2) / 0.8),
+                                                         1e-3 * (1 - (30 / 60 - 0.2) / 0.8), 1e-3 * (1 - (40 / 60 - 0.2) / 0.8),
+                                                         1e-3 * (1 - (50 / 60 - 0.2) / 0.8)])  # fmt: skip
+    assert [r["mask_prob"] for r in records] == pytest.approx([0.3 - 0.15 * k / 6 for k in range(6)])
+    assert (out / "model" / "model.safetensors").is_file() and checkpoint.latest_checkpoint(out).name == "step-00000006"
+
+
+def test_a_resumed_budgeted_run_carries_the_time_already_spent(store_dir, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = config(store_dir, tiny_model_dir, out, max_steps=None, time_budget="1m", eval_every=0, checkpoint_every=2)
+
+    def stop_after_step_3(step: int) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False, echo=quiet, clock=FakeClock(10.0), on_step=stop_after_step_3)
+    summary = train(dataclasses.replace(cfg, resume=True), progress=False, echo=quiet, clock=FakeClock(10.0))
+    assert summary["steps"] == 6, "2 steps (20 s) from the checkpoint, then 4 more to the minute"
+    seconds = [json.loads(line)["train_seconds"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert seconds == [10, 20, 30, 40, 50, 60]
+
+
+@pytest.mark.parametrize("masking", ["whole-word", "span"])
+def test_word_level_masking_trains_and_logs_its_real_rate(store_dir, tiny_model_dir, tmp_path, masking):
+    out = tmp_path / "run"
+    summary = run(config(store_dir, tiny_model_dir, out, max_steps=4, masking=masking, mask_prob=0.3, eval_every=0, checkpoint_every=0))
+    rates = [json.loads(line)["mask_rate"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    # Four steps of 4 x 32 tokens are few for spans: the statistical tests in test_masking pin the rate down.
+    assert summary["steps"] == 4 and all(0 < r < 1 for r in rates) and 0.15 < sum(rates) / len(rates) < 0.45, rates
+    assert summary["eval_masked_tokens"] > 0, "evaluation keeps its own 15% token masks"
+
+
+def test_word_level_masking_asks_to_re_prepare_a_store_without_word_starts(store_dir, tiny_model_dir, tmp_path):
+    import shutil
+
+    old = tmp_path / "old-store"
+    shutil.copytree(store_dir, old)
+    meta = json.loads((old / "meta.json").read_text())
+    del meta["word_starts"]
+    (old / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(UnmaskError, match=r"--masking whole-word: .* was made before unmask recorded word boundaries; prepare it again"):
+        run(config(old, tiny_model_dir, tmp_path / "run", masking="whole-word"))
+    assert run(config(old, tiny_model_dir, tmp_path / "token-run", max_steps=1, eval_every=0, checkpoint_every=0))["steps"] == 1

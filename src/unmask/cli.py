@@ -52,6 +52,8 @@ COMMANDS: dict[str, Command] = {
                     "Held-out MLM loss, perplexity, top-1/top-5 accuracy (whole words and word pieces), on fixed masked positions."),
     "score": Command(settings.ScoreConfig, "unmask.commands:run_score", "Pseudo-log-likelihood of sentences.",
                      "Pseudo-log-likelihood and pseudo-perplexity of sentences (plain and word-aware PLL-word-l2r)."),
+    "pairs": Command(settings.PairsConfig, "unmask.commands:run_pairs", "Minimal-pair accuracy (BLiMP) of one or more models.",
+                     "Minimal-pair accuracy: a pair is right when the good sentence's pseudo-log-likelihood is strictly higher."),
     "embed": Command(settings.EmbedConfig, "unmask.commands:run_embed", "Sentence or token embeddings.",
                      "Sentence embeddings of a file of texts (one per line) to .npy, or token embeddings of one text."),
     "compare": Command(settings.CompareConfig, "unmask.commands:run_compare", "Base vs trained report with chart.",

@@ -18,6 +18,7 @@ from unmask.config import (
     EvalConfig,
     FillConfig,
     InspectConfig,
+    PairsConfig,
     PlotConfig,
     PrepareConfig,
     ScoreConfig,
@@ -176,6 +177,36 @@ def run_score(config: ScoreConfig) -> int:
                 f"  pseudo-perplexity {result.pseudo_perplexity_word_l2r:9.2f}  |  {result.text}"
             )
     return 0
+
+
+def run_pairs(config: PairsConfig) -> int:
+    from unmask.files import atomic_write_text
+    from unmask.pairs import as_json, score_pairs, table
+    from unmask.report import text_table
+
+    if config.out is not None:
+        check_output_file(config.out, "out")
+    results = score_pairs(config, echo=echo_stderr)
+    report = as_json(config, results)
+    if config.out is not None:
+        atomic_write_text(Path(config.out), json.dumps(report, indent=2))
+    if config.json:
+        print(json.dumps({**report, "models": [{k: v for k, v in m.items() if k != "scores"} for m in report["models"]]}, indent=2))
+    else:
+        print(text_table(table(results)))
+        print(f"\n{config.scoring} scores; a pair is right when the good sentence scores strictly higher")
+    return 0
+
+
+def check_output_file(path: str, flag: str) -> None:
+    """Refuse an output path that cannot be written before any work is done."""
+    target = Path(path)
+    if target.is_dir():
+        raise UnmaskError(f"--{flag} {path}: is a folder, not a file")
+    if not target.parent.is_dir():
+        raise UnmaskError(f"--{flag} {path}: the folder {target.parent} does not exist")
+    if not os.access(target.parent, os.W_OK):
+        raise UnmaskError(f"--{flag} {path}: cannot write into {target.parent}")
 
 
 def run_embed(config: EmbedConfig) -> int:

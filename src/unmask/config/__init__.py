@@ -15,6 +15,7 @@ from unmask.config.use import (
     EvalConfig,
     FillConfig,
     InspectConfig,
+    PairsConfig,
     PlotConfig,
     ScoreConfig,
 )
@@ -22,5 +23,5 @@ from unmask.config.use import (
 __all__ = [
     "UnmaskError", "check_masking_probabilities", "flag", "from_dict", "load_yaml", "require", "save_yaml", "to_dict",
     "PRESETS", "RESUMABLE_CHANGES", "PrepareConfig", "SourceOptions", "TokenizerConfig", "TrainConfig", "refused_resume_changes",
-    "CompareConfig", "EmbedConfig", "EvalConfig", "FillConfig", "InspectConfig", "PlotConfig", "ScoreConfig",
+    "CompareConfig", "EmbedConfig", "EvalConfig", "FillConfig", "InspectConfig", "PairsConfig", "PlotConfig", "ScoreConfig",
 ]  # fmt: skip

@@ -180,3 +180,36 @@ class PlotConfig:
     """Run folder (with metrics.jsonl)."""
     out: Optional[str] = None
     """PNG to write (default RUN/curves.png)."""
+
+
+@dataclass(kw_only=True)
+class PairsConfig(DeviceOptions):
+    """Settings of `unmask pairs`: minimal-pair accuracy by pseudo-log-likelihood."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("model", "pairs", "models")
+    model: str
+    """Model to score: run folder, model folder, hub id or alias."""
+    pairs: str
+    """JSON Lines file of minimal pairs, one pair a line (BLiMP's format)."""
+    models: list[str] = field(default_factory=list)
+    """More models to score on the same pairs, one column each."""
+    scoring: Literal["pll", "pll-word-l2r"] = "pll-word-l2r"
+    """`pll` masks one token at a time (Salazar et al., 2020); `pll-word-l2r` also masks the later pieces of its word (Kauf and Ivanova, 2023), which rates multi-piece words fairly."""
+    good_field: str = "sentence_good"
+    """Field holding the acceptable sentence."""
+    bad_field: str = "sentence_bad"
+    """Field holding the unacceptable sentence."""
+    group_field: str = "UID"
+    """Field to report accuracy by (BLiMP's paradigm); empty for none."""
+    batch_size: int = 64
+    """Masked copies per forward pass."""
+    json: bool = False
+    """Print the results as JSON instead of a table."""
+    out: Optional[str] = None
+    """Also write the results, with every pair's scores, to this JSON file."""
+    trust_remote_code: bool = False
+    """Allow a hub model to run its own code."""
+
+    def __post_init__(self) -> None:
+        require(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        require(bool(self.good_field) and bool(self.bad_field), "good_field", "the good and bad fields must be named")
