@@ -314,3 +314,33 @@ def test_word_level_masking_asks_to_re_prepare_a_store_without_word_starts(store
     with pytest.raises(UnmaskError, match=r"--masking whole-word: .* was made before unmask recorded word boundaries; prepare it again"):
         run(config(old, tiny_model_dir, tmp_path / "run", masking="whole-word"))
     assert run(config(old, tiny_model_dir, tmp_path / "token-run", max_steps=1, eval_every=0, checkpoint_every=0))["steps"] == 1
+
+
+def test_export_turns_any_complete_checkpoint_into_a_model_folder(store_dir, tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForMaskedLM, pipeline
+
+    from unmask.train import export_checkpoint
+
+    out = tmp_path / "run"
+
+    def stop_after_step_5(step: int) -> None:
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # a run that never finished has no model/, but its checkpoints export
+        run(config(store_dir, tiny_model_dir, out, max_steps=6, checkpoint_every=2, keep_checkpoints=5), on_step=stop_after_step_5)
+    assert not (out / "model").exists()
+    exported = export_checkpoint(out, tmp_path / "step2", step=2, echo=quiet)
+    assert exported.name == "step-00000002"
+    model = AutoModelForMaskedLM.from_pretrained(tmp_path / "step2")
+    saved = load_file(str(exported / "model.safetensors"))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+    assert len(pipeline("fill-mask", model=str(tmp_path / "step2"))("the cat [MASK] the door.")) == 5
+    assert export_checkpoint(out, tmp_path / "newest", echo=quiet).name == "step-00000004"
+    with pytest.raises(UnmaskError, match="already exists"):
+        export_checkpoint(out, tmp_path / "newest", echo=quiet)
+    with pytest.raises(UnmaskError, match=r"--step 3: .* no checkpoint at that step \(steps: 2, 4\)"):
+        export_checkpoint(out, tmp_path / "x", step=3, echo=quiet)
+    with pytest.raises(UnmaskError, match="not a run folder"):
+        export_checkpoint(tmp_path, tmp_path / "y", echo=quiet)

@@ -58,6 +58,8 @@ COMMANDS: dict[str, Command] = {
                      "Sentence embeddings of a file of texts (one per line) to .npy, or token embeddings of one text."),
     "compare": Command(settings.CompareConfig, "unmask.commands:run_compare", "Base vs trained report with chart.",
                        "Compare a base and a trained model on the same masked positions: table, Markdown report and PNG chart."),
+    "export": Command(settings.ExportConfig, "unmask.commands:run_export", "A checkpoint as a model folder.",
+                      "Write the save_pretrained folder (weights and tokenizer) of any complete checkpoint of a run."),
     "plot": Command(settings.PlotConfig, "unmask.commands:run_plot", "Training curves of a run as a PNG.",
                     "Plot a run's training loss and evaluation curves to a PNG."),
 }  # fmt: skip

@@ -16,6 +16,7 @@ from unmask.config import (
     CompareConfig,
     EmbedConfig,
     EvalConfig,
+    ExportConfig,
     FillConfig,
     InspectConfig,
     PairsConfig,
@@ -244,6 +245,14 @@ def run_compare(config: CompareConfig) -> int:
         config.base, config.trained, config.data, Path(config.out), seq_len=config.seq_len, batch_size=config.batch_size,
         max_batches=config.max_batches, examples=config.examples, device=config.device, echo=print,
     )  # fmt: skip
+    return 0
+
+
+def run_export(config: ExportConfig) -> int:
+    from unmask.train import export_checkpoint
+
+    source = export_checkpoint(Path(config.run), Path(config.out), config.step, echo=echo_stderr)
+    print(f"exported {source} to {config.out} (loads with transformers' from_pretrained)")
     return 0
 
 

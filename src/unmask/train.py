@@ -370,6 +370,7 @@ def setup(config: TrainConfig, echo: Callable[[str], None] = print) -> Run:
     distributed.barrier(world)  # every process has checked the folder before rank 0 writes into it
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        save_base(lm, tokenizer, out / BASE_DIR)
         save_yaml(config, out / "config.yaml")
     run.metrics = MetricsLog(out / "metrics.jsonl", resume_step=run.step, enabled=world.is_main)
     processes = f" on {world.size} processes ({strategy})" if world.distributed else ""
@@ -451,6 +452,70 @@ def train(
                 on_step(run.step)
     display.close()
     return finish(run, last_eval, display)
+
+
+BASE_DIR = "base"
+
+
+def save_base(lm: MaskedLM, tokenizer, target: Path) -> None:
+    """The model's config.json and tokenizer, without weights: with any checkpoint's weights
+    it makes a model folder (`unmask export`), even of a run that never finished."""
+    if (target / "config.json").is_file():
+        return
+    building = building_path(target, "partial")
+    remove_tree(building)
+    try:
+        lm.model.config.save_pretrained(building)
+        tokenizer.save_pretrained(building)
+        publish_folder(building, target)
+    except BaseException:
+        remove_tree(building)
+        raise
+
+
+def export_checkpoint(run_dir: Path, out: Path, step: int | None = None, echo: Callable[[str], None] = print) -> Path:
+    """Write the save_pretrained folder of a complete checkpoint of `run_dir` to `out`."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
+
+    if out.exists():
+        raise UnmaskError(f"--out {out}: already exists; choose a new folder")
+    base = run_dir / BASE_DIR
+    if not (base / "config.json").is_file():
+        raise UnmaskError(f"{run_dir}: not a run folder unmask can export from (no {BASE_DIR}/config.json)")
+    if step is None:
+        path = checkpoint.latest_checkpoint(run_dir, warn=echo)
+        if path is None:
+            raise UnmaskError(f"{run_dir}: no complete checkpoint to export")
+    else:
+        path = run_dir / "checkpoints" / f"step-{step:08d}"
+        if not path.is_dir():
+            steps = ", ".join(str(int(p.name.split("-")[1])) for p in checkpoint.complete_step_dirs(run_dir / "checkpoints")) or "none"
+            raise UnmaskError(f"--step {step}: {run_dir} has no checkpoint at that step (steps: {steps})")
+        problem = checkpoint.verify(path)
+        if problem:
+            raise UnmaskError(f"{path}: damaged checkpoint ({problem})")
+    with torch.random.fork_rng(devices=[]):
+        model = AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(base))
+    lm = MaskedLM(model)
+    weights = load_file(str(path / checkpoint.MODEL_FILE))
+    for alias, name in lm.tied_aliases().items():
+        weights.setdefault(alias, weights.get(name))
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise UnmaskError(f"{path}: the weights do not fit {base}/config.json: {str(e).splitlines()[0]}") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    building = building_path(out, "partial")
+    remove_tree(building)
+    try:
+        model.save_pretrained(building)
+        AutoTokenizer.from_pretrained(base).save_pretrained(building)
+        publish_folder(building, out)
+    except BaseException:
+        remove_tree(building)
+        raise
+    return path
 
 
 def save_final_model(run: Run, target: Path) -> None:

@@ -13,6 +13,7 @@ from unmask.config.use import (
     CompareConfig,
     EmbedConfig,
     EvalConfig,
+    ExportConfig,
     FillConfig,
     InspectConfig,
     PairsConfig,
@@ -23,5 +24,5 @@ from unmask.config.use import (
 __all__ = [
     "UnmaskError", "check_masking_probabilities", "flag", "from_dict", "load_yaml", "require", "save_yaml", "to_dict",
     "PRESETS", "RESUMABLE_CHANGES", "PrepareConfig", "SourceOptions", "TokenizerConfig", "TrainConfig", "refused_resume_changes",
-    "CompareConfig", "EmbedConfig", "EvalConfig", "FillConfig", "InspectConfig", "PairsConfig", "PlotConfig", "ScoreConfig",
+    "CompareConfig", "EmbedConfig", "EvalConfig", "ExportConfig", "FillConfig", "InspectConfig", "PairsConfig", "PlotConfig", "ScoreConfig",
 ]  # fmt: skip

@@ -213,3 +213,19 @@ class PairsConfig(DeviceOptions):
     def __post_init__(self) -> None:
         require(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
         require(bool(self.good_field) and bool(self.bad_field), "good_field", "the good and bad fields must be named")
+
+
+@dataclass(kw_only=True)
+class ExportConfig:
+    """Settings of `unmask export`: a checkpoint as a Hugging Face model folder."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("run",)
+    run: str
+    """Run folder (with checkpoints/)."""
+    out: str
+    """Folder to write the model to (save_pretrained format, with the tokenizer); must not exist."""
+    step: Optional[int] = None
+    """Checkpoint step to export (default: the newest complete one)."""
+
+    def __post_init__(self) -> None:
+        require(self.step is None or self.step >= 0, "step", f"must not be negative, got {self.step}")

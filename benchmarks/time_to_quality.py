@@ -1,0 +1,334 @@
+"""Time to quality: how good a model each side makes in the same wall-clock time.
+
+Continued pretraining of the MiniLM-L6 starter on the pydocs corpus, with every 20th file
+held out of both sides' training, for equal training-time budgets: unmask with its best
+settings against the Hugging Face recipe (`run_mlm.py`'s datasets.map tokenize +
+group_texts, DataCollatorForLanguageModeling(0.15), Trainer) at the same learning rate,
+batch and sequence length. Every saved point of every run is scored by `unmask eval` on
+the same held-out positions (15% token masks, fixed seeds). Then each of unmask's settings
+is switched back, one at a time, at the shorter budget, to show what it contributed.
+
+    python benchmarks/time_to_quality.py --corpus ../shared/corpus/pydocs --budgets 5,15
+
+Writes a table to benchmarks/RESULTS.md (appended) and a chart of held-out top-1 accuracy
+against training minutes to benchmarks/time_to_quality.png. Each run is a subprocess of its
+own and nothing else should run on the machine meanwhile: the budgets are wall-clock time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BEST = {"masking": "whole-word", "mask_prob": 0.3, "mask_prob_end": 0.15, "mask_schedule": "linear", "fresh_lr_scale": 10.0, "dropout": 0.0}
+# What each ablation switches back to (the peer's choice, or the library default).
+ABLATIONS = {
+    "token masking": {"masking": "token"},
+    "15% masking throughout": {"mask_prob": 0.15, "mask_prob_end": None, "mask_schedule": "constant"},
+    "no fresh-head rate": {"fresh_lr_scale": 1.0},
+    "dropout 0.1": {"dropout": None},
+}
+
+
+def starter() -> str:
+    from unmask.tokenizer import resolve_pretrained
+
+    return resolve_pretrained("minilm-l6")
+
+
+def split_corpus(corpus: Path, work: Path) -> tuple[Path, Path]:
+    files = sorted(p for p in corpus.rglob("*") if p.is_file())
+    held = set(files[::20])
+    for name, chosen in (("train", [p for p in files if p not in held]), ("heldout", sorted(held))):
+        (work / name).mkdir(parents=True, exist_ok=True)
+        for number, path in enumerate(chosen):
+            shutil.copy(path, work / name / f"{number:05d}.txt")
+    return work / "train", work / "heldout"
+
+
+# ------------------------------------------------------------------ workers (one per subprocess)
+
+
+def worker_unmask(args) -> None:
+    """A budgeted unmask run; checkpoints at `points` evenly spaced times are exported afterwards."""
+    from unmask.config import TrainConfig
+    from unmask.train import train
+
+    settings = json.loads(args.settings)
+    budget = args.minutes * 60
+    config = TrainConfig(
+        data=args.store, out=args.run, model=starter(), seq_len=128, batch_size=32, lr=args.lr, time_budget=f"{budget}s",
+        eval_every=0, log_every=5, checkpoint_every=0, keep_checkpoints=1000, progress="none", **settings,
+    )  # fmt: skip
+    marks = [budget * k / args.points for k in range(1, args.points)]
+    import unmask.train as training
+
+    # Keep hold of the Run that train() sets up, to checkpoint it at each time mark. on_step
+    # runs between steps, so the checkpoints are not counted in the budget; the last point is
+    # the checkpoint the run writes at the end of its budget.
+    runs = []
+    real_setup = training.setup
+    training.setup = lambda *a, **k: runs.append(real_setup(*a, **k)) or runs[-1]
+
+    def checkpoint_at_marks(step: int) -> None:
+        if marks and runs[-1].spent >= marks[0]:
+            marks.pop(0)
+            runs[-1].save_checkpoint()
+
+    train(config, progress=False, echo=lambda _: None, on_step=checkpoint_at_marks)
+    print(json.dumps({"ok": True}))
+
+
+def worker_peer(args) -> None:
+    """The Hugging Face recipe, stopped at the budget; the model is saved at the same marks."""
+    import datasets
+    import torch
+    from transformers import (AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer, TrainerCallback,
+                              TrainingArguments)  # fmt: skip
+
+    sys.path.insert(0, str(HERE))
+    from bench import peer_dataset
+
+    budget = args.minutes * 60
+    files = sorted(str(p) for p in Path(args.train_files).iterdir())
+    out = Path(args.run)
+    with tempfile.TemporaryDirectory() as cache:
+        datasets.disable_caching()
+        grouped, _ = peer_dataset(files, 128, cache)
+        grouped = grouped.remove_columns(["token_type_ids"]) if "token_type_ids" in grouped.column_names else grouped
+        tokenizer = AutoTokenizer.from_pretrained(starter())
+        model = BertForMaskedLM.from_pretrained(starter())
+        marks = [budget * k / args.points for k in range(1, args.points)]
+
+        class Budget(TrainerCallback):
+            """Wall-clock training time from the first step; saving the marks is not counted."""
+
+            def __init__(self):
+                self.started = None
+                self.paused = 0.0
+
+            def on_step_begin(self, args_, state, control, **kwargs):
+                if self.started is None:
+                    self.started = time.perf_counter()
+
+            def on_step_end(self, args_, state, control, **kwargs):
+                spent = time.perf_counter() - self.started - self.paused
+                if marks and spent >= marks[0]:
+                    marks.pop(0)
+                    began = time.perf_counter()
+                    trainer.save_model(str(out / f"point-{spent:08.1f}"))
+                    self.paused += time.perf_counter() - began
+                if spent >= budget:
+                    control.should_training_stop = True
+                    (out / "spent.json").write_text(json.dumps({"spent": spent, "steps": state.global_step}))
+
+        training_args = TrainingArguments(
+            output_dir=os.path.join(cache, "out"), per_device_train_batch_size=32, max_steps=args.max_steps, learning_rate=args.lr,
+            warmup_steps=0.06, weight_decay=0.01, lr_scheduler_type="linear", logging_steps=50, save_strategy="no",
+            report_to="none", use_cpu=not torch.cuda.is_available(), seed=0, disable_tqdm=True, dataloader_num_workers=0,
+        )  # fmt: skip
+        trainer = Trainer(
+            model=model, args=training_args, train_dataset=grouped,
+            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15), callbacks=[Budget()],
+        )  # fmt: skip
+        trainer.train()
+        trainer.save_model(str(out / "final"))
+        tokenizer.save_pretrained(str(out / "final"))
+    print(json.dumps({"ok": True}))
+
+
+def worker_peer_pace(args) -> None:
+    """Seconds a peer step takes, to plan its learning-rate schedule over the budget."""
+    import datasets
+    import torch
+    from transformers import AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+
+    sys.path.insert(0, str(HERE))
+    from bench import peer_dataset
+
+    files = sorted(str(p) for p in Path(args.train_files).iterdir())
+    with tempfile.TemporaryDirectory() as cache:
+        datasets.disable_caching()
+        grouped, _ = peer_dataset(files, 128, cache)
+        grouped = grouped.remove_columns(["token_type_ids"]) if "token_type_ids" in grouped.column_names else grouped
+        times = []
+
+        class Clock(TrainerCallback):
+            def on_step_end(self, *_, **__):
+                times.append(time.perf_counter())
+
+        trainer = Trainer(
+            model=BertForMaskedLM.from_pretrained(starter()),
+            args=TrainingArguments(output_dir=os.path.join(cache, "o"), per_device_train_batch_size=32, max_steps=8, report_to="none",
+                                   use_cpu=not torch.cuda.is_available(), disable_tqdm=True, save_strategy="no"),
+            train_dataset=grouped, data_collator=DataCollatorForLanguageModeling(AutoTokenizer.from_pretrained(starter())), callbacks=[Clock()],
+        )  # fmt: skip
+        trainer.train()
+    steps = sorted(b - a for a, b in zip(times[2:], times[3:]))
+    print(json.dumps({"seconds_per_step": steps[len(steps) // 2]}))
+
+
+WORKERS = {"unmask": worker_unmask, "peer": worker_peer, "peer-pace": worker_peer_pace}
+
+
+# ------------------------------------------------------------------ driver
+
+
+def run_worker(name: str, **options) -> dict:
+    command = [sys.executable, __file__, "--worker", name]
+    for key, value in options.items():
+        command += [f"--{key.replace('_', '-')}", str(value)]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if result.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def evaluate(model: Path, heldout: Path, max_batches: int) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "unmask", "eval", str(model), "--data", str(heldout), "--json", "--max-batches", str(max_batches), "--device", "cpu"],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise SystemExit(f"eval of {model} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout)
+
+
+def unmask_points(run: Path, work: Path) -> list[tuple[float, Path]]:
+    """(training minutes, model folder) of every checkpoint of a budgeted unmask run."""
+    from unmask.train import export_checkpoint
+
+    points = []
+    for path in sorted((run / "checkpoints").glob("step-*")):
+        spent = json.loads((path / "state.json").read_text())["info"]["train_seconds"]
+        folder = work / f"{run.name}-{path.name}"
+        export_checkpoint(run, folder, step=int(path.name.split("-")[1]), echo=lambda _: None)
+        points.append((spent / 60, folder))
+    return points
+
+
+def peer_points(run: Path) -> list[tuple[float, Path]]:
+    tokenizer = run / "final"
+    points = []
+    for path in sorted(run.glob("point-*")):
+        shutil.copy(tokenizer / "tokenizer.json", path / "tokenizer.json")
+        shutil.copy(tokenizer / "tokenizer_config.json", path / "tokenizer_config.json")
+        points.append((float(path.name.split("-")[1]) / 60, path))
+    points.append((json.loads((run / "spent.json").read_text())["spent"] / 60, run / "final"))
+    return points
+
+
+def chart(curves: dict[str, list[tuple[float, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(9, 5.2))
+    for label, points in curves.items():
+        style = dict(color="#9aa5b1", marker="s") if label.startswith("peer") else dict(marker="o")
+        if "without" in label:
+            style.update(linestyle="--", alpha=0.8)
+        axis.plot([m for m, _ in points], [a for _, a in points], label=label, **style)
+    axis.set(xlabel="training minutes (wall clock, evaluation not counted)", ylabel="held-out top-1 accuracy",
+             title="Continued pretraining of MiniLM-L6 on pydocs: time to quality")  # fmt: skip
+    axis.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", default=str(HERE.parent.parent / "shared" / "corpus" / "pydocs"))
+    parser.add_argument("--budgets", default="5,15", help="minutes, comma-separated")
+    parser.add_argument("--points", type=int, default=5, help="saved points per run (the last is the end of the budget)")
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--eval-batches", type=int, default=40, help="held-out batches of 32 windows scored per point")
+    parser.add_argument("--skip-ablations", action="store_true")
+    parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    parser.add_argument("--chart", default=str(HERE / "time_to_quality.png"))
+    for name in ("worker", "store", "run", "settings", "train-files"):
+        parser.add_argument(f"--{name}")
+    parser.add_argument("--minutes", type=float)
+    parser.add_argument("--max-steps", type=int)
+    args = parser.parse_args()
+    if args.worker:
+        WORKERS[args.worker](args)
+        return
+
+    budgets = [float(b) for b in args.budgets.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="unmask-ttq-"))
+    train_files, heldout = split_corpus(Path(args.corpus), work)
+    subprocess.run([sys.executable, "-m", "unmask", "prepare", str(train_files), "--out", str(work / "store"), "--val-fraction", "0"],
+                   check=True, capture_output=True)  # fmt: skip
+    pace = run_worker("peer-pace", train_files=train_files)["seconds_per_step"]
+    runs: dict[str, tuple[str, Path, float]] = {}
+    for minutes in budgets:
+        runs[f"unmask, {minutes:g} min"] = ("unmask", work / f"unmask-{minutes:g}", minutes)
+        runs[f"peer, {minutes:g} min"] = ("peer", work / f"peer-{minutes:g}", minutes)
+    if not args.skip_ablations:
+        for number, label in enumerate(ABLATIONS):
+            runs[f"unmask without {label}, {budgets[0]:g} min"] = ("unmask", work / f"ablation-{number}", budgets[0])
+    curves: dict[str, list[tuple[float, float]]] = {}
+    finals: dict[str, dict] = {}
+    for label, (side, run, minutes) in runs.items():
+        started = time.time()
+        if side == "unmask":
+            settings = dict(BEST)
+            for name, change in ABLATIONS.items():
+                if f"without {name}," in label:
+                    settings.update(change)
+            settings = {k: v for k, v in settings.items() if v is not None}
+            run_worker("unmask", store=work / "store", run=run, minutes=minutes, points=args.points, lr=args.lr, settings=json.dumps(settings))
+            points = unmask_points(run, work)
+        else:
+            max_steps = max(10, int(minutes * 60 / pace))
+            run.mkdir(parents=True)
+            run_worker("peer", train_files=train_files, run=run, minutes=minutes, points=args.points, lr=args.lr, max_steps=max_steps)
+            points = peer_points(run)
+        scored = [(m, evaluate(folder, heldout, args.eval_batches)) for m, folder in points]
+        curves[label] = [(0.0, None)] + [(m, r["accuracy"]) for m, r in scored]
+        finals[label] = {"minutes": scored[-1][0], **scored[-1][1]}
+        print(f"{label}: {finals[label]['accuracy']:.2%} top-1 after {scored[-1][0]:.1f} min ({time.time() - started:.0f} s)", flush=True)
+    base = evaluate(Path(starter()), heldout, args.eval_batches)
+    for label in curves:
+        curves[label][0] = (0.0, base["accuracy"])
+    chart(curves, Path(args.chart))
+
+    best, peer_long = finals[f"unmask, {budgets[0]:g} min"], finals[f"peer, {budgets[-1]:g} min"]
+    lines = [
+        "", "---", "", "## Time to quality (continued pretraining of MiniLM-L6 on pydocs)", "",
+        f"- command: `python benchmarks/time_to_quality.py {' '.join(sys.argv[1:])}`",
+        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        "- every 20th pydocs file held out of both sides' training; scored by `unmask eval` on the same held-out positions"
+        f" ({args.eval_batches} batches of 32 windows x 128 tokens, 15% token masks, fixed seeds)",
+        f"- both sides: starter checkpoint with a fresh MLM head, batch 32 x 128, lr {args.lr}, linear decay, fp32 on 2 CPU cores;"
+        f" the peer plans its schedule over {pace:.2f} s a step (measured) and stops at the budget",
+        f"- unmask's settings: {', '.join(f'{k}={v}' for k, v in BEST.items())}; budgets count training time only", "",
+        "| run | minutes | top-1 | top-5 | loss |", "|---|---|---|---|---|",
+        f"| starter (fresh head) | 0 | {base['accuracy']:.2%} | {base['top5_accuracy']:.2%} | {base['loss']:.3f} |",
+        *(f"| {label} | {r['minutes']:.1f} | {r['accuracy']:.2%} | {r['top5_accuracy']:.2%} | {r['loss']:.3f} |" for label, r in finals.items()),
+        "", f"Goal: unmask's {budgets[0]:g}-minute accuracy at least the peer's {budgets[-1]:g}-minute accuracy: "
+        f"{best['accuracy']:.2%} against {peer_long['accuracy']:.2%}, {'met' if best['accuracy'] >= peer_long['accuracy'] else 'not met'}.",
+        "", f"![time to quality]({Path(args.chart).name})", "",
+    ]  # fmt: skip
+    with open(args.out, "a", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
