@@ -114,7 +114,8 @@ def worker_peer(args) -> None:
 
             def __init__(self):
                 self.started = None
-                self.paused = 0.0
+                self.paused = self.spent = 0.0
+                self.steps = 0
 
             def on_step_begin(self, args_, state, control, **kwargs):
                 if self.started is None:
@@ -127,9 +128,12 @@ def worker_peer(args) -> None:
                     began = time.perf_counter()
                     trainer.save_model(str(out / f"point-{spent:08.1f}"))
                     self.paused += time.perf_counter() - began
+                self.spent, self.steps = spent, state.global_step
                 if spent >= budget:
                     control.should_training_stop = True
-                    (out / "spent.json").write_text(json.dumps({"spent": spent, "steps": state.global_step}))
+
+            def on_train_end(self, args_, state, control, **kwargs):
+                (out / "spent.json").write_text(json.dumps({"spent": self.spent, "steps": self.steps}))
 
         training_args = TrainingArguments(
             output_dir=os.path.join(cache, "out"), per_device_train_batch_size=32, max_steps=args.max_steps, learning_rate=args.lr,
@@ -205,13 +209,14 @@ def evaluate(model: Path, heldout: Path, max_batches: int) -> dict:
 
 def unmask_points(run: Path, work: Path) -> list[tuple[float, Path]]:
     """(training minutes, model folder) of every checkpoint of a budgeted unmask run."""
-    from unmask.train import export_checkpoint
+    from unmask.persist import export_checkpoint
 
     points = []
     for path in sorted((run / "checkpoints").glob("step-*")):
         spent = json.loads((path / "state.json").read_text())["info"]["train_seconds"]
         folder = work / f"{run.name}-{path.name}"
-        export_checkpoint(run, folder, step=int(path.name.split("-")[1]), echo=lambda _: None)
+        if not folder.exists():
+            export_checkpoint(run, folder, step=int(path.name.split("-")[1]), echo=lambda _: None)
         points.append((spent / 60, folder))
     return points
 
@@ -257,6 +262,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--eval-batches", type=int, default=40, help="held-out batches of 32 windows scored per point")
     parser.add_argument("--skip-ablations", action="store_true")
+    parser.add_argument("--reuse", help="a work folder of an earlier invocation: its finished runs are scored, not run again")
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
     parser.add_argument("--chart", default=str(HERE / "time_to_quality.png"))
     for name in ("worker", "store", "run", "settings", "train-files"):
@@ -269,11 +275,20 @@ def main() -> None:
         return
 
     budgets = [float(b) for b in args.budgets.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="unmask-ttq-"))
-    train_files, heldout = split_corpus(Path(args.corpus), work)
-    subprocess.run([sys.executable, "-m", "unmask", "prepare", str(train_files), "--out", str(work / "store"), "--val-fraction", "0"],
-                   check=True, capture_output=True)  # fmt: skip
-    pace = run_worker("peer-pace", train_files=train_files)["seconds_per_step"]
+    work = Path(args.reuse) if args.reuse else Path(tempfile.mkdtemp(prefix="unmask-ttq-"))
+    if not (work / "store" / "meta.json").is_file():
+        train_files, heldout = split_corpus(Path(args.corpus), work)
+        subprocess.run([sys.executable, "-m", "unmask", "prepare", str(train_files), "--out", str(work / "store"), "--val-fraction", "0"],
+                       check=True, capture_output=True)  # fmt: skip
+    train_files, heldout = work / "train", work / "heldout"
+    # The peer's schedule is planned over the pace a peer run measured: its own shortest
+    # budgeted run when there is one (minutes of steps), else 8 calibration steps.
+    finished_peer = sorted(work.glob("peer-*/spent.json"))
+    if finished_peer:
+        done = json.loads(finished_peer[0].read_text())
+        pace, paced_by = done["spent"] / max(done["steps"], 1), f"its {finished_peer[0].parent.name} run"
+    else:
+        pace, paced_by = run_worker("peer-pace", train_files=train_files)["seconds_per_step"], "8 calibration steps"
     runs: dict[str, tuple[str, Path, float]] = {}
     for minutes in budgets:
         runs[f"unmask, {minutes:g} min"] = ("unmask", work / f"unmask-{minutes:g}", minutes)
@@ -285,18 +300,24 @@ def main() -> None:
     finals: dict[str, dict] = {}
     for label, (side, run, minutes) in runs.items():
         started = time.time()
+        done = (run / "checkpoints").is_dir() if side == "unmask" else (run / "spent.json").is_file()
+        if run.exists() and not done:
+            shutil.rmtree(run)  # a run an earlier invocation did not finish
         if side == "unmask":
             settings = dict(BEST)
             for name, change in ABLATIONS.items():
                 if f"without {name}," in label:
                     settings.update(change)
             settings = {k: v for k, v in settings.items() if v is not None}
-            run_worker("unmask", store=work / "store", run=run, minutes=minutes, points=args.points, lr=args.lr, settings=json.dumps(settings))
+            if not done:
+                run_worker("unmask", store=work / "store", run=run, minutes=minutes, points=args.points, lr=args.lr, settings=json.dumps(settings))
             points = unmask_points(run, work)
         else:
-            max_steps = max(10, int(minutes * 60 / pace))
-            run.mkdir(parents=True)
-            run_worker("peer", train_files=train_files, run=run, minutes=minutes, points=args.points, lr=args.lr, max_steps=max_steps)
+            # 3% more steps than the pace allows, so that the budget, not the step count, ends it.
+            max_steps = max(10, int(1.03 * minutes * 60 / pace))
+            if not done:
+                run.mkdir(parents=True)
+                run_worker("peer", train_files=train_files, run=run, minutes=minutes, points=args.points, lr=args.lr, max_steps=max_steps)
             points = peer_points(run)
         scored = [(m, evaluate(folder, heldout, args.eval_batches)) for m, folder in points]
         curves[label] = [(0.0, None)] + [(m, r["accuracy"]) for m, r in scored]
@@ -315,7 +336,7 @@ def main() -> None:
         "- every 20th pydocs file held out of both sides' training; scored by `unmask eval` on the same held-out positions"
         f" ({args.eval_batches} batches of 32 windows x 128 tokens, 15% token masks, fixed seeds)",
         f"- both sides: starter checkpoint with a fresh MLM head, batch 32 x 128, lr {args.lr}, linear decay, fp32 on 2 CPU cores;"
-        f" the peer plans its schedule over {pace:.2f} s a step (measured) and stops at the budget",
+        f" the peer plans its schedule over {pace:.2f} s a step (measured by {paced_by}) and stops at the budget",
         f"- unmask's settings: {', '.join(f'{k}={v}' for k, v in BEST.items())}; budgets count training time only", "",
         "| run | minutes | top-1 | top-5 | loss |", "|---|---|---|---|---|",
         f"| starter (fresh head) | 0 | {base['accuracy']:.2%} | {base['top5_accuracy']:.2%} | {base['loss']:.3f} |",
@@ -327,7 +348,8 @@ def main() -> None:
     with open(args.out, "a", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
-    shutil.rmtree(work, ignore_errors=True)
+    if not args.reuse:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 # on the bundled Python-docs sample, then fill in some masks with the trained model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+UNMASK_EXTRAS=starter,report bash scripts/setup.sh
 . .venv/bin/activate
 unmask prepare sample:pydocs --out runs/pydocs --val-fraction 0.05 --overwrite
 if [ -d runs/minilm-pydocs/model ]; then

@@ -134,3 +134,56 @@ def distilbert_dir(tmp_path_factory, tokenizer_dir) -> Path:
 
 def quiet(_: str) -> None:
     """An `echo` that swallows messages."""
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory, store_dir, tiny_model_dir):
+    """A folder of runs: one finished, one that is 'live' (its metrics.jsonl grows in the tests)."""
+    import shutil
+
+    from unmask.config import TrainConfig
+    from unmask.train import train
+
+    root = tmp_path_factory.mktemp("served") / "runs"
+    train(TrainConfig(data=str(store_dir), out=str(root / "finished"), model=str(tiny_model_dir), seq_len=32, batch_size=4, max_steps=6,
+                      eval_every=3, log_every=1, checkpoint_every=3), progress=False, echo=quiet)  # fmt: skip
+    live = root / "team" / "live"
+    live.mkdir(parents=True)
+    shutil.copy(root / "finished" / "config.yaml", live / "config.yaml")
+    (live / "metrics.jsonl").write_text("".join(line + "\n" for line in (root / "finished" / "metrics.jsonl").read_text().splitlines()[:3]))
+    (root.parent / "secret.txt").write_text("not to be served")
+    return root
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def live_server(served, tiny_model_dir):
+    """uvicorn in a thread, on 127.0.0.1 and a free port."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from unmask.config import ServeConfig
+    from unmask.serve.app import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(paths=[str(served)], models=[str(tiny_model_dir)], device="cpu")),
+                                           host="127.0.0.1", port=port, log_level="warning"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+

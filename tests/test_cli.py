@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from unmask.cli import COMMANDS, build_parser, main, normalise_flags, parse
+from unmask.cli import COMMANDS, main, normalise_flags, parse
 from unmask.config import EvalConfig, FillConfig, TrainConfig, from_dict
 
 REPO = Path(__file__).resolve().parent.parent

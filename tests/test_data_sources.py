@@ -80,3 +80,16 @@ def test_bundled_sample_corpus_is_about_a_megabyte_of_text():
     files = expand_sources([SAMPLE_ALIAS])
     assert len(files) >= 40
     assert 0.8e6 < sum(Path(f.location).stat().st_size for f in files) < 1.5e6
+
+
+def test_a_folder_source_skips_token_stores_and_runs_inside_it(tmp_path, store_dir):
+    import shutil
+
+    shutil.copytree(store_dir, tmp_path / "old-store")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("data: x\n")
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    (tmp_path / "run" / "model").mkdir()
+    (tmp_path / "run" / "model" / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    (tmp_path / "text.txt").write_text("the text to learn from")
+    assert [Path(s.location).name for s in expand_sources([str(tmp_path)])] == ["text.txt"]

@@ -1,6 +1,5 @@
 """Held-out evaluation, anchored on plain transformers computations."""
 
-import json
 import math
 
 import numpy as np

@@ -5,7 +5,10 @@ import os
 import pytest
 
 from unmask import files
-from unmask.files import atomic_write_text, building_path, publish_folder, recover_folder
+from pathlib import Path
+
+from unmask.config import UnmaskError
+from unmask.files import RunLock, atomic_write_text, building_path, publish_folder, recover_folder
 
 
 def test_atomic_write_replaces_whole_and_leaves_no_temporary(tmp_path):
@@ -25,7 +28,7 @@ def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full_disk)
-    with pytest.raises(OSError):
+    with pytest.raises(UnmaskError, match=r"config\.yaml: disk full while writing config\.yaml \(it needs about 3 bytes, [\d,.]+ [KMG]?B"):
         atomic_write_text(target, "new")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
 
@@ -57,3 +60,40 @@ def test_recover_folder_puts_back_an_old_folder_a_crash_left_aside(tmp_path):
     assert (tmp_path / "model" / "weights").read_text() == "old"
     recover_folder(tmp_path / "model")  # nothing to do the second time
     assert (tmp_path / "model").is_dir()
+
+
+def test_a_lock_refuses_a_second_holder_and_one_that_cleans_up_leaves_no_file(tmp_path):
+    guarded = tmp_path / "store"
+    first = RunLock(tmp_path / ".store.lock", "unmask prepare", guards=guarded, remove_when_done=True)
+    first.acquire()
+    assert "unmask prepare (pid" in (tmp_path / ".store.lock").read_text()
+    with pytest.raises(UnmaskError, match=r"store: unmask prepare \(pid \d+ .*is using it right now"):
+        RunLock(tmp_path / ".store.lock", "unmask prepare", guards=guarded).acquire()
+    first.release()
+    assert not (tmp_path / ".store.lock").exists()
+    again = RunLock(tmp_path / ".store.lock", "unmask prepare", guards=guarded, remove_when_done=True)
+    again.acquire()
+    again.release()
+
+
+def test_a_lock_whose_file_was_replaced_while_waiting_locks_the_new_file(tmp_path, monkeypatch):
+    """The holder removes its file as it finishes; a process that opened the old file just
+    before must not think it holds the lock on the path."""
+    path = tmp_path / ".store.lock"
+    path.write_text("")
+    lock = RunLock(path, "unmask prepare", remove_when_done=True)
+    real_open, swapped = os.open, []
+
+    def open_then_swap(p, *a, **k):
+        fd = real_open(p, *a, **k)
+        if not swapped:  # the old holder finishes between our open and our flock
+            swapped.append(True)
+            os.unlink(p)
+            Path(p).write_text("")
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_swap)
+    lock.acquire()
+    monkeypatch.undo()
+    assert os.fstat(lock.handle).st_ino == os.stat(path).st_ino
+    lock.release()

@@ -320,7 +320,7 @@ def test_export_turns_any_complete_checkpoint_into_a_model_folder(store_dir, tin
     from safetensors.torch import load_file
     from transformers import AutoModelForMaskedLM, pipeline
 
-    from unmask.train import export_checkpoint
+    from unmask.persist import export_checkpoint
 
     out = tmp_path / "run"
 
@@ -344,3 +344,44 @@ def test_export_turns_any_complete_checkpoint_into_a_model_folder(store_dir, tin
         export_checkpoint(out, tmp_path / "x", step=3, echo=quiet)
     with pytest.raises(UnmaskError, match="not a run folder"):
         export_checkpoint(tmp_path, tmp_path / "y", echo=quiet)
+
+
+def test_a_finished_run_can_be_extended_and_resuming_it_adds_no_duplicate_lines(store_dir, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    run(config(store_dir, tiny_model_dir, out, max_steps=4, eval_every=0, checkpoint_every=2))
+    before = (out / "metrics.jsonl").read_text()
+    run(config(store_dir, tiny_model_dir, out, max_steps=4, eval_every=0, checkpoint_every=2, resume=True))
+    assert (out / "metrics.jsonl").read_text() == before, "resuming a finished run appends nothing, its final eval included"
+    lines = []
+    summary = train(config(store_dir, tiny_model_dir, out, max_steps=6, eval_every=0, checkpoint_every=2, resume=True), progress=False, echo=lines.append)
+    assert summary["steps"] == 6
+    assert any("--max-steps 4 -> 6" in line and "not identical to a run planned this long" in line for line in lines)
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_with_nothing_to_resume_says_so_and_a_config_without_checkpoint_is_not_a_run(store_dir, tiny_model_dir, tmp_path):
+    lines = []
+    out = tmp_path / "fresh"
+    train(config(store_dir, tiny_model_dir, out, max_steps=1, eval_every=0, resume=True), progress=False, echo=lines.append)
+    assert any(line == f"note: --resume: nothing to resume in {out}; starting a new run" for line in lines)
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    (failed / "config.yaml").write_text("data: x\nout: y\nmodel: m\n")  # a start that died before its first checkpoint
+    with pytest.raises(UnmaskError, match="holds a run's config.yaml but no checkpoint; to start it over, run again without --resume"):
+        run(config(store_dir, tiny_model_dir, failed, max_steps=1, resume=True))
+    assert run(config(store_dir, tiny_model_dir, failed, max_steps=1, eval_every=0))["steps"] == 1, "a plain retry is welcome"
+
+
+def test_a_step_that_sees_windows_twice_is_warned_about_once(store_dir, tiny_model_dir, tmp_path):
+    lines = []
+    train(config(store_dir, tiny_model_dir, tmp_path / "run", batch_size=600, max_steps=1, eval_every=0), progress=False, echo=lines.append)
+    repeats = [line for line in lines if line.startswith("warning: a step takes 600 windows but the store has only")]
+    assert len(repeats) == 1 and "times" in repeats[0]
+
+
+def test_a_run_folder_is_a_model_to_continue_from(store_dir, tiny_model_dir, tmp_path):
+    first = tmp_path / "first"
+    run(config(store_dir, tiny_model_dir, first, max_steps=2, eval_every=0))
+    summary = run(config(store_dir, first, tmp_path / "second", max_steps=2, eval_every=0))
+    assert summary["steps"] == 2

@@ -33,7 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from unmask.config import UnmaskError
-from unmask.files import atomic_write_text, building_path, publish_folder, remove_tree
+from unmask.files import atomic_write_text, building_path, disk_full_guard, publish_folder, remove_stale_building, remove_tree
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 FORMAT = 2
@@ -122,29 +122,62 @@ def _format1_optimizer_state(tensors: dict[str, torch.Tensor], saved: dict[str, 
 def save_checkpoint(
     run_dir: Path, step: int, model: dict[str, torch.Tensor], optimizer: NamedOptimizerState, data: dict, info: dict, keep: int
 ) -> Path:
-    """Write a complete checkpoint for `step`, then delete all but the newest `keep`.
+    """Write a complete checkpoint for `step`, then delete old ones (see `prune`).
 
-    `model` must not hold one tensor under two names (drop tied aliases first).
+    `model` must not hold one tensor under two names (drop tied aliases first). A full disk
+    is one clear line (UnmaskError) and leaves no folder that looks like a checkpoint.
     """
     root = run_dir / "checkpoints"
     final = root / f"step-{step:08d}"
     partial = building_path(final, "partial")
     remove_tree(partial)
     partial.mkdir(parents=True)
+    optimizer_tensors, optimizer_json = _split_optimizer_state(optimizer)
+    needed = sum(t.nbytes for t in model.values()) + sum(t.nbytes for t in optimizer_tensors.values())
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.items()}, str(partial / MODEL_FILE))
-        optimizer_tensors, optimizer_json = _split_optimizer_state(optimizer)
-        save_file(optimizer_tensors, str(partial / OPTIMIZER_FILE))
-        files = {name: _sha256(partial / name) for name in (MODEL_FILE, OPTIMIZER_FILE)}
-        state = {"format": FORMAT, "step": step, "data": data, "optimizer": optimizer_json, "info": info, "files": files}
-        atomic_write_text(partial / STATE_FILE, json.dumps(state, indent=1))
-        publish_folder(partial, final)
+        with disk_full_guard(partial, f"the checkpoint of step {step}", needed):
+            save_file({k: v.detach().contiguous().cpu() for k, v in model.items()}, str(partial / MODEL_FILE))
+            save_file(optimizer_tensors, str(partial / OPTIMIZER_FILE))
+            files = {name: _sha256(partial / name) for name in (MODEL_FILE, OPTIMIZER_FILE)}
+            state = {"format": FORMAT, "step": step, "data": data, "optimizer": optimizer_json, "info": info, "files": files}
+            atomic_write_text(partial / STATE_FILE, json.dumps(state, indent=1))
+            publish_folder(partial, final)
     except BaseException:
         remove_tree(partial)
         raise
-    for old in complete_step_dirs(root)[:-keep]:
-        remove_tree(old)
+    _verified[final] = None
+    prune(root, keep, final)
     return final
+
+
+_verified: dict[Path, str | None] = {}  # checkpoints this process has hashed: a checkpoint's files never change
+
+
+def prune(root: Path, keep: int, newest: Path) -> None:
+    """Keep `newest` and the newest `keep - 1` older checkpoints that verify; delete older ones.
+
+    A damaged checkpoint never takes the place of a good one, so the last checkpoint that
+    verifies is never deleted. Checkpoints of later steps (left by an earlier attempt) are
+    left alone: reaching their step replaces them.
+    """
+    step = int(newest.name.split("-")[1])
+    older = [p for p in complete_step_dirs(root) if int(p.name.split("-")[1]) < step]
+    kept = 1
+    for path in reversed(older):
+        if kept < keep:
+            if path not in _verified:
+                _verified[path] = verify(path)
+            if _verified[path] is None:
+                kept += 1
+                continue
+        remove_tree(path)
+        _verified.pop(path, None)
+
+
+def clean_up(run_dir: Path) -> None:
+    """Delete the half-written checkpoint folders of processes of this machine that died."""
+    remove_stale_building(run_dir / "checkpoints")
+    remove_stale_building(run_dir)
 
 
 def complete_step_dirs(root: Path) -> list[Path]:

@@ -16,12 +16,13 @@ import re
 import sys
 import typing
 from dataclasses import dataclass
+from typing import Optional
 
 import docstring_parser
-from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, DefaultHelpFormatter, set_parsing_settings
+from jsonargparse import ActionYesNo, ArgumentParser, DefaultHelpFormatter, set_parsing_settings
 
 from unmask import config as settings
-from unmask.config import UnmaskError
+from unmask.config import UnmaskError, flag, load_yaml
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
@@ -60,6 +61,8 @@ COMMANDS: dict[str, Command] = {
                        "Compare a base and a trained model on the same masked positions: table, Markdown report and PNG chart."),
     "export": Command(settings.ExportConfig, "unmask.commands:run_export", "A checkpoint as a model folder.",
                       "Write the save_pretrained folder (weights and tokenizer) of any complete checkpoint of a run."),
+    "serve": Command(settings.ServeConfig, "unmask.commands:run_serve", "A local web page for runs and models.",
+                     "A local web page: live runs and their curves, fill-mask, the masking walkthrough, base-vs-trained comparison."),
     "plot": Command(settings.PlotConfig, "unmask.commands:run_plot", "Training curves of a run as a PNG.",
                     "Plot a run's training loss and evaluation curves to a PNG."),
 }  # fmt: skip
@@ -90,46 +93,87 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def add_settings(parser: ArgumentParser, cls: type) -> None:
-    """One argument per field of the settings dataclass `cls`."""
+def add_settings(parser: ArgumentParser, cls: type, defaults: dict | None = None) -> None:
+    """One argument per field of the settings dataclass `cls`; `defaults` (from a --config
+    YAML file) stand in for what the command line does not give.
+
+    Nothing is required at the parser: a setting given neither way is named by the check
+    in `parse`, which also knows the YAML file could have given it.
+    """
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
+    defaults = defaults or {}
     positional = getattr(cls, "POSITIONAL", ())
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for field in [fields[name] for name in positional] + [f for f in fields.values() if f.name not in positional]:
         name, hint, doc = field.name, hints[field.name], docs.get(field.name)
         required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
         default = None if required else (field.default if field.default is not dataclasses.MISSING else field.default_factory())
+        default = defaults.get(name, default)
         is_list = typing.get_origin(hint) is list
+        if required and name not in defaults:
+            doc = f"{doc} (required)" if doc else "(required)"
         if name in positional:
-            nargs = ("+" if required else "*") if is_list else None
-            parser.add_argument(name, nargs=nargs, help=doc, **({} if required else {"default": default}))
+            nargs = ("+" if required and name not in defaults else "*") if is_list else (None if required and name not in defaults else "?")
+            parser.add_argument(name, nargs=nargs, help=doc, **({"default": default} if nargs in ("*", "?") else {}))
         elif hint is bool:
             parser.add_argument(f"--{name}", action=ActionYesNo, default=default, help=doc)
         elif is_list:
-            parser.add_argument(f"--{name}", nargs="+", required=required, default=default, help=doc)
+            parser.add_argument(f"--{name}", nargs="+", default=default, help=doc)
         else:
-            parser.add_argument(f"--{name}", type=hint, required=required, default=default, help=doc)
+            parser.add_argument(f"--{name}", type=Optional[hint] if required else hint, default=default, help=doc)
 
 
-def build_parser() -> ArgumentParser:
+def build_parser(defaults: dict[str, dict] | None = None) -> ArgumentParser:
     parser = ArgumentParser(prog="unmask", description="Train and use masked language models.", formatter_class=_DashedHelp)
     subcommands = parser.add_subcommands(dest="command", required=True)
     for name, command in COMMANDS.items():
         sub = ArgumentParser(description=command.description, formatter_class=_DashedHelp, exit_on_error=True)
-        sub.add_argument("--config", action=ActionConfigFile, help="YAML file of settings; flags after it override it.")
-        add_settings(sub, command.settings)
+        sub.add_argument("--config", type=Optional[str], default=None, help="YAML file of settings (a run's config.yaml works); flags override it.")
+        add_settings(sub, command.settings, (defaults or {}).get(name))
         subcommands.add_subcommand(name, sub, help=command.summary)
     return parser
 
 
+def _config_file(argv: list[str]) -> str | None:
+    for index, arg in enumerate(argv):
+        if arg == "--config" and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def parse(argv: list[str]) -> tuple[str, object]:
     """The subcommand's name and its validated settings (UnmaskError for a bad value)."""
-    args = build_parser().parse_args(normalise_flags(argv))
+    argv = normalise_flags(argv)
+    command = next((a for a in argv if a in COMMANDS), None)
+    defaults = {}
+    path = _config_file(argv)
+    if command is not None and path is not None:
+        from_file = dataclasses.asdict(load_yaml(_Lenient.of(COMMANDS[command].settings), path))
+        defaults = {command: {key: value for key, value in from_file.items() if value is not None}}  # unset keys keep their defaults
+    args = build_parser(defaults).parse_args(argv)
     name = args.command
     values = args[name].as_dict()
     values.pop("config", None)
-    return name, COMMANDS[name].settings(**values)
+    cls = COMMANDS[name].settings
+    missing = [f.name for f in dataclasses.fields(cls) if values.get(f.name) is None and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]  # fmt: skip
+    if missing:
+        shown = [f.name if f.name in getattr(cls, "POSITIONAL", ()) else flag(f.name) for f in dataclasses.fields(cls) if f.name in missing]
+        raise UnmaskError(f"{', '.join(shown)}: required (give {'them' if len(shown) > 1 else 'it'} on the command line or in --config)")
+    return name, cls(**values)
+
+
+class _Lenient:
+    """A settings class whose required fields may be missing from a YAML file (the command
+    line may give them); unknown keys are still refused."""
+
+    @staticmethod
+    def of(cls: type) -> type:
+        fields = [(f.name, f.type, dataclasses.field(default=None)) for f in dataclasses.fields(cls)]
+        return dataclasses.make_dataclass(f"{cls.__name__}FromFile", fields, kw_only=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         # Under torchrun every process may fail alike; name the rank of any but the first.
         rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
         print(f"unmask {command}: error: {'' if rank == '0' else f'[rank {rank}] '}{e}", file=sys.stderr)
+        return 1
+    except PermissionError as e:  # wherever it comes from, the path is what the user needs
+        print(f"unmask {command}: error: {e.filename or e}: permission denied (check who owns it, or choose another path)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"unmask {command}: interrupted; finished files and checkpoints are intact", file=sys.stderr)

@@ -23,6 +23,7 @@ from unmask.config import (
     PlotConfig,
     PrepareConfig,
     ScoreConfig,
+    ServeConfig,
     TokenizerConfig,
     TrainConfig,
     UnmaskError,
@@ -85,7 +86,7 @@ def run_train(config: TrainConfig) -> int:
     return 0
 
 
-def read_texts(texts: list[str], file: str | None) -> tuple[list[str], list[str]]:
+def read_texts(texts: list[str], file: str | None, purpose: str = "fill") -> tuple[list[str], list[str]]:
     """Texts and a label naming where each came from (file:line), for error messages."""
     if file is not None:
         try:
@@ -100,7 +101,7 @@ def read_texts(texts: list[str], file: str | None) -> tuple[list[str], list[str]
     else:
         raise UnmaskError("give texts, --file F, or pipe texts on stdin")
     if not pairs:
-        raise UnmaskError("no texts to fill")
+        raise UnmaskError(f"no texts to {purpose}" + (f": {file} has no non-blank line" if file is not None else ""))
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
@@ -167,7 +168,7 @@ def run_eval(config: EvalConfig) -> int:
 def run_score(config: ScoreConfig) -> int:
     from unmask.infer import Scorer
 
-    texts, labels = read_texts(config.texts, config.file)
+    texts, labels = read_texts(config.texts, config.file, purpose="score")
     scorer = Scorer(config.model, device=config.device, trust_remote_code=config.trust_remote_code, echo=echo_stderr)
     for result in scorer.score(texts, batch_size=config.batch_size, labels=labels):
         if config.json:
@@ -210,11 +211,37 @@ def check_output_file(path: str, flag: str) -> None:
         raise UnmaskError(f"--{flag} {path}: cannot write into {target.parent}")
 
 
+def save_array(path: str, array) -> Path:
+    """np.save, but atomic: a crash never leaves half an array (`.npy` is added as np.save adds it)."""
+    import io
+
+    import numpy as np
+
+    from unmask.files import atomic_write_bytes
+
+    target = Path(path if path.endswith(".npy") else f"{path}.npy")
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    atomic_write_bytes(target, buffer.getvalue())
+    return target
+
+
 def run_embed(config: EmbedConfig) -> int:
     import numpy as np
 
     from unmask.infer import Embedder
 
+    if config.out is not None:
+        check_output_file(config.out, "out")
+    texts = []
+    if config.file is not None:
+        try:
+            lines = Path(config.file).read_text(encoding="utf-8").split("\n")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UnmaskError(f"--file {config.file}: cannot read: {e}") from None
+        texts = [line.rstrip("\r") for line in (lines[:-1] if lines[-1] == "" else lines)]  # row i is line i, blank lines too
+        if not texts:
+            raise UnmaskError(f"--file {config.file}: empty, no text to embed")
     embedder = Embedder(config.model, device=config.device, trust_remote_code=config.trust_remote_code, echo=echo_stderr)
     if config.tokens is not None:
         tokens, ids, vectors = embedder.token_embeddings(config.tokens)
@@ -224,22 +251,19 @@ def run_embed(config: EmbedConfig) -> int:
             head = " ".join(f"{v:+.3f}" for v in vector[:6])
             print(f"{position:4d}  {token.ljust(width)}  {token_id:6d}  norm {np.linalg.norm(vector):7.3f}  [{head} ...]")
         if config.out:
-            np.save(config.out, vectors)
-            print(f"saved {config.out}")
+            print(f"saved {save_array(config.out, vectors)}")
         return 0
-    try:
-        lines = Path(config.file).read_text(encoding="utf-8").split("\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UnmaskError(f"--file {config.file}: cannot read: {e}") from None
-    texts = [line.rstrip("\r") for line in (lines[:-1] if lines[-1] == "" else lines)]  # row i is line i, blank lines too
     vectors = embedder.embed(texts, pooling=config.pooling, batch_size=config.batch_size, normalize=config.normalize, echo=echo_stderr)
-    np.save(config.out, vectors)
-    print(f"saved {vectors.shape[0]} x {vectors.shape[1]} {config.pooling}-pooled embeddings to {config.out}")
+    print(f"saved {vectors.shape[0]} x {vectors.shape[1]} {config.pooling}-pooled embeddings to {save_array(config.out, vectors)}")
     return 0
 
 
 def run_compare(config: CompareConfig) -> int:
     from unmask.report import compare
+
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise UnmaskError(f"--out {config.out}: is a file; give a folder for report.md, report.json and chart.png")
 
     compare(
         config.base, config.trained, config.data, Path(config.out), seq_len=config.seq_len, batch_size=config.batch_size,
@@ -249,10 +273,17 @@ def run_compare(config: CompareConfig) -> int:
 
 
 def run_export(config: ExportConfig) -> int:
-    from unmask.train import export_checkpoint
+    from unmask.persist import export_checkpoint
 
     source = export_checkpoint(Path(config.run), Path(config.out), config.step, echo=echo_stderr)
     print(f"exported {source} to {config.out} (loads with transformers' from_pretrained)")
+    return 0
+
+
+def run_serve(config: ServeConfig) -> int:
+    from unmask.serve.app import serve
+
+    serve(config)
     return 0
 
 

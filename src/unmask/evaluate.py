@@ -204,6 +204,11 @@ def held_out_windows(data: list[str], tokenizer, seq_len: int, split: str = "val
         store = TokenStore.open(data[0])
         store.require_tokenizer(tokenizer, "this model's", "pass the text files instead and they are tokenized with the model's own tokenizer")
         source = store.split(split)
+        if len(source.tokens) == 0:
+            raise UnmaskError(
+                f"--data {data[0]}: the store has no '{split}' documents (prepared with --val-fraction {store.meta.get('val_fraction')}); "
+                f"score another split with --split train, or prepare it again with --val-fraction above 0"
+            )
     else:
         texts = [text for _, text in read_documents(expand_sources(data), ReadReport())]
         if not texts:

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
+import re
 import shutil
+import socket
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
@@ -51,17 +56,18 @@ def fsync_tree(folder: Path) -> None:
 
 def _write_atomically(path: Path, data: bytes, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with disk_full_guard(path, path.name, len(data)):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, mode)  # mkstemp creates 0600; results are meant to be shared
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     fsync_dir(path.parent)
 
 
@@ -74,12 +80,142 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _write_atomically(Path(path), data, 0o644)
 
 
-def building_path(target: Path, tag: str = "building") -> Path:
-    """A hidden sibling of `target` that is unique to this process: `.name.tag-PID`.
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
+_BUILDING = re.compile(r"^\.(?P<name>.+)\.(?:building|partial|replaced)-(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)$")
 
-    Two processes building the same target never write into one folder.
+
+def building_path(target: Path, tag: str = "building") -> Path:
+    """A hidden sibling of `target` that is unique to this process: `.name.tag-HOST-PID`.
+
+    Two processes building the same target never write into one folder, even on a
+    filesystem that several machines share.
     """
-    return target.with_name(f".{target.name}.{tag}-{os.getpid()}")
+    return target.with_name(f".{target.name}.{tag}-{_HOST}-{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_building(folder: Path) -> list[Path]:
+    """Delete hidden half-built folders that processes of this machine left when they died
+    (a kill -9 mid-write). Another machine's, or a live process's, are left alone."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _BUILDING.match(entry.name)
+        if match and match["host"] == _HOST and not _alive(int(match["pid"])):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """ENOSPC or EDQUOT, also when a library wraps it in an exception of its own."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(error).lower()
+    return "no space left" in text or "disk quota exceeded" in text
+
+
+def _megabytes(count: int) -> str:
+    """A size people read at a glance: 12 bytes, 3.4 KB, 51.0 MB."""
+    if count < 1024:
+        return f"{count} byte{'s' if count != 1 else ''}"
+    if count < 2**20:
+        return f"{count / 1024:,.1f} KB"
+    return f"{count / 2**20:,.1f} MB"
+
+
+@contextmanager
+def disk_full_guard(path: Path, what: str, needed_bytes: int | None = None) -> Iterator[None]:
+    """Turn a full disk while writing `what` at `path` into one clear line (an UnmaskError)."""
+    try:
+        yield
+    except BaseException as e:
+        if not is_disk_full(e):
+            raise
+        from unmask.config import UnmaskError
+
+        place = Path(path)
+        while not place.exists() and place != place.parent:
+            place = place.parent
+        free = shutil.disk_usage(place).free if place.exists() else 0
+        need = f"it needs about {_megabytes(needed_bytes)}, " if needed_bytes else ""
+        raise UnmaskError(f"{path}: disk full while writing {what} ({need}{_megabytes(free)} free there); nothing half-written was kept") from None
+
+
+class RunLock:
+    """An exclusive lock, held on the file `path` while a process works on what it guards
+    (a run folder's `.lock`, a store's `.NAME.lock` beside it).
+
+    `flock` locks die with their process, so a killed run never leaves one stuck.
+    """
+
+    def __init__(self, path: Path, purpose: str, guards: Path | None = None, remove_when_done: bool = False):
+        self.path = path
+        self.purpose = purpose
+        self.guards = guards or path.parent
+        self.remove_when_done = remove_when_done  # for a lock file that sits among the user's own files
+        self.handle = None
+
+    def acquire(self) -> None:
+        from unmask.config import UnmaskError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A raw descriptor, not a buffered file: on a full disk a buffered file keeps the
+        # unwritten note and raises again on close, long after the lock stopped mattering.
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
+                raise UnmaskError(f"{self.guards}: {holder} is using it right now; wait for it to finish, or choose another folder") from None
+            if not self.remove_when_done or self._still_at_path(fd):
+                break
+            os.close(fd)  # the holder removed the file we locked as it finished: lock the new one
+        try:  # who holds it, for the message a second process gets; the lock itself is what counts
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{self.purpose} (pid {os.getpid()} on {socket.gethostname()})".encode(), 0)
+        except OSError:
+            pass
+        self.handle = fd
+
+    def _still_at_path(self, fd: int) -> bool:
+        try:
+            here = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        locked = os.fstat(fd)
+        return (here.st_dev, here.st_ino) == (locked.st_dev, locked.st_ino)
+
+    def release(self) -> None:
+        if self.handle is not None:
+            try:  # an empty lock file says nobody holds it (`unmask serve` reads it)
+                os.ftruncate(self.handle, 0)
+                if self.remove_when_done:  # while still locked, so no one can hold the file being removed
+                    os.unlink(self.path)
+            except OSError:
+                pass
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            os.close(self.handle)
+            self.handle = None
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -109,7 +245,7 @@ def publish_folder(building: Path, target: Path) -> None:
     """
     fsync_tree(building)
     if target.exists():
-        retired = target.with_name(f".{target.name}.replaced-{os.getpid()}")
+        retired = building_path(target, "replaced")
         if _exchange(building, target):
             building.rename(retired)
         else:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,17 +12,14 @@ import torch
 from unmask.config import UnmaskError
 from unmask.masking import Masker
 from unmask.model import MaskedLM, load_mlm, max_positions, resolve_device
-from unmask.tokenizer import Vocabulary, load_tokenizer
+from unmask.tokenizer import Vocabulary, load_tokenizer, resolve_pretrained
 
 MASK_SPELLINGS = ("[MASK]", "<mask>")
 
 
 def resolve_model_dir(name: str) -> str:
     """A run folder stands for its final model: `unmask fill RUN` works like `unmask fill RUN/model`."""
-    path = Path(name)
-    if (path / "model" / "config.json").is_file() and not (path / "config.json").is_file():
-        return str(path / "model")
-    return name
+    return resolve_pretrained(name) if name != "minilm-l6" else name
 
 
 @dataclass
@@ -103,7 +99,7 @@ class Filler(LoadedModel):
         for text, label in zip(texts, labels):
             ids = self.tokenizer(normalise_masks(text, self.tokenizer.mask_token), truncation=False)["input_ids"]
             if mask_id not in ids:
-                raise UnmaskError(f"{label}: no mask in {text!r} (write [MASK] or {self.tokenizer.mask_token})")
+                raise UnmaskError(f"{label}: no mask in {text!r} (write [MASK] or <mask>; this model's own is {self.tokenizer.mask_token})")
             encoded.append(window_around_masks(ids, mask_id, self.max_len, label))
         results = []
         for start in range(0, len(encoded), batch_size):
@@ -143,21 +139,14 @@ class InspectedToken:
     label: int
 
 
-def inspect_masking(
-    text: str,
-    tokenizer_name: str = "minilm-l6",
-    seed: int = 0,
-    mask_prob: float = 0.15,
-    mask_replace_prob: float = 0.8,
-    random_replace_prob: float = 0.1,
-    trust_remote_code: bool = False,
+def mask_sentence(
+    tokenizer, text: str, seed: int = 0, mask_prob: float = 0.15, mask_replace_prob: float = 0.8, random_replace_prob: float = 0.1,
     masking: str = "token",
-) -> list[InspectedToken]:
-    """One masking draw on one sentence, exactly as training draws it: the masks of window 0
-    in epoch 0 of a run with this `seed`."""
+):
+    """(encoding, MaskedBatch) of one sentence, drawn exactly as training draws it: the masks
+    of window 0 in epoch 0 of a run with this `seed`."""
     from unmask.data.store import word_starts
 
-    tokenizer = load_tokenizer(resolve_model_dir(tokenizer_name), trust_remote_code)
     encoded = tokenizer(text, return_tensors="pt", truncation=False)
     masker = Masker(
         Vocabulary.from_tokenizer(tokenizer), seed=seed, strategy=masking,
@@ -165,12 +154,14 @@ def inspect_masking(
     )  # fmt: skip
     # Word boundaries as prepare records them: from the tokenizer's own word ids.
     starts = torch.from_numpy(word_starts(encoded.word_ids(0)))[None]
-    # The draw of window 0 in epoch 0 of a training run with this seed.
     zero = torch.zeros(1, dtype=torch.long)
-    drawn = masker(encoded["input_ids"], encoded["attention_mask"], windows=zero, epochs=zero, word_starts=starts)
+    return encoded, masker(encoded["input_ids"], encoded["attention_mask"], windows=zero, epochs=zero, word_starts=starts)
+
+
+def inspected_rows(tokenizer, encoded, drawn) -> list[InspectedToken]:
+    """One row a token: what it was, whether the draw picked it, what it became, its label."""
     rows = []
-    original = encoded["input_ids"][0].tolist()
-    for i, token_id in enumerate(original):
+    for i, token_id in enumerate(encoded["input_ids"][0].tolist()):
         picked = bool(drawn.labels[0, i] != -100)
         new_id = int(drawn.input_ids[0, i])
         if not picked:
@@ -188,6 +179,22 @@ def inspect_masking(
             )
         )  # fmt: skip
     return rows
+
+
+def inspect_masking(
+    text: str,
+    tokenizer_name: str = "minilm-l6",
+    seed: int = 0,
+    mask_prob: float = 0.15,
+    mask_replace_prob: float = 0.8,
+    random_replace_prob: float = 0.1,
+    trust_remote_code: bool = False,
+    masking: str = "token",
+) -> list[InspectedToken]:
+    """One masking draw on one sentence, exactly as training draws it (see `mask_sentence`)."""
+    tokenizer = load_tokenizer(resolve_model_dir(tokenizer_name), trust_remote_code)
+    encoded, drawn = mask_sentence(tokenizer, text, seed, mask_prob, mask_replace_prob, random_replace_prob, masking)
+    return inspected_rows(tokenizer, encoded, drawn)
 
 
 @dataclass

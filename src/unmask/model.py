@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from pickle import UnpicklingError  # only to name torch's refusal of an unsafe pickle; nothing is unpickled here
 from typing import Callable, Optional
 
 import torch
@@ -23,7 +24,7 @@ from torch import nn
 from unmask import cpu_dropout
 from unmask.config import UnmaskError
 from unmask.masking import IGNORE_INDEX
-from unmask.tokenizer import Vocabulary, quiet_transformers, resolve_pretrained
+from unmask.tokenizer import Vocabulary, describe_failure, quiet_transformers, resolve_pretrained
 
 # Google's BERT miniatures (Turc et al., 2019) and bert-base.
 PRESET_SHAPES = {
@@ -293,9 +294,14 @@ def load_mlm(name: str, trust_remote_code: bool = False, echo: Callable[[str], N
             model, info = AutoModelForMaskedLM.from_pretrained(
                 path, output_loading_info=True, trust_remote_code=trust_remote_code, attn_implementation="sdpa"
             )
-        except (OSError, ValueError, KeyError) as e:
-            where = "folder" if Path(path).exists() else "hub id or folder"
-            raise UnmaskError(f"cannot load a masked LM from {where} '{name}': {str(e).splitlines()[0]}") from None
+        except UnpicklingError:
+            raise UnmaskError(
+                f"'{name}': refused to load pickled weights that do more than hold tensors (they could run code); "
+                "only safetensors and plain-tensor checkpoints load"
+            ) from None
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+            where = "folder" if Path(path).exists() else "hub id"
+            raise UnmaskError(f"cannot load a masked LM from {where} '{name}': {describe_failure(e)}") from None
     missing = set(info.get("missing_keys", ()))
     _report_fresh_head(name, model, missing, echo)
     return MaskedLM(model, frozenset(missing & {n for n, _ in model.named_parameters()}))

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
-from unmask.files import atomic_write_text
+from unmask.files import atomic_write_text, disk_full_guard
 
 ProgressMode = Literal["auto", "bar", "lines", "none"]
 
@@ -24,6 +24,10 @@ def format_duration(seconds: float) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, seconds = divmod(rest, 60)
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def _loss(logged: dict, pattern: str) -> str:
+    return pattern.format(logged["loss"]) if logged.get("loss") is not None else "non-finite (update skipped)"
 
 
 class Progress:
@@ -62,13 +66,13 @@ class Progress:
         if self.bar is not None:
             self.bar.update(1)
             if logged:
-                self.bar.set_postfix(loss=f"{logged['loss']:.3f}", tok_s=f"{logged['tokens_per_s']:,.0f}", lr=f"{logged['lr']:.2e}")
+                self.bar.set_postfix(loss=_loss(logged, "{:.3f}"), tok_s=f"{logged['tokens_per_s']:,.0f}", lr=f"{logged['lr']:.2e}")
         elif self.mode == "lines" and logged:
             eta = self.eta(step, fraction)
             where = f"step {step}/{self.total}" if self.total else f"step {step}"
             share = fraction if fraction is not None else (step / self.total if self.total else None)
             self._echo(
-                f"{where}{f' ({share:.0%})' if share is not None else ''}  loss {logged['loss']:.4f}  lr {logged['lr']:.2e}  "
+                f"{where}{f' ({share:.0%})' if share is not None else ''}  loss {_loss(logged, '{:.4f}')}  lr {logged['lr']:.2e}  "
                 f"{logged['tokens_per_s']:,.0f} tok/s  elapsed {format_duration(time.perf_counter() - self.started)}"
                 + (f"  ETA {format_duration(eta)}" if eta == eta else "")
             )
@@ -105,19 +109,34 @@ class Throughput:
 class MetricsLog:
     """metrics.jsonl: one JSON object a line; a resumed run drops lines past its checkpoint."""
 
-    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True):
-        self.path, self.enabled = path, enabled
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True, trackers=None):
+        self.path, self.enabled, self.trackers = path, enabled, trackers
+        self.evals: dict[int, dict] = {}
         if enabled and resume_step is not None and path.exists():
             kept = []
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
-                    if json.loads(line)["step"] <= resume_step:
+                    record = json.loads(line)
+                    if record["step"] <= resume_step:
                         kept.append(line)
+                        if "eval_loss" in record:
+                            self.evals[record["step"]] = record
                 except (ValueError, KeyError, TypeError):
                     continue  # a line torn by a crash mid-write
             atomic_write_text(path, "".join(line + "\n" for line in kept))
 
+    def eval_at(self, step: int) -> dict:
+        """The held-out record already logged at `step` ({} if none)."""
+        return self.evals.get(step, {})
+
     def write(self, record: dict) -> None:
         if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as f:
+            with disk_full_guard(self.path, "a metrics line"), open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.trackers is not None:
+                self.trackers.log(record)
+
+    def close(self) -> None:
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None

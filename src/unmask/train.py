@@ -17,30 +17,28 @@ import json
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 from torch import nn
 
 from unmask import checkpoint, distributed
-from unmask.config import TrainConfig, UnmaskError, load_yaml, refused_resume_changes, save_yaml, to_dict
+from unmask.config import TrainConfig, UnmaskError, save_yaml, to_dict
 from unmask.data.store import TokenStore
-from unmask.data.windows import DataPosition, WindowSampler, Windows, rank_share
+from unmask.data.windows import WindowSampler, Windows, rank_share
 from unmask.distributed import World
 from unmask.evaluate import evaluate_model
-from unmask.files import atomic_write_text, building_path, publish_folder, remove_tree
+from unmask.files import RunLock, atomic_write_text
 from unmask.masking import IGNORE_INDEX, MaskedBatch, Masker, mix32
 from unmask.model import MaskedLM, autocast, autocast_dtype, build_mlm, load_mlm, max_positions, set_dropout
+from unmask.persist import BASE_DIR, check_run_folder, full_state, restore, save_base, save_final_model
 from unmask.preemption import StopSignals, Stopped
 from unmask.progress import MetricsLog, Progress, Throughput
 from unmask.schedule import learning_rate, learning_rate_at, mask_rate, run_progress
 from unmask.tokenizer import Vocabulary, load_tokenizer
-
-_HF_PREFIX = "model."  # MaskedLM keeps the transformers model as `.model`
-
+from unmask.tracking import Trackers
 
 def dropout_seed(seed: int, step: int, rank: int) -> int:
     """The torch seed of one step on one process: dropout is a function of (seed, step, rank),
@@ -106,12 +104,15 @@ class Run:
     tied_aliases: dict[str, str]
     budget: Optional[float] = None
     """--time-budget in seconds."""
-    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
     step: int = 0
     spent: float = 0.0
     """Seconds spent training (evaluation and checkpoints not counted), agreed by all processes."""
     last_mask_prob: float = 0.0
     """The masking rate the schedule gave the last step drawn."""
+    skipped: int = 0
+    """Steps whose update was dropped for a non-finite loss or gradient norm (--on-nonfinite skip)."""
+    nonfinite_in_a_row: int = 0
+    lock: Optional[RunLock] = None
 
     @property
     def global_batch(self) -> int:
@@ -171,6 +172,28 @@ class Run:
         ]
         return StepCounts(*(round(v) for v in distributed.sum_across(local, self.world, self.device)))
 
+    def apply_or_skip(self, loss: float, grad_norm: float) -> bool:
+        """Apply the step's update, unless the loss or the gradient norm is not finite: then
+        stop (--on-nonfinite stop) or drop the update (skip), before anything reaches the weights."""
+        c = self.config
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+            self.nonfinite_in_a_row = 0
+        else:
+            what = f"step {self.step + 1}: training loss is {loss}, gradient norm {grad_norm}"
+            if c.on_nonfinite == "stop":
+                raise UnmaskError(
+                    f"{what}; stopped before applying it (checkpoints so far are intact, no model/ written). "
+                    "Try a lower --lr, --precision fp32, or --on-nonfinite skip"
+                )
+            self.skipped += 1
+            self.nonfinite_in_a_row += 1
+            if self.nonfinite_in_a_row > c.max_nonfinite:
+                raise UnmaskError(f"{what}; {self.nonfinite_in_a_row} non-finite steps in a row (--max-nonfinite {c.max_nonfinite}): stopped")
+        self.optimizer.zero_grad(set_to_none=True)
+        return finite
+
     def mean_loss(self, loss_sum: torch.Tensor, counts: StepCounts) -> float:
         """The step's mean loss over the masked tokens of all processes."""
         loss, = distributed.sum_across([float(loss_sum)], self.world, self.device)
@@ -199,29 +222,13 @@ class Run:
         )
         return record
 
-    def full_state(self, with_optimizer: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
-        """Unsharded model weights (Hugging Face names, tied aliases once) and optimizer state by
-        name; under FSDP every process must call this (it gathers), and only rank 0 gets them."""
-        if self.strategy == "fsdp":
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
-
-            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            weights = _strip(get_model_state_dict(self.lm, options=options))
-            named = get_optimizer_state_dict(self.lm, self.optimizer, options=options) if with_optimizer else {}
-            if named:
-                named = {"state": _strip(named["state"]), "param_groups": [{**g, "params": list(_strip(dict.fromkeys(g["params"])))} for g in named["param_groups"]]}
-        else:
-            weights = self.lm.model.state_dict()
-            named = checkpoint.named_optimizer_state(self.optimizer, _names(self.lm)) if with_optimizer else {}
-        return {k: v for k, v in weights.items() if k not in self.tied_aliases}, named
-
     def save_checkpoint(self) -> Path:
-        weights, named = self.full_state()
+        weights, named = full_state(self)
         path = self.out / "checkpoints" / f"step-{self.step:08d}"
         if self.world.is_main:
             info = {
                 "device_type": self.device.type, "world_size": self.world.size, "global_batch": self.global_batch,
-                "strategy": self.strategy, "train_seconds": self.spent,
+                "strategy": self.strategy, "train_seconds": self.spent, "skipped_steps": self.skipped,
             }  # fmt: skip
             path = checkpoint.save_checkpoint(
                 self.out, self.step, weights, named, asdict(self.sampler.position), info, keep=self.config.keep_checkpoints
@@ -229,56 +236,14 @@ class Run:
         distributed.barrier(self.world)
         return path
 
-    def load_checkpoint(self, saved: checkpoint.Checkpoint) -> None:
-        weights = dict(saved.model)
-        for alias, name in self.tied_aliases.items():
-            if alias not in weights and name in weights:
-                weights[alias] = weights[name]
-        if self.strategy == "fsdp":
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
-
-            options = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(self.lm, {_HF_PREFIX + k: v for k, v in weights.items()}, options=options)
-            prefixed = {
-                "state": {_HF_PREFIX + k: v for k, v in saved.optimizer["state"].items()},
-                "param_groups": [{**g, "params": [_HF_PREFIX + n for n in g["params"]]} for g in saved.optimizer["param_groups"]],
-            }
-            set_optimizer_state_dict(self.lm, self.optimizer, prefixed, options=options)
-        else:
-            try:
-                self.lm.model.load_state_dict(weights, strict=True)
-            except RuntimeError as e:
-                raise UnmaskError(f"the checkpoint does not fit this model: {str(e).splitlines()[0]}") from None
-            self.optimizer.load_state_dict(checkpoint.indexed_optimizer_state(saved.optimizer, self.optimizer, _names(self.lm)))
-
-
 def _total_norm(norm: torch.Tensor) -> float:
     """A gradient norm as a number (under FSDP it is a replicated DTensor)."""
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
-def _names(lm: MaskedLM) -> dict[int, str]:
-    return {id(p): name for name, p in lm.model.named_parameters()}
-
-
-def _strip(state: dict) -> dict:
-    return {(k[len(_HF_PREFIX):] if k.startswith(_HF_PREFIX) else k): v for k, v in state.items()}
-
-
-def _check_run_dir(out: Path, config: TrainConfig) -> None:
-    saved = out / "config.yaml"
-    if not config.resume:
-        if saved.exists() or (out / "checkpoints").exists():
-            raise UnmaskError(f"--out {out}: already holds a run (pass --resume to continue it, or choose another --out)")
-        return
-    if saved.exists():
-        changed = refused_resume_changes(to_dict(load_yaml(TrainConfig, saved)), to_dict(config))
-        if changed:
-            raise UnmaskError(f"--resume: settings differ from {saved}: {', '.join(changed)}")
-
-
 def _load_model_and_tokenizer(config: TrainConfig, store: TokenStore, vocab: Vocabulary, echo: Callable[[str], None]):
     if config.model is not None:
+        # load_mlm and load_tokenizer both take a run folder for its final model.
         tokenizer = load_tokenizer(config.model, config.trust_remote_code)
         lm = load_mlm(config.model, config.trust_remote_code, echo=echo, init_seed=config.seed)
         used_by, remedy = f"the model '{config.model}'", config.model
@@ -292,34 +257,13 @@ def _load_model_and_tokenizer(config: TrainConfig, store: TokenStore, vocab: Voc
     return tokenizer, lm
 
 
-def _restore(run: Run, echo: Callable[[str], None]) -> None:
-    """Continue from the newest checkpoint that verifies (rank 0 checks, everyone loads it)."""
-    latest = checkpoint.latest_checkpoint(run.out, warn=echo) if run.world.is_main else None
-    step, = distributed.max_across([float(int(latest.name.split("-")[1]) if latest else -1)], run.world, run.device)
-    if step < 0:
-        echo(f"note: no checkpoint in {run.out}; starting from step 0")
-        return
-    path = run.out / "checkpoints" / f"step-{int(step):08d}"
-    names = _names(run.lm)
-    saved = checkpoint.read_checkpoint(path, [names[id(p)] for group in run.optimizer.param_groups for p in group["params"]])
-    trained_on = saved.info.get("device_type", run.device.type)
-    if trained_on != run.device.type:
-        raise UnmaskError(
-            f"--resume: {path} was trained on {trained_on}, this run would continue on {run.device.type}; "
-            f"its precision lives on the device, so continue on {trained_on} (--device {trained_on})"
+def _warn_about_repeats(run: Run, echo: Callable[[str], None]) -> None:
+    windows, per_step = len(run.train_windows), run.global_batch
+    if per_step > windows:
+        echo(
+            f"warning: a step takes {per_step} windows but the store has only {windows} training windows, so every step "
+            f"sees each window {per_step / windows:.1f} times; add text or lower --batch-size / --grad-accum / --seq-len"
         )
-    was = saved.info.get("global_batch", run.global_batch)
-    if was != run.global_batch:
-        raise UnmaskError(
-            f"--resume: {path} trained on {was} windows a step (batch-size x grad-accum x processes), this run would take "
-            f"{run.global_batch}; keep the global batch, e.g. --grad-accum {max(1, was // (run.config.batch_size * run.world.size))} "
-            f"with --batch-size {run.config.batch_size} on {run.world.size} process(es)"
-        )
-    run.load_checkpoint(saved)
-    run.step = saved.step
-    run.spent = float(saved.info.get("train_seconds", 0.0))
-    run.sampler.position = DataPosition(**saved.data)
-    echo(f"resumed from {path} at step {run.step}")
 
 
 def setup(config: TrainConfig, echo: Callable[[str], None] = print) -> Run:
@@ -328,7 +272,25 @@ def setup(config: TrainConfig, echo: Callable[[str], None] = print) -> Run:
     world, device = distributed.join(config.device)
     echo = echo if world.is_main else (lambda _: None)
     out = Path(config.out)
-    _check_run_dir(out, config)
+    if out.exists() and not out.is_dir():
+        raise UnmaskError(f"--out {out}: is a file, not a run folder")
+    lock = None
+    if world.is_main:  # one run at a time in a folder; the lock dies with the process that holds it
+        lock = RunLock(out / ".lock", f"unmask train{' --resume' if config.resume else ''}")
+        lock.acquire()
+        checkpoint.clean_up(out)
+    try:
+        run = _setup(config, echo, world, device, out)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    run.lock = lock
+    return run
+
+
+def _setup(config: TrainConfig, echo: Callable[[str], None], world: World, device: torch.device, out: Path) -> Run:
+    check_run_folder(out, config, echo)
     store = TokenStore.open(config.data)
     vocab = store.vocabulary()
     vocab.require_mask(f"--data {store.path}")
@@ -366,13 +328,15 @@ def setup(config: TrainConfig, echo: Callable[[str], None] = print) -> Run:
         metrics=MetricsLog(out / "metrics.jsonl", None, enabled=False), tied_aliases=tied, budget=config.budget_seconds(),
     )  # fmt: skip
     if config.resume:
-        _restore(run, echo)
+        restore(run, echo)
     distributed.barrier(world)  # every process has checked the folder before rank 0 writes into it
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_base(lm, tokenizer, out / BASE_DIR)
         save_yaml(config, out / "config.yaml")
-    run.metrics = MetricsLog(out / "metrics.jsonl", resume_step=run.step, enabled=world.is_main)
+    trackers = Trackers(config.report_to, out, to_dict(config), run.step, enabled=world.is_main) if config.report_to else None
+    run.metrics = MetricsLog(out / "metrics.jsonl", resume_step=run.step, enabled=world.is_main, trackers=trackers)
+    _warn_about_repeats(run, echo)
     processes = f" on {world.size} processes ({strategy})" if world.distributed else ""
     length = f"{total_steps} steps" if total_steps else f"{config.time_budget} of training"
     length += f" (or {config.time_budget}, whichever ends first)" if total_steps and config.time_budget else ""
@@ -397,149 +361,66 @@ def train(
     `clock` measures the training time a --time-budget counts (tests pass a fake one).
     """
     run = setup(config, echo)
-    run.clock = clock
-    lm, model, optimizer, device = run.lm, run.model, run.optimizer, run.device
-    max_norm = config.clip_grad_norm if config.clip_grad_norm > 0 else float("inf")
-    display = Progress(config.progress if progress else "none", run.total_steps, run.step, echo, enabled=run.world.is_main)
-    speed = Throughput()
-    last_eval: dict = {}
-    with StopSignals() as signals:
-        while not run.finished():
-            began = clock()
-            lr = run.set_learning_rate()
-
-            # All micro-batches of the step are drawn and counted first, so the loss can be
-            # normalised by the masked tokens of the whole step on all processes rather than
-            # averaged over micro-batch means. DDP and FSDP average gradients over processes,
-            # hence the factor `world.size`.
-            micro_batches = run.draw_step()
-            counts = run.count(micro_batches)
-            loss_sum = torch.zeros((), device=device)
-            for number, (batch, attention_mask) in enumerate(micro_batches, 1):
-                with distributed.set_gradient_sync(model, run.strategy, number == len(micro_batches)), autocast(device, run.dtype):
-                    loss, _ = model(batch.input_ids, attention_mask, batch.labels)
-                    (loss * run.world.size / max(counts.picked, 1)).backward()
-                loss_sum += loss.detach()
-            grad_norm = _total_norm(torch.nn.utils.clip_grad_norm_(lm.parameters(), max_norm))
-            train_loss = run.mean_loss(loss_sum, counts)
-            if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):
-                raise UnmaskError(
-                    f"step {run.step + 1}: training loss is {train_loss}, gradient norm {grad_norm}; stopped before applying it "
-                    f"(checkpoints so far are intact). Try a lower --lr or --precision fp32"
-                )
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            run.step += 1
-            stop_signal = run.end_step(clock() - began, signals)
-
-            speed.add(counts.tokens)
-            logged = None
-            if run.step % config.log_every == 0 or run.finished():
-                logged = {"step": run.step, "loss": train_loss, "lr": lr, "grad_norm": grad_norm, "mask_rate": counts.picked / max(counts.maskable, 1),
-                          "mask_prob": run.last_mask_prob, "tokens_per_s": speed.rate_and_restart(),
-                          "epoch": run.sampler.position.epoch, "train_seconds": run.spent}  # fmt: skip
-                run.metrics.write(logged)
-            display.step(run.step, logged, run.progress())
-            with speed.paused():
-                if config.eval_every and run.step % config.eval_every == 0 and not run.finished():
-                    last_eval = run.evaluate(display) or last_eval
-                if stop_signal or config.checkpoint_every and run.step % config.checkpoint_every == 0 and not run.finished():
-                    saved = run.save_checkpoint()
-                if stop_signal:
-                    display.close()
-                    raise Stopped(stop_signal, run.step, saved)
-            if on_step is not None:
-                on_step(run.step)
-    display.close()
-    return finish(run, last_eval, display)
-
-
-BASE_DIR = "base"
-
-
-def save_base(lm: MaskedLM, tokenizer, target: Path) -> None:
-    """The model's config.json and tokenizer, without weights: with any checkpoint's weights
-    it makes a model folder (`unmask export`), even of a run that never finished."""
-    if (target / "config.json").is_file():
-        return
-    building = building_path(target, "partial")
-    remove_tree(building)
     try:
-        lm.model.config.save_pretrained(building)
-        tokenizer.save_pretrained(building)
-        publish_folder(building, target)
-    except BaseException:
-        remove_tree(building)
-        raise
+        lm, model, device = run.lm, run.model, run.device
+        max_norm = config.clip_grad_norm if config.clip_grad_norm > 0 else float("inf")
+        display = Progress(config.progress if progress else "none", run.total_steps, run.step, echo, enabled=run.world.is_main)
+        speed = Throughput()
+        last_eval: dict = {}
+        with StopSignals() as signals:
+            while not run.finished():
+                began = clock()
+                lr = run.set_learning_rate()
 
+                # All micro-batches of the step are drawn and counted first, so the loss can be
+                # normalised by the masked tokens of the whole step on all processes rather than
+                # averaged over micro-batch means. DDP and FSDP average gradients over processes,
+                # hence the factor `world.size`.
+                micro_batches = run.draw_step()
+                counts = run.count(micro_batches)
+                loss_sum = torch.zeros((), device=device)
+                for number, (batch, attention_mask) in enumerate(micro_batches, 1):
+                    with distributed.set_gradient_sync(model, run.strategy, number == len(micro_batches)), autocast(device, run.dtype):
+                        loss, _ = model(batch.input_ids, attention_mask, batch.labels)
+                        (loss * run.world.size / max(counts.picked, 1)).backward()
+                    loss_sum += loss.detach()
+                grad_norm = _total_norm(torch.nn.utils.clip_grad_norm_(lm.parameters(), max_norm))
+                train_loss = run.mean_loss(loss_sum, counts)
+                applied = run.apply_or_skip(train_loss, grad_norm)  # a non-finite step never reaches the weights
+                run.step += 1
+                stop_signal = run.end_step(clock() - began, signals)
 
-def export_checkpoint(run_dir: Path, out: Path, step: int | None = None, echo: Callable[[str], None] = print) -> Path:
-    """Write the save_pretrained folder of a complete checkpoint of `run_dir` to `out`."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
-
-    if out.exists():
-        raise UnmaskError(f"--out {out}: already exists; choose a new folder")
-    base = run_dir / BASE_DIR
-    if not (base / "config.json").is_file():
-        raise UnmaskError(f"{run_dir}: not a run folder unmask can export from (no {BASE_DIR}/config.json)")
-    if step is None:
-        path = checkpoint.latest_checkpoint(run_dir, warn=echo)
-        if path is None:
-            raise UnmaskError(f"{run_dir}: no complete checkpoint to export")
-    else:
-        path = run_dir / "checkpoints" / f"step-{step:08d}"
-        if not path.is_dir():
-            steps = ", ".join(str(int(p.name.split("-")[1])) for p in checkpoint.complete_step_dirs(run_dir / "checkpoints")) or "none"
-            raise UnmaskError(f"--step {step}: {run_dir} has no checkpoint at that step (steps: {steps})")
-        problem = checkpoint.verify(path)
-        if problem:
-            raise UnmaskError(f"{path}: damaged checkpoint ({problem})")
-    with torch.random.fork_rng(devices=[]):
-        model = AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(base))
-    lm = MaskedLM(model)
-    weights = load_file(str(path / checkpoint.MODEL_FILE))
-    for alias, name in lm.tied_aliases().items():
-        weights.setdefault(alias, weights.get(name))
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as e:
-        raise UnmaskError(f"{path}: the weights do not fit {base}/config.json: {str(e).splitlines()[0]}") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    building = building_path(out, "partial")
-    remove_tree(building)
-    try:
-        model.save_pretrained(building)
-        AutoTokenizer.from_pretrained(base).save_pretrained(building)
-        publish_folder(building, out)
-    except BaseException:
-        remove_tree(building)
-        raise
-    return path
-
-
-def save_final_model(run: Run, target: Path) -> None:
-    """save_pretrained into a folder of its own, then publish it: `target` is always whole.
-
-    Under FSDP the weights are gathered first (every process takes part; rank 0 writes).
-    """
-    weights = run.full_state(with_optimizer=False)[0] if run.strategy == "fsdp" else None
-    if not run.world.is_main:
-        return
-    building = building_path(target, "partial")
-    remove_tree(building)
-    try:
-        run.lm.model.save_pretrained(building, state_dict=weights)
-        run.tokenizer.save_pretrained(building)
-        publish_folder(building, target)
-    except BaseException:
-        remove_tree(building)
-        raise
+                speed.add(counts.tokens)
+                logged = None
+                if run.step % config.log_every == 0 or run.finished() or not applied:
+                    logged = {"step": run.step, "loss": train_loss if applied else None, "lr": lr, "grad_norm": grad_norm if applied else None,
+                              "skipped_steps": run.skipped, "mask_rate": counts.picked / max(counts.maskable, 1),
+                              "mask_prob": run.last_mask_prob, "tokens_per_s": speed.rate_and_restart(),
+                              "epoch": run.sampler.position.epoch, "train_seconds": run.spent}  # fmt: skip
+                    run.metrics.write(logged)
+                display.step(run.step, logged, run.progress())
+                with speed.paused():
+                    if config.eval_every and run.step % config.eval_every == 0 and not run.finished():
+                        last_eval = run.evaluate(display) or last_eval
+                    if stop_signal or config.checkpoint_every and run.step % config.checkpoint_every == 0 and not run.finished():
+                        saved = run.save_checkpoint()
+                    if stop_signal:
+                        display.close()
+                        raise Stopped(stop_signal, run.step, saved)
+                if on_step is not None:
+                    on_step(run.step)
+        display.close()
+        return finish(run, last_eval, display)
+    finally:
+        run.metrics.close()
+        if run.lock is not None:
+            run.lock.release()
 
 
 def finish(run: Run, last_eval: dict, display: Progress) -> dict:
-    """Final evaluation, checkpoint, model and summary."""
-    last_eval = run.evaluate(display) or last_eval
+    """Final evaluation, checkpoint, model and summary. A finished run resumed (to redo a
+    final model save that a crash interrupted) keeps the evaluation it already logged."""
+    last_eval = run.metrics.eval_at(run.step) or run.evaluate(display) or last_eval
     run.save_checkpoint()
     save_final_model(run, run.out / "model")
     summary = {

@@ -135,8 +135,10 @@ def train_tokenizer(config: TokenizerConfig, progress: bool = True) -> dict:
                 return
 
     started = time.perf_counter()
-    raw.train_from_iterator(texts(), _trainer(config.kind, trainer_class, config))
-    bar.close()
+    try:
+        raw.train_from_iterator(texts(), _trainer(config.kind, trainer_class, config))
+    finally:  # before an error is printed, so the bar does not run into it
+        bar.close()
     if counted["documents"] == 0:
         raise UnmaskError(f"{', '.join(config.sources)}: no non-empty documents to learn a vocabulary from")
     raw.post_processor = _post_processor(config.kind, raw)

@@ -8,7 +8,7 @@ Each field's docstring is its `--help` text; the CLI is generated from these cla
 """
 
 from unmask.config.base import UnmaskError, check_masking_probabilities, flag, from_dict, load_yaml, require, save_yaml, to_dict
-from unmask.config.pipeline import PRESETS, RESUMABLE_CHANGES, PrepareConfig, SourceOptions, TokenizerConfig, TrainConfig, refused_resume_changes
+from unmask.config.pipeline import PRESETS, RESUMABLE_CHANGES, length_changes, PrepareConfig, SourceOptions, TokenizerConfig, TrainConfig, refused_resume_changes
 from unmask.config.use import (
     CompareConfig,
     EmbedConfig,
@@ -19,10 +19,11 @@ from unmask.config.use import (
     PairsConfig,
     PlotConfig,
     ScoreConfig,
+    ServeConfig,
 )
 
 __all__ = [
     "UnmaskError", "check_masking_probabilities", "flag", "from_dict", "load_yaml", "require", "save_yaml", "to_dict",
-    "PRESETS", "RESUMABLE_CHANGES", "PrepareConfig", "SourceOptions", "TokenizerConfig", "TrainConfig", "refused_resume_changes",
-    "CompareConfig", "EmbedConfig", "EvalConfig", "ExportConfig", "FillConfig", "InspectConfig", "PairsConfig", "PlotConfig", "ScoreConfig",
+    "PRESETS", "RESUMABLE_CHANGES", "length_changes", "PrepareConfig", "SourceOptions", "TokenizerConfig", "TrainConfig", "refused_resume_changes",
+    "CompareConfig", "EmbedConfig", "EvalConfig", "ExportConfig", "FillConfig", "InspectConfig", "PairsConfig", "PlotConfig", "ScoreConfig", "ServeConfig",
 ]  # fmt: skip

@@ -7,10 +7,10 @@ the flag; derived values are methods.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Optional
 
-from unmask.config.base import check_masking_probabilities, require
+from unmask.config.base import check_masking_probabilities, flag, require
 from unmask.schedule import parse_duration
 
 @dataclass(kw_only=True)
@@ -95,6 +95,7 @@ class TokenizerConfig(SourceOptions):
 
 
 PRESETS = ("tiny", "mini", "small", "base")
+PRESET_MAX_POSITIONS = 8192
 
 
 @dataclass(kw_only=True)
@@ -149,6 +150,10 @@ class TrainConfig:
     """Learning rate at the last step, as a share of --lr."""
     clip_grad_norm: float = 1.0
     """Clip the global gradient norm to this; 0 turns clipping off."""
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """A NaN or infinite loss or gradient norm, caught before the update: `stop` with an error (earlier checkpoints intact), or `skip` that step's update and go on."""
+    max_nonfinite: int = 5
+    """With --on-nonfinite skip: stop after this many non-finite steps in a row."""
     masking: Literal["token", "whole-word", "span"] = "token"
     """`token`: each token on its own (BERT). `whole-word`: every piece of a word shares its word's fate. `span`: SpanBERT's spans of whole words, geometric lengths up to 10 words, split per span."""
     mask_prob: float = 0.15
@@ -173,6 +178,8 @@ class TrainConfig:
     """Under torchrun: `ddp` replicates the model on every process, `fsdp` shards weights, gradients and optimizer state (FSDP2); `auto` is DDP. One process ignores it."""
     activation_checkpointing: bool = False
     """Recompute each encoder layer's activations in the backward pass instead of storing them: less memory for long sequences, about a third more compute."""
+    report_to: list[str] = field(default_factory=list)
+    """Also send the metrics to `tensorboard` (event files in RUN/tensorboard) and/or `wandb` (offline unless logged in); needs unmask[tracking]."""
     progress: Literal["auto", "bar", "lines", "none"] = "auto"
     """`bar` in a terminal, `lines` (one plain line every --log-every steps) in a log file; `auto` picks by whether stderr is a terminal."""
     seed: int = 0
@@ -200,11 +207,21 @@ class TrainConfig:
         require(self.lr > 0, "lr", f"must be positive, got {self.lr}")
         require(self.fresh_lr_scale > 0, "fresh_lr_scale", f"must be positive, got {self.fresh_lr_scale}")
         require(self.weight_decay >= 0, "weight_decay", f"must not be negative, got {self.weight_decay}")
-        require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1", "beta1 and beta2 must be in [0, 1)")
+        require(0 <= self.beta1 < 1, "beta1", f"must be in [0, 1), got {self.beta1}")
+        require(0 <= self.beta2 < 1, "beta2", f"must be in [0, 1), got {self.beta2}")
         require(0 <= self.warmup_fraction < 1, "warmup_fraction", f"must be in [0, 1), got {self.warmup_fraction}")
         require(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps", "must not be negative")
         require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         require(self.clip_grad_norm >= 0, "clip_grad_norm", "must not be negative")
+        require(self.max_nonfinite >= 1, "max_nonfinite", f"must be at least 1, got {self.max_nonfinite}")
+        require(self.adam_eps > 0, "adam_eps", f"must be positive, got {self.adam_eps}")
+        require(self.seed >= 0, "seed", f"must not be negative, got {self.seed}")
+        if self.from_scratch is not None:
+            require(
+                self.seq_len <= PRESET_MAX_POSITIONS, "seq_len",
+                f"{self.seq_len} is more than the {PRESET_MAX_POSITIONS} positions a --from-scratch model embeds; attention over it would take "
+                f"about {self.batch_size * 16 * self.seq_len**2 * 4 / 2**40:,.1f} TB a layer for a batch of {self.batch_size}",
+            )  # fmt: skip
         require(self.dropout is None or 0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
         check_masking_probabilities(self.mask_prob, self.mask_replace_prob, self.random_replace_prob)
         if self.mask_prob_end is not None:
@@ -218,8 +235,11 @@ class TrainConfig:
                 parse_duration(self.time_budget)
             except ValueError as e:
                 require(False, "time_budget", str(e))
-        for name in ("eval_every", "log_every", "checkpoint_every"):
-            require(getattr(self, name) >= 0, name, "must not be negative")
+        for name in ("eval_every", "checkpoint_every"):
+            require(getattr(self, name) >= 0, name, f"must not be negative (0 turns it off), got {getattr(self, name)}")
+        require(self.log_every >= 1, "log_every", f"must be at least 1, got {self.log_every}")
+        unknown = sorted(set(self.report_to) - {"tensorboard", "wandb"})
+        require(not unknown, "report_to", f"{', '.join(unknown)}: choose from tensorboard, wandb")
         require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
         require(self.eval_max_batches is None or self.eval_max_batches >= 1, "eval_max_batches", "must be at least 1")
 
@@ -254,8 +274,15 @@ class TrainConfig:
 # change with the number of processes as long as their product with it stays the same).
 RESUMABLE_CHANGES = frozenset({
     "out", "resume", "device", "compile", "eval_every", "eval_max_batches", "log_every", "checkpoint_every", "keep_checkpoints",
-    "strategy", "activation_checkpointing", "progress", "batch_size", "grad_accum",
+    "strategy", "activation_checkpointing", "progress", "batch_size", "grad_accum", "on_nonfinite", "max_nonfinite", "report_to",
+    *("max_steps", "epochs", "time_budget"),  # a run may be extended; `length_changes` says what that does to the schedule
 })  # fmt: skip
+LENGTH_SETTINGS = ("max_steps", "epochs", "time_budget")
+
+
+def length_changes(saved: dict, now: dict) -> list[str]:
+    """`field: old -> new` for the settings that set how long a run is."""
+    return [f"{flag(k)} {saved.get(k)} -> {now[k]}" for k in LENGTH_SETTINGS if saved.get(k) != now.get(k)]
 
 
 def refused_resume_changes(saved: dict, now: dict) -> list[str]:

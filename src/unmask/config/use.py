@@ -97,6 +97,7 @@ class InspectConfig:
 
     def __post_init__(self) -> None:
         check_masking_probabilities(self.mask_prob, self.mask_replace_prob, self.random_replace_prob)
+        require(self.seed >= 0, "seed", f"must not be negative, got {self.seed}")
 
 
 @dataclass(kw_only=True)
@@ -229,3 +230,27 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         require(self.step is None or self.step >= 0, "step", f"must not be negative, got {self.step}")
+
+
+@dataclass(kw_only=True)
+class ServeConfig(DeviceOptions):
+    """Settings of `unmask serve`: the local web page for runs and models."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("paths",)
+    paths: list[str] = field(default_factory=lambda: ["runs"])
+    """Run folders, or folders that hold runs (looked through two levels deep). Only these are served."""
+    models: list[str] = field(default_factory=list)
+    """More models to offer beside the runs' own (model folders, hub ids, minilm-l6), e.g. the base a run started from."""
+    host: str = "127.0.0.1"
+    """Address to listen on; the default serves this machine only. 0.0.0.0 shows the page to the network."""
+    port: int = 8000
+    """Port to listen on."""
+    compare_batches: int = 20
+    """Held-out batches the compare page scores (of 32 windows of 128 tokens)."""
+    trust_remote_code: bool = False
+    """Allow a hub model given with --models to run its own code (never a request's choice)."""
+
+    def __post_init__(self) -> None:
+        require(len(self.paths) > 0, "paths", "give at least one run folder or folder of runs")
+        require(1 <= self.port <= 65535, "port", f"must be between 1 and 65535, got {self.port}")
+        require(self.compare_batches >= 1, "compare_batches", f"must be at least 1, got {self.compare_batches}")

@@ -27,6 +27,13 @@ except ImportError:  # the zstd reader says how to install it when a .zst file s
 
 OpenBinary = Callable[..., IO[bytes]]
 
+# The opening bytes of binary formats people drop into text folders by accident.
+_BINARY_SIGNATURES = {
+    b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image", b"%PDF": "a PDF",
+    b"PK\x03\x04": "a zip archive (also .docx, .xlsx, .jar)", b"\x1f\x8b": "gzip data (name it .gz to have it read)",
+    b"\x7fELF": "a program", b"SQLite format 3": "an SQLite database", b"PAR1": "Parquet (name it .parquet to have it read)",
+}  # fmt: skip
+
 
 class BadFile(UnmaskError):
     """A file that cannot be read as text (binary, not UTF-8, corrupt or truncated)."""
@@ -46,6 +53,10 @@ def lines(source, open_binary: OpenBinary) -> Iterator[tuple[int, str]]:
         number = 0
         try:
             for number, raw in enumerate(stream, 1):
+                if number == 1:
+                    kind = next((what for magic, what in _BINARY_SIGNATURES.items() if raw.startswith(magic)), None)
+                    if kind:
+                        raise BadFile(f"{label}: looks like a binary file ({kind}), not text")
                 if b"\x00" in raw:
                     raise BadFile(f"{label}: looks like a binary file (NUL byte on line {number}), not text")
                 try:

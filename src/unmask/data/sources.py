@@ -102,10 +102,17 @@ def classify(path: Path) -> Source | None:
     return None
 
 
+def _made_by_unmask(path: Path) -> bool:
+    """A token store or a run folder: their tokenizer files (vocab.txt) are not text to learn from."""
+    return ((path / "meta.json").is_file() and (path / "train.tokens").is_file()) or (path / "checkpoints").is_dir() or (
+        (path / "config.yaml").is_file() and (path / "metrics.jsonl").is_file()
+    )
+
+
 def _folder_sources(folder: Path) -> list[Source]:
     found: list[Source] = []
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _made_by_unmask(Path(root) / d))
         here = Path(root)
         for name in list(dirs):
             if is_saved_dataset(here / name):

@@ -34,7 +34,7 @@ import numpy as np
 
 from unmask.config import PrepareConfig, UnmaskError
 from unmask.data.sources import ReadReport, Source, expand_sources, read_documents
-from unmask.files import atomic_write_text, building_path, publish_folder, recover_folder, remove_tree
+from unmask.files import RunLock, atomic_write_text, building_path, disk_full_guard, publish_folder, recover_folder, remove_stale_building, remove_tree
 from unmask.tokenizer import Vocabulary, fingerprint, load_tokenizer, raw_tokenizer
 
 FORMAT_VERSION = 2
@@ -81,7 +81,7 @@ class _SplitWriter:
         self.pending_tokens = 0
         self.total_tokens = 0
         self.documents = 0
-        np.zeros(1, dtype=np.int64).tofile(self.offsets)
+        self.offsets.write(np.zeros(1, dtype=np.int64).tobytes())
 
     def add(self, ids: list[int], starts: np.ndarray) -> None:
         self.pending.append(np.asarray(ids + [self.separator], dtype=self.dtype))
@@ -95,20 +95,29 @@ class _SplitWriter:
         if not self.pending:
             return
         lengths = np.fromiter((len(a) for a in self.pending), dtype=np.int64, count=len(self.pending))
-        (self.total_tokens + np.cumsum(lengths)).tofile(self.offsets)
-        np.concatenate(self.pending).tofile(self.tokens)
+        # file.write, not ndarray.tofile: tofile reports a full disk without an errno.
+        self.offsets.write((self.total_tokens + np.cumsum(lengths)).tobytes())
+        self.tokens.write(np.concatenate(self.pending).tobytes())
         bits = np.concatenate([self.carry, *self.pending_starts])
         whole = len(bits) // 8 * 8
-        np.packbits(bits[:whole]).tofile(self.words)
+        self.words.write(np.packbits(bits[:whole]).tobytes())
         self.carry = bits[whole:]
         self.total_tokens += int(lengths.sum())
         self.pending, self.pending_starts, self.pending_tokens = [], [], 0
 
     def close(self) -> None:
         self.flush()
-        np.packbits(self.carry).tofile(self.words)
+        self.words.write(np.packbits(self.carry).tobytes())
         for f in (self.tokens, self.offsets, self.words):
             f.close()
+
+    def abandon(self) -> None:
+        """Close the files after a failure (their folder is removed); a no-op after close()."""
+        for f in (self.tokens, self.offsets, self.words):
+            try:
+                f.close()
+            except OSError:  # the full disk that failed the run fails the last flush too
+                pass
 
 
 def is_token_store(path: Path) -> bool:
@@ -163,28 +172,48 @@ def _documents_within(config: PrepareConfig, sources: list[Source], report: Read
 
 
 def prepare(config: PrepareConfig, progress: bool = True) -> dict:
-    """Tokenize the sources into a new store at config.out; returns its metadata."""
+    """Tokenize the sources into a new store at config.out; returns its metadata.
+
+    One prepare at a time per --out (a second refuses at once), so two never mix."""
     out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise UnmaskError(f"--out {out}: is a file, not a token store")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with RunLock(out.parent / f".{out.name}.lock", "unmask prepare", guards=out, remove_when_done=True):
+        remove_stale_building(out.parent)
+        return _prepare(config, out, progress)
+
+
+def _prepare(config: PrepareConfig, out: Path, progress: bool) -> dict:
     _check_out(out, [s for s in config.sources if not s.startswith("hf:")], config.overwrite)
     sources = expand_sources(config.sources)
     tokenizer = load_tokenizer(config.tokenizer, config.trust_remote_code)
     vocab = Vocabulary.from_tokenizer(tokenizer)
-    # Not `encode_batch_fast`: it is faster but drops the word ids the word starts come from.
-    encode_batch = raw_tokenizer(tokenizer).encode_batch
     dtype = token_dtype(vocab.size)
-    val_fraction = Fraction(str(config.val_fraction))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     building = building_path(out)
     remove_tree(building)
     building.mkdir()
     try:
-        writers = {split: _SplitWriter(building, split, dtype, vocab.closer_id) for split in SPLITS}
-        report = ReadReport()
-        started = time.perf_counter()
-        shown = _Progress(progress, config.max_docs)
-        document_index = stored_tokens = 0
-        documents = _documents_within(config, sources, report)
+        with disk_full_guard(building, "the token store"):
+            return _fill(config, out, building, sources, tokenizer, vocab, dtype, progress)
+    except BaseException:
+        remove_tree(building)
+        raise
+
+
+def _fill(config: PrepareConfig, out: Path, building: Path, sources, tokenizer, vocab: Vocabulary, dtype, progress: bool) -> dict:
+    """Tokenize into `building`, then publish it as `out`."""
+    # Not `encode_batch_fast`: it is faster but drops the word ids the word starts come from.
+    encode_batch = raw_tokenizer(tokenizer).encode_batch
+    val_fraction = Fraction(str(config.val_fraction))
+    writers = {split: _SplitWriter(building, split, dtype, vocab.closer_id) for split in SPLITS}
+    report = ReadReport()
+    started = time.perf_counter()
+    shown = _Progress(progress, config.max_docs)
+    document_index = stored_tokens = 0
+    documents = _documents_within(config, sources, report)
+    try:
         while config.max_tokens is None or stored_tokens < config.max_tokens:
             batch = list(itertools.islice(documents, _TEXTS_PER_BATCH))
             if not batch:
@@ -198,44 +227,44 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
                 if config.max_tokens is not None and stored_tokens >= config.max_tokens:
                     break
             shown.add(len(batch), stored_tokens - before)
+        for writer in writers.values():
+            writer.close()
+    finally:  # before the error is printed, so the bar does not run into it
         documents.close()  # stops a streamed hub dataset
         shown.close()
         for writer in writers.values():
-            writer.close()
-        seconds = time.perf_counter() - started
+            writer.abandon()
+    seconds = time.perf_counter() - started
 
-        if document_index == 0:
-            raise UnmaskError(f"{', '.join(config.sources)}: no non-empty documents found")
-        if writers["train"].documents == 0:
-            raise UnmaskError(
-                f"only {document_index} document(s): none left for training after the held-out split "
-                "(add text, use --doc-per blank-line or line, or --val-fraction 0)"
-            )
-        tokenizer.save_pretrained(building / "tokenizer")
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "tokenizer": {"name": config.tokenizer, "fingerprint": fingerprint(tokenizer)},
-            "vocabulary": vocab.to_meta(),
-            "dtype": dtype.name,
-            "word_starts": True,
-            "splits": {s: {"documents": w.documents, "tokens": w.total_tokens} for s, w in writers.items()},
-            "sources": config.sources,
-            "doc_per": config.doc_per,
-            "text_field": config.text_field,
-            "val_fraction": config.val_fraction,
-            "files": report.files,
-            "skipped": {
-                "empty_files": report.empty_files,
-                "bad_files": report.bad_files,
-                "empty_documents": report.empty_documents,
-            },
-            "seconds": round(seconds, 3),
-        }
-        atomic_write_text(building / "meta.json", json.dumps(meta, indent=2))
-        publish_folder(building, out)
-    except BaseException:
-        remove_tree(building)
-        raise
+    if document_index == 0:
+        raise UnmaskError(f"{', '.join(config.sources)}: no non-empty documents found")
+    if writers["train"].documents == 0:
+        raise UnmaskError(
+            f"only {document_index} document(s): none left for training after the held-out split "
+            "(add text, use --doc-per blank-line or line, or --val-fraction 0)"
+        )
+    tokenizer.save_pretrained(building / "tokenizer")
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "tokenizer": {"name": config.tokenizer, "fingerprint": fingerprint(tokenizer)},
+        "vocabulary": vocab.to_meta(),
+        "dtype": dtype.name,
+        "word_starts": True,
+        "splits": {s: {"documents": w.documents, "tokens": w.total_tokens} for s, w in writers.items()},
+        "sources": config.sources,
+        "doc_per": config.doc_per,
+        "text_field": config.text_field,
+        "val_fraction": config.val_fraction,
+        "files": report.files,
+        "skipped": {
+            "empty_files": report.empty_files,
+            "bad_files": report.bad_files,
+            "empty_documents": report.empty_documents,
+        },
+        "seconds": round(seconds, 3),
+    }
+    atomic_write_text(building / "meta.json", json.dumps(meta, indent=2))
+    publish_folder(building, out)
     return meta
 
 

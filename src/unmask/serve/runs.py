@@ -1,0 +1,139 @@
+"""The runs a server was given: found on disk, described, read safely while they train.
+
+Runs are addressed by an id the server made, never by a path from a request, so a request
+can only ever reach the runs under the folders `unmask serve` was started with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+RUN_MARKERS = ("config.yaml", "metrics.jsonl")
+
+
+@dataclass
+class RunFolder:
+    id: str
+    path: Path
+    label: str
+
+
+def is_run(path: Path) -> bool:
+    return path.is_dir() and any((path / marker).is_file() for marker in RUN_MARKERS)
+
+
+def discover(roots: list[str]) -> dict[str, RunFolder]:
+    """Runs under `roots` (a run folder itself, or up to two levels below), by a stable id."""
+    found: list[tuple[Path, Path]] = []
+    for root in roots:
+        base = Path(root).resolve()
+        if is_run(base):
+            found.append((base, base.parent))
+            continue
+        if not base.is_dir():
+            continue
+        for child in sorted(base.iterdir()):
+            if child.name.startswith("."):
+                continue
+            if is_run(child):
+                found.append((child, base))
+            elif child.is_dir():
+                found.extend((grand, base) for grand in sorted(child.iterdir()) if not grand.name.startswith(".") and is_run(grand))
+    runs: dict[str, RunFolder] = {}
+    for path, base in dict.fromkeys(found):
+        label = str(path.relative_to(base))
+        slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") or "run"
+        run_id, number = slug, 2
+        while run_id in runs:
+            run_id, number = f"{slug}-{number}", number + 1
+        runs[run_id] = RunFolder(run_id, path, label)
+    return runs
+
+
+def read_metrics(path: Path, after: int = 0) -> tuple[list[dict], int]:
+    """Records of metrics.jsonl from line `after` on, and the line count; a line being
+    written right now (no newline yet) is left for the next read."""
+    try:
+        text = (path / "metrics.jsonl").read_text(encoding="utf-8")
+    except OSError:
+        return [], after
+    complete = text[: text.rfind("\n") + 1].splitlines()
+    records = []
+    for line in complete[after:]:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records, len(complete)
+
+
+def _yaml(path: Path) -> dict:
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return values if isinstance(values, dict) else {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def _json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+        return value if isinstance(value, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def is_training(path: Path) -> bool:
+    """A live process on this machine holds the run's lock (its file names the process)."""
+    try:
+        holder = (path / ".lock").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    match = re.search(r"pid (\d+) on (\S+)\)", holder)
+    if not match or match[2] != socket.gethostname():
+        return bool(holder.strip()) and match is not None  # another machine's run: trust its note
+    try:
+        os.kill(int(match[1]), 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def checkpoints(path: Path) -> list[dict]:
+    found = []
+    for folder in sorted((path / "checkpoints").glob("step-*")):
+        state = _json(folder / "state.json")
+        found.append({"step": state.get("step"), "train_seconds": state.get("info", {}).get("train_seconds"),
+                      "complete": bool(state.get("files"))})  # fmt: skip
+    return found
+
+
+def describe(run: RunFolder, detail: bool = False) -> dict:
+    """What the runs page shows of a run: state, step, tokens, last held-out numbers."""
+    records, lines = read_metrics(run.path)
+    config = _yaml(run.path / "config.yaml")
+    summary = _json(run.path / "summary.json")
+    steps = [r for r in records if "loss" in r]
+    evals = [r for r in records if r.get("eval_loss") is not None]
+    finished = bool(summary) and (run.path / "model" / "config.json").is_file()
+    state = "training" if is_training(run.path) else "finished" if finished else "stopped" if steps else "new"
+    step = steps[-1]["step"] if steps else 0
+    tokens_per_step = summary.get("tokens_per_step") or config.get("batch_size", 0) * config.get("grad_accum", 1) * config.get("seq_len", 0)
+    described = {
+        "id": run.id, "label": run.label, "state": state, "step": step, "max_steps": config.get("max_steps"),
+        "time_budget": config.get("time_budget"), "tokens": step * tokens_per_step, "has_model": (run.path / "model" / "config.json").is_file(),
+        "last_eval": {k: evals[-1].get(f"eval_{k}") for k in ("loss", "accuracy", "top5_accuracy")} | {"step": evals[-1]["step"]} if evals else None,
+        "metric_lines": lines,
+    }  # fmt: skip
+    if detail:
+        described.update(config=config, summary=summary, checkpoints=checkpoints(run.path))
+    return described

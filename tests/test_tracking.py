@@ -1,0 +1,44 @@
+"""--report-to: TensorBoard event files read back with tensorboard's own reader; a W&B offline run written."""
+
+import json
+
+import pytest
+
+from conftest import quiet
+from unmask.config import TrainConfig, UnmaskError
+from unmask.train import train
+
+
+def run(store_dir, tiny_model_dir, out, report_to):
+    return train(TrainConfig(data=str(store_dir), out=str(out), model=str(tiny_model_dir), seq_len=32, batch_size=4, max_steps=4,
+                             eval_every=2, log_every=1, checkpoint_every=0, report_to=report_to), progress=False, echo=quiet)  # fmt: skip
+
+
+def test_tensorboard_gets_the_same_metrics_as_metrics_jsonl(store_dir, tiny_model_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    run(store_dir, tiny_model_dir, out, ["tensorboard"])
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    losses = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    logged = [(r["step"], r["loss"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert [s for s, _ in losses] == [s for s, _ in logged] and [v for _, v in losses] == pytest.approx([v for _, v in logged], rel=1e-6)
+    assert [e.step for e in events.Scalars("eval/accuracy")] == [2, 4]
+
+
+def test_wandb_writes_an_offline_run_when_nobody_is_logged_in(store_dir, tiny_model_dir, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    run(store_dir, tiny_model_dir, out, ["wandb"])
+    offline = list((out / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and list(offline[0].glob("*.wandb")), "an offline run folder to `wandb sync` later"
+
+
+def test_an_unknown_tracker_is_refused():
+    with pytest.raises(UnmaskError, match="--report-to: mlflow: choose from tensorboard, wandb"):
+        TrainConfig(data="d", out="o", model="m", report_to=["mlflow"])
