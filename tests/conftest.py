@@ -164,7 +164,17 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def live_server(served, tiny_model_dir):
+def served_live(served, tmp_path_factory):
+    """The live server's own copy of the served folder: the browser tests grow its metrics."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp("served-live") / "served"
+    shutil.copytree(served.parent, copy)
+    return copy / served.name
+
+
+@pytest.fixture(scope="session")
+def live_server(served_live, tiny_model_dir):
     """uvicorn in a thread, on 127.0.0.1 and a free port."""
     import threading
     import time
@@ -175,7 +185,7 @@ def live_server(served, tiny_model_dir):
     from unmask.serve.app import create_app
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(paths=[str(served)], models=[str(tiny_model_dir)], device="cpu")),
+    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(paths=[str(served_live)], models=[str(tiny_model_dir)], device="cpu")),
                                            host="127.0.0.1", port=port, log_level="warning"))  # fmt: skip
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -13,12 +13,23 @@ pytest.importorskip("uvicorn")
 
 
 @pytest.fixture(scope="module")
-def client(served, tiny_model_dir):
+def runs(served, tmp_path_factory):
+    """This module's own copy of the served folder (and the secret beside it): its tests grow
+    a run's metrics, which the browser tests must not see, nor these theirs."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp("serve-api") / "served"
+    shutil.copytree(served.parent, copy)
+    return copy / served.name
+
+
+@pytest.fixture(scope="module")
+def client(runs, tiny_model_dir):
     from starlette.testclient import TestClient
 
     from unmask.serve.app import create_app
 
-    return TestClient(create_app(ServeConfig(paths=[str(served)], models=[str(tiny_model_dir)], device="cpu")))
+    return TestClient(create_app(ServeConfig(paths=[str(runs)], models=[str(tiny_model_dir)], device="cpu")))
 
 
 def test_runs_are_listed_with_state_step_tokens_and_held_out_numbers(client):
@@ -30,17 +41,17 @@ def test_runs_are_listed_with_state_step_tokens_and_held_out_numbers(client):
     assert runs["team-live"]["state"] == "stopped" and runs["team-live"]["step"] == 3
 
 
-def test_a_run_page_has_its_config_checkpoints_and_metrics_as_they_grow(client, served):
+def test_a_run_page_has_its_config_checkpoints_and_metrics_as_they_grow(client, runs):
     detail = client.get("/api/runs/finished").json()
     assert detail["config"]["max_steps"] == 6 and [c["step"] for c in detail["checkpoints"]] == [3, 6]
     first = client.get("/api/runs/team-live/metrics").json()
     assert len(first["records"]) == 3 and first["next"] == 3
-    with open(served / "team" / "live" / "metrics.jsonl", "a") as f:
+    with open(runs / "team" / "live" / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 4, "loss": 4.0, "lr": 1e-3}) + "\n")
         f.write('{"step": 5, "loss": 3.9')  # a line being written: left for the next read
     later = client.get("/api/runs/team-live/metrics?after=3").json()
     assert [r["step"] for r in later["records"]] == [4] and later["next"] == 4
-    with open(served / "team" / "live" / "metrics.jsonl", "a") as f:
+    with open(runs / "team" / "live" / "metrics.jsonl", "a") as f:
         f.write(', "lr": 1e-3}\n')  # the writer finishes its line
     assert [r["step"] for r in client.get("/api/runs/team-live/metrics?after=4").json()["records"]] == [5]
 

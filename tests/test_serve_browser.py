@@ -71,12 +71,12 @@ def test_the_runs_page_lists_every_run_with_its_state(browser, live_server, shot
     browser.save_screenshot(str(shots / "runs.png"))
 
 
-def test_a_live_runs_curve_gains_a_point_when_its_metrics_grow(browser, live_server, served, shots):
+def test_a_live_runs_curve_gains_a_point_when_its_metrics_grow(browser, live_server, served_live, shots):
     browser.get(f"{live_server}/#/run/team-live")
     chart = lambda: css(browser, "[data-testid=chart-loss]")  # noqa: E731
     before = int(wait(lambda: chart() and chart()[0].get_attribute("data-points") not in (None, "0") and chart()[0].get_attribute("data-points")))
-    last = [json.loads(line) for line in (served / "team" / "live" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line][-1]
-    with open(served / "team" / "live" / "metrics.jsonl", "a") as f:
+    last = [json.loads(line) for line in (served_live / "team" / "live" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line][-1]
+    with open(served_live / "team" / "live" / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": last["step"] + 1, "loss": last["loss"] - 0.1, "lr": 1e-4, "grad_norm": 1.0, "mask_rate": 0.15, "tokens_per_s": 900}) + "\n")
     wait(lambda: int(chart()[0].get_attribute("data-points")) == before + 1, timeout=20)
     assert len(css(browser, ".chart svg polyline")) >= 6
