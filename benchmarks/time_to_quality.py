@@ -34,7 +34,7 @@ BEST = {"masking": "whole-word", "mask_prob": 0.3, "mask_prob_end": 0.15, "mask_
 ABLATIONS = {
     "token masking": {"masking": "token"},
     "15% masking throughout": {"mask_prob": 0.15, "mask_prob_end": None, "mask_schedule": "constant"},
-    "no fresh-head rate": {"fresh_lr_scale": 1.0},
+    "one lr for head and body": {"fresh_lr_scale": 1.0},
     "dropout 0.1": {"dropout": None},
 }
 
@@ -197,14 +197,24 @@ def run_worker(name: str, **options) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def evaluate(model: Path, heldout: Path, max_batches: int) -> dict:
+def evaluate(model: Path, heldout: Path, max_batches: int, cache: Path | None = None) -> dict:
+    """`unmask eval` of one saved point; scores are kept in `cache` (a JSON file in the work
+    folder), so that a --reuse invocation redraws the chart without scoring again."""
+    key = f"{model}|{max_batches}"
+    known = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
+    if key in known:
+        return known[key]
     result = subprocess.run(
         [sys.executable, "-m", "unmask", "eval", str(model), "--data", str(heldout), "--json", "--max-batches", str(max_batches), "--device", "cpu"],
         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )  # fmt: skip
     if result.returncode != 0:
         raise SystemExit(f"eval of {model} failed:\n{result.stderr[-2000:]}")
-    return json.loads(result.stdout)
+    known[key] = json.loads(result.stdout)
+    if cache is not None:
+        cache.with_suffix(".tmp").write_text(json.dumps(known, indent=1))
+        cache.with_suffix(".tmp").replace(cache)
+    return known[key]
 
 
 def unmask_points(run: Path, work: Path) -> list[tuple[float, Path]]:
@@ -241,7 +251,7 @@ def chart(curves: dict[str, list[tuple[float, float]]], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(9, 5.2))
     for label, points in curves.items():
         style = dict(color="#9aa5b1", marker="s") if label.startswith("peer") else dict(marker="o")
-        if "without" in label:
+        if " instead," in label:
             style.update(linestyle="--", alpha=0.8)
         axis.plot([m for m, _ in points], [a for _, a in points], label=label, **style)
     axis.set(xlabel="training minutes (wall clock, evaluation not counted)", ylabel="held-out top-1 accuracy",
@@ -283,7 +293,7 @@ def main() -> None:
     train_files, heldout = work / "train", work / "heldout"
     # The peer's schedule is planned over the pace a peer run measured: its own shortest
     # budgeted run when there is one (minutes of steps), else 8 calibration steps.
-    finished_peer = sorted(work.glob("peer-*/spent.json"))
+    finished_peer = sorted(work.glob("peer-*/spent.json"), key=lambda p: float(p.parent.name.split("-", 1)[1]))
     if finished_peer:
         done = json.loads(finished_peer[0].read_text())
         pace, paced_by = done["spent"] / max(done["steps"], 1), f"its {finished_peer[0].parent.name} run"
@@ -295,7 +305,7 @@ def main() -> None:
         runs[f"peer, {minutes:g} min"] = ("peer", work / f"peer-{minutes:g}", minutes)
     if not args.skip_ablations:
         for number, label in enumerate(ABLATIONS):
-            runs[f"unmask without {label}, {budgets[0]:g} min"] = ("unmask", work / f"ablation-{number}", budgets[0])
+            runs[f"unmask, {label} instead, {budgets[0]:g} min"] = ("unmask", work / f"ablation-{number}", budgets[0])
     curves: dict[str, list[tuple[float, float]]] = {}
     finals: dict[str, dict] = {}
     for label, (side, run, minutes) in runs.items():
@@ -306,7 +316,7 @@ def main() -> None:
         if side == "unmask":
             settings = dict(BEST)
             for name, change in ABLATIONS.items():
-                if f"without {name}," in label:
+                if f", {name} instead," in label:
                     settings.update(change)
             settings = {k: v for k, v in settings.items() if v is not None}
             if not done:
@@ -319,11 +329,11 @@ def main() -> None:
                 run.mkdir(parents=True)
                 run_worker("peer", train_files=train_files, run=run, minutes=minutes, points=args.points, lr=args.lr, max_steps=max_steps)
             points = peer_points(run)
-        scored = [(m, evaluate(folder, heldout, args.eval_batches)) for m, folder in points]
+        scored = [(m, evaluate(folder, heldout, args.eval_batches, work / "scores.json")) for m, folder in points]
         curves[label] = [(0.0, None)] + [(m, r["accuracy"]) for m, r in scored]
         finals[label] = {"minutes": scored[-1][0], **scored[-1][1]}
         print(f"{label}: {finals[label]['accuracy']:.2%} top-1 after {scored[-1][0]:.1f} min ({time.time() - started:.0f} s)", flush=True)
-    base = evaluate(Path(starter()), heldout, args.eval_batches)
+    base = evaluate(Path(starter()), heldout, args.eval_batches, work / "scores.json")
     for label in curves:
         curves[label][0] = (0.0, base["accuracy"])
     chart(curves, Path(args.chart))
@@ -337,7 +347,8 @@ def main() -> None:
         f" ({args.eval_batches} batches of 32 windows x 128 tokens, 15% token masks, fixed seeds)",
         f"- both sides: starter checkpoint with a fresh MLM head, batch 32 x 128, lr {args.lr}, linear decay, fp32 on 2 CPU cores;"
         f" the peer plans its schedule over {pace:.2f} s a step (measured by {paced_by}) and stops at the budget",
-        f"- unmask's settings: {', '.join(f'{k}={v}' for k, v in BEST.items())}; budgets count training time only", "",
+        f"- unmask's settings: {', '.join(f'{k}={v}' for k, v in BEST.items())}; budgets count training time only",
+        "- each row is one run, not repeated: how much another seed would move it was not measured", "",
         "| run | minutes | top-1 | top-5 | loss |", "|---|---|---|---|---|",
         f"| starter (fresh head) | 0 | {base['accuracy']:.2%} | {base['top5_accuracy']:.2%} | {base['loss']:.3f} |",
         *(f"| {label} | {r['minutes']:.1f} | {r['accuracy']:.2%} | {r['top5_accuracy']:.2%} | {r['loss']:.3f} |" for label, r in finals.items()),

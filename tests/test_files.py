@@ -97,3 +97,18 @@ def test_a_lock_whose_file_was_replaced_while_waiting_locks_the_new_file(tmp_pat
     monkeypatch.undo()
     assert os.fstat(lock.handle).st_ino == os.stat(path).st_ino
     lock.release()
+
+
+def test_a_filesystem_without_locks_gets_a_warning_and_the_work_goes_on(tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    def no_locks(*_):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with RunLock(tmp_path / ".lock", "unmask train", guards=tmp_path / "run", remove_when_done=True):
+        pass
+    err = capsys.readouterr().err
+    assert "this filesystem cannot lock files (No locks available)" in err and "run at the same time" in err
+    assert not (tmp_path / ".lock").exists()

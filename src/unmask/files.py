@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -165,6 +166,7 @@ class RunLock:
         self.guards = guards or path.parent
         self.remove_when_done = remove_when_done  # for a lock file that sits among the user's own files
         self.handle = None
+        self.unlocked = False  # True where the filesystem refused to lock
 
     def acquire(self) -> None:
         from unmask.config import UnmaskError
@@ -176,11 +178,15 @@ class RunLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:
                 holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
                 os.close(fd)
                 raise UnmaskError(f"{self.guards}: {holder} is using it right now; wait for it to finish, or choose another folder") from None
-            if not self.remove_when_done or self._still_at_path(fd):
+            except OSError as e:  # a filesystem mounted without locks (Lustre's noflock, some NFS): work on, and say so
+                print(f"warning: {self.path}: this filesystem cannot lock files ({e.strerror}); nothing stops a second "
+                      f"process from using {self.guards} at the same time", file=sys.stderr)  # fmt: skip
+                self.unlocked = True
+            if self.unlocked or not self.remove_when_done or self._still_at_path(fd):
                 break
             os.close(fd)  # the holder removed the file we locked as it finished: lock the new one
         try:  # who holds it, for the message a second process gets; the lock itself is what counts
@@ -206,7 +212,8 @@ class RunLock:
                     os.unlink(self.path)
             except OSError:
                 pass
-            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            if not self.unlocked:
+                fcntl.flock(self.handle, fcntl.LOCK_UN)
             os.close(self.handle)
             self.handle = None
 
