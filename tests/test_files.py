@@ -112,3 +112,21 @@ def test_a_filesystem_without_locks_gets_a_warning_and_the_work_goes_on(tmp_path
     err = capsys.readouterr().err
     assert "this filesystem cannot lock files (No locks available)" in err and "run at the same time" in err
     assert not (tmp_path / ".lock").exists()
+
+
+def test_a_lock_is_held_while_its_named_process_lives(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    lock = RunLock(tmp_path / ".lock", "unmask train")
+    lock.acquire()
+    assert RunLock.is_held(tmp_path / ".lock")
+    lock.release()
+    assert not RunLock.is_held(tmp_path / ".lock"), "an empty note: nobody holds it"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / ".lock").write_text(f"unmask train (pid {dead} on {socket.gethostname()})")
+    assert not RunLock.is_held(tmp_path / ".lock"), "a dead process holds nothing"
+    (tmp_path / ".lock").write_text("unmask train (pid 1 on another-machine)")
+    assert RunLock.is_held(tmp_path / ".lock"), "another machine's note is trusted"
+    assert not RunLock.is_held(tmp_path / "missing.lock")

@@ -94,7 +94,8 @@ def building_path(target: Path, tag: str = "building") -> Path:
     return target.with_name(f".{target.name}.{tag}-{_HOST}-{os.getpid()}")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine with that pid exists (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -112,7 +113,7 @@ def remove_stale_building(folder: Path) -> list[Path]:
         return removed
     for entry in folder.iterdir():
         match = _BUILDING.match(entry.name)
-        if match and match["host"] == _HOST and not _alive(int(match["pid"])):
+        if match and match["host"] == _HOST and not process_alive(int(match["pid"])):
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
@@ -191,7 +192,7 @@ class RunLock:
             os.close(fd)  # the holder removed the file we locked as it finished: lock the new one
         try:  # who holds it, for the message a second process gets; the lock itself is what counts
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{self.purpose} (pid {os.getpid()} on {socket.gethostname()})".encode(), 0)
+            os.pwrite(fd, f"{self.purpose} (pid {os.getpid()} on {socket.gethostname()})".encode(), 0)  # read by is_held
         except OSError:
             pass
         self.handle = fd
@@ -216,6 +217,20 @@ class RunLock:
                 fcntl.flock(self.handle, fcntl.LOCK_UN)
             os.close(self.handle)
             self.handle = None
+
+    @staticmethod
+    def is_held(path: Path) -> bool:
+        """Whether the lock file at `path` names a holder that is still running, read from the
+        note `acquire` writes (never by taking the lock, which could turn a starting run away).
+        Another machine's holder cannot be checked from here, so its note is trusted."""
+        try:
+            holder = path.read_text(encoding="utf-8")
+        except OSError:
+            return False
+        match = re.search(r"\(pid (\d+) on (\S+)\)", holder)
+        if match is None:
+            return False
+        return match[2] != socket.gethostname() or process_alive(int(match[1]))
 
     def __enter__(self) -> "RunLock":
         self.acquire()

@@ -7,13 +7,13 @@ can only ever reach the runs under the folders `unmask serve` was started with.
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from unmask.files import RunLock
 
 RUN_MARKERS = ("config.yaml", "metrics.jsonl")
 
@@ -91,21 +91,8 @@ def _json(path: Path) -> dict:
 
 
 def is_training(path: Path) -> bool:
-    """A live process on this machine holds the run's lock (its file names the process)."""
-    try:
-        holder = (path / ".lock").read_text(encoding="utf-8")
-    except OSError:
-        return False
-    match = re.search(r"pid (\d+) on (\S+)\)", holder)
-    if not match or match[2] != socket.gethostname():
-        return bool(holder.strip()) and match is not None  # another machine's run: trust its note
-    try:
-        os.kill(int(match[1]), 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+    """A live process holds the run's lock (its lock file names the process)."""
+    return RunLock.is_held(path / ".lock")
 
 
 def checkpoints(path: Path) -> list[dict]:
