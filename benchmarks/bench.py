@@ -38,9 +38,9 @@ def peak_rss_mb() -> float:
 
 
 def tokenizer_path() -> str:
-    from unmask.tokenizer import resolve_pretrained
+    from unmask.hub import starter_path
 
-    return resolve_pretrained("minilm-l6")
+    return starter_path()
 
 
 # ---------------------------------------------------------------- workers (one per subprocess)
@@ -48,10 +48,12 @@ def tokenizer_path() -> str:
 
 def worker_prepare_unmask(args) -> dict:
     from unmask.config import PrepareConfig
-    from unmask.data.store import prepare
+    from unmask.data.prepare import prepare
 
     started = time.perf_counter()
-    meta = prepare(PrepareConfig(sources=[args.corpus], out=args.store, tokenizer=tokenizer_path(), val_fraction=0.01, overwrite=True), progress=False)
+    meta = prepare(
+        PrepareConfig(sources=[args.corpus], out=args.store, tokenizer=tokenizer_path(), val_fraction=0.01, overwrite=True), progress=False
+    )
     seconds = time.perf_counter() - started
     tokens = sum(s["tokens"] for s in meta["splits"].values())
     return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "peak_rss_mb": peak_rss_mb()}
@@ -90,7 +92,9 @@ def convert_corpus(corpus: str, folder: Path, kind: str, copies: int) -> None:
         if kind == "parquet":
             pq.write_table(pa.table({"text": texts}), folder / f"copy{copy}.parquet", row_group_size=256)
         else:
-            with io.TextIOWrapper(zstandard.ZstdCompressor().stream_writer(open(folder / f"copy{copy}.jsonl.zst", "wb")), encoding="utf-8") as f:
+            with io.TextIOWrapper(
+                zstandard.ZstdCompressor().stream_writer(open(folder / f"copy{copy}.jsonl.zst", "wb")), encoding="utf-8"
+            ) as f:
                 for text in texts:
                     f.write(json.dumps({"text": text}) + "\n")
 
@@ -100,7 +104,7 @@ def worker_tokenizer(args) -> dict:
     from transformers import AutoTokenizer
 
     from unmask.config import TokenizerConfig
-    from unmask.vocab import train_tokenizer
+    from unmask.tokenizer_training import train_tokenizer
 
     files = sorted(p for p in Path(args.corpus).rglob("*") if p.is_file())
     held_out = files[::20]
@@ -110,16 +114,25 @@ def worker_tokenizer(args) -> dict:
         if p not in held_out:
             (train_dir / f"{len(list(train_dir.iterdir())):05d}{p.suffix or '.txt'}").write_bytes(p.read_bytes())
     started = time.perf_counter()
-    summary = train_tokenizer(TokenizerConfig(sources=[str(train_dir)], out=str(Path(args.run_dir) / "tok"), kind=args.side,
-                                              vocab_size=30522, lowercase=True), progress=False)  # fmt: skip
+    summary = train_tokenizer(
+        TokenizerConfig(sources=[str(train_dir)], out=str(Path(args.run_dir) / "tok"), kind=args.side, vocab_size=30522, lowercase=True),
+        progress=False,
+    )
     seconds = time.perf_counter() - started
     text = "\n".join(p.read_text(encoding="utf-8") for p in held_out)
     words = len(text.split())
     ours = AutoTokenizer.from_pretrained(Path(args.run_dir) / "tok")
     base = AutoTokenizer.from_pretrained(tokenizer_path())
-    count = lambda t: len(t(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-    return {"seconds": seconds, "vocab": summary["vocab_size"], "megabytes": summary["characters"] / 1e6, "words": words,
-            "fertility": count(ours) / words, "base_fertility": count(base) / words, "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+    count = lambda t: len(t(text, add_special_tokens=False)["input_ids"])
+    return {
+        "seconds": seconds,
+        "vocab": summary["vocab_size"],
+        "megabytes": summary["characters"] / 1e6,
+        "words": words,
+        "fertility": count(ours) / words,
+        "base_fertility": count(base) / words,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def worker_prepare_peer(args) -> dict:
@@ -150,7 +163,11 @@ def build_model_folder(shape: str, dropout: float, folder: Path, seq_len: int = 
 
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=30522, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, max_position_embeddings=max(512, seq_len), **SHAPES[shape]
+        vocab_size=30522,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        max_position_embeddings=max(512, seq_len),
+        **SHAPES[shape],
     )
     BertForMaskedLM(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(tokenizer_path()).save_pretrained(folder)
@@ -175,10 +192,21 @@ def worker_train_unmask(args) -> dict:
     if os.environ.get("RANK", "0") == "0":
         shutil.rmtree(out, ignore_errors=True)
     config = TrainConfig(
-        data=args.store, out=str(out), model=args.model, seq_len=args.seq_len, batch_size=args.batch_size // world, max_steps=args.steps,
-        lr=args.lr, warmup_steps=args.warmup_steps, weight_decay=0.01, log_every=1, eval_every=0, checkpoint_every=0, seed=0,
+        data=args.store,
+        out=str(out),
+        model=args.model,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size // world,
+        max_steps=args.steps,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        weight_decay=0.01,
+        log_every=1,
+        eval_every=0,
+        checkpoint_every=0,
+        seed=0,
         strategy=args.strategy,
-    )  # fmt: skip
+    )
     started = time.perf_counter()
     train(config, progress=False, echo=lambda _: None, on_step=tick)
     step_seconds = [b - a for a, b in zip([started] + times[:-1], times)]
@@ -212,15 +240,29 @@ def worker_train_peer(args) -> dict:
                 times.append(time.perf_counter())
 
         training_args = TrainingArguments(
-            output_dir=os.path.join(cache, "out"), per_device_train_batch_size=args.batch_size, max_steps=args.steps,
-            learning_rate=args.lr, warmup_steps=args.warmup_steps, weight_decay=0.01, lr_scheduler_type="linear", logging_steps=1,
-            save_strategy="no", report_to="none", use_cpu=not on_gpu(), bf16=on_gpu() and torch.cuda.is_bf16_supported(),
-            seed=0, disable_tqdm=True, dataloader_num_workers=0,
-        )  # fmt: skip
+            output_dir=os.path.join(cache, "out"),
+            per_device_train_batch_size=args.batch_size,
+            max_steps=args.steps,
+            learning_rate=args.lr,
+            warmup_steps=args.warmup_steps,
+            weight_decay=0.01,
+            lr_scheduler_type="linear",
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=not on_gpu(),
+            bf16=on_gpu() and torch.cuda.is_bf16_supported(),
+            seed=0,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+        )
         trainer = Trainer(
-            model=model, args=training_args, train_dataset=grouped,
-            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15), callbacks=[Clock()],
-        )  # fmt: skip
+            model=model,
+            args=training_args,
+            train_dataset=grouped,
+            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15),
+            callbacks=[Clock()],
+        )
         torch.manual_seed(0)
         started = time.perf_counter()
         trainer.train()
@@ -309,9 +351,15 @@ def worker_profile(args) -> dict:
 
 
 WORKERS = {
-    "prepare-unmask": worker_prepare_unmask, "prepare-peer": worker_prepare_peer, "tokenizer": worker_tokenizer, "train-unmask": worker_train_unmask,
-    "train-peer": worker_train_peer, "fill": worker_fill, "matmul-peak": worker_matmul_peak, "profile": worker_profile,
-}  # fmt: skip
+    "prepare-unmask": worker_prepare_unmask,
+    "prepare-peer": worker_prepare_peer,
+    "tokenizer": worker_tokenizer,
+    "train-unmask": worker_train_unmask,
+    "train-peer": worker_train_peer,
+    "fill": worker_fill,
+    "matmul-peak": worker_matmul_peak,
+    "profile": worker_profile,
+}
 
 
 # ---------------------------------------------------------------- driver
@@ -319,7 +367,9 @@ WORKERS = {
 
 def run_worker(name: str, nproc: int = 1, threads: int | None = None, **options) -> dict:
     """Run one worker in a process of its own, or under torchrun in `nproc` processes."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else [sys.executable]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else [sys.executable]
+    )
     command = [*launcher, __file__, "--worker", name]
     for key, value in options.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
@@ -423,22 +473,31 @@ def main() -> None:
     lines = [
         *([] if args.append else ["# Benchmarks: unmask vs Hugging Face Trainer", ""]),
         f"- command: `python benchmarks/bench.py {' '.join(sys.argv[1:])}`",
-        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", f"- machine: {machine()}",
+        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {machine()}",
         f"- corpus: {args.corpus}; batch {args.batch_size} x {args.seq_len} tokens, lr {args.lr}, {precision}; {args.steps} steps a MiniLM-shape run"
-        f" and {args.base_steps} a bert-base-shape run, the first {args.warmup} and {args.base_warmup} left out of the timing (median of the rest)", "",
-    ]  # fmt: skip
+        f" and {args.base_steps} a bert-base-shape run, the first {args.warmup} and {args.base_warmup} left out of the timing (median of the rest)",
+        "",
+    ]
     corpus_4x = work / "corpus4x"
     store = work / "store"
     if "prepare" not in skip:
         for copy in range(4):
             shutil.copytree(args.corpus, corpus_4x / f"copy{copy}")
-        lines += ["## Preparation (tokenize + pack)", "", "| corpus | side | tokens | seconds | tokens/s | peak RSS MB | ratio |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Preparation (tokenize + pack)",
+            "",
+            "| corpus | side | tokens | seconds | tokens/s | peak RSS MB | ratio |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for label, corpus in (("1x", args.corpus), ("4x", str(corpus_4x))):
             ours = run_worker("prepare-unmask", corpus=corpus, store=store if label == "1x" else work / "store4x")
             peer = run_worker("prepare-peer", corpus=corpus)
             for side, r in (("unmask", ours), ("peer", peer)):
                 ratio = f"{ours['tokens_per_s'] / peer['tokens_per_s']:.2f}x" if side == "unmask" else ""
-                lines.append(f"| {label} | {side} | {r['tokens']:,} | {r['seconds']:.1f} | {r['tokens_per_s']:,.0f} | {r['peak_rss_mb']:.0f} | {ratio} |")
+                lines.append(
+                    f"| {label} | {side} | {r['tokens']:,} | {r['seconds']:.1f} | {r['tokens_per_s']:,.0f} | {r['peak_rss_mb']:.0f} | {ratio} |"
+                )
             print(lines[-2], lines[-1], sep="\n", flush=True)
         lines.append("")
     elif not (store / "meta.json").exists():
@@ -446,47 +505,64 @@ def main() -> None:
 
     if "formats" not in skip:
         lines += [
-            "## Preparation from other formats", "",
+            "## Preparation from other formats",
+            "",
             "The same corpus as one Parquet file (row groups of 256 documents) or one `.jsonl.zst` file per copy; plain text",
-            "is one file per document, as above. Tokens include word starts, recorded since issue 11.", "",
-            "| corpus | format | tokens | seconds | tokens/s | peak RSS MB |", "|---|---|---|---|---|---|",
-        ]  # fmt: skip
+            "is one file per document, as above. Tokens include word starts, recorded since issue 11.",
+            "",
+            "| corpus | format | tokens | seconds | tokens/s | peak RSS MB |",
+            "|---|---|---|---|---|---|",
+        ]
         for copy in range(4):
             if not (corpus_4x / f"copy{copy}").exists():
                 shutil.copytree(args.corpus, corpus_4x / f"copy{copy}")
         for label, copies in (("1x", 1), ("4x", 4)):
             plain = run_worker("prepare-unmask", corpus=args.corpus if copies == 1 else str(corpus_4x), store=work / "store-plain")
-            lines.append(f"| {label} | text files | {plain['tokens']:,} | {plain['seconds']:.1f} | {plain['tokens_per_s']:,.0f} | {plain['peak_rss_mb']:.0f} |")
+            lines.append(
+                f"| {label} | text files | {plain['tokens']:,} | {plain['seconds']:.1f} | {plain['tokens_per_s']:,.0f} | {plain['peak_rss_mb']:.0f} |"
+            )
             for kind in ("parquet", "jsonl.zst"):
                 folder = work / f"{kind}-{label}"
                 convert_corpus(args.corpus, folder, kind, copies)
                 r = run_worker("prepare-unmask", corpus=str(folder), store=work / f"store-{kind}")
-                lines.append(f"| {label} | {kind} | {r['tokens']:,} | {r['seconds']:.1f} | {r['tokens_per_s']:,.0f} | {r['peak_rss_mb']:.0f} |")
+                lines.append(
+                    f"| {label} | {kind} | {r['tokens']:,} | {r['seconds']:.1f} | {r['tokens_per_s']:,.0f} | {r['peak_rss_mb']:.0f} |"
+                )
             print(*lines[-3:], sep="\n", flush=True)
         lines.append("")
 
     if "tokenizer" not in skip:
         lines += [
-            "## Training a vocabulary (`unmask tokenizer`, 30,522 tokens, lowercased)", "",
+            "## Training a vocabulary (`unmask tokenizer`, 30,522 tokens, lowercased)",
+            "",
             "Trained on the corpus less every 20th file; fertility (tokens per whitespace-separated word) on those held-out",
-            "files, against the bert-base-uncased vocabulary.", "",
-            "| kind | seconds | MB of text | vocabulary | fertility | bert-base-uncased fertility | peak RSS MB |", "|---|---|---|---|---|---|---|",
-        ]  # fmt: skip
+            "files, against the bert-base-uncased vocabulary.",
+            "",
+            "| kind | seconds | MB of text | vocabulary | fertility | bert-base-uncased fertility | peak RSS MB |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for kind in ("wordpiece", "bpe", "unigram"):
             r = run_worker("tokenizer", corpus=args.corpus, run_dir=work / f"tok-{kind}", side=kind)
-            lines.append(f"| {kind} | {r['seconds']:.1f} | {r['megabytes']:.1f} | {r['vocab']:,} | {r['fertility']:.3f} | {r['base_fertility']:.3f} | {r['peak_rss_mb']:.0f} |")
+            lines.append(
+                f"| {kind} | {r['seconds']:.1f} | {r['megabytes']:.1f} | {r['vocab']:,} | {r['fertility']:.3f} | {r['base_fertility']:.3f} | {r['peak_rss_mb']:.0f} |"
+            )
             print(lines[-1], flush=True)
         lines.append("")
 
     if "train" not in skip:
         peak = gpu["gflops"]
         lines += [
-            "## Training throughput", "", f"Measured matmul peak of this machine ({gpu['what']}, best of 10): {peak:.1f} GFLOP/s.", "",
+            "## Training throughput",
+            "",
+            f"Measured matmul peak of this machine ({gpu['what']}, best of 10): {peak:.1f} GFLOP/s.",
+            "",
             "Share of peak: model FLOPs per second over that peak, counting the dense model (as MFU does) and, in brackets, the"
             " FLOPs actually executed (unmask runs the MLM head, and the last layer's queries, attention output and"
-            " feed-forward, on the 15% masked tokens only).", "",
-            f"| shape | dropout | side | tokens/s (median) | share of matmul peak | {memory} | ratio |", "|---|---|---|---|---|---|---|",
-        ]  # fmt: skip
+            " feed-forward, on the 15% masked tokens only).",
+            "",
+            f"| shape | dropout | side | tokens/s (median) | share of matmul peak | {memory} | ratio |",
+            "|---|---|---|---|---|---|---|",
+        ]
         curves = {}
         layout = f" ({args.nproc} processes, {args.strategy})" if args.nproc > 1 else ""
         for shape in args.shapes.split(","):
@@ -499,8 +575,17 @@ def main() -> None:
                 rss: dict[str, float] = {}
                 for _ in range(args.rounds):
                     for side in ("unmask", "peer"):
-                        options = dict(corpus=args.corpus, store=store, model=model, run_dir=work / "run", steps=steps,
-                                       batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, seq_len=args.seq_len)  # fmt: skip
+                        options = dict(
+                            corpus=args.corpus,
+                            store=store,
+                            model=model,
+                            run_dir=work / "run",
+                            steps=steps,
+                            batch_size=args.batch_size,
+                            lr=args.lr,
+                            warmup_steps=args.warmup_steps,
+                            seq_len=args.seq_len,
+                        )
                         if side == "unmask":
                             options.update(nproc=args.nproc, threads=args.threads, strategy=args.strategy)
                         elif "peer" not in args.sides:
@@ -514,12 +599,16 @@ def main() -> None:
                 tokens_per_s = {side: args.batch_size * args.seq_len / statistics.median(s) for side, s in samples.items() if s}
                 if "peer" not in tokens_per_s:
                     dense = tokens_per_s["unmask"] * train_flops_per_token(shape, args.seq_len) / (peak * 1e9)
-                    lines.append(f"| {shape} | {dropout} | unmask{layout} | {tokens_per_s['unmask']:,.0f} | {dense:.0%} | {rss['unmask']:.0f} (per process: {', '.join(f'{r:.0f}' for r in ranks)}) | |")
+                    lines.append(
+                        f"| {shape} | {dropout} | unmask{layout} | {tokens_per_s['unmask']:,.0f} | {dense:.0%} | {rss['unmask']:.0f} (per process: {', '.join(f'{r:.0f}' for r in ranks)}) | |"
+                    )
                     print(lines[-1], flush=True)
                     continue
                 for side in ("unmask", "peer"):
                     dense = tokens_per_s[side] * train_flops_per_token(shape, args.seq_len) / (peak * 1e9)
-                    executed = tokens_per_s[side] * train_flops_per_token(shape, args.seq_len, 0.15 if side == "unmask" else 1.0) / (peak * 1e9)
+                    executed = (
+                        tokens_per_s[side] * train_flops_per_token(shape, args.seq_len, 0.15 if side == "unmask" else 1.0) / (peak * 1e9)
+                    )
                     ratio = f"{tokens_per_s['unmask'] / tokens_per_s['peer']:.2f}x" if side == "unmask" else ""
                     lines.append(
                         f"| {shape} | {dropout} | {side}{layout if side == 'unmask' else ''} | {tokens_per_s[side]:,.0f} | {dense:.0%} ({executed:.0%}) | {rss[side]:.0f} | {ratio} |"
@@ -530,7 +619,9 @@ def main() -> None:
             plot_losses(curves, Path(args.curves))
             lines += ["", f"Both sides' training losses at equal steps: ![loss curves]({Path(args.curves).name})", ""]
             for label, (ours, peer) in curves.items():
-                lines.append(f"- {label}: mean loss over the last 5 steps: unmask {statistics.mean(ours[-5:]):.3f}, peer {statistics.mean(peer[-5:]):.3f}")
+                lines.append(
+                    f"- {label}: mean loss over the last 5 steps: unmask {statistics.mean(ours[-5:]):.3f}, peer {statistics.mean(peer[-5:]):.3f}"
+                )
             lines += ["", SCHEDULE_OFFSET, ""]
 
     if "fill" not in skip:
@@ -538,10 +629,14 @@ def main() -> None:
         ours = run_worker("fill", model=starter, side="unmask", fill_texts=args.fill_texts)
         peer = run_worker("fill", model=starter, side="peer", fill_texts=args.fill_texts)
         lines += [
-            "## Fill-mask throughput (MiniLM-L6 starter, batch 32, top 5)", "", "| side | texts/s | ratio |", "|---|---|---|",
+            "## Fill-mask throughput (MiniLM-L6 starter, batch 32, top 5)",
+            "",
+            "| side | texts/s | ratio |",
+            "|---|---|---|",
             f"| unmask fill | {ours['texts_per_s']:,.1f} | {ours['texts_per_s'] / peer['texts_per_s']:.2f}x |",
-            f"| pipeline('fill-mask') | {peer['texts_per_s']:,.1f} | |", "",
-        ]  # fmt: skip
+            f"| pipeline('fill-mask') | {peer['texts_per_s']:,.1f} | |",
+            "",
+        ]
         print(*lines[-4:-1], sep="\n", flush=True)
 
     if "profile" not in skip:
@@ -550,8 +645,13 @@ def main() -> None:
         table = run_worker("profile", model=model, batch_size=args.batch_size, seq_len=args.seq_len)["table"]
         lines += [
             f"## Where the time of one unmask training step goes ({args.shapes.split(',')[0]} shape, dropout"
-            f" {args.dropouts.split(',')[0]}, torch.profiler)", "", "```", table.strip(), "```", "",
-        ]  # fmt: skip
+            f" {args.dropouts.split(',')[0]}, torch.profiler)",
+            "",
+            "```",
+            table.strip(),
+            "```",
+            "",
+        ]
 
     previous = Path(args.out).read_text(encoding="utf-8") + "\n---\n\n" if args.append and Path(args.out).exists() else ""
     Path(args.out).write_text(previous + "\n".join(lines) + "\n", encoding="utf-8")

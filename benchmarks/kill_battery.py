@@ -32,7 +32,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from unmask.config import PrepareConfig
-    from unmask.data.store import prepare
+    from unmask.data.prepare import prepare
 
     work = Path(tempfile.mkdtemp(prefix="unmask-kills-"))
 
@@ -60,8 +60,10 @@ def main() -> None:
     final = unmask_process(*settings(str(store), str(model), killed, **options), "--resume")
     assert final.wait() == 0, final.stderr.read()
     identical = same_weights(weights(killed), weights(straight))
-    print(f"{landed} kills, {inside} of them inside a checkpoint write or the final model save; "
-          f"final weights {'identical bit for bit' if identical else 'DIFFERENT'} to the uninterrupted run ({time.time() - started:.0f} s)")
+    print(
+        f"{landed} kills, {inside} of them inside a checkpoint write or the final model save; "
+        f"final weights {'identical bit for bit' if identical else 'DIFFERENT'} to the uninterrupted run ({time.time() - started:.0f} s)"
+    )
     shutil.rmtree(work, ignore_errors=True)
     sys.exit(0 if identical else 1)
 

@@ -36,8 +36,14 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(paths=[str(folder)], models=[args.model], device="cpu")),
-                                           host="127.0.0.1", port=port, log_level="warning"))  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(ServeConfig(paths=[str(folder)], models=[args.model], device="cpu")),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+        )
+    )
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.05)
@@ -53,8 +59,10 @@ def main() -> None:
             latencies.append(1000 * (time.perf_counter() - started))
     latencies.sort()
     p95 = latencies[int(0.95 * len(latencies)) - 1]
-    print(f"fill-mask through the server, {args.model}, CPU, {len(latencies)} sequential requests: "
-          f"p50 {statistics.median(latencies):.1f} ms, p95 {p95:.1f} ms, mean {statistics.mean(latencies):.1f} ms")  # fmt: skip
+    print(
+        f"fill-mask through the server, {args.model}, CPU, {len(latencies)} sequential requests: "
+        f"p50 {statistics.median(latencies):.1f} ms, p95 {p95:.1f} ms, mean {statistics.mean(latencies):.1f} ms"
+    )
 
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if chromium and driver:
@@ -63,8 +71,17 @@ def main() -> None:
 
         options = webdriver.ChromeOptions()
         options.binary_location = chromium
-        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={folder / 'profile'}"):  # fmt: skip
+        for flag in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={folder / 'profile'}",
+        ):
             options.add_argument(flag)
         browser = webdriver.Chrome(service=Service(executable_path=driver), options=options)
         for name in ("runs", "fill", "masking", "compare"):
@@ -76,8 +93,10 @@ def main() -> None:
                     "const t = performance.getEntriesByType('navigation')[0]; return [t.domContentLoadedEventEnd, t.loadEventEnd];"
                 )
                 loads.append(timing)
-            print(f"page #/{name}: DOMContentLoaded {statistics.median(t[0] for t in loads):.0f} ms, "
-                  f"load {statistics.median(t[1] for t in loads):.0f} ms (median of 5)")  # fmt: skip
+            print(
+                f"page #/{name}: DOMContentLoaded {statistics.median(t[0] for t in loads):.0f} ms, "
+                f"load {statistics.median(t[1] for t in loads):.0f} ms (median of 5)"
+            )
         browser.quit()
     else:
         print("no chromium/chromedriver here: page load time not measured")

@@ -40,9 +40,9 @@ ABLATIONS = {
 
 
 def starter() -> str:
-    from unmask.tokenizer import resolve_pretrained
+    from unmask.hub import starter_path
 
-    return resolve_pretrained("minilm-l6")
+    return starter_path()
 
 
 def split_corpus(corpus: Path, work: Path) -> tuple[Path, Path]:
@@ -66,9 +66,20 @@ def worker_unmask(args) -> None:
     settings = json.loads(args.settings)
     budget = args.minutes * 60
     config = TrainConfig(
-        data=args.store, out=args.run, model=starter(), seq_len=128, batch_size=32, lr=args.lr, time_budget=f"{budget}s",
-        eval_every=0, log_every=5, checkpoint_every=0, keep_checkpoints=1000, progress="none", **settings,
-    )  # fmt: skip
+        data=args.store,
+        out=args.run,
+        model=starter(),
+        seq_len=128,
+        batch_size=32,
+        lr=args.lr,
+        time_budget=f"{budget}s",
+        eval_every=0,
+        log_every=5,
+        checkpoint_every=0,
+        keep_checkpoints=1000,
+        progress="none",
+        **settings,
+    )
     marks = [budget * k / args.points for k in range(1, args.points)]
     import unmask.train as training
 
@@ -92,8 +103,14 @@ def worker_peer(args) -> None:
     """The Hugging Face recipe, stopped at the budget; the model is saved at the same marks."""
     import datasets
     import torch
-    from transformers import (AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer, TrainerCallback,
-                              TrainingArguments)  # fmt: skip
+    from transformers import (
+        AutoTokenizer,
+        BertForMaskedLM,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     sys.path.insert(0, str(HERE))
     from bench import peer_dataset
@@ -136,14 +153,28 @@ def worker_peer(args) -> None:
                 (out / "spent.json").write_text(json.dumps({"spent": self.spent, "steps": self.steps}))
 
         training_args = TrainingArguments(
-            output_dir=os.path.join(cache, "out"), per_device_train_batch_size=32, max_steps=args.max_steps, learning_rate=args.lr,
-            warmup_steps=0.06, weight_decay=0.01, lr_scheduler_type="linear", logging_steps=50, save_strategy="no",
-            report_to="none", use_cpu=not torch.cuda.is_available(), seed=0, disable_tqdm=True, dataloader_num_workers=0,
-        )  # fmt: skip
+            output_dir=os.path.join(cache, "out"),
+            per_device_train_batch_size=32,
+            max_steps=args.max_steps,
+            learning_rate=args.lr,
+            warmup_steps=0.06,
+            weight_decay=0.01,
+            lr_scheduler_type="linear",
+            logging_steps=50,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=not torch.cuda.is_available(),
+            seed=0,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+        )
         trainer = Trainer(
-            model=model, args=training_args, train_dataset=grouped,
-            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15), callbacks=[Budget()],
-        )  # fmt: skip
+            model=model,
+            args=training_args,
+            train_dataset=grouped,
+            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15),
+            callbacks=[Budget()],
+        )
         trainer.train()
         trainer.save_model(str(out / "final"))
         tokenizer.save_pretrained(str(out / "final"))
@@ -172,10 +203,19 @@ def worker_peer_pace(args) -> None:
 
         trainer = Trainer(
             model=BertForMaskedLM.from_pretrained(starter()),
-            args=TrainingArguments(output_dir=os.path.join(cache, "o"), per_device_train_batch_size=32, max_steps=8, report_to="none",
-                                   use_cpu=not torch.cuda.is_available(), disable_tqdm=True, save_strategy="no"),
-            train_dataset=grouped, data_collator=DataCollatorForLanguageModeling(AutoTokenizer.from_pretrained(starter())), callbacks=[Clock()],
-        )  # fmt: skip
+            args=TrainingArguments(
+                output_dir=os.path.join(cache, "o"),
+                per_device_train_batch_size=32,
+                max_steps=8,
+                report_to="none",
+                use_cpu=not torch.cuda.is_available(),
+                disable_tqdm=True,
+                save_strategy="no",
+            ),
+            train_dataset=grouped,
+            data_collator=DataCollatorForLanguageModeling(AutoTokenizer.from_pretrained(starter())),
+            callbacks=[Clock()],
+        )
         trainer.train()
     steps = sorted(b - a for a, b in zip(times[2:], times[3:]))
     print(json.dumps({"seconds_per_step": steps[len(steps) // 2]}))
@@ -205,9 +245,24 @@ def evaluate(model: Path, heldout: Path, max_batches: int, cache: Path | None = 
     if key in known:
         return known[key]
     result = subprocess.run(
-        [sys.executable, "-m", "unmask", "eval", str(model), "--data", str(heldout), "--json", "--max-batches", str(max_batches), "--device", "cpu"],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "unmask",
+            "eval",
+            str(model),
+            "--data",
+            str(heldout),
+            "--json",
+            "--max-batches",
+            str(max_batches),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     if result.returncode != 0:
         raise SystemExit(f"eval of {model} failed:\n{result.stderr[-2000:]}")
     known[key] = json.loads(result.stdout)
@@ -219,15 +274,16 @@ def evaluate(model: Path, heldout: Path, max_batches: int, cache: Path | None = 
 
 def unmask_points(run: Path, work: Path) -> list[tuple[float, Path]]:
     """(training minutes, model folder) of every checkpoint of a budgeted unmask run."""
-    from unmask.persist import export_checkpoint
+    from unmask.checkpoint import read_info
+    from unmask.commands import export_checkpoint
+    from unmask.rundir import RunDir
 
     points = []
-    for path in sorted((run / "checkpoints").glob("step-*")):
-        spent = json.loads((path / "state.json").read_text())["info"]["train_seconds"]
+    for step, path in RunDir(run).checkpoint_steps():
         folder = work / f"{run.name}-{path.name}"
         if not folder.exists():
-            export_checkpoint(run, folder, step=int(path.name.split("-")[1]), echo=lambda _: None)
-        points.append((spent / 60, folder))
+            export_checkpoint(run, folder, step=step, echo=lambda _: None)
+        points.append((read_info(path).train_seconds / 60, folder))
     return points
 
 
@@ -254,8 +310,11 @@ def chart(curves: dict[str, list[tuple[float, float]]], path: Path) -> None:
         if " instead," in label:
             style.update(linestyle="--", alpha=0.8)
         axis.plot([m for m, _ in points], [a for _, a in points], label=label, **style)
-    axis.set(xlabel="training minutes (wall clock, evaluation not counted)", ylabel="held-out top-1 accuracy",
-             title="Continued pretraining of MiniLM-L6 on pydocs: time to quality")  # fmt: skip
+    axis.set(
+        xlabel="training minutes (wall clock, evaluation not counted)",
+        ylabel="held-out top-1 accuracy",
+        title="Continued pretraining of MiniLM-L6 on pydocs: time to quality",
+    )
     axis.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
@@ -265,6 +324,8 @@ def chart(curves: dict[str, list[tuple[float, float]]], path: Path) -> None:
 
 
 def main() -> None:
+    from unmask.rundir import RunDir
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", default=str(HERE.parent.parent / "shared" / "corpus" / "pydocs"))
     parser.add_argument("--budgets", default="5,15", help="minutes, comma-separated")
@@ -288,8 +349,11 @@ def main() -> None:
     work = Path(args.reuse) if args.reuse else Path(tempfile.mkdtemp(prefix="unmask-ttq-"))
     if not (work / "store" / "meta.json").is_file():
         train_files, heldout = split_corpus(Path(args.corpus), work)
-        subprocess.run([sys.executable, "-m", "unmask", "prepare", str(train_files), "--out", str(work / "store"), "--val-fraction", "0"],
-                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "unmask", "prepare", str(train_files), "--out", str(work / "store"), "--val-fraction", "0"],
+            check=True,
+            capture_output=True,
+        )
     train_files, heldout = work / "train", work / "heldout"
     # The peer's schedule is planned over the pace a peer run measured: its own shortest
     # budgeted run when there is one (minutes of steps), else 8 calibration steps.
@@ -310,7 +374,7 @@ def main() -> None:
     finals: dict[str, dict] = {}
     for label, (side, run, minutes) in runs.items():
         started = time.time()
-        done = (run / "checkpoints").is_dir() if side == "unmask" else (run / "spent.json").is_file()
+        done = RunDir(run).checkpoints.is_dir() if side == "unmask" else (run / "spent.json").is_file()
         if run.exists() and not done:
             shutil.rmtree(run)  # a run an earlier invocation did not finish
         if side == "unmask":
@@ -320,7 +384,9 @@ def main() -> None:
                     settings.update(change)
             settings = {k: v for k, v in settings.items() if v is not None}
             if not done:
-                run_worker("unmask", store=work / "store", run=run, minutes=minutes, points=args.points, lr=args.lr, settings=json.dumps(settings))
+                run_worker(
+                    "unmask", store=work / "store", run=run, minutes=minutes, points=args.points, lr=args.lr, settings=json.dumps(settings)
+                )
             points = unmask_points(run, work)
         else:
             # 3% more steps than the pace allows, so that the budget, not the step count, ends it.
@@ -340,7 +406,11 @@ def main() -> None:
 
     best, peer_long = finals[f"unmask, {budgets[0]:g} min"], finals[f"peer, {budgets[-1]:g} min"]
     lines = [
-        "", "---", "", "## Time to quality (continued pretraining of MiniLM-L6 on pydocs)", "",
+        "",
+        "---",
+        "",
+        "## Time to quality (continued pretraining of MiniLM-L6 on pydocs)",
+        "",
         f"- command: `python benchmarks/time_to_quality.py {' '.join(sys.argv[1:])}`",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         "- every 20th pydocs file held out of both sides' training; scored by `unmask eval` on the same held-out positions"
@@ -348,14 +418,22 @@ def main() -> None:
         f"- both sides: starter checkpoint with a fresh MLM head, batch 32 x 128, lr {args.lr}, linear decay, fp32 on 2 CPU cores;"
         f" the peer plans its schedule over {pace:.2f} s a step (measured by {paced_by}) and stops at the budget",
         f"- unmask's settings: {', '.join(f'{k}={v}' for k, v in BEST.items())}; budgets count training time only",
-        "- each row is one run, not repeated: how much another seed would move it was not measured", "",
-        "| run | minutes | top-1 | top-5 | loss |", "|---|---|---|---|---|",
+        "- each row is one run, not repeated: how much another seed would move it was not measured",
+        "",
+        "| run | minutes | top-1 | top-5 | loss |",
+        "|---|---|---|---|---|",
         f"| starter (fresh head) | 0 | {base['accuracy']:.2%} | {base['top5_accuracy']:.2%} | {base['loss']:.3f} |",
-        *(f"| {label} | {r['minutes']:.1f} | {r['accuracy']:.2%} | {r['top5_accuracy']:.2%} | {r['loss']:.3f} |" for label, r in finals.items()),
-        "", f"Goal: unmask's {budgets[0]:g}-minute accuracy at least the peer's {budgets[-1]:g}-minute accuracy: "
+        *(
+            f"| {label} | {r['minutes']:.1f} | {r['accuracy']:.2%} | {r['top5_accuracy']:.2%} | {r['loss']:.3f} |"
+            for label, r in finals.items()
+        ),
+        "",
+        f"Goal: unmask's {budgets[0]:g}-minute accuracy at least the peer's {budgets[-1]:g}-minute accuracy: "
         f"{best['accuracy']:.2%} against {peer_long['accuracy']:.2%}, {'met' if best['accuracy'] >= peer_long['accuracy'] else 'not met'}.",
-        "", f"![time to quality]({Path(args.chart).name})", "",
-    ]  # fmt: skip
+        "",
+        f"![time to quality]({Path(args.chart).name})",
+        "",
+    ]
     with open(args.out, "a", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

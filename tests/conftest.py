@@ -53,9 +53,14 @@ def tokenizer_dir(tmp_path_factory) -> Path:
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
     )
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+        tokenizer_object=raw,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
         model_max_length=128,
-    )  # fmt: skip
+    )
     folder = tmp_path_factory.mktemp("tokenizer")
     tokenizer.save_pretrained(folder)
     return folder
@@ -67,9 +72,14 @@ def tiny_bert(vocab_size: int, seed: int = 0, max_positions: int = 128):
 
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=max_positions, pad_token_id=0,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=max_positions,
+        pad_token_id=0,
+    )
     return BertForMaskedLM(config)
 
 
@@ -87,7 +97,7 @@ def tiny_model_dir(tmp_path_factory, tokenizer_dir) -> Path:
 @pytest.fixture(scope="session")
 def store_dir(tmp_path_factory, corpus_dir, tokenizer_dir) -> Path:
     from unmask.config import PrepareConfig
-    from unmask.data.store import prepare
+    from unmask.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("stores") / "tiny"
     prepare(PrepareConfig(sources=[str(corpus_dir)], out=str(out), tokenizer=str(tokenizer_dir), val_fraction=0.1), progress=False)
@@ -107,13 +117,27 @@ def roberta_dir(tmp_path_factory) -> Path:
     raw.train_from_iterator(make_documents(40), trainers.BpeTrainer(vocab_size=300, special_tokens=specials))
     raw.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True, add_prefix_space=False)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw, bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>", unk_token="<unk>",
-        pad_token="<pad>", mask_token="<mask>", model_max_length=64,
-    )  # fmt: skip
+        tokenizer_object=raw,
+        bos_token="<s>",
+        eos_token="</s>",
+        cls_token="<s>",
+        sep_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        model_max_length=64,
+    )
     config = RobertaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=66, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=66,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
     folder = tmp_path_factory.mktemp("tiny-roberta")
     RobertaForMaskedLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -125,7 +149,9 @@ def distilbert_dir(tmp_path_factory, tokenizer_dir) -> Path:
     from transformers import AutoTokenizer, DistilBertConfig, DistilBertForMaskedLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128, pad_token_id=0)
+    config = DistilBertConfig(
+        vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128, pad_token_id=0
+    )
     folder = tmp_path_factory.mktemp("tiny-distilbert")
     DistilBertForMaskedLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -145,8 +171,21 @@ def served(tmp_path_factory, store_dir, tiny_model_dir):
     from unmask.train import train
 
     root = tmp_path_factory.mktemp("served") / "runs"
-    train(TrainConfig(data=str(store_dir), out=str(root / "finished"), model=str(tiny_model_dir), seq_len=32, batch_size=4, max_steps=6,
-                      eval_every=3, log_every=1, checkpoint_every=3), progress=False, echo=quiet)  # fmt: skip
+    train(
+        TrainConfig(
+            data=str(store_dir),
+            out=str(root / "finished"),
+            model=str(tiny_model_dir),
+            seq_len=32,
+            batch_size=4,
+            max_steps=6,
+            eval_every=3,
+            log_every=1,
+            checkpoint_every=3,
+        ),
+        progress=False,
+        echo=quiet,
+    )
     live = root / "team" / "live"
     live.mkdir(parents=True)
     shutil.copy(root / "finished" / "config.yaml", live / "config.yaml")
@@ -185,8 +224,14 @@ def live_server(served_live, tiny_model_dir):
     from unmask.serve.app import create_app
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(paths=[str(served_live)], models=[str(tiny_model_dir)], device="cpu")),
-                                           host="127.0.0.1", port=port, log_level="warning"))  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(ServeConfig(paths=[str(served_live)], models=[str(tiny_model_dir)], device="cpu")),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(200):
@@ -196,4 +241,3 @@ def live_server(served_live, tiny_model_dir):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
-

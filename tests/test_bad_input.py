@@ -18,12 +18,20 @@ from hypothesis import strategies as st
 from unmask.cli import COMMANDS, main
 
 MINIMAL = {
-    "prepare": ["prepare", "x.txt", "--out", "o"], "tokenizer": ["tokenizer", "x.txt", "--out", "o"],
-    "train": ["train", "--data", "d", "--out", "o", "--model", "m"], "fill": ["fill", "m", "a [MASK]."], "inspect": ["inspect", "a b"],
-    "eval": ["eval", "m", "--data", "d"], "score": ["score", "m", "a b"], "pairs": ["pairs", "m", "p.jsonl"],
-    "embed": ["embed", "m", "--tokens", "a"], "compare": ["compare", "a", "b", "--data", "d"], "export": ["export", "r", "--out", "o"],
-    "plot": ["plot", "r"], "serve": ["serve"],
-}  # fmt: skip
+    "prepare": ["prepare", "x.txt", "--out", "o"],
+    "tokenizer": ["tokenizer", "x.txt", "--out", "o"],
+    "train": ["train", "--data", "d", "--out", "o", "--model", "m"],
+    "fill": ["fill", "m", "a [MASK]."],
+    "inspect": ["inspect", "a b"],
+    "eval": ["eval", "m", "--data", "d"],
+    "score": ["score", "m", "a b"],
+    "pairs": ["pairs", "m", "p.jsonl"],
+    "embed": ["embed", "m", "--tokens", "a"],
+    "compare": ["compare", "a", "b", "--data", "d"],
+    "export": ["export", "r", "--out", "o"],
+    "plot": ["plot", "r"],
+    "serve": ["serve"],
+}
 
 
 def cli(argv, capsys) -> tuple[int, str]:
@@ -89,24 +97,48 @@ CASES = [
     (["prepare", "{in}/empty.txt", "--out", "{tmp}/s", "--tokenizer", "{tok}"], 1, r"no non-empty documents"),
     (["prepare", "{in}/binary.txt", "--out", "{tmp}/s", "--tokenizer", "{tok}"], 1, r"binary\.txt: looks like a binary file"),
     (["prepare", "{in}/latin1.txt", "--out", "{tmp}/s", "--tokenizer", "{tok}"], 1, r"latin1\.txt:2: not valid UTF-8 \(byte 0xe9\)"),
-    (["prepare", "{in}/nul.txt", "--out", "{tmp}/s", "--tokenizer", "{tok}"], 1, r"nul\.txt: looks like a binary file \(NUL byte on line 2\)"),
+    (
+        ["prepare", "{in}/nul.txt", "--out", "{tmp}/s", "--tokenizer", "{tok}"],
+        1,
+        r"nul\.txt: looks like a binary file \(NUL byte on line 2\)",
+    ),
     (["prepare", "{in}/*.md", "--out", "{tmp}/s", "--tokenizer", "{tok}"], 1, r"\*\.md: glob matched no files"),
     (["prepare", "{in}/nothing", "--out", "{tmp}/s", "--tokenizer", "{tok}"], 1, r"nothing: folder holds no usable files"),
     (["prepare", "{in}/missing.txt", "--out", "{tmp}/s", "--tokenizer", "{tok}"], 1, r"missing\.txt: no such file or folder"),
     (["prepare", "{in}/bad.jsonl", "--out", "{tmp}/s", "--tokenizer", "{tok}"], 1, r"bad\.jsonl:2: invalid JSON"),
-    (["prepare", "{in}/nofield.jsonl", "--out", "{tmp}/s", "--tokenizer", "{tok}"], 1, r"nofield\.jsonl:1: record has no 'text' field \(it has body\)"),
-    (["prepare", "{in}/nocolumn.csv", "--out", "{tmp}/s", "--tokenizer", "{tok}"], 1, r"nocolumn\.csv: no column 'text' \(columns: id, body\)"),
+    (
+        ["prepare", "{in}/nofield.jsonl", "--out", "{tmp}/s", "--tokenizer", "{tok}"],
+        1,
+        r"nofield\.jsonl:1: record has no 'text' field \(it has body\)",
+    ),
+    (
+        ["prepare", "{in}/nocolumn.csv", "--out", "{tmp}/s", "--tokenizer", "{tok}"],
+        1,
+        r"nocolumn\.csv: no column 'text' \(columns: id, body\)",
+    ),
     (["prepare", "{in}", "--out", "{in}/store", "--tokenizer", "{tok}", "--skip-bad-files"], 1, r"overlaps the source"),
     (["prepare", "{corpus}", "--out", "{in}/a-file", "--tokenizer", "{tok}"], 1, r"a-file: is a file, not a token store"),
     (["prepare", "{corpus}", "--out", "{tmp}/s", "--tokenizer", "{tmp}/no/such/tokenizer/"], 1, r"no/such/tokenizer/': no such folder"),
     (["tokenizer", "{in}/binary.txt", "--out", "{tmp}/t"], 1, r"binary\.txt: looks like a binary file"),
     # flags: contradictions and nonsense
-    (["train", "--data", "d", "--out", "o", "--model", "m", "--from-scratch", "mini"], 1, r"--model: give exactly one of --model or --from-scratch"),
+    (
+        ["train", "--data", "d", "--out", "o", "--model", "m", "--from-scratch", "mini"],
+        1,
+        r"--model: give exactly one of --model or --from-scratch",
+    ),
     (["train", "--data", "d", "--out", "o"], 1, r"--model: give exactly one"),
-    (["train", "--data", "d", "--out", "o", "--model", "m", "--mask-schedule", "linear"], 1, r"--mask-prob-end: --mask-schedule linear needs"),
+    (
+        ["train", "--data", "d", "--out", "o", "--model", "m", "--mask-schedule", "linear"],
+        1,
+        r"--mask-prob-end: --mask-schedule linear needs",
+    ),
     (["train", "--data", "d", "--out", "o", "--model", "m", "--mask-replace-prob", "0.8", "--random-replace-prob", "0.3"], 1, r"at most 1"),
     (["train", "--data", "d", "--out", "o", "--model", "m", "--time-budget", "30"], 1, r"--time-budget: '30' is not a duration"),
-    (["train", "--data", "d", "--out", "o", "--from-scratch", "mini", "--seq-len", "100000"], 1, r"--seq-len: 100000 is more than the 8192 positions"),
+    (
+        ["train", "--data", "d", "--out", "o", "--from-scratch", "mini", "--seq-len", "100000"],
+        1,
+        r"--seq-len: 100000 is more than the 8192 positions",
+    ),
     (["train", "--data", "d", "--out", "o", "--model", "m", "--masking", "spans"], 2, r"masking"),
     (["train", "--data", "d", "--out", "o", "--model", "m", "--batch-size", "many"], 2, r"batch_size|batch-size"),
     (["train", "--data", "d", "--out", "o", "--model", "m", "--no-such-flag", "1"], 2, r"no_such_flag|no-such-flag"),
@@ -124,12 +156,20 @@ CASES = [
     (["train", "--data", "{store}", "--out", "{tmp}/r", "--model", "{roberta}"], 1, r"maps text to other ids than the model"),
     (["train", "--data", "{store}", "--out", "{in}/a-file", "--model", "{model}"], 1, r"a-file: is a file, not a run folder"),
     (["fill", "{nomask}", "a b c"], 1, r"has no mask token"),
-    (["fill", "{model}", "no mask here"], 1, r"text 1: no mask in 'no mask here' \(write \[MASK\] or <mask>; this model's own is \[MASK\]\)"),
+    (
+        ["fill", "{model}", "no mask here"],
+        1,
+        r"text 1: no mask in 'no mask here' \(write \[MASK\] or <mask>; this model's own is \[MASK\]\)",
+    ),
     (["fill", "{model}", "[MASK] " + "the cat " * 200 + "[MASK]"], 1, r"text 1: its masks lie \d+ tokens apart"),
     (["score", "{model}", "the cat " * 200], 1, r"text 1: \d+ tokens, more than the model's 128"),
     (["score", "{model}", "--file", "{in}/blank.txt"], 1, r"no texts to score: .*blank\.txt has no non-blank line"),
     (["embed", "{model}", "--file", "{in}/empty.txt", "--out", "{tmp}/x.npy"], 1, r"empty\.txt: empty, no text to embed"),
-    (["embed", "{model}", "--file", "{in}/blank.txt", "--out", "{tmp}/no/such/dir/x.npy"], 1, r"--out .*x\.npy: the folder .*dir does not exist"),
+    (
+        ["embed", "{model}", "--file", "{in}/blank.txt", "--out", "{tmp}/no/such/dir/x.npy"],
+        1,
+        r"--out .*x\.npy: the folder .*dir does not exist",
+    ),
     (["compare", "{model}", "{model}", "--data", "{store}", "--out", "{in}/a-file"], 1, r"a-file: is a file; give a folder"),
     (["eval", "{model}", "--data", "{novalstore}"], 1, r"has no 'val' documents .* --split train, or prepare it again with --val-fraction"),
     (["eval", "{model}", "--data", "{store}", "--split", "test"], 2, r"split"),
@@ -148,15 +188,19 @@ def nomask_dir(tmp_path_factory):
     raw = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "a": 4, "b": 5, "c": 6}, unk_token="[UNK]"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
     folder = tmp_path_factory.mktemp("nomask")
-    PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]").save_pretrained(folder)
-    BertForMaskedLM(BertConfig(vocab_size=7, hidden_size=16, num_hidden_layers=1, num_attention_heads=1, intermediate_size=32)).save_pretrained(folder)
+    PreTrainedTokenizerFast(
+        tokenizer_object=raw, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]"
+    ).save_pretrained(folder)
+    BertForMaskedLM(
+        BertConfig(vocab_size=7, hidden_size=16, num_hidden_layers=1, num_attention_heads=1, intermediate_size=32)
+    ).save_pretrained(folder)
     return folder
 
 
 @pytest.fixture(scope="module")
 def novalstore(tmp_path_factory, corpus_dir, tokenizer_dir):
     from unmask.config import PrepareConfig
-    from unmask.data.store import prepare
+    from unmask.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("noval") / "store"
     prepare(PrepareConfig(sources=[str(corpus_dir)], out=str(out), tokenizer=str(tokenizer_dir), val_fraction=0.0), progress=False)
@@ -164,12 +208,21 @@ def novalstore(tmp_path_factory, corpus_dir, tokenizer_dir):
 
 
 @pytest.mark.parametrize("argv,code,message", CASES, ids=[f"{i:02d}-{c[0][0]}" for i, c in enumerate(CASES)])
-def test_bad_input_gets_one_clear_message_and_an_exit_code(argv, code, message, files, tmp_path, tokenizer_dir, tiny_model_dir, store_dir,
-                                                           corpus_dir, roberta_dir, nomask_dir, novalstore, capsys):  # fmt: skip
+def test_bad_input_gets_one_clear_message_and_an_exit_code(
+    argv, code, message, files, tmp_path, tokenizer_dir, tiny_model_dir, store_dir, corpus_dir, roberta_dir, nomask_dir, novalstore, capsys
+):
     import re
 
-    names = dict(tmp=tmp_path, tok=tokenizer_dir, model=tiny_model_dir, store=store_dir, corpus=corpus_dir, roberta=roberta_dir,
-                 nomask=nomask_dir, novalstore=novalstore)  # fmt: skip
+    names = dict(
+        tmp=tmp_path,
+        tok=tokenizer_dir,
+        model=tiny_model_dir,
+        store=store_dir,
+        corpus=corpus_dir,
+        roberta=roberta_dir,
+        nomask=nomask_dir,
+        novalstore=novalstore,
+    )
     names["in"] = files
     got, err = cli([a.format(**names) for a in argv], capsys)
     assert got == code and re.search(message, err), (got, err)
@@ -203,9 +256,26 @@ def test_permission_denied_names_the_file(tmp_path, tokenizer_dir):
             f.chmod(0o644)
         env = {**os.environ, "HOME": str(shared), "HF_HOME": str(shared / "hf")}
         result = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "unmask", "prepare", str(secret),
-             "--out", str(shared / "store"), "--tokenizer", str(tokenizer)], capture_output=True, text=True, env=env, timeout=180,
-        )  # fmt: skip
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                "-m",
+                "unmask",
+                "prepare",
+                str(secret),
+                "--out",
+                str(shared / "store"),
+                "--tokenizer",
+                str(tokenizer),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=180,
+        )
         if "Permission denied" in result.stderr and "python" in result.stderr.lower() and "unmask" not in result.stderr:
             pytest.skip(f"nobody cannot run this venv's python: {result.stderr[-300:]}")
         assert result.returncode == 1 and "secret.txt: permission denied (cannot read)" in result.stderr, result.stderr[-1500:]
@@ -214,9 +284,28 @@ def test_permission_denied_names_the_file(tmp_path, tokenizer_dir):
         locked.mkdir(mode=0o755)  # root's: nobody may not write in it
         (shared / "readable.txt").write_text("text anybody may read\n" * 20)
         result = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "unmask", "prepare", str(shared / "readable.txt"),
-             "--out", str(locked / "store"), "--tokenizer", str(tokenizer), "--val-fraction", "0"], capture_output=True, text=True, env=env, timeout=180,
-        )  # fmt: skip
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                "-m",
+                "unmask",
+                "prepare",
+                str(shared / "readable.txt"),
+                "--out",
+                str(locked / "store"),
+                "--tokenizer",
+                str(tokenizer),
+                "--val-fraction",
+                "0",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=180,
+        )
         assert result.returncode == 1 and f"{locked}" in result.stderr and "permission denied" in result.stderr, result.stderr[-1500:]
         assert "Traceback" not in result.stderr
     finally:
@@ -231,16 +320,27 @@ VOCAB_SIZE = 50
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    rows=st.integers(1, 6), length=st.integers(3, 40), strategy=st.sampled_from(["token", "whole-word", "span"]),
-    mask_prob=st.floats(0.01, 0.99), replace=st.floats(0, 1), seed=st.integers(0, 2**40), data=st.data(),
-)  # fmt: skip
+    rows=st.integers(1, 6),
+    length=st.integers(3, 40),
+    strategy=st.sampled_from(["token", "whole-word", "span"]),
+    mask_prob=st.floats(0.01, 0.99),
+    replace=st.floats(0, 1),
+    seed=st.integers(0, 2**40),
+    data=st.data(),
+)
 def test_masking_never_crashes_and_keeps_its_contract(rows, length, strategy, mask_prob, replace, seed, data):
     from unmask.masking import IGNORE_INDEX, Masker
     from unmask.tokenizer import Vocabulary
 
-    vocab = Vocabulary(size=VOCAB_SIZE, special_ids=(0, 1, 2, 3, 4), mask_id=4, opener_id=2, closer_id=3, pad_id=0, starts_word=np.ones(VOCAB_SIZE, bool))
-    ids = torch.tensor(data.draw(st.lists(st.lists(st.integers(0, VOCAB_SIZE - 1), min_size=length, max_size=length), min_size=rows, max_size=rows)))
-    attention = torch.tensor(data.draw(st.lists(st.lists(st.integers(0, 1), min_size=length, max_size=length), min_size=rows, max_size=rows)))
+    vocab = Vocabulary(
+        size=VOCAB_SIZE, special_ids=(0, 1, 2, 3, 4), mask_id=4, opener_id=2, closer_id=3, pad_id=0, starts_word=np.ones(VOCAB_SIZE, bool)
+    )
+    ids = torch.tensor(
+        data.draw(st.lists(st.lists(st.integers(0, VOCAB_SIZE - 1), min_size=length, max_size=length), min_size=rows, max_size=rows))
+    )
+    attention = torch.tensor(
+        data.draw(st.lists(st.lists(st.integers(0, 1), min_size=length, max_size=length), min_size=rows, max_size=rows))
+    )
     starts = torch.tensor(data.draw(st.lists(st.lists(st.booleans(), min_size=length, max_size=length), min_size=rows, max_size=rows)))
     starts[:, 0] = True
     masker = Masker(vocab, seed=seed, strategy=strategy, mask_prob=mask_prob, mask_replace_prob=replace, random_replace_prob=1 - replace)
@@ -253,7 +353,9 @@ def test_masking_never_crashes_and_keeps_its_contract(rows, length, strategy, ma
 
 
 @settings(max_examples=60, deadline=None)
-@given(lengths=st.lists(st.integers(0, 30), min_size=1, max_size=8), seq_len=st.integers(3, 20), packing=st.sampled_from(["packed", "padded"]))
+@given(
+    lengths=st.lists(st.integers(0, 30), min_size=1, max_size=8), seq_len=st.integers(3, 20), packing=st.sampled_from(["packed", "padded"])
+)
 def test_windows_never_crash_and_frame_every_window(lengths, seq_len, packing):
     from unmask.data.store import Split
     from unmask.data.windows import Windows
@@ -274,7 +376,11 @@ def test_windows_never_crash_and_frame_every_window(lengths, seq_len, packing):
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(content=st.binary(max_size=300), suffix=st.sampled_from([".txt", ".jsonl", ".csv", ".tsv", ".txt.gz"]), doc_per=st.sampled_from(["file", "blank-line", "line"]))
+@given(
+    content=st.binary(max_size=300),
+    suffix=st.sampled_from([".txt", ".jsonl", ".csv", ".tsv", ".txt.gz"]),
+    doc_per=st.sampled_from(["file", "blank-line", "line"]),
+)
 def test_readers_never_crash_on_arbitrary_bytes(tmp_path, content, suffix, doc_per):
     import gzip
 

@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
-
+from conftest import tiny_bert
 from safetensors.torch import load_file
 
-from conftest import tiny_bert
 from unmask import checkpoint
 from unmask.config import UnmaskError
+from unmask.rundir import RunDir
 
 
 def model_and_optimizer(seed: int = 0):
@@ -38,10 +38,10 @@ def weights(model) -> dict:
 
 
 def save(run_dir, step, model, optimizer, keep=3):
+    info = checkpoint.CheckpointInfo(step=step, epoch=0, position=step, device_type="cpu")
     return checkpoint.save_checkpoint(
-        run_dir, step, weights(model), checkpoint.named_optimizer_state(optimizer, names(model)), {"epoch": 0, "position": step},
-        {"device_type": "cpu"}, keep,
-    )  # fmt: skip
+        RunDir(run_dir), info, weights(model), checkpoint.named_optimizer_state(optimizer, names(model)), keep
+    )
 
 
 def order(model, optimizer) -> list[str]:
@@ -62,7 +62,7 @@ def test_save_then_load_restores_weights_optimizer_and_state(tmp_path):
     assert path.name == "step-00000005" and checkpoint.verify(path) is None
     fresh, fresh_optimizer = model_and_optimizer(seed=1)
     restored = restore(path, fresh, fresh_optimizer)
-    assert restored.step == 5 and restored.data == {"epoch": 0, "position": 5} and restored.info == {"device_type": "cpu"}
+    assert restored.step == 5 and (restored.info.epoch, restored.info.position) == (0, 5) and restored.info.device_type == "cpu"
     assert "bert.embeddings.word_embeddings.weight:exp_avg" in load_file(str(path / "optimizer.safetensors"))
     for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(a, b), name
@@ -79,8 +79,8 @@ def test_resaving_a_step_replaces_it_whole_and_keep_deletes_the_oldest(tmp_path)
     for step in (1, 2, 3):
         save(tmp_path, step, model, optimizer, keep=2)
     save(tmp_path, 3, model, optimizer, keep=2)
-    assert [p.name for p in checkpoint.complete_step_dirs(tmp_path / "checkpoints")] == ["step-00000002", "step-00000003"]
-    assert all(checkpoint.verify(p) is None for p in checkpoint.complete_step_dirs(tmp_path / "checkpoints"))
+    assert [p.name for p in [p for _, p in RunDir(tmp_path).checkpoint_steps()]] == ["step-00000002", "step-00000003"]
+    assert all(checkpoint.verify(p) is None for p in [p for _, p in RunDir(tmp_path).checkpoint_steps()])
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000002", "step-00000003"]
 
 
@@ -100,7 +100,7 @@ def test_a_damaged_newest_checkpoint_is_named_and_passed_over(tmp_path, damage, 
     damage(newest)
     (tmp_path / "checkpoints" / ".step-00000009.partial-1").mkdir()
     warnings = []
-    assert checkpoint.latest_checkpoint(tmp_path, warn=warnings.append).name == "step-00000003"
+    assert checkpoint.latest_checkpoint(RunDir(tmp_path), warn=warnings.append).name == "step-00000003"
     assert len(warnings) == 1 and str(newest) in warnings[0] and problem in warnings[0]
 
 
@@ -116,14 +116,20 @@ def test_a_checkpoint_of_format_1_keyed_by_index_still_reads(tmp_path):
     save_file({f"{i}.{k}": v for i, e in state["state"].items() for k, v in e.items()}, str(path / "optimizer.safetensors"))
     save_file({"torch": torch.get_rng_state()}, str(path / "rng.safetensors"))
     files = {n: checkpoint._sha256(path / n) for n in ("model.safetensors", "optimizer.safetensors", "rng.safetensors")}
-    (path / "state.json").write_text(json.dumps({
-        "step": 4, "data": {"epoch": 1, "position": 2}, "files": files,
-        "optimizer": {"param_groups": state["param_groups"], "scalars": {}},
-    }))  # fmt: skip
+    (path / "state.json").write_text(
+        json.dumps(
+            {
+                "step": 4,
+                "data": {"epoch": 1, "position": 2},
+                "files": files,
+                "optimizer": {"param_groups": state["param_groups"], "scalars": {}},
+            }
+        )
+    )
     assert checkpoint.verify(path) is None
     fresh, fresh_optimizer = model_and_optimizer(seed=1)
     saved = restore(path, fresh, fresh_optimizer)
-    assert saved.step == 4 and saved.data == {"epoch": 1, "position": 2}
+    assert saved.step == 4 and (saved.info.epoch, saved.info.position) == (1, 2)
     for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(a, b), name
     for index, entries in optimizer.state_dict()["state"].items():

@@ -22,15 +22,24 @@ REPO = Path(__file__).resolve().parent.parent
 def test_the_console_script_runs_and_reports_errors_without_a_traceback(tmp_path):
     script = Path(sys.executable).parent / "unmask"
     assert script.is_file(), "pip install -e . installs the console script"
-    result = subprocess.run([str(script), "prepare", str(tmp_path / "none" / "*.txt"), "--out", str(tmp_path / "s")],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [str(script), "prepare", str(tmp_path / "none" / "*.txt"), "--out", str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1 and "glob matched no files" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_dashed_and_underscored_flags_both_work():
     assert normalise_flags(["--batch-size", "8", "--top-k=3", "x", "--a-b", "--mask-prob"]) == [
-        "--batch_size", "8", "--top_k=3", "x", "--a_b", "--mask_prob",
-    ]  # fmt: skip
+        "--batch_size",
+        "8",
+        "--top_k=3",
+        "x",
+        "--a_b",
+        "--mask_prob",
+    ]
     name, config = parse(["train", "--data", "d", "--out", "o", "--model", "m", "--batch-size", "8"])
     assert name == "train" and config == TrainConfig(data="d", out="o", model="m", batch_size=8)
     name, config = parse(["fill", "m", "a [MASK].", "b [MASK].", "--top_k", "3", "--json"])
@@ -92,8 +101,23 @@ def test_prepare_train_fill_and_inspect_from_the_command_line(tmp_path, corpus_d
     assert main(["prepare", str(corpus_dir), "--out", str(store), "--tokenizer", str(tokenizer_dir), "--val-fraction", "0.1"]) == 0
     out = capsys.readouterr().out
     assert "36 training documents" in out and "4 held out" in out
-    args = ["train", "--model", str(tiny_model_dir), "--data", str(store), "--out", str(run), "--max-steps", "3", "--batch-size", "4",
-            "--seq-len", "32", "--eval-every", "0"]  # fmt: skip
+    args = [
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(store),
+        "--out",
+        str(run),
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "32",
+        "--eval-every",
+        "0",
+    ]
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 3
 
@@ -130,8 +154,9 @@ def test_eval_score_embed_compare_and_plot_commands(tmp_path, store_dir, corpus_
     run = tmp_path / "run"
     train(
         TrainConfig(data=str(store_dir), out=str(run), model=str(tiny_model_dir), seq_len=32, batch_size=4, max_steps=4, eval_every=2),
-        progress=False, echo=lambda _: None,
-    )  # fmt: skip
+        progress=False,
+        echo=lambda _: None,
+    )
 
     assert main(["eval", str(run), "--data", str(store_dir), "--seq-len", "32", "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
@@ -152,7 +177,9 @@ def test_eval_score_embed_compare_and_plot_commands(tmp_path, store_dir, corpus_
     assert main(["embed", str(run), "--tokens", "the cat sees"]) == 0
     assert "[CLS]" in capsys.readouterr().out
 
-    assert main(["compare", str(tiny_model_dir), str(run), "--data", str(store_dir), "--seq-len", "32", "--out", str(tmp_path / "cmp")]) == 0
+    assert (
+        main(["compare", str(tiny_model_dir), str(run), "--data", str(store_dir), "--seq-len", "32", "--out", str(tmp_path / "cmp")]) == 0
+    )
     report = json.loads((tmp_path / "cmp" / "report.json").read_text())
     assert report["base_metrics"]["masked_tokens"] == report["trained_metrics"]["masked_tokens"]
     assert report["base_metrics"]["loss"] != report["trained_metrics"]["loss"]

@@ -63,7 +63,8 @@ def test_attention_with_dropout_is_softmax_attention_with_the_drawn_mask():
 def test_install_keeps_weights_and_eval_outputs_and_saves_a_plain_config(tmp_path):
     torch.manual_seed(0)
     model = AutoModelForMaskedLM.from_config(
-        BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64), attn_implementation="sdpa"
+        BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
+        attn_implementation="sdpa",
     ).eval()
     ids = torch.randint(5, 60, (2, 9))
     before = model(input_ids=ids).logits
@@ -83,11 +84,24 @@ def test_attention_is_only_switched_where_the_architecture_table_allows():
 
     from unmask.model import MaskedLM
 
-    modern = MaskedLM(AutoModelForMaskedLM.from_config(ModernBertConfig(
-        vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, pad_token_id=0,
-    ), attn_implementation="sdpa"))  # fmt: skip
+    modern = MaskedLM(
+        AutoModelForMaskedLM.from_config(
+            ModernBertConfig(
+                vocab_size=60,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                pad_token_id=0,
+            ),
+            attn_implementation="sdpa",
+        )
+    )
     assert modern.config._attn_implementation == "sdpa"
-    bert = MaskedLM(AutoModelForMaskedLM.from_config(BertConfig(
-        vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
-    ), attn_implementation="sdpa"))  # fmt: skip
+    bert = MaskedLM(
+        AutoModelForMaskedLM.from_config(
+            BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
+            attn_implementation="sdpa",
+        )
+    )
     assert bert.config._attn_implementation == cpu_dropout.ATTENTION_NAME

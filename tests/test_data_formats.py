@@ -9,10 +9,11 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import make_documents
+
 from unmask.config import PrepareConfig, UnmaskError
-from unmask.data.store import TokenStore, prepare
+from unmask.data.prepare import prepare
+from unmask.data.store import TokenStore
 
 DOCS = make_documents(12, sentences_per_doc=4, seed=7)
 
@@ -142,14 +143,24 @@ def garbage_zstd(path):
 @pytest.mark.parametrize(
     "make,name,options,message",
     [
-        (lambda p: __import__("pyarrow.parquet").parquet.write_table(__import__("pyarrow").table({"body": DOCS}), p), "docs.parquet", {},
-         r"docs\.parquet: no column 'text' \(columns: body\); set it with --text-field"),
+        (
+            lambda p: __import__("pyarrow.parquet").parquet.write_table(__import__("pyarrow").table({"body": DOCS}), p),
+            "docs.parquet",
+            {},
+            r"docs\.parquet: no column 'text' \(columns: body\); set it with --text-field",
+        ),
         (corrupt_gzip, "docs.jsonl.gz", {}, r"docs\.jsonl\.gz: corrupt or truncated gz file"),
         (garbage_zstd, "docs.jsonl.zst", {}, r"docs\.jsonl\.zst: corrupt or truncated zst file"),
         (lambda p: p.write_text("id,body\n1,hello\n"), "docs.csv", {}, r"docs\.csv: no column 'text' \(columns: id, body\)"),
         (lambda p: p.write_bytes(b"PAR1 not really parquet PAR1"), "docs.parquet", {}, r"docs\.parquet: not a readable parquet file"),
-        (lambda p: __import__("datasets").DatasetDict({"train": __import__("datasets").Dataset.from_dict({"text": DOCS})}).save_to_disk(p),
-         "saved", {"hf_split": "test"}, r"saved: no split 'test' \(splits: train\); choose one with --hf-split"),
+        (
+            lambda p: (
+                __import__("datasets").DatasetDict({"train": __import__("datasets").Dataset.from_dict({"text": DOCS})}).save_to_disk(p)
+            ),
+            "saved",
+            {"hf_split": "test"},
+            r"saved: no split 'test' \(splits: train\); choose one with --hf-split",
+        ),
     ],
     ids=["parquet-without-field", "truncated-gzip", "garbage-zstd", "csv-without-column", "not-parquet", "missing-split"],
 )

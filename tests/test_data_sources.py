@@ -1,8 +1,8 @@
 """Readers of text sources: formats, document modes, bad input named by file and line."""
 
-import pytest
-
 from pathlib import Path
+
+import pytest
 
 from unmask.config import UnmaskError
 from unmask.data.sources import SAMPLE_ALIAS, ReadOptions, ReadReport, Source, classify, expand_sources, read_documents

@@ -11,7 +11,8 @@ from transformers import AutoTokenizer
 
 from unmask import files
 from unmask.config import PrepareConfig, UnmaskError
-from unmask.data.store import TokenStore, is_validation_document, prepare
+from unmask.data.prepare import is_validation_document, prepare
+from unmask.data.store import TokenStore
 
 
 def test_validation_split_rule_holds_out_ceil_n_f_documents_the_first_always():
@@ -51,7 +52,7 @@ def test_prepare_refuses_to_overwrite_and_an_interrupted_prepare_leaves_no_store
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("unmask.data.store.publish_folder", crash)
+    monkeypatch.setattr("unmask.files.publish_folder", crash)
     config.overwrite = True
     with pytest.raises(KeyboardInterrupt):
         prepare(config, progress=False)
@@ -65,7 +66,9 @@ def test_prepare_needs_a_document_for_training(tmp_path, tokenizer_dir):
     one.write_text("a single document", encoding="utf-8")
     with pytest.raises(UnmaskError, match="none left for training"):
         prepare(PrepareConfig(sources=[str(one)], out=str(tmp_path / "s"), tokenizer=str(tokenizer_dir)), progress=False)
-    meta = prepare(PrepareConfig(sources=[str(one)], out=str(tmp_path / "s"), tokenizer=str(tokenizer_dir), val_fraction=0.0), progress=False)
+    meta = prepare(
+        PrepareConfig(sources=[str(one)], out=str(tmp_path / "s"), tokenizer=str(tokenizer_dir), val_fraction=0.0), progress=False
+    )
     assert meta["splits"]["val"]["documents"] == 0
 
 
@@ -98,9 +101,13 @@ def test_a_store_of_format_1_still_opens_with_the_same_vocabulary(store_dir, tmp
     vocab = meta.pop("vocabulary")
     meta["format_version"] = 1
     meta["tokenizer"].update(
-        vocab_size=vocab["size"], opener_id=vocab["opener_id"], separator_id=vocab["closer_id"], pad_id=vocab["pad_id"],
-        mask_id=vocab["mask_id"], special_ids=vocab["special_ids"],
-    )  # fmt: skip
+        vocab_size=vocab["size"],
+        opener_id=vocab["opener_id"],
+        separator_id=vocab["closer_id"],
+        pad_id=vocab["pad_id"],
+        mask_id=vocab["mask_id"],
+        special_ids=vocab["special_ids"],
+    )
     (old / "meta.json").write_text(json.dumps(meta))
     reopened = TokenStore.open(old).vocabulary()
     current = TokenStore.open(store_dir).vocabulary()
@@ -148,10 +155,16 @@ def test_the_store_records_the_tokenizers_own_word_starts(request, fixture, corp
 
 
 def test_word_start_bits_survive_flushes_that_end_mid_byte(monkeypatch, corpus_dir, tokenizer_dir, tmp_path):
-    monkeypatch.setattr("unmask.data.store._TOKENS_PER_WRITE", 13)  # flush after almost every document
-    prepare(PrepareConfig(sources=[str(corpus_dir)], out=str(tmp_path / "small"), tokenizer=str(tokenizer_dir), val_fraction=0.1), progress=False)
-    monkeypatch.setattr("unmask.data.store._TOKENS_PER_WRITE", 1 << 20)
-    prepare(PrepareConfig(sources=[str(corpus_dir)], out=str(tmp_path / "large"), tokenizer=str(tokenizer_dir), val_fraction=0.1), progress=False)
+    monkeypatch.setattr("unmask.data.prepare._TOKENS_PER_WRITE", 13)  # flush after almost every document
+    prepare(
+        PrepareConfig(sources=[str(corpus_dir)], out=str(tmp_path / "small"), tokenizer=str(tokenizer_dir), val_fraction=0.1),
+        progress=False,
+    )
+    monkeypatch.setattr("unmask.data.prepare._TOKENS_PER_WRITE", 1 << 20)
+    prepare(
+        PrepareConfig(sources=[str(corpus_dir)], out=str(tmp_path / "large"), tokenizer=str(tokenizer_dir), val_fraction=0.1),
+        progress=False,
+    )
     for split in ("train", "val"):
         a, b = TokenStore.open(tmp_path / "small").split(split), TokenStore.open(tmp_path / "large").split(split)
         assert np.array_equal(np.asarray(a.words), np.asarray(b.words)) and np.array_equal(np.asarray(a.tokens), np.asarray(b.tokens))

@@ -16,8 +16,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import quiet
+
 from unmask import distributed
 from unmask.config import TrainConfig
 from unmask.train import train
@@ -27,15 +27,36 @@ STEPS = 6
 
 def settings(store, model, out, **overrides) -> list[str]:
     values = dict(
-        model=model, data=store, out=out, seq_len=32, batch_size=4, max_steps=STEPS, lr=1e-3, warmup_steps=1, log_every=1,
-        eval_every=3, checkpoint_every=3, dropout=0.0, progress="none",
-    )  # fmt: skip
+        model=model,
+        data=store,
+        out=out,
+        seq_len=32,
+        batch_size=4,
+        max_steps=STEPS,
+        lr=1e-3,
+        warmup_steps=1,
+        log_every=1,
+        eval_every=3,
+        checkpoint_every=3,
+        dropout=0.0,
+        progress="none",
+    )
     values.update(overrides)
     return [item for key, value in values.items() for item in (f"--{key.replace('_', '-')}", str(value))]
 
 
 def torchrun(*args: str, processes: int = 2, timeout: int = 240) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m", "unmask", "train", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        "-m",
+        "unmask",
+        "train",
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
@@ -77,10 +98,10 @@ def test_two_processes_take_the_same_steps_as_one_with_gradient_accumulation(run
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_sharded_evaluation_equals_single_process_evaluation_of_the_same_weights(runs, strategy, store_dir):
-    from unmask.evaluate import evaluate_model
-    from unmask.model import load_mlm
     from unmask.data.store import TokenStore
     from unmask.data.windows import Windows
+    from unmask.evaluate import evaluate_model
+    from unmask.model import load_mlm
 
     store = TokenStore.open(store_dir)
     windows = Windows.build(store.split("val"), 32, store.vocabulary(), keep_partial=True)
@@ -130,7 +151,9 @@ def test_checkpoints_resume_under_another_world_size_and_strategy(runs, store_di
 
 def test_sigterm_to_the_launcher_leaves_a_checkpoint_to_continue_from(store_dir, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    args = settings(str(store_dir), str(tiny_model_dir), out, max_steps=100_000, eval_every=0, checkpoint_every=0, log_every=20, progress="lines")
+    args = settings(
+        str(store_dir), str(tiny_model_dir), out, max_steps=100_000, eval_every=0, checkpoint_every=0, log_every=20, progress="lines"
+    )
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "unmask", "train", *args]
     launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
@@ -144,8 +167,9 @@ def test_sigterm_to_the_launcher_leaves_a_checkpoint_to_continue_from(store_dir,
     assert len(stopped) == 1 and "by SIGTERM" in stopped[0] and "continue with --resume" in stopped[0], stderr[-2000:]
     step = int(stopped[0].split()[3])
     from unmask import checkpoint
+    from unmask.rundir import RunDir
 
-    assert checkpoint.latest_checkpoint(out).name == f"step-{step:08d}"
+    assert checkpoint.latest_checkpoint(RunDir(out)).name == f"step-{step:08d}"
     assert "\r" not in stderr, "a log gets plain lines, never a carriage-return bar"
     from unmask.cli import parse
 
@@ -170,8 +194,17 @@ def test_a_single_process_stops_at_a_step_boundary_on_a_signal(store_dir, tiny_m
         if step == 3:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    cfg = TrainConfig(data=str(store_dir), model=str(tiny_model_dir), out=str(tmp_path / "run"), seq_len=32, batch_size=4, max_steps=10,
-                      eval_every=0, checkpoint_every=0, log_every=1)  # fmt: skip
+    cfg = TrainConfig(
+        data=str(store_dir),
+        model=str(tiny_model_dir),
+        out=str(tmp_path / "run"),
+        seq_len=32,
+        batch_size=4,
+        max_steps=10,
+        eval_every=0,
+        checkpoint_every=0,
+        log_every=1,
+    )
     with pytest.raises(Stopped) as stopped:
         train(cfg, progress=False, echo=quiet, on_step=interrupt_at_step_3)
     assert stopped.value.exit_code == 143 and stopped.value.step == 4, "the signal is acted on at the next step boundary"

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import quiet, tiny_bert
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from conftest import quiet, tiny_bert
 from unmask.config import UnmaskError
 from unmask.data.store import TokenStore
 from unmask.data.windows import Windows
@@ -97,7 +97,9 @@ def test_two_models_are_scored_on_the_same_positions(tiny_model_dir, windows, to
     other_dir = tmp_path / "other"
     tiny_bert(len(tokenizer), seed=1).save_pretrained(other_dir)
     tokenizer.save_pretrained(other_dir)
-    together = evaluate_model([load_mlm(str(d), echo=quiet) for d in (tiny_model_dir, other_dir)], windows, batch_size=5, device=torch.device("cpu"))
+    together = evaluate_model(
+        [load_mlm(str(d), echo=quiet) for d in (tiny_model_dir, other_dir)], windows, batch_size=5, device=torch.device("cpu")
+    )
     alone = [evaluate(d, windows) for d in (tiny_model_dir, other_dir)]
     for a, b in zip(together, alone):
         assert a.loss == pytest.approx(b.loss, rel=1e-6) and a.accuracy == b.accuracy

@@ -13,20 +13,35 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import quiet
 from safetensors.torch import load_file
 
-from conftest import quiet
 from unmask import checkpoint
 from unmask.config import PrepareConfig, TrainConfig, UnmaskError
-from unmask.data.store import TokenStore, prepare
+from unmask.data.prepare import prepare
+from unmask.data.store import TokenStore
+from unmask.rundir import RunDir
 from unmask.train import train
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "unmask"
 
 
 def settings(store, model, out, **overrides) -> list[str]:
-    values = dict(model=model, data=store, out=out, seq_len=32, batch_size=4, max_steps=80, lr=1e-3, warmup_steps=2, log_every=1,
-                  eval_every=8, checkpoint_every=1, keep_checkpoints=2, progress="none")  # fmt: skip
+    values = dict(
+        model=model,
+        data=store,
+        out=out,
+        seq_len=32,
+        batch_size=4,
+        max_steps=80,
+        lr=1e-3,
+        warmup_steps=2,
+        log_every=1,
+        eval_every=8,
+        checkpoint_every=1,
+        keep_checkpoints=2,
+        progress="none",
+    )
     values.update(overrides)
     return [item for key, value in values.items() for item in (f"--{key.replace('_', '-')}", str(value))]
 
@@ -57,7 +72,7 @@ def kill_repeatedly(args: list[str], out: Path, kills: int, seed: int) -> tuple[
     chance = random.Random(seed)
     landed = inside_write = 0
     while landed < kills:
-        resume = ["--resume"] if checkpoint.complete_step_dirs(out / "checkpoints") else []
+        resume = ["--resume"] if [p for _, p in RunDir(out).checkpoint_steps()] else []
         before = lines_of(out / "metrics.jsonl")
         process = unmask_process(*args, *resume)
         deadline = time.time() + 120
@@ -88,6 +103,7 @@ def test_ten_random_kills_then_resume_end_bit_identical_to_an_uninterrupted_run(
     final = unmask_process(*args, "--resume")
     assert final.wait(timeout=300) == 0, final.stderr.read()[-2000:]
     assert same_weights(weights(killed), weights(straight)), "bit for bit"
+
     def records(run: Path) -> list[dict]:  # everything but the speed, which differs from process to process
         lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "train_seconds")} for r in lines]
@@ -109,13 +125,31 @@ def damage_flip_a_byte(path):
 
 @pytest.mark.parametrize(
     "damage",
-    [damage_truncate, damage_flip_a_byte, lambda p: (p / "model.safetensors").unlink(), lambda p: (p / "state.json").write_text("garbage{")],
+    [
+        damage_truncate,
+        damage_flip_a_byte,
+        lambda p: (p / "model.safetensors").unlink(),
+        lambda p: (p / "state.json").write_text("garbage{"),
+    ],
     ids=["truncated", "flipped-byte", "missing-file", "garbage-state"],
 )
 def test_a_damaged_newest_checkpoint_is_named_passed_over_and_the_run_still_ends_bit_identical(store_dir, tiny_model_dir, tmp_path, damage):
     def config(out, **o):
-        return TrainConfig(data=str(store_dir), model=str(tiny_model_dir), out=str(out), seq_len=32, batch_size=4, max_steps=6, lr=1e-3,
-                           warmup_steps=1, eval_every=0, checkpoint_every=2, keep_checkpoints=3, dropout=0.1, **o)  # fmt: skip
+        return TrainConfig(
+            data=str(store_dir),
+            model=str(tiny_model_dir),
+            out=str(out),
+            seq_len=32,
+            batch_size=4,
+            max_steps=6,
+            lr=1e-3,
+            warmup_steps=1,
+            eval_every=0,
+            checkpoint_every=2,
+            keep_checkpoints=3,
+            dropout=0.1,
+            **o,
+        )
 
     train(config(tmp_path / "straight"), progress=False, echo=quiet)
     out = tmp_path / "run"
@@ -142,14 +176,14 @@ def test_keeping_n_checkpoints_never_deletes_the_last_one_that_verifies(tmp_path
     state = {k: v for k, v in model.state_dict().items() if k not in ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")}
     optimizer = {"state": {}, "param_groups": [{"lr": 1.0, "params": []}]}
     for step in (1, 2, 3):
-        checkpoint.save_checkpoint(tmp_path, step, state, optimizer, {}, {}, keep=5)
+        checkpoint.save_checkpoint(RunDir(tmp_path), checkpoint.CheckpointInfo(step=step), state, optimizer, keep=5)
     for step in (2, 3):  # both newer ones damaged
         (tmp_path / "checkpoints" / f"step-{step:08d}" / "model.safetensors").write_bytes(b"x")
     checkpoint._verified.clear()
-    checkpoint.save_checkpoint(tmp_path, 4, state, optimizer, {}, {}, keep=2)
-    assert [p.name for p in checkpoint.complete_step_dirs(tmp_path / "checkpoints")] == ["step-00000001", "step-00000004"]
-    checkpoint.save_checkpoint(tmp_path, 5, state, optimizer, {}, {}, keep=1)
-    assert [p.name for p in checkpoint.complete_step_dirs(tmp_path / "checkpoints")] == ["step-00000005"]
+    checkpoint.save_checkpoint(RunDir(tmp_path), checkpoint.CheckpointInfo(step=4), state, optimizer, keep=2)
+    assert [p.name for p in [p for _, p in RunDir(tmp_path).checkpoint_steps()]] == ["step-00000001", "step-00000004"]
+    checkpoint.save_checkpoint(RunDir(tmp_path), checkpoint.CheckpointInfo(step=5), state, optimizer, keep=1)
+    assert [p.name for p in [p for _, p in RunDir(tmp_path).checkpoint_steps()]] == ["step-00000005"]
 
 
 def poison_from_call(monkeypatch, first_bad: int, last_bad: int = 10**9):
@@ -168,11 +202,19 @@ def poison_from_call(monkeypatch, first_bad: int, last_bad: int = 10**9):
 def test_a_non_finite_step_stops_before_it_reaches_the_weights(store_dir, tiny_model_dir, tmp_path, monkeypatch):
     poison_from_call(monkeypatch, 5)
     out = tmp_path / "run"
-    cfg = TrainConfig(data=str(store_dir), model=str(tiny_model_dir), out=str(out), seq_len=32, batch_size=4, max_steps=6, eval_every=0,
-                      checkpoint_every=2)  # fmt: skip
+    cfg = TrainConfig(
+        data=str(store_dir),
+        model=str(tiny_model_dir),
+        out=str(out),
+        seq_len=32,
+        batch_size=4,
+        max_steps=6,
+        eval_every=0,
+        checkpoint_every=2,
+    )
     with pytest.raises(UnmaskError, match=r"step 5: training loss is nan, gradient norm nan; stopped before applying it"):
         train(cfg, progress=False, echo=quiet)
-    assert [p.name for p in checkpoint.complete_step_dirs(out / "checkpoints")] == ["step-00000002", "step-00000004"]
+    assert [p.name for p in [p for _, p in RunDir(out).checkpoint_steps()]] == ["step-00000002", "step-00000004"]
     assert not (out / "model").exists()
     saved = load_file(str(out / "checkpoints" / "step-00000004" / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in saved.values())
@@ -181,11 +223,29 @@ def test_a_non_finite_step_stops_before_it_reaches_the_weights(store_dir, tiny_m
 def test_skip_drops_non_finite_updates_counts_them_and_stops_after_too_many_in_a_row(store_dir, tiny_model_dir, tmp_path, monkeypatch):
     poison_from_call(monkeypatch, 3, 4)  # steps 3 and 4 are non-finite
     out = tmp_path / "run"
-    cfg = TrainConfig(data=str(store_dir), model=str(tiny_model_dir), out=str(out), seq_len=32, batch_size=4, max_steps=6, eval_every=0,
-                      checkpoint_every=0, log_every=1, on_nonfinite="skip", max_nonfinite=2)  # fmt: skip
+    cfg = TrainConfig(
+        data=str(store_dir),
+        model=str(tiny_model_dir),
+        out=str(out),
+        seq_len=32,
+        batch_size=4,
+        max_steps=6,
+        eval_every=0,
+        checkpoint_every=0,
+        log_every=1,
+        on_nonfinite="skip",
+        max_nonfinite=2,
+    )
     summary = train(cfg, progress=False, echo=quiet)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"skipped_steps"' in line]
-    assert [r["skipped_steps"] for r in records] == [0, 0, 1, 2, 2, 2] and [r["loss"] is None for r in records] == [False, False, True, True, False, False]
+    assert [r["skipped_steps"] for r in records] == [0, 0, 1, 2, 2, 2] and [r["loss"] is None for r in records] == [
+        False,
+        False,
+        True,
+        True,
+        False,
+        False,
+    ]
     assert summary["steps"] == 6 and all(torch.isfinite(t).all() for t in weights(out).values())
     poison_from_call(monkeypatch, 1)
     with pytest.raises(UnmaskError, match=r"3 non-finite steps in a row \(--max-nonfinite 2\)"):
@@ -238,8 +298,18 @@ def test_a_full_disk_while_training_is_one_line_and_earlier_checkpoints_stay_who
     out = disk / "run"
     if when == "config":
         fill(disk, 0)
-    cfg = TrainConfig(data=str(store_dir), model=str(tiny_model_dir), out=str(out), seq_len=32, batch_size=4, max_steps=40, eval_every=0,
-                      checkpoint_every=2, keep_checkpoints=5, log_every=1)  # fmt: skip
+    cfg = TrainConfig(
+        data=str(store_dir),
+        model=str(tiny_model_dir),
+        out=str(out),
+        seq_len=32,
+        batch_size=4,
+        max_steps=40,
+        eval_every=0,
+        checkpoint_every=2,
+        keep_checkpoints=5,
+        log_every=1,
+    )
 
     def squeeze(step: int) -> None:
         if step == 3 and when == "metrics":
@@ -247,18 +317,19 @@ def test_a_full_disk_while_training_is_one_line_and_earlier_checkpoints_stay_who
         if step == 3 and when == "checkpoint":
             fill(disk, 40_000)  # less than a checkpoint
         if step == 39 and when == "final-model":
-            newest = checkpoint.latest_checkpoint(out)
+            newest = checkpoint.latest_checkpoint(RunDir(out))
             size = sum(f.stat().st_size for f in newest.iterdir())
             fill(disk, size + 12_000)  # the last checkpoint fits, the model after it does not
 
     longer = when in ("final-model", "metrics")  # a full page of metrics lines takes a dozen steps to run out
-    cfg = TrainConfig(**{**cfg.__dict__, "max_steps": 40 if longer else 8, "keep_checkpoints": 50,
-                         "checkpoint_every": 0 if when == "metrics" else 2})  # fmt: skip
+    cfg = TrainConfig(
+        **{**cfg.__dict__, "max_steps": 40 if longer else 8, "keep_checkpoints": 50, "checkpoint_every": 0 if when == "metrics" else 2}
+    )
     with pytest.raises(UnmaskError, match=DISK_FULL) as failure:
         train(cfg, progress=False, echo=quiet, on_step=squeeze)
     named = {"config": r"base|config\.yaml", "metrics": r"metrics\.jsonl", "checkpoint": r"step-0000000[46]", "final-model": r"model"}[when]
     assert re.search(named, str(failure.value)), str(failure.value)
-    for path in checkpoint.complete_step_dirs(out / "checkpoints"):
+    for path in [p for _, p in RunDir(out).checkpoint_steps()]:
         assert checkpoint.verify(path) is None, f"{path} looks complete, so it must be whole"
     assert not (out / "model").exists() and not list(out.glob(".*partial*")) and not list((out / "checkpoints").glob(".step-*"))
 
@@ -273,7 +344,7 @@ def test_a_second_train_into_a_live_run_refuses_and_a_killed_run_leaves_no_stuck
     second = subprocess.run([sys.executable, "-m", "unmask", "train", *args, "--resume"], capture_output=True, text=True, timeout=120)
     assert second.returncode == 1 and "is using it right now" in second.stderr and "unmask train" in second.stderr
     assert "Traceback" not in second.stderr
-    while not checkpoint.complete_step_dirs(out / "checkpoints"):
+    while not [p for _, p in RunDir(out).checkpoint_steps()]:
         time.sleep(0.05)
     first.kill()
     first.wait()
@@ -283,7 +354,18 @@ def test_a_second_train_into_a_live_run_refuses_and_a_killed_run_leaves_no_stuck
 
 def test_two_prepares_into_one_store_leave_one_complete_store(corpus_dir, tokenizer_dir, tmp_path):
     out = tmp_path / "store"
-    command = [sys.executable, "-m", "unmask", "prepare", str(corpus_dir), "--out", str(out), "--tokenizer", str(tokenizer_dir), "--overwrite"]
+    command = [
+        sys.executable,
+        "-m",
+        "unmask",
+        "prepare",
+        str(corpus_dir),
+        "--out",
+        str(out),
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--overwrite",
+    ]
     processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
     assert sum(code == 0 for code, _ in results) >= 1
@@ -338,7 +420,9 @@ def test_remote_code_runs_only_when_asked(tmp_path):
     config.auto_map = {"AutoModelForMaskedLM": "modeling_evil.EvilModel"}
     config.save_pretrained(folder)
     marker = tmp_path / "RAN"
-    (folder / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import BertForMaskedLM as EvilModel\n")
+    (folder / "modeling_evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import BertForMaskedLM as EvilModel\n"
+    )
     try:
         load_mlm(str(folder), echo=quiet)
     except UnmaskError:

@@ -1,12 +1,11 @@
 """Atomic writes and folders published whole."""
 
 import os
+from pathlib import Path
 
 import pytest
 
 from unmask import files
-from pathlib import Path
-
 from unmask.config import UnmaskError
 from unmask.files import RunLock, atomic_write_text, building_path, publish_folder, recover_folder
 

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import quiet
 from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
 
-from conftest import quiet
 from unmask.config import UnmaskError
 from unmask.infer import Embedder, Filler, Scorer, inspect_masking, normalise_masks, window_around_masks
 

@@ -128,9 +128,13 @@ def test_mask_probability_outside_open_interval_is_refused(bad):
     ids, attention = framed_batch(2, 16)
     with pytest.raises(UnmaskError, match="mask-prob"):
         mask_tokens(
-            ids, maskable_positions(ids, torch.tensor(SPECIALS), attention), generator_draws(ids.shape, seeded_generator(0), VOCAB - 5),
-            mask_token_id=MASK_ID, random_pool=torch.arange(5, VOCAB), mask_prob=bad,
-        )  # fmt: skip
+            ids,
+            maskable_positions(ids, torch.tensor(SPECIALS), attention),
+            generator_draws(ids.shape, seeded_generator(0), VOCAB - 5),
+            mask_token_id=MASK_ID,
+            random_pool=torch.arange(5, VOCAB),
+            mask_prob=bad,
+        )
 
 
 def test_replacement_shares_must_fit_in_one():
@@ -145,7 +149,9 @@ def test_masking_runs_on_cuda_tensors():
     on_gpu = Masker(VOCABULARY, seed=0, device="cuda")(ids.cuda(), attention.cuda(), rows.cuda(), torch.zeros(100).long().cuda())
     on_cpu = Masker(VOCABULARY, seed=0)(ids, attention, rows, torch.zeros(100).long())
     assert on_gpu.input_ids.is_cuda
-    assert torch.equal(on_gpu.labels.cpu(), on_cpu.labels) and torch.equal(on_gpu.input_ids.cpu(), on_cpu.input_ids), "masks are device-independent"
+    assert torch.equal(on_gpu.labels.cpu(), on_cpu.labels) and torch.equal(on_gpu.input_ids.cpu(), on_cpu.input_ids), (
+        "masks are device-independent"
+    )
 
 
 def test_a_mask_is_a_function_of_seed_epoch_window_and_position_only():
@@ -160,7 +166,11 @@ def test_a_mask_is_a_function_of_seed_epoch_window_and_position_only():
         alone = inner(ids[row : row + 1], attention[row : row + 1], windows[row : row + 1], epochs[row : row + 1])
         assert torch.equal(alone.labels[0], whole.labels[row])
     # Another epoch, window or seed draws anew.
-    for other in (inner(ids, attention, windows, epochs + 1), inner(ids, attention, windows + 1, epochs), Masker(VOCABULARY, seed=4)(ids, attention, windows, epochs)):
+    for other in (
+        inner(ids, attention, windows, epochs + 1),
+        inner(ids, attention, windows + 1, epochs),
+        Masker(VOCABULARY, seed=4)(ids, attention, windows, epochs),
+    ):
         assert not torch.equal(other.labels, whole.labels)
 
 
@@ -172,8 +182,11 @@ def test_hashed_draws_are_uniform_and_independent_across_streams_positions_and_w
         histogram = torch.histc(uniform.flatten(), bins=20, min=0, max=1)
         expected = uniform.numel() / 20
         assert float(((histogram - expected) ** 2 / expected).sum()) < 45, "chi-square over 19 degrees of freedom, p < 0.001"
-    pairs = [(draws.pick.flatten(), draws.split.flatten()), (draws.pick[:, :-1].flatten(), draws.pick[:, 1:].flatten()),
-             (draws.pick[:-1].flatten(), draws.pick[1:].flatten())]  # fmt: skip
+    pairs = [
+        (draws.pick.flatten(), draws.split.flatten()),
+        (draws.pick[:, :-1].flatten(), draws.pick[:, 1:].flatten()),
+        (draws.pick[:-1].flatten(), draws.pick[1:].flatten()),
+    ]
     for a, b in pairs:
         assert abs(float(torch.corrcoef(torch.stack([a, b]))[0, 1])) < 0.01
     counts = torch.bincount(draws.choice.flatten(), minlength=1000).float()
@@ -283,7 +296,9 @@ def test_word_strategy_masks_are_a_function_of_seed_epoch_window_and_position(st
     windows, epochs = torch.tensor([4, 8, 15, 16, 23, 42, 1, 2]), torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
     whole = inner(ids, attention, windows, epochs, word_starts=starts)
     for row in range(8):
-        alone = inner(ids[row : row + 1], attention[row : row + 1], windows[row : row + 1], epochs[row : row + 1], word_starts=starts[row : row + 1])
+        alone = inner(
+            ids[row : row + 1], attention[row : row + 1], windows[row : row + 1], epochs[row : row + 1], word_starts=starts[row : row + 1]
+        )
         assert torch.equal(alone.labels[0], whole.labels[row]) and torch.equal(alone.input_ids[0], whole.input_ids[row])
     other = inner(ids, attention, windows, epochs + 1, word_starts=starts)
     assert not torch.equal(other.labels, whole.labels)

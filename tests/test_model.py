@@ -21,8 +21,18 @@ def tiny_configs():
     yield "bert", BertConfig(vocab_size=120, **TINY)
     yield "roberta", RobertaConfig(vocab_size=120, pad_token_id=1, max_position_embeddings=70, **TINY)
     yield "distilbert", DistilBertConfig(vocab_size=120, dim=32, n_layers=2, n_heads=2, hidden_dim=64)
-    yield "modernbert", ModernBertConfig(
-        vocab_size=120, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2, global_attn_every_n_layers=1, **TINY
+    yield (
+        "modernbert",
+        ModernBertConfig(
+            vocab_size=120,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            cls_token_id=1,
+            sep_token_id=2,
+            global_attn_every_n_layers=1,
+            **TINY,
+        ),
     )
 
 
@@ -133,7 +143,9 @@ def test_presets_build_tied_bert_for_the_tokenizer(preset, tokenizer_dir):
     assert lm.config.vocab_size == len(tokenizer)
     assert lm.model.cls.predictions.decoder.weight is lm.model.bert.embeddings.word_embeddings.weight
     again = build_mlm(preset, vocab, seq_len=128, seed=0)
-    assert torch.equal(lm.model.bert.encoder.layer[0].attention.self.query.weight, again.model.bert.encoder.layer[0].attention.self.query.weight)
+    assert torch.equal(
+        lm.model.bert.encoder.layer[0].attention.self.query.weight, again.model.bert.encoder.layer[0].attention.self.query.weight
+    )
 
 
 def test_starter_alias_loads_the_bundled_minilm():

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import quiet, tiny_bert
+
 from unmask.cli import main
 from unmask.config import PairsConfig, UnmaskError
 from unmask.infer import Scorer

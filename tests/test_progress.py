@@ -5,6 +5,7 @@ import re
 import time
 
 from unmask.progress import MetricsLog, Progress, Throughput, format_duration
+from unmask.rundir import RunDir
 
 LOGGED = {"loss": 4.25, "lr": 3e-4, "tokens_per_s": 1234.5}
 
@@ -50,11 +51,11 @@ def test_throughput_leaves_out_paused_time():
 def test_a_resumed_metrics_log_drops_later_and_torn_lines(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "loss": 5}\n{"step": 2, "loss": 4}\n{"step": 3, "loss": 3}\n{"step": 4, "lo')
-    log = MetricsLog(path, resume_step=2)
+    log = MetricsLog(RunDir(tmp_path), resume_step=2)
     log.write({"step": 3, "loss": 2.5})
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
-    MetricsLog(tmp_path / "other.jsonl", resume_step=None, enabled=False).write({"step": 1})
-    assert not (tmp_path / "other.jsonl").exists()
+    MetricsLog(RunDir(tmp_path / "other"), resume_step=None, enabled=False).write({"step": 1})
+    assert not (tmp_path / "other").exists()
 
 
 def test_durations_read_like_a_person_writes_them():

@@ -47,4 +47,6 @@ def test_progress_is_the_further_of_steps_and_time():
     assert run_progress(10, 100, 30, 60) == 0.5
     assert run_progress(10, None, 15, 60) == 0.25
     assert run_progress(200, 100, 0, None) == 1.0
-    assert decay_shape(0.5, "cosine") == pytest.approx(0.5) and decay_shape(2.0, "linear") == 0.0 and math.isclose(decay_shape(0, "linear"), 1)
+    assert (
+        decay_shape(0.5, "cosine") == pytest.approx(0.5) and decay_shape(2.0, "linear") == 0.0 and math.isclose(decay_shape(0, "linear"), 1)
+    )

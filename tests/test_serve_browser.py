@@ -24,8 +24,18 @@ def browser(tmp_path_factory):
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     profile = tmp_path_factory.mktemp("chromium-profile")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1000", f"--user-data-dir={profile}"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,1000",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
     driver.set_page_load_timeout(60)
@@ -66,18 +76,27 @@ def test_the_runs_page_lists_every_run_with_its_state(browser, live_server, shot
     rows = wait(lambda: css(browser, "[data-testid=runs-table] tr[data-run]"))
     assert {r.get_attribute("data-run") for r in rows} == {"finished", "team-live"}
     assert "finished" in css(browser, "tr[data-run=finished]")[0].text
-    timing = browser.execute_script("const t = performance.getEntriesByType('navigation')[0]; return [t.domContentLoadedEventEnd, t.loadEventEnd];")
+    timing = browser.execute_script(
+        "const t = performance.getEntriesByType('navigation')[0]; return [t.domContentLoadedEventEnd, t.loadEventEnd];"
+    )
     print(f"page load: DOMContentLoaded {timing[0]:.0f} ms, load {timing[1]:.0f} ms")
     browser.save_screenshot(str(shots / "runs.png"))
 
 
 def test_a_live_runs_curve_gains_a_point_when_its_metrics_grow(browser, live_server, served_live, shots):
     browser.get(f"{live_server}/#/run/team-live")
-    chart = lambda: css(browser, "[data-testid=chart-loss]")  # noqa: E731
-    before = int(wait(lambda: chart() and chart()[0].get_attribute("data-points") not in (None, "0") and chart()[0].get_attribute("data-points")))
+    chart = lambda: css(browser, "[data-testid=chart-loss]")
+    before = int(
+        wait(lambda: chart() and chart()[0].get_attribute("data-points") not in (None, "0") and chart()[0].get_attribute("data-points"))
+    )
     last = [json.loads(line) for line in (served_live / "team" / "live" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line][-1]
     with open(served_live / "team" / "live" / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"step": last["step"] + 1, "loss": last["loss"] - 0.1, "lr": 1e-4, "grad_norm": 1.0, "mask_rate": 0.15, "tokens_per_s": 900}) + "\n")
+        f.write(
+            json.dumps(
+                {"step": last["step"] + 1, "loss": last["loss"] - 0.1, "lr": 1e-4, "grad_norm": 1.0, "mask_rate": 0.15, "tokens_per_s": 900}
+            )
+            + "\n"
+        )
     wait(lambda: int(chart()[0].get_attribute("data-points")) == before + 1, timeout=20)
     assert len(css(browser, ".chart svg polyline")) >= 6
     browser.save_screenshot(str(shots / "run.png"))
@@ -105,7 +124,7 @@ def test_the_masking_walkthrough_draws_redraws_and_scores_the_picks(browser, liv
     sentence.clear()
     sentence.send_keys("the cat sees the door today and a dog reads a book every morning.")
     css(browser, "[data-testid=mask-draw]")[0].click()
-    table = lambda: css(browser, "[data-testid=mask-table] tr[data-picked]")  # noqa: E731
+    table = lambda: css(browser, "[data-testid=mask-table] tr[data-picked]")
     wait(lambda: table())
     first = [r.get_attribute("data-picked") for r in table()]
     assert "true" in first and css(browser, "[data-testid=mask-loss]")

@@ -4,19 +4,29 @@ import math
 
 import pytest
 import torch
+from conftest import quiet
 from safetensors.torch import load_file
 
-from conftest import quiet
 from unmask import checkpoint
 from unmask.config import TrainConfig, UnmaskError
+from unmask.rundir import RunDir
 from unmask.train import build_optimizer, train
 
 
 def config(store_dir, model_dir, out, **overrides) -> TrainConfig:
     settings = dict(
-        data=str(store_dir), out=str(out), model=str(model_dir), seq_len=32, batch_size=4, max_steps=6, lr=1e-3,
-        eval_every=3, log_every=1, checkpoint_every=3, warmup_steps=1,
-    )  # fmt: skip
+        data=str(store_dir),
+        out=str(out),
+        model=str(model_dir),
+        seq_len=32,
+        batch_size=4,
+        max_steps=6,
+        lr=1e-3,
+        eval_every=3,
+        log_every=1,
+        checkpoint_every=3,
+        warmup_steps=1,
+    )
     settings.update(overrides)
     return TrainConfig(**settings)
 
@@ -43,7 +53,9 @@ def test_fresh_head_weights_get_their_own_learning_rate_scale(tmp_path):
 
     from unmask.model import load_mlm
 
-    BertModel(BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path)
+    BertModel(BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(
+        tmp_path
+    )
     lm = load_mlm(str(tmp_path), echo=quiet)
     assert "cls.predictions.transform.dense.weight" in lm.fresh_parameters
     assert not any(name.startswith("bert.") for name in lm.fresh_parameters), "the tied decoder is the pretrained embedding"
@@ -66,7 +78,7 @@ def test_a_run_writes_config_metrics_checkpoints_and_a_model_transformers_can_us
     assert all(0.05 < r["mask_rate"] < 0.3 for r in train_records), "the real masking rate is reported and near 15%"
     assert [r["step"] for r in records if "eval_loss" in r] == [3, 6]
     assert (out / "config.yaml").read_text().startswith("data:")
-    assert [p.name for p in checkpoint.complete_step_dirs(out / "checkpoints")] == ["step-00000003", "step-00000006"]
+    assert [p.name for p in [p for _, p in RunDir(out).checkpoint_steps()]] == ["step-00000003", "step-00000006"]
     fill = pipeline("fill-mask", model=str(out / "model"))
     predictions = fill("the cat [MASK] the door today.")
     assert len(predictions) == 5 and all(0 <= p["score"] <= 1 for p in predictions)
@@ -92,14 +104,14 @@ def test_interrupted_then_resumed_run_ends_with_the_same_weights(store_dir, tiny
     broken = tmp_path / "broken"
     with pytest.raises(KeyboardInterrupt):
         run(config(store_dir, tiny_model_dir, broken, grad_accum=2, max_steps=7), on_step=crash_after_step_5)
-    assert checkpoint.latest_checkpoint(broken).name == "step-00000003"
+    assert checkpoint.latest_checkpoint(RunDir(broken)).name == "step-00000003"
     run(config(store_dir, tiny_model_dir, broken, grad_accum=2, max_steps=7, resume=True))
 
     a, b = load_file(str(straight / "model" / "model.safetensors")), load_file(str(broken / "model" / "model.safetensors"))
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
-    lines = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    lines = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines(broken)] == [r["step"] for r in lines(straight)], "no duplicated metric lines after resume"
     assert [r.get("loss") for r in lines(broken)] == [r.get("loss") for r in lines(straight)]
 
@@ -128,19 +140,23 @@ def test_a_diverging_loss_stops_training_and_keeps_earlier_checkpoints(store_dir
     out = tmp_path / "run"
     with pytest.raises(UnmaskError, match="step 5: training loss is nan"):
         run(config(store_dir, tiny_model_dir, out, max_steps=6, checkpoint_every=2, eval_every=0))
-    assert [p.name for p in checkpoint.complete_step_dirs(out / "checkpoints")] == ["step-00000002", "step-00000004"]
+    assert [p.name for p in [p for _, p in RunDir(out).checkpoint_steps()]] == ["step-00000002", "step-00000004"]
     assert not (out / "model").exists()
 
 
 def test_tokenizer_mismatch_between_store_and_model_is_refused(store_dir, tmp_path):
-    from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
 
     raw = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4, "cat": 5}, unk_token="[UNK]"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    other = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    other = PreTrainedTokenizerFast(
+        tokenizer_object=raw, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"
+    )
     folder = tmp_path / "other"
-    BertForMaskedLM(BertConfig(vocab_size=6, hidden_size=16, num_hidden_layers=1, num_attention_heads=1, intermediate_size=32)).save_pretrained(folder)
+    BertForMaskedLM(
+        BertConfig(vocab_size=6, hidden_size=16, num_hidden_layers=1, num_attention_heads=1, intermediate_size=32)
+    ).save_pretrained(folder)
     other.save_pretrained(folder)
     with pytest.raises(UnmaskError, match="maps text to other ids"):
         run(config(store_dir, folder, tmp_path / "run"))
@@ -149,7 +165,9 @@ def test_tokenizer_mismatch_between_store_and_model_is_refused(store_dir, tmp_pa
 def test_from_scratch_uses_the_store_tokenizer_and_a_saved_config_reproduces_the_run(store_dir, tmp_path):
     from unmask.config import load_yaml
 
-    cfg = TrainConfig(data=str(store_dir), out=str(tmp_path / "scratch"), from_scratch="tiny", seq_len=32, batch_size=4, max_steps=2, eval_every=0)
+    cfg = TrainConfig(
+        data=str(store_dir), out=str(tmp_path / "scratch"), from_scratch="tiny", seq_len=32, batch_size=4, max_steps=2, eval_every=0
+    )
     first = run(cfg)
     reloaded = load_yaml(TrainConfig, tmp_path / "scratch" / "config.yaml")
     assert reloaded == cfg
@@ -161,7 +179,7 @@ def test_from_scratch_uses_the_store_tokenizer_and_a_saved_config_reproduces_the
 
 def test_no_held_out_split_means_no_empty_eval_records(tmp_path, corpus_dir, tokenizer_dir, tiny_model_dir):
     from unmask.config import PrepareConfig
-    from unmask.data.store import prepare
+    from unmask.data.prepare import prepare
 
     store = tmp_path / "store"
     prepare(PrepareConfig(sources=[str(corpus_dir)], out=str(store), tokenizer=str(tokenizer_dir), val_fraction=0.0), progress=False)
@@ -175,7 +193,7 @@ def test_no_held_out_split_means_no_empty_eval_records(tmp_path, corpus_dir, tok
 def test_resume_on_another_device_type_is_refused(store_dir, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     run(config(store_dir, tiny_model_dir, out, max_steps=2))
-    state_path = checkpoint.latest_checkpoint(out) / "state.json"
+    state_path = checkpoint.latest_checkpoint(RunDir(out)) / "state.json"
     state = json.loads(state_path.read_text())
     state["info"]["device_type"] = "cuda"
     state_path.write_text(json.dumps(state))
@@ -188,7 +206,8 @@ def test_roberta_and_distilbert_train_from_local_folders(architecture, request, 
     from transformers import pipeline
 
     from unmask.config import PrepareConfig
-    from unmask.data.store import TokenStore, prepare
+    from unmask.data.prepare import prepare
+    from unmask.data.store import TokenStore
     from unmask.infer import Filler
 
     folder = request.getfixturevalue(f"{architecture}_dir")
@@ -246,7 +265,7 @@ def test_compiled_encoder_trains_exactly_like_the_eager_one(store_dir, tiny_mode
 
     assert len(calls) == 1, "the tiny BERT's one full-width layer is compiled; its last layer runs at masked positions"
     assert losses(compiled) == losses(eager) and len(losses(eager)) == 3
-    saved = [load_file(checkpoint.latest_checkpoint(out) / "model.safetensors") for out in (compiled, eager)]
+    saved = [load_file(checkpoint.latest_checkpoint(RunDir(out)) / "model.safetensors") for out in (compiled, eager)]
     assert set(saved[0]) == set(saved[1]), "compiling must not rename parameters"
 
 
@@ -264,17 +283,36 @@ class FakeClock:
 
 def test_a_time_budget_ends_the_run_and_its_schedules_follow_the_time_spent(store_dir, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    cfg = config(store_dir, tiny_model_dir, out, max_steps=None, time_budget="60s", warmup_steps=None, warmup_fraction=0.2,
-                 mask_prob=0.3, mask_prob_end=0.15, mask_schedule="linear", eval_every=0, checkpoint_every=3)  # fmt: skip
+    cfg = config(
+        store_dir,
+        tiny_model_dir,
+        out,
+        max_steps=None,
+        time_budget="60s",
+        warmup_steps=None,
+        warmup_fraction=0.2,
+        mask_prob=0.3,
+        mask_prob_end=0.15,
+        mask_schedule="linear",
+        eval_every=0,
+        checkpoint_every=3,
+    )
     summary = train(cfg, progress=False, echo=quiet, clock=FakeClock(10.0))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert summary["steps"] == 6 and [r["train_seconds"] for r in records] == [10, 20, 30, 40, 50, 60]
     # Warmup over the first 20% of the time, then linear decay over the rest.
-    assert [r["lr"] for r in records] == pytest.approx([0.0, 1e-3 * (10 / 60) / 0.2, 1e-3 * (1 - (20 / 60 - 0.2) / 0.8),
-                                                         1e-3 * (1 - (30 / 60 - 0.2) / 0.8), 1e-3 * (1 - (40 / 60 - 0.2) / 0.8),
-                                                         1e-3 * (1 - (50 / 60 - 0.2) / 0.8)])  # fmt: skip
+    assert [r["lr"] for r in records] == pytest.approx(
+        [
+            0.0,
+            1e-3 * (10 / 60) / 0.2,
+            1e-3 * (1 - (20 / 60 - 0.2) / 0.8),
+            1e-3 * (1 - (30 / 60 - 0.2) / 0.8),
+            1e-3 * (1 - (40 / 60 - 0.2) / 0.8),
+            1e-3 * (1 - (50 / 60 - 0.2) / 0.8),
+        ]
+    )
     assert [r["mask_prob"] for r in records] == pytest.approx([0.3 - 0.15 * k / 6 for k in range(6)])
-    assert (out / "model" / "model.safetensors").is_file() and checkpoint.latest_checkpoint(out).name == "step-00000006"
+    assert (out / "model" / "model.safetensors").is_file() and checkpoint.latest_checkpoint(RunDir(out)).name == "step-00000006"
 
 
 def test_a_resumed_budgeted_run_carries_the_time_already_spent(store_dir, tiny_model_dir, tmp_path):
@@ -320,7 +358,7 @@ def test_export_turns_any_complete_checkpoint_into_a_model_folder(store_dir, tin
     from safetensors.torch import load_file
     from transformers import AutoModelForMaskedLM, pipeline
 
-    from unmask.persist import export_checkpoint
+    from unmask.commands import export_checkpoint
 
     out = tmp_path / "run"
 
@@ -353,7 +391,11 @@ def test_a_finished_run_can_be_extended_and_resuming_it_adds_no_duplicate_lines(
     run(config(store_dir, tiny_model_dir, out, max_steps=4, eval_every=0, checkpoint_every=2, resume=True))
     assert (out / "metrics.jsonl").read_text() == before, "resuming a finished run appends nothing, its final eval included"
     lines = []
-    summary = train(config(store_dir, tiny_model_dir, out, max_steps=6, eval_every=0, checkpoint_every=2, resume=True), progress=False, echo=lines.append)
+    summary = train(
+        config(store_dir, tiny_model_dir, out, max_steps=6, eval_every=0, checkpoint_every=2, resume=True),
+        progress=False,
+        echo=lines.append,
+    )
     assert summary["steps"] == 6
     assert any("--max-steps 4 -> 6" in line and "not identical to a run planned this long" in line for line in lines)
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]

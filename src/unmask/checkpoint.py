@@ -7,8 +7,8 @@ size and strategy:
     model.safetensors       the model's weights by Hugging Face name (a tied alias once)
     optimizer.safetensors   AdamW's tensors, `NAME:exp_avg`, `NAME:exp_avg_sq`, `NAME:step`
     state.json              step, data position, optimizer param groups (by name), what the
-                            run recorded (device type, world size, global batch), and the
-                            SHA-256 of every file
+                            run recorded (`CheckpointInfo`: device type, world size, global
+                            batch, ...), and the SHA-256 of every file
 
 It is written into a hidden `checkpoints/.step-N.partial-PID/` folder, every file fsynced,
 and then published as `checkpoints/step-N/` by a rename (`files.publish_folder`);
@@ -23,19 +23,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from unmask.config import UnmaskError
-from unmask.files import atomic_write_text, building_path, disk_full_guard, publish_folder, remove_stale_building, remove_tree
+from unmask.errors import UnmaskError
+from unmask.files import atomic_write_text, building, remove_stale_building, remove_tree
+from unmask.rundir import RunDir
 
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 FORMAT = 2
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -47,14 +47,53 @@ _SEPARATOR = ":"
 NamedOptimizerState = dict[str, Any]
 
 
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint records about the run besides its tensors: where to go on from."""
+
+    step: int
+    """Optimizer steps done."""
+    epoch: int = 0
+    """Data position: the epoch of the window order ..."""
+    position: int = 0
+    """... and the next window's place in that epoch's order."""
+    train_seconds: float = 0.0
+    """Training time spent so far (what --time-budget counts)."""
+    skipped_steps: int = 0
+    """Steps whose update was dropped for a non-finite loss (--on-nonfinite skip)."""
+    device_type: str | None = None
+    """`cpu` or `cuda`: a run continues on the kind of device it trained on."""
+    world_size: int = 1
+    global_batch: int | None = None
+    """Windows a step, over all processes: a resume must keep it."""
+    strategy: str = "none"
+    extra: dict = field(default_factory=dict)
+    """Keys this unmask does not know (written by a newer one), kept as they were."""
+
+    _RUN_KEYS = ("train_seconds", "skipped_steps", "device_type", "world_size", "global_batch", "strategy")
+
+    def to_state(self) -> dict:
+        """The `step`, `data` and `info` entries of state.json."""
+        info = {**self.extra, **{k: getattr(self, k) for k in self._RUN_KEYS}}
+        return {"step": self.step, "data": {"epoch": self.epoch, "position": self.position}, "info": info}
+
+    @classmethod
+    def from_state(cls, state: dict) -> CheckpointInfo:
+        info = dict(state.get("info") or {})
+        known = {k: info.pop(k) for k in cls._RUN_KEYS if k in info}
+        data = state.get("data") or {}
+        return cls(step=int(state["step"]), epoch=int(data.get("epoch", 0)), position=int(data.get("position", 0)), extra=info, **known)
+
+
 @dataclass
 class Checkpoint:
-    step: int
-    data: dict
-    info: dict
-    """What the run recorded besides (device type, world size, global batch, ...)."""
+    info: CheckpointInfo
     model: dict[str, torch.Tensor]
     optimizer: NamedOptimizerState
+
+    @property
+    def step(self) -> int:
+        return self.info.step
 
 
 def _sha256(path: Path) -> str:
@@ -69,7 +108,10 @@ def named_optimizer_state(optimizer: torch.optim.Optimizer, names: dict[int, str
     """An optimizer's state dict keyed by parameter name (`names`: id(parameter) -> name)."""
     state_dict = optimizer.state_dict()
     order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
-    groups = [{**{k: v for k, v in group.items() if k != "params"}, "params": [order[i] for i in group["params"]]} for group in state_dict["param_groups"]]
+    groups = [
+        {**{k: v for k, v in group.items() if k != "params"}, "params": [order[i] for i in group["params"]]}
+        for group in state_dict["param_groups"]
+    ]
     return {"state": {order[index]: entries for index, entries in state_dict["state"].items()}, "param_groups": groups}
 
 
@@ -78,8 +120,13 @@ def indexed_optimizer_state(named: NamedOptimizerState, optimizer: torch.optim.O
     index = {names[id(p)]: i for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])}
     missing = sorted(set(index) - {n for g in named["param_groups"] for n in g["params"]})
     if missing:
-        raise UnmaskError(f"the checkpoint's optimizer has no state for {len(missing)} parameter(s) of this model: {', '.join(missing[:3])}")
-    groups = [{**{k: v for k, v in group.items() if k != "params"}, "params": [index[n] for n in group["params"]]} for group in named["param_groups"]]
+        raise UnmaskError(
+            f"the checkpoint's optimizer has no state for {len(missing)} parameter(s) of this model: {', '.join(missing[:3])}"
+        )
+    groups = [
+        {**{k: v for k, v in group.items() if k != "params"}, "params": [index[n] for n in group["params"]]}
+        for group in named["param_groups"]
+    ]
     return {"state": {index[name]: entries for name, entries in named["state"].items()}, "param_groups": groups}
 
 
@@ -113,55 +160,49 @@ def _format1_optimizer_state(tensors: dict[str, torch.Tensor], saved: dict[str, 
         index, entry = key.split(".", 1)
         state.setdefault(names_in_order[int(index)], {})[entry] = value
     groups = [
-        {**{k: tuple(v) if isinstance(v, list) else v for k, v in g.items() if k != "params"}, "params": [names_in_order[i] for i in g["params"]]}
+        {
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in g.items() if k != "params"},
+            "params": [names_in_order[i] for i in g["params"]],
+        }
         for g in saved["param_groups"]
     ]
     return {"state": state, "param_groups": groups}
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, model: dict[str, torch.Tensor], optimizer: NamedOptimizerState, data: dict, info: dict, keep: int
+    run_dir: RunDir, info: CheckpointInfo, model: dict[str, torch.Tensor], optimizer: NamedOptimizerState, keep: int
 ) -> Path:
-    """Write a complete checkpoint for `step`, then delete old ones (see `prune`).
+    """Write a complete checkpoint for `info.step`, then delete old ones (see `prune`).
 
     `model` must not hold one tensor under two names (drop tied aliases first). A full disk
     is one clear line (UnmaskError) and leaves no folder that looks like a checkpoint.
     """
-    root = run_dir / "checkpoints"
-    final = root / f"step-{step:08d}"
-    partial = building_path(final, "partial")
-    remove_tree(partial)
-    partial.mkdir(parents=True)
+    final = run_dir.checkpoint(info.step)
     optimizer_tensors, optimizer_json = _split_optimizer_state(optimizer)
     needed = sum(t.nbytes for t in model.values()) + sum(t.nbytes for t in optimizer_tensors.values())
-    try:
-        with disk_full_guard(partial, f"the checkpoint of step {step}", needed):
-            save_file({k: v.detach().contiguous().cpu() for k, v in model.items()}, str(partial / MODEL_FILE))
-            save_file(optimizer_tensors, str(partial / OPTIMIZER_FILE))
-            files = {name: _sha256(partial / name) for name in (MODEL_FILE, OPTIMIZER_FILE)}
-            state = {"format": FORMAT, "step": step, "data": data, "optimizer": optimizer_json, "info": info, "files": files}
-            atomic_write_text(partial / STATE_FILE, json.dumps(state, indent=1))
-            publish_folder(partial, final)
-    except BaseException:
-        remove_tree(partial)
-        raise
+    with building(final, f"the checkpoint of step {info.step}", needed) as partial:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.items()}, str(partial / MODEL_FILE))
+        save_file(optimizer_tensors, str(partial / OPTIMIZER_FILE))
+        files = {name: _sha256(partial / name) for name in (MODEL_FILE, OPTIMIZER_FILE)}
+        state = {"format": FORMAT, **info.to_state(), "optimizer": optimizer_json, "files": files}
+        atomic_write_text(partial / STATE_FILE, json.dumps(state, indent=1))
     _verified[final] = None
-    prune(root, keep, final)
+    prune(run_dir, keep, info.step)
     return final
 
 
 _verified: dict[Path, str | None] = {}  # checkpoints this process has hashed: a checkpoint's files never change
 
 
-def prune(root: Path, keep: int, newest: Path) -> None:
-    """Keep `newest` and the newest `keep - 1` older checkpoints that verify; delete older ones.
+def prune(run_dir: RunDir, keep: int, newest_step: int) -> None:
+    """Keep the checkpoint of `newest_step` and the newest `keep - 1` older ones that verify;
+    delete older ones.
 
     A damaged checkpoint never takes the place of a good one, so the last checkpoint that
     verifies is never deleted. Checkpoints of later steps (left by an earlier attempt) are
     left alone: reaching their step replaces them.
     """
-    step = int(newest.name.split("-")[1])
-    older = [p for p in complete_step_dirs(root) if int(p.name.split("-")[1]) < step]
+    older = [p for step, p in run_dir.checkpoint_steps() if step < newest_step]
     kept = 1
     for path in reversed(older):
         if kept < keep:
@@ -174,18 +215,10 @@ def prune(root: Path, keep: int, newest: Path) -> None:
         _verified.pop(path, None)
 
 
-def clean_up(run_dir: Path) -> None:
+def clean_up(run_dir: RunDir) -> None:
     """Delete the half-written checkpoint folders of processes of this machine that died."""
-    remove_stale_building(run_dir / "checkpoints")
-    remove_stale_building(run_dir)
-
-
-def complete_step_dirs(root: Path) -> list[Path]:
-    """Checkpoint folders by name (not yet verified), oldest first."""
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
-    return [p for _, p in sorted(found)]
+    remove_stale_building(run_dir.checkpoints)
+    remove_stale_building(run_dir.path)
 
 
 def verify(path: Path) -> str | None:
@@ -207,9 +240,9 @@ def verify(path: Path) -> str | None:
     return None
 
 
-def latest_checkpoint(run_dir: Path, warn: Callable[[str], None] = print) -> Path | None:
+def latest_checkpoint(run_dir: RunDir, warn: Callable[[str], None] = print) -> Path | None:
     """The newest checkpoint that verifies; damaged newer ones are reported and passed over."""
-    for path in reversed(complete_step_dirs(run_dir / "checkpoints")):
+    for _, path in reversed(run_dir.checkpoint_steps()):
         problem = verify(path)
         if problem is None:
             return path
@@ -233,4 +266,14 @@ def read_checkpoint(path: Path, names_in_order: list[str]) -> Checkpoint:
             optimizer = _format1_optimizer_state(tensors, state["optimizer"], names_in_order)
     except (OSError, KeyError, ValueError, IndexError, RuntimeError, SafetensorError) as e:
         raise UnmaskError(f"{path}: cannot read checkpoint: {e}") from None
-    return Checkpoint(step=state["step"], data=state["data"], info=state.get("info", {}), model=model, optimizer=optimizer)
+    return Checkpoint(info=CheckpointInfo.from_state(state), model=model, optimizer=optimizer)
+
+
+def read_info(path: Path) -> CheckpointInfo | None:
+    """The record of a checkpoint folder without reading its tensors or verifying them (None
+    when state.json is missing or unreadable: a checkpoint being written, or a damaged one)."""
+    try:
+        state = json.loads((Path(path) / STATE_FILE).read_text(encoding="utf-8"))
+        return CheckpointInfo.from_state(state)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None

@@ -10,19 +10,20 @@ YAML file (`--config run.yaml`, e.g. a run's own config.yaml); flags after it ov
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import re
 import sys
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
 
 import docstring_parser
 from jsonargparse import ActionYesNo, ArgumentParser, DefaultHelpFormatter, set_parsing_settings
 
+from unmask import commands
 from unmask import config as settings
-from unmask.config import UnmaskError, flag, load_yaml
+from unmask.config import flag, load_yaml
+from unmask.errors import UnmaskError
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
@@ -32,38 +33,38 @@ _FLAG = re.compile(r"^--([a-z][a-z0-9_-]*)(=.*)?$", re.DOTALL)
 @dataclass(frozen=True)
 class Command:
     settings: type
-    function: str
-    """`module:function` that takes the settings; imported only when the command runs."""
+    function: Callable[..., int]
+    """Takes the settings, returns the exit code; what it needs is imported when it runs."""
     summary: str
     description: str
 
 
 COMMANDS: dict[str, Command] = {
-    "prepare": Command(settings.PrepareConfig, "unmask.commands:run_prepare", "Tokenize text into a token store.",
+    "prepare": Command(settings.PrepareConfig, commands.run_prepare, "Tokenize text into a token store.",
                        "Tokenize text files into a token store for training."),
-    "tokenizer": Command(settings.TokenizerConfig, "unmask.commands:run_tokenizer", "Train a vocabulary of your own.",
+    "tokenizer": Command(settings.TokenizerConfig, commands.run_tokenizer, "Train a vocabulary of your own.",
                          "Train a WordPiece, byte-level BPE or unigram vocabulary on text sources (for --from-scratch)."),
-    "train": Command(settings.TrainConfig, "unmask.commands:run_train", "Train a masked language model.",
+    "train": Command(settings.TrainConfig, commands.run_train, "Train a masked language model.",
                      "Train (or continue pretraining) a masked language model on a token store."),
-    "fill": Command(settings.FillConfig, "unmask.commands:run_fill", "Fill in [MASK]s with a model.",
+    "fill": Command(settings.FillConfig, commands.run_fill, "Fill in [MASK]s with a model.",
                     "Fill in the masks of texts with a model's top-k candidates."),
-    "inspect": Command(settings.InspectConfig, "unmask.commands:run_inspect", "Show one masking draw on a sentence.",
+    "inspect": Command(settings.InspectConfig, commands.run_inspect, "Show one masking draw on a sentence.",
                        "Show what one masking draw does to a sentence: tokens, ids, picks, replacements, labels."),
-    "eval": Command(settings.EvalConfig, "unmask.commands:run_eval", "Held-out loss, perplexity and accuracy of a model.",
+    "eval": Command(settings.EvalConfig, commands.run_eval, "Held-out loss, perplexity and accuracy of a model.",
                     "Held-out MLM loss, perplexity, top-1/top-5 accuracy (whole words and word pieces), on fixed masked positions."),
-    "score": Command(settings.ScoreConfig, "unmask.commands:run_score", "Pseudo-log-likelihood of sentences.",
+    "score": Command(settings.ScoreConfig, commands.run_score, "Pseudo-log-likelihood of sentences.",
                      "Pseudo-log-likelihood and pseudo-perplexity of sentences (plain and word-aware PLL-word-l2r)."),
-    "pairs": Command(settings.PairsConfig, "unmask.commands:run_pairs", "Minimal-pair accuracy (BLiMP) of one or more models.",
+    "pairs": Command(settings.PairsConfig, commands.run_pairs, "Minimal-pair accuracy (BLiMP) of one or more models.",
                      "Minimal-pair accuracy: a pair is right when the good sentence's pseudo-log-likelihood is strictly higher."),
-    "embed": Command(settings.EmbedConfig, "unmask.commands:run_embed", "Sentence or token embeddings.",
+    "embed": Command(settings.EmbedConfig, commands.run_embed, "Sentence or token embeddings.",
                      "Sentence embeddings of a file of texts (one per line) to .npy, or token embeddings of one text."),
-    "compare": Command(settings.CompareConfig, "unmask.commands:run_compare", "Base vs trained report with chart.",
+    "compare": Command(settings.CompareConfig, commands.run_compare, "Base vs trained report with chart.",
                        "Compare a base and a trained model on the same masked positions: table, Markdown report and PNG chart."),
-    "export": Command(settings.ExportConfig, "unmask.commands:run_export", "A checkpoint as a model folder.",
+    "export": Command(settings.ExportConfig, commands.run_export, "A checkpoint as a model folder.",
                       "Write the save_pretrained folder (weights and tokenizer) of any complete checkpoint of a run."),
-    "serve": Command(settings.ServeConfig, "unmask.commands:run_serve", "A local web page for runs and models.",
+    "serve": Command(settings.ServeConfig, commands.run_serve, "A local web page for runs and models.",
                      "A local web page: live runs and their curves, fill-mask, the masking walkthrough, base-vs-trained comparison."),
-    "plot": Command(settings.PlotConfig, "unmask.commands:run_plot", "Training curves of a run as a PNG.",
+    "plot": Command(settings.PlotConfig, commands.run_plot, "Training curves of a run as a PNG.",
                     "Plot a run's training loss and evaluation curves to a PNG."),
 }  # fmt: skip
 
@@ -121,7 +122,7 @@ def add_settings(parser: ArgumentParser, cls: type, defaults: dict | None = None
         elif is_list:
             parser.add_argument(f"--{name}", nargs="+", default=default, help=doc)
         else:
-            parser.add_argument(f"--{name}", type=Optional[hint] if required else hint, default=default, help=doc)
+            parser.add_argument(f"--{name}", type=(hint | None) if required else hint, default=default, help=doc)
 
 
 def build_parser(defaults: dict[str, dict] | None = None) -> ArgumentParser:
@@ -129,7 +130,9 @@ def build_parser(defaults: dict[str, dict] | None = None) -> ArgumentParser:
     subcommands = parser.add_subcommands(dest="command", required=True)
     for name, command in COMMANDS.items():
         sub = ArgumentParser(description=command.description, formatter_class=_DashedHelp, exit_on_error=True)
-        sub.add_argument("--config", type=Optional[str], default=None, help="YAML file of settings (a run's config.yaml works); flags override it.")
+        sub.add_argument(
+            "--config", type=str | None, default=None, help="YAML file of settings (a run's config.yaml works); flags override it."
+        )
         add_settings(sub, command.settings, (defaults or {}).get(name))
         subcommands.add_subcommand(name, sub, help=command.summary)
     return parser
@@ -158,8 +161,11 @@ def parse(argv: list[str]) -> tuple[str, object]:
     values = args[name].as_dict()
     values.pop("config", None)
     cls = COMMANDS[name].settings
-    missing = [f.name for f in dataclasses.fields(cls) if values.get(f.name) is None and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]  # fmt: skip
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if values.get(f.name) is None and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         shown = [f.name if f.name in getattr(cls, "POSITIONAL", ()) else flag(f.name) for f in dataclasses.fields(cls) if f.name in missing]
         raise UnmaskError(f"{', '.join(shown)}: required (give {'them' if len(shown) > 1 else 'it'} on the command line or in --config)")
@@ -181,8 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if a in COMMANDS), "")
     try:
         command, config = parse(argv)
-        module, function = COMMANDS[command].function.split(":")
-        return getattr(importlib.import_module(module), function)(config)
+        return COMMANDS[command].function(config)
     except UnmaskError as e:
         # Under torchrun every process may fail alike; name the rank of any but the first.
         rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"

@@ -26,8 +26,8 @@ from unmask.config import (
     ServeConfig,
     TokenizerConfig,
     TrainConfig,
-    UnmaskError,
 )
+from unmask.errors import UnmaskError
 
 
 def echo_stderr(line: str) -> None:
@@ -35,7 +35,7 @@ def echo_stderr(line: str) -> None:
 
 
 def run_prepare(config: PrepareConfig) -> int:
-    from unmask.data.store import prepare
+    from unmask.data.prepare import prepare
 
     meta = prepare(config)
     splits, skipped = meta["splits"], meta["skipped"]
@@ -54,7 +54,7 @@ def run_prepare(config: PrepareConfig) -> int:
 
 
 def run_tokenizer(config: TokenizerConfig) -> int:
-    from unmask.vocab import train_tokenizer
+    from unmask.tokenizer_training import train_tokenizer
 
     summary = train_tokenizer(config)
     print(
@@ -124,21 +124,41 @@ def run_fill(config: FillConfig) -> int:
 
 def run_inspect(config: InspectConfig) -> int:
     from unmask.infer import inspect_masking
-    from unmask.report import text_table
+    from unmask.tables import text_table
 
     rows = inspect_masking(
-        config.text, config.model, config.seed, config.mask_prob, config.mask_replace_prob, config.random_replace_prob,
-        trust_remote_code=config.trust_remote_code, masking=config.masking,
-    )  # fmt: skip
+        config.text,
+        config.model,
+        config.seed,
+        config.mask_prob,
+        config.mask_replace_prob,
+        config.random_replace_prob,
+        trust_remote_code=config.trust_remote_code,
+        masking=config.masking,
+    )
     if config.json:
         print(json.dumps([asdict(r) for r in rows], ensure_ascii=False, indent=1))
         return 0
     header = ["pos", "token", "id", "attn", "special", "picked", "became", "input_id", "label"]
-    print(text_table([header] + [
-        [str(r.position), r.token, str(r.token_id), str(r.attention), "yes" if r.special else "", "yes" if r.picked else "",
-         r.became, str(r.input_id), str(r.label)]
-        for r in rows
-    ]))  # fmt: skip
+    print(
+        text_table(
+            [header]
+            + [
+                [
+                    str(r.position),
+                    r.token,
+                    str(r.token_id),
+                    str(r.attention),
+                    "yes" if r.special else "",
+                    "yes" if r.picked else "",
+                    r.became,
+                    str(r.input_id),
+                    str(r.label),
+                ]
+                for r in rows
+            ]
+        )
+    )
     maskable = sum(not r.special for r in rows)
     picked = sum(r.picked for r in rows)
     print(
@@ -149,9 +169,10 @@ def run_inspect(config: InspectConfig) -> int:
 
 
 def run_eval(config: EvalConfig) -> int:
+    from unmask.compare import metrics_table
     from unmask.evaluate import evaluate_model, held_out_windows
     from unmask.infer import LoadedModel
-    from unmask.report import metrics_table, text_table
+    from unmask.tables import text_table
 
     loaded = LoadedModel(config.model, device=config.device, trust_remote_code=config.trust_remote_code, echo=echo_stderr)
     windows = held_out_windows(config.data, loaded.tokenizer, min(config.seq_len, loaded.max_len), config.split)
@@ -184,7 +205,7 @@ def run_score(config: ScoreConfig) -> int:
 def run_pairs(config: PairsConfig) -> int:
     from unmask.files import atomic_write_text
     from unmask.pairs import as_json, score_pairs, table
-    from unmask.report import text_table
+    from unmask.tables import text_table
 
     if config.out is not None:
         check_output_file(config.out, "out")
@@ -259,22 +280,57 @@ def run_embed(config: EmbedConfig) -> int:
 
 
 def run_compare(config: CompareConfig) -> int:
-    from unmask.report import compare
+    from unmask.compare import compare
 
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise UnmaskError(f"--out {config.out}: is a file; give a folder for report.md, report.json and chart.png")
 
     compare(
-        config.base, config.trained, config.data, Path(config.out), seq_len=config.seq_len, batch_size=config.batch_size,
-        max_batches=config.max_batches, examples=config.examples, device=config.device, echo=print,
-    )  # fmt: skip
+        config.base,
+        config.trained,
+        config.data,
+        Path(config.out),
+        seq_len=config.seq_len,
+        batch_size=config.batch_size,
+        max_batches=config.max_batches,
+        examples=config.examples,
+        device=config.device,
+        echo=print,
+    )
     return 0
 
 
-def run_export(config: ExportConfig) -> int:
-    from unmask.persist import export_checkpoint
+def export_checkpoint(run: Path, out: Path, step: int | None = None, echo=print) -> Path:
+    """Write the save_pretrained folder (weights and tokenizer) of a complete checkpoint of
+    the run folder `run` to `out`; the newest one that verifies when `step` is None."""
+    from unmask import checkpoint
+    from unmask.files import building
+    from unmask.hub import checkpoint_source
+    from unmask.model import load_mlm
+    from unmask.rundir import RunDir, step_of
+    from unmask.tokenizer import load_tokenizer
 
+    if out.exists():
+        raise UnmaskError(f"--out {out}: already exists; choose a new folder")
+    run_dir = RunDir(run)
+    if not run_dir.has_base():
+        raise UnmaskError(f"{run}: not a run folder unmask can export from (no {run_dir.base.name}/config.json)")
+    if step is None:
+        newest = checkpoint.latest_checkpoint(run_dir, warn=echo)
+        if newest is None:
+            raise UnmaskError(f"{run}: no complete checkpoint to export")
+        step = step_of(newest)
+    source = checkpoint_source(str(run), run_dir, step)
+    lm = load_mlm(source)
+    tokenizer = load_tokenizer(source)
+    with building(out, "the exported model") as folder:
+        lm.model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return source.checkpoint
+
+
+def run_export(config: ExportConfig) -> int:
     source = export_checkpoint(Path(config.run), Path(config.out), config.step, echo=echo_stderr)
     print(f"exported {source} to {config.out} (loads with transformers' from_pretrained)")
     return 0
@@ -288,7 +344,7 @@ def run_serve(config: ServeConfig) -> int:
 
 
 def run_plot(config: PlotConfig) -> int:
-    from unmask.report import plot_run
+    from unmask.charts import plot_run
 
     print(f"saved {plot_run(Path(config.run), Path(config.out) if config.out else None)}")
     return 0

@@ -22,8 +22,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from unmask.config import UnmaskError
-from unmask.model import MaskedLM, resolve_device
+from unmask.errors import UnmaskError
+from unmask.hardware import resolve_device
+from unmask.model import MaskedLM
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class World:
     @property
     def distributed(self) -> bool:
         return self.size > 1
+
+
+SINGLE_PROCESS = World()
 
 
 def launched_by_torchrun() -> bool:
@@ -100,7 +104,7 @@ def resolve_strategy(strategy: str, world: World) -> str:
     return "ddp" if strategy == "auto" else strategy
 
 
-def wrap(lm: MaskedLM, strategy: str, device: torch.device, param_dtype: torch.dtype | None) -> nn.Module:
+def parallelize(lm: MaskedLM, strategy: str, device: torch.device, param_dtype: torch.dtype | None) -> nn.Module:
     """The module the training step calls: `lm` itself, DDP around it, or `lm` sharded in place by FSDP2."""
     if strategy == "none":
         return lm

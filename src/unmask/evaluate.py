@@ -15,20 +15,21 @@ added up, so the numbers are those of a single process.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from unmask.config import UnmaskError
+from unmask.data.layout import StoreDir
 from unmask.data.sources import ReadReport, expand_sources, read_documents
 from unmask.data.store import Split, TokenStore
 from unmask.data.windows import Windows, sequential_batches
-from unmask.distributed import World, sum_across
+from unmask.distributed import SINGLE_PROCESS, World, sum_across
+from unmask.errors import UnmaskError
+from unmask.hardware import autocast
 from unmask.masking import IGNORE_INDEX, MaskedBatch, Masker, generator_draws
-from unmask.model import MaskedLM, autocast
+from unmask.model import MaskedLM
 from unmask.tokenizer import Vocabulary, raw_tokenizer
 
 EVAL_SEED = 1234
@@ -81,7 +82,7 @@ class MlmAccumulator:
         return [self.loss_sum, self.count, self.top1, self.top5, *self.word_counts, *self.word_top1]
 
     @classmethod
-    def from_totals(cls, totals: list[float]) -> "MlmAccumulator":
+    def from_totals(cls, totals: list[float]) -> MlmAccumulator:
         loss_sum, count, top1, top5, words, pieces, word_top1, piece_top1 = totals
         return cls(loss_sum, round(count), round(top1), round(top5), [round(words), round(pieces)], [round(word_top1), round(piece_top1)])
 
@@ -89,7 +90,7 @@ class MlmAccumulator:
         if self.count == 0:
             return MlmMetrics(float("nan"), float("nan"), float("nan"), 0)
         loss = self.loss_sum / self.count
-        share = lambda hits, n: hits / n if n else float("nan")  # noqa: E731
+        share = lambda hits, n: hits / n if n else float("nan")
         return MlmMetrics(
             loss=loss,
             perplexity=math.exp(min(loss, 700.0)),
@@ -141,7 +142,7 @@ def evaluate_model(
     max_batches: int | None = None,
     on_batch: Callable[[torch.Tensor, torch.Tensor, list[torch.Tensor]], None] | None = None,
     progress: bool = False,
-    world: World = World(),
+    world: World = SINGLE_PROCESS,
 ) -> list[MlmMetrics]:
     """Score one or several models on the same masked positions of `windows`; one result per model.
 
@@ -200,9 +201,11 @@ def held_out_windows(data: list[str], tokenizer, seq_len: int, split: str = "val
     """Evaluation windows (ragged tail kept) of a store's split, whose tokenizer must be the
     model's, or of text sources tokenized here with the model's tokenizer."""
     vocab = Vocabulary.from_tokenizer(tokenizer)
-    if len(data) == 1 and (Path(data[0]) / "meta.json").is_file():
+    if len(data) == 1 and StoreDir(data[0]).meta.is_file():
         store = TokenStore.open(data[0])
-        store.require_tokenizer(tokenizer, "this model's", "pass the text files instead and they are tokenized with the model's own tokenizer")
+        store.require_tokenizer(
+            tokenizer, "this model's", "pass the text files instead and they are tokenized with the model's own tokenizer"
+        )
         source = store.split(split)
         if len(source.tokens) == 0:
             raise UnmaskError(

@@ -17,9 +17,11 @@ import shutil
 import socket
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+
+from unmask.errors import UnmaskError
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
@@ -49,7 +51,7 @@ def fsync_dir(path: Path) -> None:
 
 def fsync_tree(folder: Path) -> None:
     """fsync every file below `folder`, then every directory, deepest first."""
-    for root, dirs, files in os.walk(folder, topdown=False):
+    for root, _, files in os.walk(folder, topdown=False):
         for name in files:
             fsync_file(Path(root) / name)
         fsync_dir(Path(root))
@@ -144,14 +146,14 @@ def disk_full_guard(path: Path, what: str, needed_bytes: int | None = None) -> I
     except BaseException as e:
         if not is_disk_full(e):
             raise
-        from unmask.config import UnmaskError
-
         place = Path(path)
         while not place.exists() and place != place.parent:
             place = place.parent
         free = shutil.disk_usage(place).free if place.exists() else 0
         need = f"it needs about {_megabytes(needed_bytes)}, " if needed_bytes else ""
-        raise UnmaskError(f"{path}: disk full while writing {what} ({need}{_megabytes(free)} free there); nothing half-written was kept") from None
+        raise UnmaskError(
+            f"{path}: disk full while writing {what} ({need}{_megabytes(free)} free there); nothing half-written was kept"
+        ) from None
 
 
 class RunLock:
@@ -170,8 +172,6 @@ class RunLock:
         self.unlocked = False  # True where the filesystem refused to lock
 
     def acquire(self) -> None:
-        from unmask.config import UnmaskError
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # A raw descriptor, not a buffered file: on a full disk a buffered file keeps the
         # unwritten note and raises again on close, long after the lock stopped mattering.
@@ -182,10 +182,15 @@ class RunLock:
             except BlockingIOError:
                 holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
                 os.close(fd)
-                raise UnmaskError(f"{self.guards}: {holder} is using it right now; wait for it to finish, or choose another folder") from None
+                raise UnmaskError(
+                    f"{self.guards}: {holder} is using it right now; wait for it to finish, or choose another folder"
+                ) from None
             except OSError as e:  # a filesystem mounted without locks (Lustre's noflock, some NFS): work on, and say so
-                print(f"warning: {self.path}: this filesystem cannot lock files ({e.strerror}); nothing stops a second "
-                      f"process from using {self.guards} at the same time", file=sys.stderr)  # fmt: skip
+                print(
+                    f"warning: {self.path}: this filesystem cannot lock files ({e.strerror}); nothing stops a second "
+                    f"process from using {self.guards} at the same time",
+                    file=sys.stderr,
+                )
                 self.unlocked = True
             if self.unlocked or not self.remove_when_done or self._still_at_path(fd):
                 break
@@ -232,7 +237,7 @@ class RunLock:
             return False
         return match[2] != socket.gethostname() or process_alive(int(match[1]))
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.acquire()
         return self
 
@@ -292,3 +297,26 @@ def recover_folder(target: Path) -> None:
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def building(target: Path, what: str, needed_bytes: int | None = None, tag: str = "partial") -> Iterator[Path]:
+    """Build the folder `target` whole or not at all.
+
+    Yields an empty hidden folder of this process's own (`building_path`); when the block
+    ends normally it is published as `target` (`publish_folder`, replacing what was there),
+    and when it raises, the hidden folder is removed and `target` is left as it was. A full
+    disk while writing `what` becomes one clear line (`disk_full_guard`).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = building_path(target, tag)
+    remove_tree(folder)
+    folder.mkdir()
+    try:
+        with disk_full_guard(folder, what, needed_bytes):
+            yield folder
+            publish_folder(folder, target)
+    except BaseException:
+        remove_tree(folder)
+        raise

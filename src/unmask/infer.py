@@ -9,17 +9,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from unmask.config import UnmaskError
+from unmask.errors import UnmaskError
+from unmask.hardware import resolve_device
+from unmask.hub import resolve_model
 from unmask.masking import Masker
-from unmask.model import MaskedLM, load_mlm, max_positions, resolve_device
-from unmask.tokenizer import Vocabulary, load_tokenizer, resolve_pretrained
+from unmask.model import MaskedLM, load_mlm, max_positions
+from unmask.tokenizer import Vocabulary, load_tokenizer, word_starts
 
 MASK_SPELLINGS = ("[MASK]", "<mask>")
-
-
-def resolve_model_dir(name: str) -> str:
-    """A run folder stands for its final model: `unmask fill RUN` works like `unmask fill RUN/model`."""
-    return resolve_pretrained(name) if name != "minilm-l6" else name
 
 
 @dataclass
@@ -76,13 +73,13 @@ def window_around_masks(ids: list[int], mask_id: int, max_len: int, label: str) 
 class LoadedModel:
     """A model and its tokenizer, loaded once for repeated calls (fill, score, embed)."""
 
-    def __init__(self, model: str, device: str = "auto", trust_remote_code: bool = False, echo=print):
-        name = resolve_model_dir(model)
-        self.tokenizer = load_tokenizer(name, trust_remote_code)
+    def __init__(self, model: str, device: str = "auto", trust_remote_code: bool = False, echo=print, step: int | None = None):
+        source = resolve_model(model, step)  # once: the tokenizer and the weights come from the same place
+        self.tokenizer = load_tokenizer(source, trust_remote_code)
         self.vocab = Vocabulary.from_tokenizer(self.tokenizer)
         self.vocab.require_mask(f"'{model}'")
         self.device = resolve_device(device)
-        self.lm: MaskedLM = load_mlm(name, trust_remote_code, echo=echo).to(self.device).eval()
+        self.lm: MaskedLM = load_mlm(source, trust_remote_code, echo=echo).to(self.device).eval()
         self.max_len = min(max_positions(self.lm), self.tokenizer.model_max_length or 10**9)
 
 
@@ -140,18 +137,25 @@ class InspectedToken:
 
 
 def mask_sentence(
-    tokenizer, text: str, seed: int = 0, mask_prob: float = 0.15, mask_replace_prob: float = 0.8, random_replace_prob: float = 0.1,
+    tokenizer,
+    text: str,
+    seed: int = 0,
+    mask_prob: float = 0.15,
+    mask_replace_prob: float = 0.8,
+    random_replace_prob: float = 0.1,
     masking: str = "token",
 ):
     """(encoding, MaskedBatch) of one sentence, drawn exactly as training draws it: the masks
     of window 0 in epoch 0 of a run with this `seed`."""
-    from unmask.data.store import word_starts
-
     encoded = tokenizer(text, return_tensors="pt", truncation=False)
     masker = Masker(
-        Vocabulary.from_tokenizer(tokenizer), seed=seed, strategy=masking,
-        mask_prob=mask_prob, mask_replace_prob=mask_replace_prob, random_replace_prob=random_replace_prob,
-    )  # fmt: skip
+        Vocabulary.from_tokenizer(tokenizer),
+        seed=seed,
+        strategy=masking,
+        mask_prob=mask_prob,
+        mask_replace_prob=mask_replace_prob,
+        random_replace_prob=random_replace_prob,
+    )
     # Word boundaries as prepare records them: from the tokenizer's own word ids.
     starts = torch.from_numpy(word_starts(encoded.word_ids(0)))[None]
     zero = torch.zeros(1, dtype=torch.long)
@@ -174,10 +178,17 @@ def inspected_rows(tokenizer, encoded, drawn) -> list[InspectedToken]:
             became = "kept"
         rows.append(
             InspectedToken(
-                i, tokenizer.convert_ids_to_tokens(token_id), token_id, int(encoded["attention_mask"][0, i]),
-                not bool(drawn.maskable[0, i]), picked, became, new_id, int(drawn.labels[0, i]),
+                i,
+                tokenizer.convert_ids_to_tokens(token_id),
+                token_id,
+                int(encoded["attention_mask"][0, i]),
+                not bool(drawn.maskable[0, i]),
+                picked,
+                became,
+                new_id,
+                int(drawn.labels[0, i]),
             )
-        )  # fmt: skip
+        )
     return rows
 
 
@@ -192,7 +203,7 @@ def inspect_masking(
     masking: str = "token",
 ) -> list[InspectedToken]:
     """One masking draw on one sentence, exactly as training draws it (see `mask_sentence`)."""
-    tokenizer = load_tokenizer(resolve_model_dir(tokenizer_name), trust_remote_code)
+    tokenizer = load_tokenizer(tokenizer_name, trust_remote_code)
     encoded, drawn = mask_sentence(tokenizer, text, seed, mask_prob, mask_replace_prob, random_replace_prob, masking)
     return inspected_rows(tokenizer, encoded, drawn)
 
@@ -239,7 +250,9 @@ class Scorer(LoadedModel):
             encoding = self.tokenizer(text, truncation=False, return_special_tokens_mask=True)
             ids = torch.tensor([encoding["input_ids"]])
             if ids.shape[1] > self.max_len:
-                raise UnmaskError(f"{label}: {ids.shape[1]} tokens, more than the model's {self.max_len}; scoring needs the whole text in one window")
+                raise UnmaskError(
+                    f"{label}: {ids.shape[1]} tokens, more than the model's {self.max_len}; scoring needs the whole text in one window"
+                )
             positions = [i for i, special in enumerate(encoding["special_tokens_mask"]) if not special]
             if not positions:
                 raise UnmaskError(f"{label}: no tokens to score")
@@ -259,10 +272,16 @@ class Scorer(LoadedModel):
             n = len(positions)
             results.append(
                 SentenceScore(
-                    text, self.tokenizer.convert_ids_to_tokens([int(ids[0, p]) for p in positions]), plain, sum(plain),
-                    math.exp(-sum(plain) / n), aware, sum(aware), math.exp(-sum(aware) / n),
+                    text,
+                    self.tokenizer.convert_ids_to_tokens([int(ids[0, p]) for p in positions]),
+                    plain,
+                    sum(plain),
+                    math.exp(-sum(plain) / n),
+                    aware,
+                    sum(aware),
+                    math.exp(-sum(aware) / n),
                 )
-            )  # fmt: skip
+            )
         return results
 
 
@@ -273,7 +292,9 @@ class Embedder(LoadedModel):
         return self.lm.model.base_model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))[0]
 
     @torch.no_grad()
-    def embed(self, texts: list[str], pooling: str = "mean", batch_size: int = 32, normalize: bool = False, progress: bool = True, echo=print) -> np.ndarray:
+    def embed(
+        self, texts: list[str], pooling: str = "mean", batch_size: int = 32, normalize: bool = False, progress: bool = True, echo=print
+    ) -> np.ndarray:
         """(len(texts), hidden) float32, rows in the order of `texts`.
 
         Batches are formed by length, so little compute goes to padding; mean pooling

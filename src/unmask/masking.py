@@ -157,7 +157,13 @@ def span_start_rate(mask_prob: float) -> float:
 
 
 def span_picks(
-    seed: int, epochs: torch.Tensor, windows: torch.Tensor, draws: Draws, word_starts: torch.Tensor, maskable: torch.Tensor, mask_prob: float
+    seed: int,
+    epochs: torch.Tensor,
+    windows: torch.Tensor,
+    draws: Draws,
+    word_starts: torch.Tensor,
+    maskable: torch.Tensor,
+    mask_prob: float,
 ) -> Draws:
     """Draws whose `pick` covers SpanBERT spans of whole maskable words and whose `split` is
     the covering span's, so that a span is masked, replaced or kept as one.
@@ -267,7 +273,9 @@ class Masker:
         self.mask_token_id = vocab.require_mask("masking")
         self.probabilities = dict(mask_prob=mask_prob, mask_replace_prob=mask_replace_prob, random_replace_prob=random_replace_prob)
 
-    def with_draws(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, draws: Draws, mask_prob: float | None = None) -> MaskedBatch:
+    def with_draws(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, draws: Draws, mask_prob: float | None = None
+    ) -> MaskedBatch:
         probabilities = dict(self.probabilities, **({} if mask_prob is None else {"mask_prob": mask_prob}))
         maskable = maskable_positions(input_ids, self.special_ids, attention_mask)
         return mask_tokens(input_ids, maskable, draws, mask_token_id=self.mask_token_id, random_pool=self.random_pool, **probabilities)

@@ -12,19 +12,19 @@ like `_bert_final_layer`); a class not in the table is trained with its own dens
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from pickle import UnpicklingError  # only to name torch's refusal of an unsafe pickle; nothing is unpickled here
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unmask import cpu_dropout
-from unmask.config import UnmaskError
+from unmask import checkpoint, cpu_dropout
+from unmask.errors import UnmaskError
+from unmask.hub import ModelSource, describe_failure, go_offline_if_unreachable, quiet_transformers, resolve_model, where
 from unmask.masking import IGNORE_INDEX
-from unmask.tokenizer import Vocabulary, describe_failure, quiet_transformers, resolve_pretrained
+from unmask.tokenizer import Vocabulary
 
 # Google's BERT miniatures (Turc et al., 2019) and bert-base.
 PRESET_SHAPES = {
@@ -82,7 +82,7 @@ def _distilbert_final_layer(layer: nn.Module, hidden: torch.Tensor, mask, picked
 
 
 Head = Callable[[torch.Tensor], torch.Tensor]
-FinalLayer = Callable[[nn.Module, torch.Tensor, Optional[torch.Tensor], torch.Tensor], torch.Tensor]
+FinalLayer = Callable[[nn.Module, torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class Architecture:
     """Parameter-name prefixes of the MLM head: a checkpoint without them gets a fresh head."""
     layers: Callable[[nn.Module], nn.ModuleList]
     """model -> its encoder layers (sharding, compiling and the masked-only last layer use them)."""
-    final_layer: Optional[FinalLayer] = None
+    final_layer: FinalLayer | None = None
     """(last layer, hidden states, attention mask, picked) -> (N, H) at the picked positions; None: run the whole encoder."""
     plain_attention: bool = False
     """Softmax attention under a padding mask and nothing else, so `cpu_dropout` may take it over."""
@@ -278,15 +278,20 @@ def _report_fresh_head(name: str, model: nn.Module, missing: set[str], echo: Cal
         echo(f"note: '{name}' has no MLM head; initialised a fresh one (decoder tied to the input embeddings)")
 
 
-def load_mlm(name: str, trust_remote_code: bool = False, echo: Callable[[str], None] = print, init_seed: int = 0) -> MaskedLM:
-    """Load a masked LM; an encoder-only checkpoint gets a fresh, tied MLM head and one line saying so.
+def load_mlm(name: str | ModelSource, trust_remote_code: bool = False, echo: Callable[[str], None] = print, init_seed: int = 0) -> MaskedLM:
+    """Load a masked LM (any name `hub.resolve_model` takes, or what it returned); an
+    encoder-only checkpoint gets a fresh, tied MLM head and one line saying so.
 
     `init_seed` seeds that fresh head, so that scoring a headless checkpoint twice gives the same numbers.
     """
     quiet_transformers()
+    source = name if isinstance(name, ModelSource) else resolve_model(name)
+    if source.checkpoint is not None:
+        return _load_checkpoint(source, trust_remote_code)
     from transformers import AutoModelForMaskedLM
 
-    path = resolve_pretrained(name)
+    path = source.folder
+    go_offline_if_unreachable(path)
     # A forked RNG: seeding the fresh head must not reset the caller's global random state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
@@ -296,15 +301,37 @@ def load_mlm(name: str, trust_remote_code: bool = False, echo: Callable[[str], N
             )
         except UnpicklingError:
             raise UnmaskError(
-                f"'{name}': refused to load pickled weights that do more than hold tensors (they could run code); "
+                f"'{source.name}': refused to load pickled weights that do more than hold tensors (they could run code); "
                 "only safetensors and plain-tensor checkpoints load"
             ) from None
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
-            where = "folder" if Path(path).exists() else "hub id"
-            raise UnmaskError(f"cannot load a masked LM from {where} '{name}': {describe_failure(e)}") from None
+            raise UnmaskError(f"cannot load a masked LM from {where(path)} '{source.name}': {describe_failure(e)}") from None
     missing = set(info.get("missing_keys", ()))
-    _report_fresh_head(name, model, missing, echo)
+    _report_fresh_head(source.name, model, missing, echo)
     return MaskedLM(model, frozenset(missing & {n for n, _ in model.named_parameters()}))
+
+
+def _load_checkpoint(source: ModelSource, trust_remote_code: bool) -> MaskedLM:
+    """A run's checkpoint: the model built from the run's base config, with the checkpoint's weights."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    problem = checkpoint.verify(source.checkpoint)
+    if problem:
+        raise UnmaskError(f"{source.checkpoint}: damaged checkpoint ({problem})")
+    config = AutoConfig.from_pretrained(source.folder, trust_remote_code=trust_remote_code)
+    with torch.random.fork_rng(devices=[]):
+        model = AutoModelForMaskedLM.from_config(config, trust_remote_code=trust_remote_code, attn_implementation="sdpa")
+    lm = MaskedLM(model)
+    weights = load_file(str(source.checkpoint / checkpoint.MODEL_FILE))
+    for alias, parameter in lm.tied_aliases().items():
+        if parameter in weights:
+            weights.setdefault(alias, weights[parameter])
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise UnmaskError(f"{source.checkpoint}: the weights do not fit {source.folder}/config.json: {str(e).splitlines()[0]}") from None
+    return lm
 
 
 def build_mlm(preset: str, vocab: Vocabulary, seq_len: int, seed: int) -> MaskedLM:
@@ -338,30 +365,3 @@ def max_positions(model: MaskedLM) -> int:
     """Longest input the model can embed (RoBERTa reserves two positions for padding offsets)."""
     limit = getattr(model.config, "max_position_embeddings", 512)
     return limit - (model.architecture.position_offset if model.architecture else 0)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise UnmaskError(f"--device: '{device}' is not a device (auto, cpu, cuda, cuda:N)") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UnmaskError(f"--device: '{device}' asked for, but no CUDA GPU is available")
-    return resolved
-
-
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """bf16 on GPUs that support it; fp32 on CPU, where bf16 matmuls are slow without AMX."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)

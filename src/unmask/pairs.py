@@ -13,7 +13,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unmask.config import PairsConfig, UnmaskError
+from unmask.config import PairsConfig
+from unmask.errors import UnmaskError
 
 NO_GROUP = "(all)"
 
@@ -100,16 +101,20 @@ def score_pairs(config: PairsConfig, echo=print) -> list[ModelResult]:
 
 def as_json(config: PairsConfig, results: list[ModelResult]) -> dict:
     return {
-        "pairs": config.pairs, "scoring": config.scoring,
+        "pairs": config.pairs,
+        "scoring": config.scoring,
         "models": [
             {
-                "model": r.model, "accuracy": r.accuracy, "right": r.right, "pairs": r.total,
+                "model": r.model,
+                "accuracy": r.accuracy,
+                "right": r.right,
+                "pairs": r.total,
                 "groups": {g: {"accuracy": c[0] / c[1], "right": c[0], "pairs": c[1]} for g, c in sorted(r.groups.items())},
                 "scores": [{"good": g, "bad": b, "right": g > b} for g, b in r.scores],
             }
             for r in results
         ],
-    }  # fmt: skip
+    }
 
 
 def table(results: list[ModelResult]) -> list[list[str]]:

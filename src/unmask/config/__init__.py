@@ -1,14 +1,23 @@
 """Typed settings for every command, validated on construction and saved as YAML.
 
-- `base`: the user-error type, validation helpers, YAML in and out.
+- `base`: validation helpers that name the flag, YAML in and out (`UnmaskError` re-exported).
 - `pipeline`: `unmask prepare`, `unmask tokenizer` and `unmask train`.
 - `use`: the commands that use a model (fill, inspect, eval, score, embed, compare, plot).
 
 Each field's docstring is its `--help` text; the CLI is generated from these classes.
 """
 
-from unmask.config.base import UnmaskError, check_masking_probabilities, flag, from_dict, load_yaml, require, save_yaml, to_dict
-from unmask.config.pipeline import PRESETS, RESUMABLE_CHANGES, length_changes, PrepareConfig, SourceOptions, TokenizerConfig, TrainConfig, refused_resume_changes
+from unmask.config.base import UnmaskError, check_masking_probabilities, check_setting, flag, from_dict, load_yaml, save_yaml, to_dict
+from unmask.config.pipeline import (
+    PRESETS,
+    RESUMABLE_CHANGES,
+    PrepareConfig,
+    SourceOptions,
+    TokenizerConfig,
+    TrainConfig,
+    length_changes,
+    refused_resume_changes,
+)
 from unmask.config.use import (
     CompareConfig,
     EmbedConfig,
@@ -23,7 +32,7 @@ from unmask.config.use import (
 )
 
 __all__ = [
-    "UnmaskError", "check_masking_probabilities", "flag", "from_dict", "load_yaml", "require", "save_yaml", "to_dict",
+    "UnmaskError", "check_masking_probabilities", "check_setting", "flag", "from_dict", "load_yaml", "save_yaml", "to_dict",
     "PRESETS", "RESUMABLE_CHANGES", "length_changes", "PrepareConfig", "SourceOptions", "TokenizerConfig", "TrainConfig", "refused_resume_changes",
     "CompareConfig", "EmbedConfig", "EvalConfig", "ExportConfig", "FillConfig", "InspectConfig", "PairsConfig", "PlotConfig", "ScoreConfig", "ServeConfig",
 ]  # fmt: skip

@@ -1,4 +1,7 @@
-"""What every config shares: the user-error type, validation helpers, YAML in and out."""
+"""What every config shares: validation that names the flag, YAML in and out.
+
+`UnmaskError` lives in `unmask.errors` and is re-exported here for the commands' convenience.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,10 @@ from typing import Any
 
 import yaml
 
+from unmask.errors import UnmaskError
 from unmask.files import atomic_write_text
 
-
-class UnmaskError(Exception):
-    """An error caused by the user's input; the CLI prints it without a traceback."""
+__all__ = ["UnmaskError", "check_masking_probabilities", "check_setting", "flag", "from_dict", "load_yaml", "save_yaml", "to_dict"]
 
 
 def flag(name: str) -> str:
@@ -20,7 +22,7 @@ def flag(name: str) -> str:
     return f"--{name.replace('_', '-')}"
 
 
-def require(condition: bool, argument: str, message: str) -> None:
+def check_setting(condition: bool, argument: str, message: str) -> None:
     """Refuse a setting, naming the flag it came from."""
     if not condition:
         raise UnmaskError(f"{flag(argument)}: {message}")
@@ -28,10 +30,10 @@ def require(condition: bool, argument: str, message: str) -> None:
 
 def check_masking_probabilities(mask_prob: float, mask_replace_prob: float, random_replace_prob: float, name: str = "mask_prob") -> None:
     """Refuse masking settings that cannot describe a BERT-style draw."""
-    require(0.0 < mask_prob < 1.0, name, f"must be strictly between 0 and 1, got {mask_prob}")
-    require(0.0 <= mask_replace_prob <= 1.0, "mask_replace_prob", f"must be in [0, 1], got {mask_replace_prob}")
-    require(0.0 <= random_replace_prob <= 1.0, "random_replace_prob", f"must be in [0, 1], got {random_replace_prob}")
-    require(
+    check_setting(0.0 < mask_prob < 1.0, name, f"must be strictly between 0 and 1, got {mask_prob}")
+    check_setting(0.0 <= mask_replace_prob <= 1.0, "mask_replace_prob", f"must be in [0, 1], got {mask_replace_prob}")
+    check_setting(0.0 <= random_replace_prob <= 1.0, "random_replace_prob", f"must be in [0, 1], got {random_replace_prob}")
+    check_setting(
         mask_replace_prob + random_replace_prob <= 1.0 + 1e-9,
         "random_replace_prob",
         f"mask_replace_prob + random_replace_prob must be at most 1, got {mask_replace_prob} + {random_replace_prob}",

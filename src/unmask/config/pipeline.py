@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Optional
+from typing import ClassVar, Literal
 
-from unmask.config.base import check_masking_probabilities, flag, require
+from unmask.config.base import check_masking_probabilities, check_setting, flag
 from unmask.schedule import parse_duration
+
 
 @dataclass(kw_only=True)
 class SourceOptions:
@@ -21,25 +22,20 @@ class SourceOptions:
     """What one document is in a text file: the whole file, a block separated by blank lines, or one line."""
     text_field: str = "text"
     """Field of .jsonl records, column of .csv/.tsv/.parquet/.arrow files and datasets, that holds the text."""
-    hf_config: Optional[str] = None
+    hf_config: str | None = None
     """Configuration (subset) of an hf:NAME dataset, e.g. wikitext-103-raw-v1."""
     hf_split: str = "train"
     """Split of an hf:NAME dataset or of a saved DatasetDict folder."""
-    max_docs: Optional[int] = None
+    max_docs: int | None = None
     """Read at most this many (non-empty) documents, then stop: useful on a streamed hub dataset."""
     skip_bad_files: bool = False
     """Skip binary, non-UTF-8 or corrupt files with a count instead of stopping with an error."""
 
     def __post_init__(self) -> None:
-        require(len(self.sources) > 0, "sources", "give at least one file, folder, glob or hf:NAME")
-        require(bool(self.text_field), "text_field", "must not be empty")
-        require(bool(self.hf_split), "hf_split", "must not be empty")
-        require(self.max_docs is None or self.max_docs >= 1, "max_docs", f"must be at least 1, got {self.max_docs}")
-
-    def read_options(self):
-        from unmask.data.sources import ReadOptions
-
-        return ReadOptions(self.doc_per, self.text_field, self.skip_bad_files, self.hf_config, self.hf_split)
+        check_setting(len(self.sources) > 0, "sources", "give at least one file, folder, glob or hf:NAME")
+        check_setting(bool(self.text_field), "text_field", "must not be empty")
+        check_setting(bool(self.hf_split), "hf_split", "must not be empty")
+        check_setting(self.max_docs is None or self.max_docs >= 1, "max_docs", f"must be at least 1, got {self.max_docs}")
 
 
 @dataclass(kw_only=True)
@@ -55,7 +51,7 @@ class PrepareConfig(SourceOptions):
     """Hub id, local folder or alias of the tokenizer. `minilm-l6` is the bert-base-uncased WordPiece vocabulary shipped with the starter checkpoint."""
     val_fraction: float = 0.01
     """Share of documents held out for evaluation (every k-th document, the first always; at least one when above 0)."""
-    max_tokens: Optional[int] = None
+    max_tokens: int | None = None
     """Stop once this many tokens are stored (whole documents: the last one is kept entire)."""
     overwrite: bool = False
     """Replace an existing store at --out (the old one stays intact until the new one is complete)."""
@@ -64,8 +60,8 @@ class PrepareConfig(SourceOptions):
 
     def __post_init__(self) -> None:
         SourceOptions.__post_init__(self)
-        require(0.0 <= self.val_fraction < 1.0, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
-        require(self.max_tokens is None or self.max_tokens >= 1, "max_tokens", f"must be at least 1, got {self.max_tokens}")
+        check_setting(0.0 <= self.val_fraction < 1.0, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+        check_setting(self.max_tokens is None or self.max_tokens >= 1, "max_tokens", f"must be at least 1, got {self.max_tokens}")
 
 
 @dataclass(kw_only=True)
@@ -90,8 +86,8 @@ class TokenizerConfig(SourceOptions):
 
     def __post_init__(self) -> None:
         SourceOptions.__post_init__(self)
-        require(self.vocab_size >= 100, "vocab_size", f"must be at least 100, got {self.vocab_size}")
-        require(self.min_frequency >= 1, "min_frequency", f"must be at least 1, got {self.min_frequency}")
+        check_setting(self.vocab_size >= 100, "vocab_size", f"must be at least 100, got {self.vocab_size}")
+        check_setting(self.min_frequency >= 1, "min_frequency", f"must be at least 1, got {self.min_frequency}")
 
 
 PRESETS = ("tiny", "mini", "small", "base")
@@ -106,11 +102,11 @@ class TrainConfig:
     """Token store made by `unmask prepare`."""
     out: str
     """Run folder: config.yaml, metrics.jsonl, checkpoints/ and the final model/."""
-    model: Optional[str] = None
+    model: str | None = None
     """Hub id, local folder or alias (`minilm-l6`) of a masked LM to continue pretraining."""
-    from_scratch: Optional[Literal["tiny", "mini", "small", "base"]] = None
+    from_scratch: Literal["tiny", "mini", "small", "base"] | None = None
     """Build a fresh BERT of this size instead of loading --model."""
-    tokenizer: Optional[str] = None
+    tokenizer: str | None = None
     """Tokenizer for --from-scratch; default: the one the store was made with."""
     trust_remote_code: bool = False
     """Allow a hub model to run its own code."""
@@ -122,11 +118,11 @@ class TrainConfig:
     """Windows per micro-batch, per process."""
     grad_accum: int = 1
     """Micro-batches per optimizer step; a step trains on batch-size x grad-accum x processes windows."""
-    max_steps: Optional[int] = None
+    max_steps: int | None = None
     """Optimizer steps to run; with --epochs or --time-budget, whichever ends first."""
-    epochs: Optional[float] = None
+    epochs: float | None = None
     """Passes over the training windows; used when --max-steps is not set (default 1, none with --time-budget)."""
-    time_budget: Optional[str] = None
+    time_budget: str | None = None
     """Train for this much time (`30m`, `2h`, `1d`, `1h30m`; evaluation and checkpoints not counted): the schedules run on the share of it spent, and the run ends there with a checkpoint and the model. Not bit-reproducible."""
     lr: float = 3e-4
     """Peak learning rate."""
@@ -142,7 +138,7 @@ class TrainConfig:
     """AdamW epsilon."""
     warmup_fraction: float = 0.06
     """Share of the steps spent in linear warmup (ignored when --warmup-steps is set)."""
-    warmup_steps: Optional[int] = None
+    warmup_steps: int | None = None
     """Warmup steps; overrides --warmup-fraction."""
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     """Decay after warmup."""
@@ -158,7 +154,7 @@ class TrainConfig:
     """`token`: each token on its own (BERT). `whole-word`: every piece of a word shares its word's fate. `span`: SpanBERT's spans of whole words, geometric lengths up to 10 words, split per span."""
     mask_prob: float = 0.15
     """Share of maskable tokens picked for prediction in training (at the start, with --mask-schedule)."""
-    mask_prob_end: Optional[float] = None
+    mask_prob_end: float | None = None
     """Masking rate at the end of the run, reached by --mask-schedule linear or cosine (e.g. 0.3 -> 0.15)."""
     mask_schedule: Literal["constant", "linear", "cosine"] = "constant"
     """How the training masking rate moves from --mask-prob to --mask-prob-end over the run."""
@@ -166,7 +162,7 @@ class TrainConfig:
     """Share of picked tokens replaced by the mask token."""
     random_replace_prob: float = 0.1
     """Share of picked tokens replaced by a random vocabulary token; the rest stay as they are."""
-    dropout: Optional[float] = None
+    dropout: float | None = None
     """Dropout of every dropout layer while training (default: the model's own); the saved model keeps its own setting."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """`auto`: bf16 autocast on a GPU that supports it, fp32 elsewhere."""
@@ -186,7 +182,7 @@ class TrainConfig:
     """Seed of the model init, data order, masking and dropout."""
     eval_every: int = 100
     """Evaluate on the held-out split every N steps (0: only at the end)."""
-    eval_max_batches: Optional[int] = None
+    eval_max_batches: int | None = None
     """Cap on evaluation batches (default: the whole held-out split)."""
     log_every: int = 10
     """Write a metrics line every N steps."""
@@ -198,50 +194,52 @@ class TrainConfig:
     """Continue the run in --out from its newest complete checkpoint."""
 
     def __post_init__(self) -> None:
-        require((self.model is None) != (self.from_scratch is None), "model", "give exactly one of --model or --from-scratch")
-        require(self.seq_len >= 8, "seq_len", f"must be at least 8, got {self.seq_len}")
-        require(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
-        require(self.grad_accum >= 1, "grad_accum", f"must be at least 1, got {self.grad_accum}")
-        require(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be at least 1, got {self.max_steps}")
-        require(self.epochs is None or self.epochs > 0, "epochs", f"must be positive, got {self.epochs}")
-        require(self.lr > 0, "lr", f"must be positive, got {self.lr}")
-        require(self.fresh_lr_scale > 0, "fresh_lr_scale", f"must be positive, got {self.fresh_lr_scale}")
-        require(self.weight_decay >= 0, "weight_decay", f"must not be negative, got {self.weight_decay}")
-        require(0 <= self.beta1 < 1, "beta1", f"must be in [0, 1), got {self.beta1}")
-        require(0 <= self.beta2 < 1, "beta2", f"must be in [0, 1), got {self.beta2}")
-        require(0 <= self.warmup_fraction < 1, "warmup_fraction", f"must be in [0, 1), got {self.warmup_fraction}")
-        require(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps", "must not be negative")
-        require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-        require(self.clip_grad_norm >= 0, "clip_grad_norm", "must not be negative")
-        require(self.max_nonfinite >= 1, "max_nonfinite", f"must be at least 1, got {self.max_nonfinite}")
-        require(self.adam_eps > 0, "adam_eps", f"must be positive, got {self.adam_eps}")
-        require(self.seed >= 0, "seed", f"must not be negative, got {self.seed}")
+        check_setting((self.model is None) != (self.from_scratch is None), "model", "give exactly one of --model or --from-scratch")
+        check_setting(self.seq_len >= 8, "seq_len", f"must be at least 8, got {self.seq_len}")
+        check_setting(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        check_setting(self.grad_accum >= 1, "grad_accum", f"must be at least 1, got {self.grad_accum}")
+        check_setting(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be at least 1, got {self.max_steps}")
+        check_setting(self.epochs is None or self.epochs > 0, "epochs", f"must be positive, got {self.epochs}")
+        check_setting(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        check_setting(self.fresh_lr_scale > 0, "fresh_lr_scale", f"must be positive, got {self.fresh_lr_scale}")
+        check_setting(self.weight_decay >= 0, "weight_decay", f"must not be negative, got {self.weight_decay}")
+        check_setting(0 <= self.beta1 < 1, "beta1", f"must be in [0, 1), got {self.beta1}")
+        check_setting(0 <= self.beta2 < 1, "beta2", f"must be in [0, 1), got {self.beta2}")
+        check_setting(0 <= self.warmup_fraction < 1, "warmup_fraction", f"must be in [0, 1), got {self.warmup_fraction}")
+        check_setting(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps", "must not be negative")
+        check_setting(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        check_setting(self.clip_grad_norm >= 0, "clip_grad_norm", "must not be negative")
+        check_setting(self.max_nonfinite >= 1, "max_nonfinite", f"must be at least 1, got {self.max_nonfinite}")
+        check_setting(self.adam_eps > 0, "adam_eps", f"must be positive, got {self.adam_eps}")
+        check_setting(self.seed >= 0, "seed", f"must not be negative, got {self.seed}")
         if self.from_scratch is not None:
-            require(
-                self.seq_len <= PRESET_MAX_POSITIONS, "seq_len",
+            check_setting(
+                self.seq_len <= PRESET_MAX_POSITIONS,
+                "seq_len",
                 f"{self.seq_len} is more than the {PRESET_MAX_POSITIONS} positions a --from-scratch model embeds; attention over it would take "
                 f"about {self.batch_size * 16 * self.seq_len**2 * 4 / 2**40:,.1f} TB a layer for a batch of {self.batch_size}",
-            )  # fmt: skip
-        require(self.dropout is None or 0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+            )
+        check_setting(self.dropout is None or 0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
         check_masking_probabilities(self.mask_prob, self.mask_replace_prob, self.random_replace_prob)
         if self.mask_prob_end is not None:
-            require(0.0 < self.mask_prob_end < 1.0, "mask_prob_end", f"must be strictly between 0 and 1, got {self.mask_prob_end}")
-        require(
-            (self.mask_schedule == "constant") or self.mask_prob_end is not None, "mask_prob_end",
+            check_setting(0.0 < self.mask_prob_end < 1.0, "mask_prob_end", f"must be strictly between 0 and 1, got {self.mask_prob_end}")
+        check_setting(
+            (self.mask_schedule == "constant") or self.mask_prob_end is not None,
+            "mask_prob_end",
             f"--mask-schedule {self.mask_schedule} needs the rate to end at, e.g. --mask-prob-end 0.15",
-        )  # fmt: skip
+        )
         if self.time_budget is not None:
             try:
                 parse_duration(self.time_budget)
             except ValueError as e:
-                require(False, "time_budget", str(e))
+                check_setting(False, "time_budget", str(e))
         for name in ("eval_every", "checkpoint_every"):
-            require(getattr(self, name) >= 0, name, f"must not be negative (0 turns it off), got {getattr(self, name)}")
-        require(self.log_every >= 1, "log_every", f"must be at least 1, got {self.log_every}")
+            check_setting(getattr(self, name) >= 0, name, f"must not be negative (0 turns it off), got {getattr(self, name)}")
+        check_setting(self.log_every >= 1, "log_every", f"must be at least 1, got {self.log_every}")
         unknown = sorted(set(self.report_to) - {"tensorboard", "wandb"})
-        require(not unknown, "report_to", f"{', '.join(unknown)}: choose from tensorboard, wandb")
-        require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
-        require(self.eval_max_batches is None or self.eval_max_batches >= 1, "eval_max_batches", "must be at least 1")
+        check_setting(not unknown, "report_to", f"{', '.join(unknown)}: choose from tensorboard, wandb")
+        check_setting(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
+        check_setting(self.eval_max_batches is None or self.eval_max_batches >= 1, "eval_max_batches", "must be at least 1")
 
     def windows_per_step(self, world_size: int = 1) -> int:
         """The global batch: windows of one optimizer step over all processes."""

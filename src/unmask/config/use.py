@@ -7,9 +7,9 @@ fields given without a flag.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Optional
+from typing import ClassVar, Literal
 
-from unmask.config.base import check_masking_probabilities, require
+from unmask.config.base import check_masking_probabilities, check_setting
 
 
 @dataclass(kw_only=True)
@@ -34,21 +34,21 @@ class HeldOutOptions:
     """Tokens per window."""
     batch_size: int = 32
     """Windows per batch."""
-    max_batches: Optional[int] = None
+    max_batches: int | None = None
     """Score only this many batches."""
 
     def __post_init__(self) -> None:
-        require(len(self.data) > 0, "data", "give a token store or text files")
-        require(self.seq_len >= 8, "seq_len", f"must be at least 8, got {self.seq_len}")
-        require(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
-        require(self.max_batches is None or self.max_batches >= 1, "max_batches", "must be at least 1")
+        check_setting(len(self.data) > 0, "data", "give a token store or text files")
+        check_setting(self.seq_len >= 8, "seq_len", f"must be at least 8, got {self.seq_len}")
+        check_setting(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        check_setting(self.max_batches is None or self.max_batches >= 1, "max_batches", "must be at least 1")
 
 
 @dataclass(kw_only=True)
 class TextsOptions:
     texts: list[str] = field(default_factory=list)
     """Texts; `-` (or none, with --file unset) reads stdin, one per line."""
-    file: Optional[str] = None
+    file: str | None = None
     """File of texts, one per line."""
 
 
@@ -67,8 +67,8 @@ class FillConfig(ModelOptions, TextsOptions):
     """Texts per forward pass."""
 
     def __post_init__(self) -> None:
-        require(self.top_k >= 1, "top_k", f"must be at least 1, got {self.top_k}")
-        require(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        check_setting(self.top_k >= 1, "top_k", f"must be at least 1, got {self.top_k}")
+        check_setting(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
 
 
 @dataclass(kw_only=True)
@@ -97,7 +97,7 @@ class InspectConfig:
 
     def __post_init__(self) -> None:
         check_masking_probabilities(self.mask_prob, self.mask_replace_prob, self.random_replace_prob)
-        require(self.seed >= 0, "seed", f"must not be negative, got {self.seed}")
+        check_setting(self.seed >= 0, "seed", f"must not be negative, got {self.seed}")
 
 
 @dataclass(kw_only=True)
@@ -118,7 +118,7 @@ class ScoreConfig(ModelOptions, TextsOptions):
     POSITIONAL: ClassVar[tuple[str, ...]] = ("model", "texts")
     texts: list[str] = field(default_factory=list)
     """Sentences; `-` (or none, with --file unset) reads stdin, one per line."""
-    file: Optional[str] = None
+    file: str | None = None
     """File of sentences, one per line."""
     batch_size: int = 64
     """Masked copies per forward pass."""
@@ -126,7 +126,7 @@ class ScoreConfig(ModelOptions, TextsOptions):
     """Print one JSON object per sentence, with per-token scores."""
 
     def __post_init__(self) -> None:
-        require(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        check_setting(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
 
 
 @dataclass(kw_only=True)
@@ -134,9 +134,9 @@ class EmbedConfig(ModelOptions):
     """Settings of `unmask embed`: sentence or token embeddings."""
 
     POSITIONAL: ClassVar[tuple[str, ...]] = ("model",)
-    file: Optional[str] = None
+    file: str | None = None
     """File of texts, one per line; row i of the output is line i."""
-    out: Optional[str] = None
+    out: str | None = None
     """Where to save the array (.npy)."""
     pooling: Literal["mean", "cls"] = "mean"
     """mean (over the attention mask) or cls."""
@@ -144,13 +144,15 @@ class EmbedConfig(ModelOptions):
     """Scale each sentence vector to unit length."""
     batch_size: int = 32
     """Texts per forward pass (batches are formed by length)."""
-    tokens: Optional[str] = None
+    tokens: str | None = None
     """Show the contextual embedding of every token of this text."""
 
     def __post_init__(self) -> None:
-        require(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
-        require((self.file is None) != (self.tokens is None), "file", "give --file F (sentence embeddings) or --tokens TEXT (token embeddings)")
-        require(self.tokens is not None or self.out is not None, "out", "give the .npy file to write the embeddings to")
+        check_setting(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        check_setting(
+            (self.file is None) != (self.tokens is None), "file", "give --file F (sentence embeddings) or --tokens TEXT (token embeddings)"
+        )
+        check_setting(self.tokens is not None or self.out is not None, "out", "give the .npy file to write the embeddings to")
 
 
 @dataclass(kw_only=True)
@@ -169,7 +171,7 @@ class CompareConfig(DeviceOptions, HeldOutOptions):
 
     def __post_init__(self) -> None:
         HeldOutOptions.__post_init__(self)
-        require(self.examples >= 0, "examples", f"must not be negative, got {self.examples}")
+        check_setting(self.examples >= 0, "examples", f"must not be negative, got {self.examples}")
 
 
 @dataclass(kw_only=True)
@@ -179,7 +181,7 @@ class PlotConfig:
     POSITIONAL: ClassVar[tuple[str, ...]] = ("run",)
     run: str
     """Run folder (with metrics.jsonl)."""
-    out: Optional[str] = None
+    out: str | None = None
     """PNG to write (default RUN/curves.png)."""
 
 
@@ -206,14 +208,14 @@ class PairsConfig(DeviceOptions):
     """Masked copies per forward pass."""
     json: bool = False
     """Print the results as JSON instead of a table."""
-    out: Optional[str] = None
+    out: str | None = None
     """Also write the results, with every pair's scores, to this JSON file."""
     trust_remote_code: bool = False
     """Allow a hub model to run its own code."""
 
     def __post_init__(self) -> None:
-        require(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
-        require(bool(self.good_field) and bool(self.bad_field), "good_field", "the good and bad fields must be named")
+        check_setting(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        check_setting(bool(self.good_field) and bool(self.bad_field), "good_field", "the good and bad fields must be named")
 
 
 @dataclass(kw_only=True)
@@ -225,11 +227,11 @@ class ExportConfig:
     """Run folder (with checkpoints/)."""
     out: str
     """Folder to write the model to (save_pretrained format, with the tokenizer); must not exist."""
-    step: Optional[int] = None
+    step: int | None = None
     """Checkpoint step to export (default: the newest complete one)."""
 
     def __post_init__(self) -> None:
-        require(self.step is None or self.step >= 0, "step", f"must not be negative, got {self.step}")
+        check_setting(self.step is None or self.step >= 0, "step", f"must not be negative, got {self.step}")
 
 
 @dataclass(kw_only=True)
@@ -251,6 +253,6 @@ class ServeConfig(DeviceOptions):
     """Allow a hub model given with --models to run its own code (never a request's choice)."""
 
     def __post_init__(self) -> None:
-        require(len(self.paths) > 0, "paths", "give at least one run folder or folder of runs")
-        require(1 <= self.port <= 65535, "port", f"must be between 1 and 65535, got {self.port}")
-        require(self.compare_batches >= 1, "compare_batches", f"must be at least 1, got {self.compare_batches}")
+        check_setting(len(self.paths) > 0, "paths", "give at least one run folder or folder of runs")
+        check_setting(1 <= self.port <= 65535, "port", f"must be between 1 and 65535, got {self.port}")
+        check_setting(self.compare_batches >= 1, "compare_batches", f"must be at least 1, got {self.compare_batches}")

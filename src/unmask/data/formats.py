@@ -9,13 +9,13 @@ source needs them, with a one-line install hint when they are missing.
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import lzma
 import sys
-from typing import IO, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import IO
 
-from unmask.config import UnmaskError
+from unmask.errors import UnmaskError, optional_import
 
 _DECOMPRESSION_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, lzma.LZMAError, ValueError)
 try:
@@ -37,13 +37,6 @@ _BINARY_SIGNATURES = {
 
 class BadFile(UnmaskError):
     """A file that cannot be read as text (binary, not UTF-8, corrupt or truncated)."""
-
-
-def require(module: str, purpose: str, extra: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise UnmaskError(f"{purpose} needs {module.split('.')[0]}: pip install 'unmask[{extra}]'") from None
 
 
 def lines(source, open_binary: OpenBinary) -> Iterator[tuple[int, str]]:
@@ -148,7 +141,7 @@ def table_documents(source, open_binary: OpenBinary, text_field: str, delimiter:
 
 
 def _string_column(schema, text_field: str, label: str) -> None:
-    pa = require("pyarrow", f"reading {label}", "parquet")
+    pa = optional_import("pyarrow", f"reading {label}", "parquet")
     if text_field not in schema.names:
         raise UnmaskError(f"{label}: no column '{text_field}' (columns: {', '.join(schema.names[:12])}); set it with --text-field")
     kind = schema.field(text_field).type
@@ -163,8 +156,8 @@ def _column_values(batches, text_field: str) -> Iterator[str]:
 
 
 def parquet_documents(path: str, text_field: str) -> Iterator[str]:
-    pq = require("pyarrow.parquet", f"reading {path}", "parquet")
-    pa = require("pyarrow", f"reading {path}", "parquet")
+    pq = optional_import("pyarrow.parquet", f"reading {path}", "parquet")
+    pa = optional_import("pyarrow", f"reading {path}", "parquet")
     try:
         file = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
@@ -178,7 +171,7 @@ def parquet_documents(path: str, text_field: str) -> Iterator[str]:
 
 def arrow_documents(path: str, text_field: str) -> Iterator[str]:
     """An Arrow IPC file, stream format (what `datasets` writes) or file format."""
-    pa = require("pyarrow", f"reading {path}", "parquet")
+    pa = optional_import("pyarrow", f"reading {path}", "parquet")
     try:
         source = pa.memory_map(path)
         try:
@@ -197,7 +190,7 @@ def arrow_documents(path: str, text_field: str) -> Iterator[str]:
 
 
 def saved_dataset_documents(path: str, text_field: str, split: str) -> Iterator[str]:
-    datasets = require("datasets", f"reading the saved dataset {path}", "datasets")
+    datasets = optional_import("datasets", f"reading the saved dataset {path}", "datasets")
     try:
         loaded = datasets.load_from_disk(path)
     except (OSError, ValueError, FileNotFoundError) as e:
@@ -214,7 +207,7 @@ def saved_dataset_documents(path: str, text_field: str, split: str) -> Iterator[
 
 def hub_documents(name: str, text_field: str, config: str | None, split: str) -> Iterator[str]:
     """A Hugging Face dataset, streamed: nothing is downloaded up front."""
-    datasets = require("datasets", f"reading hf:{name}", "datasets")
+    datasets = optional_import("datasets", f"reading hf:{name}", "datasets")
     try:
         stream = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as e:  # datasets raises many kinds (missing dataset, bad split or config, offline)

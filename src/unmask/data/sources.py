@@ -22,13 +22,16 @@ import gzip
 import io
 import lzma
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator, Literal
+from typing import IO, Literal
 
-from unmask.config import UnmaskError
 from unmask.data import formats
 from unmask.data.formats import BadFile
+from unmask.data.layout import StoreDir
+from unmask.errors import UnmaskError
+from unmask.rundir import RunDir
 
 SAMPLE_ALIAS = "sample:pydocs"
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_corpus" / "pydocs"
@@ -81,6 +84,11 @@ class ReadOptions:
     hf_config: str | None = None
     hf_split: str = "train"
 
+    @classmethod
+    def of(cls, settings) -> ReadOptions:
+        """The reading options of a command's settings (`config.SourceOptions`)."""
+        return cls(settings.doc_per, settings.text_field, settings.skip_bad_files, settings.hf_config, settings.hf_split)
+
 
 def is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or ((path / "state.json").is_file() and (path / "dataset_info.json").is_file())
@@ -104,9 +112,7 @@ def classify(path: Path) -> Source | None:
 
 def _made_by_unmask(path: Path) -> bool:
     """A token store or a run folder: their tokenizer files (vocab.txt) are not text to learn from."""
-    return ((path / "meta.json").is_file() and (path / "train.tokens").is_file()) or (path / "checkpoints").is_dir() or (
-        (path / "config.yaml").is_file() and (path / "metrics.jsonl").is_file()
-    )
+    return StoreDir(path).looks_like_store() or RunDir(path).is_run()
 
 
 def _folder_sources(folder: Path) -> list[Source]:
@@ -130,7 +136,7 @@ def expand_sources(sources: list[str]) -> list[Source]:
             found.extend(Source("text", str(p)) for p in sorted(SAMPLE_DIR.glob("*.txt")))
             continue
         if source.startswith(HUB_PREFIX):
-            name = source[len(HUB_PREFIX):]
+            name = source[len(HUB_PREFIX) :]
             if not name:
                 raise UnmaskError(f"{source}: give a dataset name after hf:, e.g. hf:wikitext")
             found.append(Source("hub-dataset", name))

@@ -76,7 +76,7 @@ class Windows:
         vocab: Vocabulary,
         packing: Literal["packed", "padded"] = "packed",
         keep_partial: bool = False,
-    ) -> "Windows":
+    ) -> Windows:
         body_len = seq_len - 2
         if packing == "packed":
             starts, lengths = packed_windows(len(split.tokens), body_len, keep_partial)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -20,7 +21,9 @@ from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from unmask.config import ServeConfig, UnmaskError
+from unmask.config import ServeConfig
+from unmask.data.layout import StoreDir
+from unmask.errors import UnmaskError
 from unmask.serve import runs as run_folders
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -48,8 +51,8 @@ class Models:
         """id -> where it loads from."""
         offered = {name: name for name in self.config.models}
         for run in run_folders.discover(self.config.paths).values():
-            if (run.path / "model" / "config.json").is_file():
-                offered[f"run:{run.id}"] = str(run.path / "model")
+            if run.dir.has_model():
+                offered[f"run:{run.id}"] = str(run.dir.model)
         return offered
 
     def get(self, model_id: Any):
@@ -168,7 +171,7 @@ def create_app(config: ServeConfig) -> Starlette:
             return walkthrough(filler, text, seed, mask_prob, masking)
 
     def compare(request: Request, body: dict) -> dict:
-        from unmask.report import compare as compare_models
+        from unmask.compare import compare as compare_models
 
         base, trained = body.get("base"), body.get("trained")
         offered = models.available()
@@ -177,15 +180,20 @@ def create_app(config: ServeConfig) -> Starlette:
                 raise BadRequest(404, f"no model {value!r} for '{name}' (models: {', '.join(offered)})")
         run = find_run(_field(body, "data", str))
         store = run_folders.describe(run, detail=True)["config"].get("data")
-        if not store or not (Path(store) / "meta.json").is_file():
+        if not store or not StoreDir(store).looks_like_store():
             raise BadRequest(422, f"run {run.id!r} names no token store that is here to score on")
         key = (offered[base], offered[trained], store)
         with models.loading:  # one comparison at a time; each result is kept
             if key not in compared:
                 compared[key] = compare_models(
-                    offered[base], offered[trained], [store], None, max_batches=config.compare_batches, device=config.device,
+                    offered[base],
+                    offered[trained],
+                    [store],
+                    None,
+                    max_batches=config.compare_batches,
+                    device=config.device,
                     echo=lambda _: None,
-                )  # fmt: skip
+                )
         return compared[key]
 
     async def index(request: Request) -> FileResponse:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import yaml
 
+from unmask.checkpoint import read_info
 from unmask.files import RunLock
-
-RUN_MARKERS = ("config.yaml", "metrics.jsonl")
+from unmask.rundir import RunDir
 
 
 @dataclass
@@ -24,9 +24,13 @@ class RunFolder:
     path: Path
     label: str
 
+    @property
+    def dir(self) -> RunDir:
+        return RunDir(self.path)
+
 
 def is_run(path: Path) -> bool:
-    return path.is_dir() and any((path / marker).is_file() for marker in RUN_MARKERS)
+    return RunDir(path).is_run()
 
 
 def discover(roots: list[str]) -> dict[str, RunFolder]:
@@ -58,20 +62,8 @@ def discover(roots: list[str]) -> dict[str, RunFolder]:
 
 
 def read_metrics(path: Path, after: int = 0) -> tuple[list[dict], int]:
-    """Records of metrics.jsonl from line `after` on, and the line count; a line being
-    written right now (no newline yet) is left for the next read."""
-    try:
-        text = (path / "metrics.jsonl").read_text(encoding="utf-8")
-    except OSError:
-        return [], after
-    complete = text[: text.rfind("\n") + 1].splitlines()
-    records = []
-    for line in complete[after:]:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records, len(complete)
+    """Records of a run's metrics.jsonl from line `after` on, and the line count (`RunDir.read_metrics`)."""
+    return RunDir(path).read_metrics(after)
 
 
 def _yaml(path: Path) -> dict:
@@ -92,35 +84,43 @@ def _json(path: Path) -> dict:
 
 def is_training(path: Path) -> bool:
     """A live process holds the run's lock (its lock file names the process)."""
-    return RunLock.is_held(path / ".lock")
+    return RunLock.is_held(RunDir(path).lock)
 
 
 def checkpoints(path: Path) -> list[dict]:
     found = []
-    for folder in sorted((path / "checkpoints").glob("step-*")):
-        state = _json(folder / "state.json")
-        found.append({"step": state.get("step"), "train_seconds": state.get("info", {}).get("train_seconds"),
-                      "complete": bool(state.get("files"))})  # fmt: skip
+    for step, folder in RunDir(path).checkpoint_steps():
+        info = read_info(folder)
+        found.append({"step": step, "train_seconds": info.train_seconds if info else None, "complete": info is not None})
     return found
 
 
 def describe(run: RunFolder, detail: bool = False) -> dict:
     """What the runs page shows of a run: state, step, tokens, last held-out numbers."""
-    records, lines = read_metrics(run.path)
-    config = _yaml(run.path / "config.yaml")
-    summary = _json(run.path / "summary.json")
+    folder = run.dir
+    records, lines = folder.read_metrics()
+    config = _yaml(folder.config)
+    summary = _json(folder.summary)
     steps = [r for r in records if "loss" in r]
     evals = [r for r in records if r.get("eval_loss") is not None]
-    finished = bool(summary) and (run.path / "model" / "config.json").is_file()
+    finished = bool(summary) and folder.has_model()
     state = "training" if is_training(run.path) else "finished" if finished else "stopped" if steps else "new"
     step = steps[-1]["step"] if steps else 0
     tokens_per_step = summary.get("tokens_per_step") or config.get("batch_size", 0) * config.get("grad_accum", 1) * config.get("seq_len", 0)
     described = {
-        "id": run.id, "label": run.label, "state": state, "step": step, "max_steps": config.get("max_steps"),
-        "time_budget": config.get("time_budget"), "tokens": step * tokens_per_step, "has_model": (run.path / "model" / "config.json").is_file(),
-        "last_eval": {k: evals[-1].get(f"eval_{k}") for k in ("loss", "accuracy", "top5_accuracy")} | {"step": evals[-1]["step"]} if evals else None,
+        "id": run.id,
+        "label": run.label,
+        "state": state,
+        "step": step,
+        "max_steps": config.get("max_steps"),
+        "time_budget": config.get("time_budget"),
+        "tokens": step * tokens_per_step,
+        "has_model": folder.has_model(),
+        "last_eval": {k: evals[-1].get(f"eval_{k}") for k in ("loss", "accuracy", "top5_accuracy")} | {"step": evals[-1]["step"]}
+        if evals
+        else None,
         "metric_lines": lines,
-    }  # fmt: skip
+    }
     if detail:
         described.update(config=config, summary=summary, checkpoints=checkpoints(run.path))
     return described

@@ -1,4 +1,6 @@
-"""Train a vocabulary of one's own with the `tokenizers` library, from the sources `prepare` reads.
+"""`unmask tokenizer`: train a vocabulary of one's own with the `tokenizers` library, from the
+sources `prepare` reads. (`tokenizer.Vocabulary` is the record of a tokenizer's ids; this
+module makes new tokenizers.)
 
 Three families, each with the special tokens and framing of the models that use it:
 - `wordpiece` (BERT): `[CLS] ... [SEP]`, `[PAD]` `[UNK]` `[MASK]`, `##` continuations;
@@ -15,13 +17,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-from unmask.config import TokenizerConfig, UnmaskError
-from unmask.data.sources import ReadReport, expand_sources, read_documents
-from unmask.files import building_path, publish_folder, recover_folder, remove_tree
-from unmask.tokenizer import quiet_transformers
+from unmask.config import TokenizerConfig
+from unmask.data.sources import ReadOptions, ReadReport, expand_sources, read_documents
+from unmask.errors import UnmaskError
+from unmask.files import building, recover_folder
+from unmask.hub import quiet_transformers
 
 SPECIAL_TOKENS = {
     "wordpiece": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
@@ -90,10 +93,12 @@ def _post_processor(kind: str, raw):
         )
     if kind == "bpe":
         return processors.RobertaProcessing((sep, sep_id), (cls, cls_id), trim_offsets=True, add_prefix_space=False)
-    return processors.TemplateProcessing(single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} {sep} $B {sep}", special_tokens=[(cls, cls_id), (sep, sep_id)])
+    return processors.TemplateProcessing(
+        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} {sep} $B {sep}", special_tokens=[(cls, cls_id), (sep, sep_id)]
+    )
 
 
-def wrap(kind: str, raw, model_max_length: int = 512):
+def as_transformers_tokenizer(kind: str, raw, model_max_length: int = 512):
     """The trained Rust tokenizer as a transformers tokenizer with its special tokens named."""
     quiet_transformers()
     from transformers import PreTrainedTokenizerFast
@@ -101,9 +106,15 @@ def wrap(kind: str, raw, model_max_length: int = 512):
     tokens = dict(zip(SPECIAL_TOKENS[kind], _special_tokens(kind)))
     extra = {} if kind == "wordpiece" else {"bos_token": tokens["cls"], "eos_token": tokens["sep"]}
     return PreTrainedTokenizerFast(
-        tokenizer_object=raw, unk_token=tokens["unk"], pad_token=tokens["pad"], cls_token=tokens["cls"], sep_token=tokens["sep"],
-        mask_token=tokens["mask"], model_max_length=model_max_length, **extra,
-    )  # fmt: skip
+        tokenizer_object=raw,
+        unk_token=tokens["unk"],
+        pad_token=tokens["pad"],
+        cls_token=tokens["cls"],
+        sep_token=tokens["sep"],
+        mask_token=tokens["mask"],
+        model_max_length=model_max_length,
+        **extra,
+    )
 
 
 def is_tokenizer_folder(path: Path) -> bool:
@@ -117,7 +128,11 @@ def train_tokenizer(config: TokenizerConfig, progress: bool = True) -> dict:
     out = Path(config.out)
     recover_folder(out)
     if out.exists() and not (config.overwrite and is_tokenizer_folder(out)):
-        reason = "is not a tokenizer folder; --overwrite only ever replaces one" if config.overwrite else "already exists (pass --overwrite to replace it)"
+        reason = (
+            "is not a tokenizer folder; --overwrite only ever replaces one"
+            if config.overwrite
+            else "already exists (pass --overwrite to replace it)"
+        )
         raise UnmaskError(f"--out {out}: {reason}")
     sources = expand_sources(config.sources)
     raw, trainer_class = _pipeline(config.kind, config.lowercase)
@@ -126,7 +141,7 @@ def train_tokenizer(config: TokenizerConfig, progress: bool = True) -> dict:
     counted = {"documents": 0, "characters": 0}
 
     def texts() -> Iterator[str]:
-        for _, text in read_documents(sources, report, config.read_options()):
+        for _, text in read_documents(sources, report, ReadOptions.of(config)):
             counted["documents"] += 1
             counted["characters"] += len(text)
             bar.update(1)
@@ -142,23 +157,21 @@ def train_tokenizer(config: TokenizerConfig, progress: bool = True) -> dict:
     if counted["documents"] == 0:
         raise UnmaskError(f"{', '.join(config.sources)}: no non-empty documents to learn a vocabulary from")
     raw.post_processor = _post_processor(config.kind, raw)
-    tokenizer = wrap(config.kind, raw)
+    tokenizer = as_transformers_tokenizer(config.kind, raw)
     seconds = time.perf_counter() - started
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    building = building_path(out)
-    remove_tree(building)
-    try:
-        tokenizer.save_pretrained(building)
+    with building(out, "the tokenizer", tag="building") as folder:
+        tokenizer.save_pretrained(folder)
         summary = {
-            "kind": config.kind, "vocab_size": len(tokenizer), "lowercase": config.lowercase, "min_frequency": config.min_frequency,
-            "documents": counted["documents"], "characters": counted["characters"], "seconds": round(seconds, 2),
-            "sources": config.sources, "skipped": {"empty_files": len(report.empty_files), "bad_files": report.bad_files,
-                                                   "empty_documents": report.empty_documents},
-        }  # fmt: skip
-        (building / "unmask_tokenizer.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        publish_folder(building, out)
-    except BaseException:
-        remove_tree(building)
-        raise
+            "kind": config.kind,
+            "vocab_size": len(tokenizer),
+            "lowercase": config.lowercase,
+            "min_frequency": config.min_frequency,
+            "documents": counted["documents"],
+            "characters": counted["characters"],
+            "seconds": round(seconds, 2),
+            "sources": config.sources,
+            "skipped": {"empty_files": len(report.empty_files), "bad_files": report.bad_files, "empty_documents": report.empty_documents},
+        }
+        (folder / "unmask_tokenizer.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary

@@ -5,11 +5,13 @@ import json
 import math
 
 import pytest
-
 from conftest import quiet
+
+from unmask.charts import plot_run
+from unmask.compare import compare, metrics_table
 from unmask.config import UnmaskError
 from unmask.evaluate import EVAL_MASK_PROB, EVAL_SEED, MlmMetrics
-from unmask.report import compare, metrics_table, plot_run, text_table
+from unmask.tables import text_table
 
 
 def test_compare_writes_a_report_and_the_same_model_twice_changes_nothing(tiny_model_dir, store_dir, tmp_path):
@@ -23,7 +25,9 @@ def test_compare_writes_a_report_and_the_same_model_twice_changes_nothing(tiny_m
     assert f"({EVAL_MASK_PROB:.0%}, seed {EVAL_SEED})" in markdown and "![metrics](chart.png)" in markdown
 
 
-def test_compare_without_matplotlib_still_writes_the_report_and_says_why_there_is_no_chart(tiny_model_dir, store_dir, tmp_path, monkeypatch):
+def test_compare_without_matplotlib_still_writes_the_report_and_says_why_there_is_no_chart(
+    tiny_model_dir, store_dir, tmp_path, monkeypatch
+):
     real_import = builtins.__import__
 
     def no_matplotlib(name, *args, **kwargs):
@@ -53,7 +57,11 @@ def test_metrics_table_shows_changes_and_no_change_for_counts():
 def test_plot_draws_a_png_and_names_a_bad_metrics_line(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    records = [{"step": 1, "loss": 5.0}, {"step": 2, "loss": 4.0}, {"step": 2, "eval_loss": 4.2, "eval_accuracy": 0.1, "eval_top5_accuracy": 0.3}]
+    records = [
+        {"step": 1, "loss": 5.0},
+        {"step": 2, "loss": 4.0},
+        {"step": 2, "eval_loss": 4.2, "eval_accuracy": 0.1, "eval_top5_accuracy": 0.3},
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert plot_run(run).read_bytes()[:4] == b"\x89PNG"
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\nnot json\n')

@@ -3,22 +3,29 @@
 import json
 
 import pytest
+from conftest import quiet
 from transformers import AutoTokenizer, pipeline
 
-from conftest import quiet
 from unmask.config import PrepareConfig, TokenizerConfig, TrainConfig, UnmaskError
-from unmask.data.store import TokenStore, prepare
+from unmask.data.prepare import prepare
+from unmask.data.store import TokenStore
 from unmask.tokenizer import Vocabulary
+from unmask.tokenizer_training import train_tokenizer
 from unmask.train import train
-from unmask.vocab import train_tokenizer
 
-FRAMING = {"wordpiece": ("[CLS]", "[SEP]", "[MASK]", "[PAD]"), "bpe": ("<s>", "</s>", "<mask>", "<pad>"), "unigram": ("<s>", "</s>", "<mask>", "<pad>")}
+FRAMING = {
+    "wordpiece": ("[CLS]", "[SEP]", "[MASK]", "[PAD]"),
+    "bpe": ("<s>", "</s>", "<mask>", "<pad>"),
+    "unigram": ("<s>", "</s>", "<mask>", "<pad>"),
+}
 
 
 @pytest.fixture(scope="module", params=["wordpiece", "bpe", "unigram"])
 def trained(request, tmp_path_factory, corpus_dir):
     out = tmp_path_factory.mktemp(request.param) / "tokenizer"
-    summary = train_tokenizer(TokenizerConfig(sources=[str(corpus_dir)], out=str(out), kind=request.param, vocab_size=300, lowercase=True), progress=False)
+    summary = train_tokenizer(
+        TokenizerConfig(sources=[str(corpus_dir)], out=str(out), kind=request.param, vocab_size=300, lowercase=True), progress=False
+    )
     return request.param, out, summary
 
 
@@ -47,9 +54,12 @@ def test_a_trained_vocabulary_prepares_trains_from_scratch_and_fills(trained, co
     vocab = TokenStore.open(store).vocabulary()
     run = tmp_path / "run"
     summary = train(
-        TrainConfig(data=str(store), out=str(run), from_scratch="tiny", tokenizer=str(out), seq_len=32, batch_size=4, max_steps=3, eval_every=0),
-        progress=False, echo=quiet,
-    )  # fmt: skip
+        TrainConfig(
+            data=str(store), out=str(run), from_scratch="tiny", tokenizer=str(out), seq_len=32, batch_size=4, max_steps=3, eval_every=0
+        ),
+        progress=False,
+        echo=quiet,
+    )
     assert summary["steps"] == 3
     config = json.loads((run / "model" / "config.json").read_text())
     assert config["vocab_size"] == vocab.size and config["pad_token_id"] == vocab.pad_id

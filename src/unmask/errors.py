@@ -1,0 +1,31 @@
+"""The one error type a user sees, and the one way an optional package is asked for.
+
+`UnmaskError` is an error caused by the user's input or environment (a bad flag, a missing
+file, a full disk): the CLI prints it as one line, without a traceback, and exits 1. This
+module imports nothing of unmask's, so every other module may raise it.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import ModuleType
+
+
+class UnmaskError(Exception):
+    """An error caused by the user's input; the CLI prints it without a traceback."""
+
+
+def optional_import(module: str, purpose: str, extra: str) -> ModuleType:
+    """Import an optional dependency, or say in one line which extra installs it.
+
+    `purpose` says what needed it ("reading data.parquet", "--report-to wandb"), `extra` is
+    the `unmask[...]` extra that brings it.
+    """
+    try:
+        # __import__ rather than importlib.import_module: the import system's hooks (and a
+        # test's stand-in for a missing package) see it as they see an import statement.
+        __import__(module)
+    except ImportError:
+        package = module.split(".")[0]
+        raise UnmaskError(f"{purpose} needs {package}: pip install 'unmask[{extra}]' (or pip install {package})") from None
+    return sys.modules[module]
