@@ -4,7 +4,9 @@ final model save, and whether the final weights are identical bit for bit.
 
     python benchmarks/kill_battery.py --kills 30
 
-The tests do the same with 10 kills (tests/test_faults.py); this is the longer version.
+Every resume is run as a requeued job runs it (`unmask train --out RUN --resume`), and some
+kills land before the first checkpoint. The tests do the same with 10 kills
+(tests/test_faults.py); this is the longer version.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import conftest
-    from test_faults import kill_repeatedly, same_weights, settings, unmask_process, weights
+    from test_faults import kill_repeatedly, requeued_command, same_weights, settings, unmask_process, weights
     from transformers import AutoTokenizer
 
     from unmask.config import PrepareConfig
@@ -56,12 +58,13 @@ def main() -> None:
     straight, killed = work / "straight", work / "killed"
     options = dict(dropout=0.1, max_steps=args.steps)
     assert unmask_process(*settings(str(store), str(model), straight, **options)).wait() == 0
-    landed, inside = kill_repeatedly(settings(str(store), str(model), killed, **options), killed, args.kills, args.seed)
-    final = unmask_process(*settings(str(store), str(model), killed, **options), "--resume")
+    job = settings(str(store), str(model), killed, **options)
+    landed, inside, before_first = kill_repeatedly(job, killed, args.kills, args.seed, early=max(1, args.kills // 6))
+    final = unmask_process(*requeued_command(job, killed))
     assert final.wait() == 0, final.stderr.read()
     identical = same_weights(weights(killed), weights(straight))
     print(
-        f"{landed} kills, {inside} of them inside a checkpoint write or the final model save; "
+        f"{landed} kills, {before_first} before the first checkpoint and {inside} inside a checkpoint write or the final model save; "
         f"final weights {'identical bit for bit' if identical else 'DIFFERENT'} to the uninterrupted run ({time.time() - started:.0f} s)"
     )
     shutil.rmtree(work, ignore_errors=True)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the bundled defaults, offline: continue pretraining the MiniLM-L6 starter
-# on the bundled Python-docs sample, then fill in some masks with the trained model.
+# on the bundled Python-docs sample, then fill in masks with the trained model beside the
+# starter it began from (whose MLM head is fresh, so its guesses are a random head's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 UNMASK_EXTRAS=starter,report bash scripts/setup.sh
@@ -11,8 +12,11 @@ if [ -d runs/minilm-pydocs/model ]; then
 else
   unmask train --config configs/minilm-pydocs.yaml
 fi
-unmask fill runs/minilm-pydocs \
-  "Use the [MASK] statement to leave a loop early." \
-  "A [MASK] is an ordered, mutable sequence of items." \
+echo
+echo "Top-3 fills after the 100 steps (left) and before them (right):"
+unmask fill runs/minilm-pydocs --against minilm-l6 --top-k 3 \
+  "A class can inherit from another [MASK]." \
+  "Use a try statement to catch an [MASK]." \
   "The import statement loads a [MASK] into the current namespace." \
-  "Strings in Python are [MASK] objects, so they cannot be changed in place."
+  "A [MASK] is an ordered, mutable sequence of items." \
+  "The for loop iterates over the items of a [MASK]."

@@ -90,10 +90,12 @@ def test_bad_input_gets_a_message_and_exit_code_not_a_traceback(tmp_path, tokeni
     assert main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r"), "--model", "m", "--mask-prob", "1.5"]) == 1
     assert "--mask-prob" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r"), "--model", "m"]) == 1
+    assert "none': no such folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), "--model", "m"]) == 1
     assert "not a token store" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_info:
-        main(["embed", "m", "--pooling", "max", "--file", "f", "--out", "x.npy"])
-    assert exit_info.value.code == 2 and "pooling" in capsys.readouterr().err
+    assert main(["embed", "m", "--pooling", "max", "--file", "f", "--out", "x.npy"]) == 2
+    assert "--pooling: 'max' is not one of mean, cls" in capsys.readouterr().err
 
 
 def test_prepare_train_fill_and_inspect_from_the_command_line(tmp_path, corpus_dir, tokenizer_dir, tiny_model_dir, capsys, monkeypatch):
@@ -174,6 +176,8 @@ def test_eval_score_embed_compare_and_plot_commands(tmp_path, store_dir, corpus_
     assert main(["embed", str(run), "--file", str(texts), "--out", str(tmp_path / "x.npy")]) == 0
     vectors = np.load(tmp_path / "x.npy")
     assert vectors.shape == (3, 32), "one row per input line, the blank one included"
+    assert main(["embed", str(run), "--file", str(texts), "--out", str(tmp_path / "x.npz")]) == 0
+    assert np.array_equal(np.load(tmp_path / "x.npz")["embeddings"], vectors) and not (tmp_path / "x.npz.npy").exists()
     assert main(["embed", str(run), "--tokens", "the cat sees"]) == 0
     assert "[CLS]" in capsys.readouterr().out
 
@@ -189,3 +193,75 @@ def test_eval_score_embed_compare_and_plot_commands(tmp_path, store_dir, corpus_
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["plot", str(tmp_path)]) == 1
     assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_a_requeued_job_resumes_with_out_and_resume_alone(tmp_path, store_dir, tiny_model_dir, capsys):
+    run = tmp_path / "run"
+    first = ["train", "--data", str(store_dir), "--model", str(tiny_model_dir), "--out", str(run), "--seq-len", "32", "--batch-size", "4"]
+    assert main([*first, "--max-steps", "2", "--eval-every", "0", "--checkpoint-every", "1", "--progress", "none"]) == 0
+    capsys.readouterr()
+    name, settings = parse(["train", "--out", str(run), "--resume", "--max-steps", "3"])
+    assert (settings.data, settings.model, settings.seq_len, settings.max_steps, settings.resume) == (
+        str(store_dir),
+        str(tiny_model_dir),
+        32,
+        3,
+        True,
+    )
+    assert main(["train", "--out", str(run), "--resume", "--max-steps", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 3
+    assert main(["train", "--out", str(tmp_path / "elsewhere"), "--resume"]) == 1, "no saved config: the settings are needed"
+    assert "--data: required" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_gets_a_quiet_exit_not_a_traceback(tiny_model_dir):
+    """`unmask fill ... | head -1`: the pipe is closed before unmask writes."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line is written
+    process = subprocess.run(
+        [sys.executable, "-m", "unmask", "fill", str(tiny_model_dir), "the cat [MASK] the door.", "--json", "--device", "cpu"],
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    os.close(write)
+    assert process.returncode == 141 and "Traceback" not in process.stderr and "BrokenPipe" not in process.stderr, process.stderr
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--max-step", "30"], r"unrecognized option --max-step; did you mean --max-steps\?"),
+        (["--bach_size", "3"], r"unrecognized option --bach_size; did you mean --batch-size\?"),
+        (["--masking", "words"], r"--masking: 'words' is not one of token, whole-word, span$"),
+        (["--lr=fast"], r"--lr: 'fast' is not a number$"),
+    ],
+    ids=["prefix", "typo", "choice", "number"],
+)
+def test_the_parser_takes_no_abbreviations_and_answers_in_one_line(argv, message, capsys):
+    import re
+
+    assert main(["train", "--data", "d", "--out", "o", "--model", "m", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(message, err), err
+    assert main(["train", "--data", "d", "--out", "o", "--from-scratch", "huge"]) == 2
+    assert capsys.readouterr().err.strip() == "unmask train: error: --from-scratch: 'huge' is not one of tiny, mini, small, base"
+
+
+def test_a_bad_choice_in_a_yaml_file_is_refused_too(tmp_path, capsys):
+    (tmp_path / "run.yaml").write_text("data: d\nout: o\nmodel: m\nmasking: words\n")
+    assert main(["train", "--config", str(tmp_path / "run.yaml")]) == 1
+    assert "run.yaml: --masking: 'words' is not one of token, whole-word, span" in capsys.readouterr().err
+
+
+def test_fill_against_a_second_model_prints_both_side_by_side(tiny_model_dir, distilbert_dir, capsys):
+    assert main(["fill", str(tiny_model_dir), "the cat [MASK] the door.", "--against", str(distilbert_dir), "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "the cat [MASK] the door." and str(tiny_model_dir) in lines[1] and str(distilbert_dir) in lines[1]
+    assert lines[2].lstrip().startswith("mask 1") and len(lines) == 4 and lines[2].count("%") == lines[3].count("%") == 2
+    assert main(["fill", str(tiny_model_dir), "the cat [MASK] the door.", "--against", str(distilbert_dir), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["against"]["model"] == str(distilbert_dir) and len(record["against"]["masks"][0]["candidates"]) == 5

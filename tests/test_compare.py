@@ -69,3 +69,18 @@ def test_plot_draws_a_png_and_names_a_bad_metrics_line(tmp_path):
         plot_run(run)
     with pytest.raises(UnmaskError, match="no metrics.jsonl"):
         plot_run(tmp_path)
+
+
+def test_a_base_with_a_fresh_head_is_said_to_be_a_random_heads_numbers(tiny_model_dir, store_dir, tmp_path):
+    """The starter has no MLM head: 0% against it must come with the reason."""
+    from conftest import tiny_bert
+    from transformers import AutoTokenizer, BertModel
+
+    headless = tmp_path / "encoder-only"
+    BertModel(tiny_bert(len(AutoTokenizer.from_pretrained(tiny_model_dir))).config).save_pretrained(headless)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(headless)
+    lines = []
+    report = compare(str(headless), str(tiny_model_dir), [str(store_dir)], tmp_path / "r", seq_len=32, echo=lines.append, device="cpu")
+    assert len(report["notes"]) == 1 and report["notes"][0].startswith("base (") and "no trained MLM head" in report["notes"][0]
+    assert any(line.startswith("note: base (") for line in lines)
+    assert "Note: base (" in (tmp_path / "r" / "report.md").read_text()

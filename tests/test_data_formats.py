@@ -161,8 +161,22 @@ def garbage_zstd(path):
             {"hf_split": "test"},
             r"saved: no split 'test' \(splits: train\); choose one with --hf-split",
         ),
+        (
+            lambda p: p.write_text("text\nhello\n"),
+            "docs.csv.gz",
+            {},
+            r"docs\.csv\.gz: named \.gz but not gz-compressed .*; rename it without \.gz if it is plain text",
+        ),
     ],
-    ids=["parquet-without-field", "truncated-gzip", "garbage-zstd", "csv-without-column", "not-parquet", "missing-split"],
+    ids=[
+        "parquet-without-field",
+        "truncated-gzip",
+        "garbage-zstd",
+        "csv-without-column",
+        "not-parquet",
+        "missing-split",
+        "plain-csv-named-gz",
+    ],
 )
 def test_bad_input_is_one_clear_message_and_nothing_half_written(tokenizer_dir, tmp_path, make, name, options, message):
     make(tmp_path / name)

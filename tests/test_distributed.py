@@ -135,7 +135,9 @@ def test_checkpoints_resume_under_another_world_size_and_strategy(runs, store_di
     for leftover in ("checkpoints/step-00000006", "model", "summary.json"):
         shutil.rmtree(tmp_path / "to-two" / leftover, ignore_errors=True)
         (tmp_path / "to-two" / leftover).unlink(missing_ok=True)
-    result = torchrun(*settings(store, model, tmp_path / "to-two", strategy="fsdp"), "--resume")
+    # --resume reads the run's own config (accumulation 2 on one process): two processes keep
+    # the global batch with accumulation 1, said on the command line.
+    result = torchrun(*settings(store, model, tmp_path / "to-two", strategy="fsdp", grad_accum=1), "--resume")
     assert result.returncode == 0, result.stderr[-3000:]
     uninterrupted = records(runs / "single", "loss")
     for resumed in (tmp_path / "to-one", tmp_path / "to-two"):
@@ -146,7 +148,7 @@ def test_checkpoints_resume_under_another_world_size_and_strategy(runs, store_di
     # Another global batch is refused, naming the grad-accum that keeps it.
     shutil.rmtree(tmp_path / "to-one" / "model")
     with pytest.raises(Exception, match=r"trained on 8 windows a step.*--grad-accum 2"):
-        single(*settings(store, model, tmp_path / "to-one"), "--resume")
+        single(*settings(store, model, tmp_path / "to-one", grad_accum=1), "--resume")
 
 
 def test_sigterm_to_the_launcher_leaves_a_checkpoint_to_continue_from(store_dir, tiny_model_dir, tmp_path):

@@ -62,23 +62,33 @@ def same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def kill_repeatedly(args: list[str], out: Path, kills: int, seed: int) -> tuple[int, int]:
-    """SIGKILL the run at random moments until `kills` kills landed; returns (kills, kills inside a checkpoint write).
+def requeued_command(args: list[str], out: Path) -> list[str]:
+    """What a preemptible cluster's job runs each time: the job's command with --resume, which
+    is `--out RUN --resume` alone once the run folder holds its settings."""
+    return ["--out", str(out), "--resume"] if RunDir(out).config.is_file() else [*args, "--resume"]
 
-    Each attempt resumes (or, before its first checkpoint, starts afresh) and is killed a
-    random fraction of a second after it has logged a new step, so kills fall in steps,
-    evaluations, checkpoint writes and the final model save.
+
+def kill_repeatedly(args: list[str], out: Path, kills: int, seed: int, early: int = 2) -> tuple[int, int, int]:
+    """SIGKILL the run at random moments until `kills` kills landed; returns (kills, kills inside
+    a checkpoint write or the model save, kills before the first checkpoint).
+
+    Every attempt is run as a requeued job runs it (`requeued_command`). The first `early`
+    attempts are killed at a random moment of their start-up, before any checkpoint exists;
+    the others a random fraction of a second after they logged a new step, so kills fall in
+    steps, evaluations, checkpoint writes and the final model save.
     """
     chance = random.Random(seed)
-    landed = inside_write = 0
+    landed = inside_write = before_first = 0
     while landed < kills:
-        resume = ["--resume"] if [p for _, p in RunDir(out).checkpoint_steps()] else []
         before = lines_of(out / "metrics.jsonl")
-        process = unmask_process(*args, *resume)
-        deadline = time.time() + 120
-        while process.poll() is None and lines_of(out / "metrics.jsonl") <= before and time.time() < deadline:
-            time.sleep(0.005)
-        time.sleep(chance.uniform(0.0, 0.15))
+        process = unmask_process(*requeued_command(args, out))
+        if landed < early:
+            time.sleep(chance.uniform(0.2, 2.0))
+        else:
+            deadline = time.time() + 120
+            while process.poll() is None and lines_of(out / "metrics.jsonl") <= before and time.time() < deadline:
+                time.sleep(0.005)
+            time.sleep(chance.uniform(0.0, 0.15))
         if process.poll() is not None:
             assert process.returncode == 0, process.stderr.read()[-2000:]
             if (out / "model").is_dir():
@@ -87,9 +97,10 @@ def kill_repeatedly(args: list[str], out: Path, kills: int, seed: int) -> tuple[
         process.kill()
         process.wait()
         landed += 1
+        before_first += not RunDir(out).checkpoint_steps()
         if list((out / "checkpoints").glob(".step-*")) or list(out.glob(".model.*")):
             inside_write += 1
-    return landed, inside_write
+    return landed, inside_write, before_first
 
 
 def test_ten_random_kills_then_resume_end_bit_identical_to_an_uninterrupted_run(store_dir, tiny_model_dir, tmp_path):
@@ -98,9 +109,9 @@ def test_ten_random_kills_then_resume_end_bit_identical_to_an_uninterrupted_run(
     reference = unmask_process(*settings(str(store_dir), str(tiny_model_dir), straight, dropout=0.1))
     assert reference.wait(timeout=300) == 0, reference.stderr.read()[-2000:]
     args = settings(str(store_dir), str(tiny_model_dir), killed, dropout=0.1)
-    landed, _ = kill_repeatedly(args, killed, kills=10, seed=0)
-    assert landed == 10
-    final = unmask_process(*args, "--resume")
+    landed, _, before_first = kill_repeatedly(args, killed, kills=10, seed=0, early=3)
+    assert landed == 10 and before_first >= 1, (landed, before_first)
+    final = unmask_process(*requeued_command(args, killed))
     assert final.wait(timeout=300) == 0, final.stderr.read()[-2000:]
     assert same_weights(weights(killed), weights(straight)), "bit for bit"
 

@@ -78,10 +78,13 @@ def test_the_walkthrough_shows_the_draw_and_the_models_loss_at_those_positions(c
     assert client.post("/api/mask", json={**body, "masking": "whole-word"}).status_code == 200
 
 
-def test_compare_scores_two_models_on_the_same_positions(client, tiny_model_dir):
+def test_compare_scores_two_models_on_the_same_positions(client, tiny_model_dir, runs, capfd):
     answer = client.post("/api/compare", json={"base": str(tiny_model_dir), "trained": "run:finished", "data": "finished"}).json()
     assert answer["base_metrics"]["masked_tokens"] == answer["trained_metrics"]["masked_tokens"] > 0
     assert answer["table"][0] == ["metric", "base", "trained", "change"]
+    assert (answer["base"], answer["trained"], answer["data"]) == (str(tiny_model_dir), "run:finished", "finished"), "the ids it was given"
+    assert str(runs) not in json.dumps(answer), "no server path in the answer"
+    assert "eval" not in capfd.readouterr().err, "no progress bar in the server's log"
 
 
 @pytest.mark.parametrize(
@@ -141,3 +144,24 @@ def test_fifty_concurrent_fill_requests_are_all_answered(live_server):
 
 def test_the_server_listens_on_this_machine_only_by_default():
     assert ServeConfig().host == "127.0.0.1"
+
+
+def test_a_port_in_use_is_refused_in_one_line_before_anything_is_announced(tmp_path, capsys):
+    import socket
+
+    from unmask.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["serve", str(tmp_path), "--port", str(port)]) == 1
+    captured = capsys.readouterr()
+    assert f"--port {port}: already in use on 127.0.0.1" in captured.err and "open http" not in captured.out
+
+
+def test_a_runs_folder_that_does_not_exist_is_refused(tmp_path, capsys):
+    from unmask.cli import main
+
+    assert main(["serve", str(tmp_path / "runz")]) == 1
+    assert "runz: no such folder of runs" in capsys.readouterr().err

@@ -99,6 +99,8 @@ def test_a_live_runs_curve_gains_a_point_when_its_metrics_grow(browser, live_ser
         )
     wait(lambda: int(chart()[0].get_attribute("data-points")) == before + 1, timeout=20)
     assert len(css(browser, ".chart svg polyline")) >= 6
+    ticks = [t.text for t in css(browser, "[data-testid=chart-lr] svg text") if t.text and not t.text.startswith("step")]
+    assert ticks and not [t for t in ticks if t.startswith("-")], f"a learning rate is never negative: {ticks}"
     browser.save_screenshot(str(shots / "run.png"))
 
 

@@ -402,17 +402,27 @@ def test_a_finished_run_can_be_extended_and_resuming_it_adds_no_duplicate_lines(
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
-def test_resume_with_nothing_to_resume_says_so_and_a_config_without_checkpoint_is_not_a_run(store_dir, tiny_model_dir, tmp_path):
+def test_resume_with_nothing_to_resume_says_so_and_a_config_without_checkpoint_starts_over(store_dir, tiny_model_dir, tmp_path):
+    from unmask.config import save_yaml
+
     lines = []
     out = tmp_path / "fresh"
     train(config(store_dir, tiny_model_dir, out, max_steps=1, eval_every=0, resume=True), progress=False, echo=lines.append)
     assert any(line == f"note: --resume: nothing to resume in {out}; starting a new run" for line in lines)
+    # A start that died before its first checkpoint, resumed as a requeued job resumes: from step 0.
     failed = tmp_path / "failed"
+    settings = config(store_dir, tiny_model_dir, failed, max_steps=1, eval_every=0, resume=True)
     failed.mkdir()
-    (failed / "config.yaml").write_text("data: x\nout: y\nmodel: m\n")  # a start that died before its first checkpoint
-    with pytest.raises(UnmaskError, match="holds a run's config.yaml but no checkpoint; to start it over, run again without --resume"):
-        run(config(store_dir, tiny_model_dir, failed, max_steps=1, resume=True))
-    assert run(config(store_dir, tiny_model_dir, failed, max_steps=1, eval_every=0))["steps"] == 1, "a plain retry is welcome"
+    save_yaml(settings, failed / "config.yaml")
+    lines.clear()
+    assert train(settings, progress=False, echo=lines.append)["steps"] == 1
+    assert f"note: --resume: {failed} stopped before its first checkpoint; starting it over from step 0" in lines
+    conflicting = tmp_path / "conflicting"
+    conflicting.mkdir()
+    (conflicting / "config.yaml").write_text("data: x\nout: y\nmodel: m\n")
+    with pytest.raises(UnmaskError, match=r"has no checkpoint yet, and these settings differ from its config.yaml: data: 'x' -> "):
+        run(config(store_dir, tiny_model_dir, conflicting, max_steps=1, resume=True))
+    assert run(config(store_dir, tiny_model_dir, conflicting, max_steps=1, eval_every=0))["steps"] == 1, "a plain retry is welcome"
 
 
 def test_a_step_that_sees_windows_twice_is_warned_about_once(store_dir, tiny_model_dir, tmp_path):

@@ -10,6 +10,7 @@ YAML file (`--config run.yaml`, e.g. a run's own config.yaml); flags after it ov
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import sys
@@ -23,7 +24,8 @@ from jsonargparse import ActionYesNo, ArgumentParser, DefaultHelpFormatter, set_
 from unmask import commands
 from unmask import config as settings
 from unmask.config import flag, load_yaml
-from unmask.errors import UnmaskError
+from unmask.errors import UnmaskError, UsageError
+from unmask.rundir import RunDir
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
@@ -125,11 +127,83 @@ def add_settings(parser: ArgumentParser, cls: type, defaults: dict | None = None
             parser.add_argument(f"--{name}", type=(hint | None) if required else hint, default=default, help=doc)
 
 
+def _choices_and_kind(hint) -> tuple[tuple | None, type | None]:
+    """A field's Literal choices, or its scalar kind (int, float), through Optional."""
+    members = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) in (typing.Union, _UNION) else [hint]
+    if len(members) == 1 and typing.get_origin(members[0]) is typing.Literal:
+        return typing.get_args(members[0]), None
+    if len(members) == 1 and members[0] in (int, float):
+        return None, members[0]
+    return None, None
+
+
+_UNION = type(int | None)
+
+
+def check_value(cls: type, name: str, value) -> None:
+    """Refuse a value that is not one of a Literal field's choices, or not a number for a number field."""
+    choices, kind = _choices_and_kind(typing.get_type_hints(cls)[name])
+    if value is None:
+        return
+    if choices is not None and value not in choices:
+        raise UsageError(f"{flag(name)}: '{value}' is not one of {', '.join(map(str, choices))}")
+    if kind is not None and not isinstance(value, (int, float)):
+        try:
+            kind(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"{flag(name)}: '{value}' is not {'a whole number' if kind is int else 'a number'}") from None
+
+
+def check_command_line(cls: type, argv: list[str], typed: list[str]) -> None:
+    """Before the parser sees it: every flag must be a setting of the command, spelled out in
+    full, and choices and numbers must be valid; each problem is one line naming the flag as
+    the user typed it. `argv` is normalised (`--batch_size`), `typed` what the user wrote."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    switches = {f"no_{name}" for name, hint in hints.items() if hint is bool}
+    known = set(fields) | switches | {"config", "help"}
+    for index, (arg, original) in enumerate(zip(argv, typed)):
+        match = _FLAG.match(arg)
+        if match is None:
+            continue
+        name = match.group(1)
+        if name not in known:
+            spelled = original.split("=", 1)[0]
+            close = difflib.get_close_matches(name, sorted(fields), n=1, cutoff=0.6)
+            hint = f"; did you mean {flag(close[0])}?" if close else f" (see unmask {_command_of(argv)} --help)"
+            raise UsageError(f"unrecognized option {spelled}{hint}")
+        if name in fields and hints[name] is not bool and typing.get_origin(hints[name]) is not list:
+            value = match.group(2)[1:] if match.group(2) else (argv[index + 1] if index + 1 < len(argv) else None)
+            check_value(cls, name, value)
+
+
+def _command_of(argv: list[str]) -> str:
+    return next((a for a in argv if a in COMMANDS), "")
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+    """The value given to `--name` in normalised argv (the last one wins, as in the parser)."""
+    value = None
+    for index, arg in enumerate(argv):
+        if arg == f"--{name}" and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _resuming(argv: list[str]) -> bool:
+    switches = [a for a in argv if a in ("--resume", "--no_resume")]
+    return bool(switches) and switches[-1] == "--resume"
+
+
 def build_parser(defaults: dict[str, dict] | None = None) -> ArgumentParser:
-    parser = ArgumentParser(prog="unmask", description="Train and use masked language models.", formatter_class=_DashedHelp)
+    parser = ArgumentParser(
+        prog="unmask", description="Train and use masked language models.", formatter_class=_DashedHelp, allow_abbrev=False
+    )
     subcommands = parser.add_subcommands(dest="command", required=True)
     for name, command in COMMANDS.items():
-        sub = ArgumentParser(description=command.description, formatter_class=_DashedHelp, exit_on_error=True)
+        sub = ArgumentParser(description=command.description, formatter_class=_DashedHelp, exit_on_error=True, allow_abbrev=False)
         sub.add_argument(
             "--config", type=str | None, default=None, help="YAML file of settings (a run's config.yaml works); flags override it."
         )
@@ -148,12 +222,21 @@ def _config_file(argv: list[str]) -> str | None:
 
 
 def parse(argv: list[str]) -> tuple[str, object]:
-    """The subcommand's name and its validated settings (UnmaskError for a bad value)."""
-    argv = normalise_flags(argv)
-    command = next((a for a in argv if a in COMMANDS), None)
-    defaults = {}
+    """The subcommand's name and its validated settings (UnmaskError for a bad value).
+
+    `unmask train --out RUN --resume` reads RUN/config.yaml as if it were given with
+    --config, so a requeued job needs nothing else; flags still override it.
+    """
+    typed, argv = list(argv), normalise_flags(argv)
+    command = _command_of(argv)
+    if command:
+        check_command_line(COMMANDS[command].settings, argv, typed)
     path = _config_file(argv)
-    if command is not None and path is not None:
+    if command == "train" and path is None and _resuming(argv) and _flag_value(argv, "out"):
+        saved = RunDir(_flag_value(argv, "out")).config
+        path = str(saved) if saved.is_file() else None
+    defaults = {}
+    if command and path is not None:
         from_file = dataclasses.asdict(load_yaml(_Lenient.of(COMMANDS[command].settings), path))
         defaults = {command: {key: value for key, value in from_file.items() if value is not None}}  # unset keys keep their defaults
     args = build_parser(defaults).parse_args(argv)
@@ -169,6 +252,11 @@ def parse(argv: list[str]) -> tuple[str, object]:
     if missing:
         shown = [f.name if f.name in getattr(cls, "POSITIONAL", ()) else flag(f.name) for f in dataclasses.fields(cls) if f.name in missing]
         raise UnmaskError(f"{', '.join(shown)}: required (give {'them' if len(shown) > 1 else 'it'} on the command line or in --config)")
+    for key, value in values.items():  # a YAML file's values have not been through the command-line check
+        try:
+            check_value(cls, key, value)
+        except UsageError as e:
+            raise UnmaskError(f"{path}: {e}" if path else str(e)) from None
     return name, cls(**values)
 
 
@@ -192,7 +280,12 @@ def main(argv: list[str] | None = None) -> int:
         # Under torchrun every process may fail alike; name the rank of any but the first.
         rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
         print(f"unmask {command}: error: {'' if rank == '0' else f'[rank {rank}] '}{e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, UsageError) else 1
+    except BrokenPipeError:
+        # The reader went away (`| head -1`, `| grep -q`): stop quietly, as Unix tools do. Point
+        # stdout at /dev/null so that the interpreter's last flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except PermissionError as e:  # wherever it comes from, the path is what the user needs
         print(f"unmask {command}: error: {e.filename or e}: permission denied (check who owns it, or choose another path)", file=sys.stderr)
         return 1

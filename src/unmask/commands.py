@@ -107,18 +107,32 @@ def read_texts(texts: list[str], file: str | None, purpose: str = "fill") -> tup
 
 def run_fill(config: FillConfig) -> int:
     from unmask.infer import Filler
+    from unmask.tables import text_table
 
     texts, labels = read_texts(config.texts, config.file)
-    filler = Filler(config.model, device=config.device, trust_remote_code=config.trust_remote_code, echo=echo_stderr)
-    for result in filler.fill(texts, top_k=config.top_k, batch_size=config.batch_size, labels=labels):
+    filler = Filler(config.model, device=config.device, trust_remote_code=config.trust_remote_code, echo=echo_stderr, step=config.step)
+    results = filler.fill(texts, top_k=config.top_k, batch_size=config.batch_size, labels=labels)
+    other = None
+    if config.against is not None:
+        second = Filler(config.against, device=config.device, trust_remote_code=config.trust_remote_code, echo=echo_stderr)
+        other = second.fill(texts, top_k=config.top_k, batch_size=config.batch_size, labels=labels)
+    shown = lambda c: f"{c.token.strip() or repr(c.token)} ({c.score:.1%})"
+    for number, result in enumerate(results):
         if config.json:
-            print(json.dumps(asdict(result), ensure_ascii=False))
+            record = asdict(result) | ({"against": {"model": config.against, **asdict(other[number])}} if other else {})
+            print(json.dumps(record, ensure_ascii=False))
             continue
         print(result.text)
-        for number, mask in enumerate(result.masks, 1):
-            shown = "  ".join(f"{c.token.strip() or repr(c.token)} ({c.score:.1%})" for c in mask.candidates)
-            print(f"  mask {number}: {shown}")
-        print(f"  -> {result.best_guess()}")
+        if other is None:
+            for index, mask in enumerate(result.masks, 1):
+                print(f"  mask {index}: {'  '.join(shown(c) for c in mask.candidates)}")
+            print(f"  -> {result.best_guess()}")
+            continue
+        rows = [["", config.model, config.against]]
+        for index, (mine, theirs) in enumerate(zip(result.masks, other[number].masks), 1):
+            for rank, (a, b) in enumerate(zip(mine.candidates, theirs.candidates)):
+                rows.append([f"mask {index}" if rank == 0 else "", shown(a), shown(b)])
+        print("\n".join(f"  {line}" for line in text_table(rows).splitlines()))
     return 0
 
 
@@ -174,7 +188,7 @@ def run_eval(config: EvalConfig) -> int:
     from unmask.infer import LoadedModel
     from unmask.tables import text_table
 
-    loaded = LoadedModel(config.model, device=config.device, trust_remote_code=config.trust_remote_code, echo=echo_stderr)
+    loaded = LoadedModel(config.model, device=config.device, trust_remote_code=config.trust_remote_code, echo=echo_stderr, step=config.step)
     windows = held_out_windows(config.data, loaded.tokenizer, min(config.seq_len, loaded.max_len), config.split)
     [metrics] = evaluate_model(
         loaded.lm, windows, batch_size=config.batch_size, device=loaded.device, max_batches=config.max_batches, progress=True
@@ -190,7 +204,7 @@ def run_score(config: ScoreConfig) -> int:
     from unmask.infer import Scorer
 
     texts, labels = read_texts(config.texts, config.file, purpose="score")
-    scorer = Scorer(config.model, device=config.device, trust_remote_code=config.trust_remote_code, echo=echo_stderr)
+    scorer = Scorer(config.model, device=config.device, trust_remote_code=config.trust_remote_code, echo=echo_stderr, step=config.step)
     for result in scorer.score(texts, batch_size=config.batch_size, labels=labels):
         if config.json:
             print(json.dumps(asdict(result), ensure_ascii=False))
@@ -233,16 +247,21 @@ def check_output_file(path: str, flag: str) -> None:
 
 
 def save_array(path: str, array) -> Path:
-    """np.save, but atomic: a crash never leaves half an array (`.npy` is added as np.save adds it)."""
+    """np.save, but atomic: a crash never leaves half an array. `.npz` writes an npz archive
+    with the array under `embeddings`; any other name gets `.npy` added, as np.save adds it."""
     import io
 
     import numpy as np
 
     from unmask.files import atomic_write_bytes
 
-    target = Path(path if path.endswith(".npy") else f"{path}.npy")
     buffer = io.BytesIO()
-    np.save(buffer, array)
+    if path.endswith(".npz"):
+        target = Path(path)
+        np.savez(buffer, embeddings=array)
+    else:
+        target = Path(path if path.endswith(".npy") else f"{path}.npy")
+        np.save(buffer, array)
     atomic_write_bytes(target, buffer.getvalue())
     return target
 
@@ -263,7 +282,7 @@ def run_embed(config: EmbedConfig) -> int:
         texts = [line.rstrip("\r") for line in (lines[:-1] if lines[-1] == "" else lines)]  # row i is line i, blank lines too
         if not texts:
             raise UnmaskError(f"--file {config.file}: empty, no text to embed")
-    embedder = Embedder(config.model, device=config.device, trust_remote_code=config.trust_remote_code, echo=echo_stderr)
+    embedder = Embedder(config.model, device=config.device, trust_remote_code=config.trust_remote_code, echo=echo_stderr, step=config.step)
     if config.tokens is not None:
         tokens, ids, vectors = embedder.token_embeddings(config.tokens)
         print(f"{len(tokens)} tokens x {vectors.shape[1]} dimensions (last hidden layer)")
@@ -337,6 +356,9 @@ def run_export(config: ExportConfig) -> int:
 
 
 def run_serve(config: ServeConfig) -> int:
+    from unmask.errors import optional_import
+
+    optional_import("starlette", "unmask serve", "serve")
     from unmask.serve.app import serve
 
     serve(config)

@@ -62,6 +62,7 @@ def compare(
     examples: int = 8,
     device: str = "auto",
     echo=print,
+    progress: bool = True,
 ) -> dict:
     """Score both models on the same masked positions; write report.md, report.json and chart.png to `out`
     (nothing is written when `out` is None: the web page shows the report itself)."""
@@ -93,9 +94,15 @@ def compare(
             )
 
     results = evaluate_model(
-        models, windows, batch_size=batch_size, device=target, max_batches=max_batches, on_batch=collect, progress=True
+        models, windows, batch_size=batch_size, device=target, max_batches=max_batches, on_batch=collect, progress=progress
     )
     table = metrics_table(["base", "trained"], results)
+    notes = [
+        f"{role} ({name}) has no trained MLM head: its numbers are those of a fresh, randomly initialised head "
+        "(seeded, so repeatable), not of what the model knows"
+        for role, name, model in (("base", base, loaded[0]), ("trained", trained, loaded[1]))
+        if model.lm.has_fresh_head()
+    ]
     report = {
         "base": base,
         "trained": trained,
@@ -106,6 +113,7 @@ def compare(
         "trained_metrics": results[1].as_dict(),
         "disagreements": [d.__dict__ for d in found],
         "table": table,
+        "notes": notes,
     }
     if out is None:
         return report
@@ -126,6 +134,8 @@ def compare(
         "",
         markdown_table(table),
         "",
+        *(f"Note: {note}." for note in notes),
+        *([""] if notes else []),
         "## Where their top-1 predictions differ",
         "",
         "| context | true | base | trained |",
@@ -136,6 +146,8 @@ def compare(
     ]
     atomic_write_text(out / "report.md", "\n".join(markdown))
     echo(text_table(table))
+    for note in notes:
+        echo(f"note: {note}")
     if found:
         echo("\nwhere their top-1 predictions differ (true / base / trained):")
         for d in found:

@@ -12,7 +12,11 @@ from types import ModuleType
 
 
 class UnmaskError(Exception):
-    """An error caused by the user's input; the CLI prints it without a traceback."""
+    """An error caused by the user's input; the CLI prints it without a traceback (exit 1)."""
+
+
+class UsageError(UnmaskError):
+    """A command line the parser rejects: an unknown flag, a value of the wrong kind (exit 2)."""
 
 
 def optional_import(module: str, purpose: str, extra: str) -> ModuleType:

@@ -186,6 +186,12 @@ class MaskedLM(nn.Module):
     def sparse(self) -> bool:
         return self._head is not None
 
+    def has_fresh_head(self) -> bool:
+        """Whether the MLM head was initialised here rather than loaded (its predictions are a random head's)."""
+        if self.architecture is not None:
+            return any(name.startswith(self.architecture.head_prefixes) for name in self.fresh_parameters)
+        return any(part in name for name in self.fresh_parameters for part in _GENERIC_HEAD_PARTS)
+
     def compile_encoder(self, **compile_options) -> None:
         """torch.compile, in place, the encoder layers that see every token. The last layer
         and the head stay eager when they run at the masked positions only, whose number

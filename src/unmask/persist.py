@@ -28,8 +28,10 @@ _HF_PREFIX = "model."  # MaskedLM keeps the transformers model as `.model`
 
 
 def check_run_folder(run_dir: RunDir, config: TrainConfig, echo: Callable[[str], None]) -> None:
-    """Refuse what would mix two runs; a folder with a config but no checkpoint is a start
-    that failed before its first step was saved, and does not count as a run."""
+    """Refuse what would mix two runs. A folder with a config but no checkpoint is a start
+    that stopped before its first checkpoint: there is nothing to lose, so it starts over
+    from step 0, with --resume too (a requeued job always passes --resume) as long as the
+    settings do not conflict with the saved ones."""
     out = run_dir.path
     if out.exists() and not out.is_dir():
         raise UnmaskError(f"--out {out}: is a file, not a run folder")
@@ -38,22 +40,28 @@ def check_run_folder(run_dir: RunDir, config: TrainConfig, echo: Callable[[str],
         if has_checkpoints:
             raise UnmaskError(f"--out {out}: already holds a run (pass --resume to continue it, or choose another --out)")
         return
-    if not run_dir.config.exists() and not has_checkpoints:
-        echo(f"note: --resume: nothing to resume in {out}; starting a new run")
+    if not run_dir.config.exists():
+        if not has_checkpoints:
+            echo(f"note: --resume: nothing to resume in {out}; starting a new run")
         return
+    before, now = to_dict(load_yaml(TrainConfig, run_dir.config)), to_dict(config)
+    changed = refused_resume_changes(before, now)
+    if changed and not has_checkpoints:
+        raise UnmaskError(
+            f"--resume: {out} has no checkpoint yet, and these settings differ from its {run_dir.config.name}: {', '.join(changed)}; "
+            "run without --resume to start it over with the new settings, or choose another --out"
+        )
+    if changed:
+        raise UnmaskError(f"--resume: settings differ from {run_dir.config}: {', '.join(changed)}")
     if not has_checkpoints:
-        raise UnmaskError(f"--resume: {out} holds a run's config.yaml but no checkpoint; to start it over, run again without --resume")
-    if run_dir.config.exists():
-        before, now = to_dict(load_yaml(TrainConfig, run_dir.config)), to_dict(config)
-        changed = refused_resume_changes(before, now)
-        if changed:
-            raise UnmaskError(f"--resume: settings differ from {run_dir.config}: {', '.join(changed)}")
-        longer = length_changes(before, now)
-        if longer:
-            echo(
-                f"note: {', '.join(longer)}: the schedules continue from the checkpoint as if the run had been planned this long; "
-                "the result is not identical to a run planned this long from the start"
-            )
+        echo(f"note: --resume: {out} stopped before its first checkpoint; starting it over from step 0")
+        return
+    longer = length_changes(before, now)
+    if longer:
+        echo(
+            f"note: {', '.join(longer)}: the schedules continue from the checkpoint as if the run had been planned this long; "
+            "the result is not identical to a run planned this long from the start"
+        )
 
 
 def parameter_names(lm: MaskedLM) -> dict[int, str]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from unmask.data.layout import StoreDir
 from unmask.errors import UnmaskError
 from unmask.hub import ModelSource, describe_failure, go_offline_if_unreachable, quiet_transformers, resolve_model, where
 
@@ -24,6 +25,8 @@ def load_tokenizer(name: str | ModelSource, trust_remote_code: bool = False):
     quiet_transformers()
     from transformers import AutoTokenizer
 
+    if isinstance(name, str) and StoreDir(name).looks_like_store():
+        name = ModelSource(name, str(StoreDir(name).tokenizer))  # a token store carries the tokenizer that made it
     source = name if isinstance(name, ModelSource) else resolve_model(name)
     path = source.folder
     go_offline_if_unreachable(path)

@@ -21,9 +21,17 @@ class DeviceOptions:
 @dataclass(kw_only=True)
 class ModelOptions(DeviceOptions):
     model: str
-    """Run folder, model folder, hub id or alias (minilm-l6)."""
+    """Run folder, model folder, checkpoint folder, hub id or alias (minilm-l6)."""
+    step: int | None = None
+    """With a run folder as the model: its checkpoint of this step instead of its final model."""
     trust_remote_code: bool = False
     """Allow a hub model to run its own code."""
+
+    def __post_init__(self) -> None:
+        check_setting(self.step is None or self.step >= 0, "step", f"must not be negative, got {self.step}")
+        later = getattr(super(), "__post_init__", None)  # the other option groups' checks
+        if later is not None:
+            later()
 
 
 @dataclass(kw_only=True)
@@ -61,12 +69,15 @@ class FillConfig(ModelOptions, TextsOptions):
     """Texts with [MASK] or <mask>; `-` (or none, with --file unset) reads stdin, one per line."""
     top_k: int = 5
     """Candidates per mask."""
+    against: str | None = None
+    """A second model (e.g. the base a run started from) to fill the same masks, printed side by side."""
     json: bool = False
     """Print one JSON object per text (JSON Lines)."""
     batch_size: int = 32
     """Texts per forward pass."""
 
     def __post_init__(self) -> None:
+        ModelOptions.__post_init__(self)
         check_setting(self.top_k >= 1, "top_k", f"must be at least 1, got {self.top_k}")
         check_setting(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
 
@@ -126,6 +137,7 @@ class ScoreConfig(ModelOptions, TextsOptions):
     """Print one JSON object per sentence, with per-token scores."""
 
     def __post_init__(self) -> None:
+        ModelOptions.__post_init__(self)
         check_setting(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
 
 
@@ -148,6 +160,7 @@ class EmbedConfig(ModelOptions):
     """Show the contextual embedding of every token of this text."""
 
     def __post_init__(self) -> None:
+        ModelOptions.__post_init__(self)
         check_setting(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
         check_setting(
             (self.file is None) != (self.tokens is None), "file", "give --file F (sentence embeddings) or --tokens TEXT (token embeddings)"

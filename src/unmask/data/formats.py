@@ -137,7 +137,8 @@ def table_documents(source, open_binary: OpenBinary, text_field: str, delimiter:
         except csv.Error as e:
             raise BadFile(f"{label}:{reader.line_num}: not a readable {'CSV' if delimiter == ',' else 'TSV'} row ({e})") from None
         except _DECOMPRESSION_ERRORS as e:
-            raise BadFile(f"{label}: corrupt or truncated file near line {reader.line_num} ({e})") from None
+            where = f"near line {reader.line_num}" if reader.line_num else "before the first line"
+            raise BadFile(f"{label}: corrupt or truncated file {where} ({e})") from None
 
 
 def _string_column(schema, text_field: str, label: str) -> None:

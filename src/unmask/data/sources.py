@@ -169,9 +169,32 @@ def expand_sources(sources: list[str]) -> list[Source]:
     return unique
 
 
+# The first bytes of each compressed format: a file named .gz that is not gzip data is named
+# as such, instead of failing somewhere in the decompressor.
+MAGIC = {"gz": b"\x1f\x8b", "bz2": b"BZh", "xz": b"\xfd7zXZ\x00", "zst": b"\x28\xb5\x2f\xfd"}
+
+
+def check_compressed(source: Source) -> None:
+    """Refuse a file whose name says compressed and whose bytes say otherwise."""
+    magic = MAGIC.get(source.compression or "")
+    if magic is None:
+        return
+    try:
+        with open(source.location, "rb") as f:
+            head = f.read(len(magic))
+    except OSError as e:
+        raise UnmaskError(f"{source.location}: cannot read: {e.strerror or e}") from None
+    if head and head != magic:
+        raise BadFile(
+            f"{source.location}: named .{source.compression} but not {source.compression}-compressed "
+            f"(it does not start with the format's signature); rename it without .{source.compression} if it is plain text"
+        )
+
+
 def open_binary(source: Source) -> IO[bytes]:
     """The file's bytes, decompressed as they are read."""
     path = source.location
+    check_compressed(source)
     try:
         if source.compression == "gz":
             return gzip.open(path, "rb")

@@ -15,6 +15,7 @@ import numpy as np
 from unmask.data.layout import READABLE_VERSIONS, StoreDir
 from unmask.errors import UnmaskError
 from unmask.files import recover_folder
+from unmask.hub import no_such_folder
 from unmask.tokenizer import Vocabulary, fingerprint, load_tokenizer
 
 
@@ -52,6 +53,8 @@ class TokenStore:
         path = Path(path)
         recover_folder(path)
         meta_path = StoreDir(path).meta
+        if not path.exists():
+            raise UnmaskError(f"--data {no_such_folder(str(path))}")
         if not meta_path.is_file():
             raise UnmaskError(f"{path}: not a token store (no meta.json); make one with `unmask prepare`")
         try:

@@ -8,6 +8,8 @@ only. Models are loaded once, shared, and used one request at a time each.
 
 from __future__ import annotations
 
+import errno
+import socket
 import threading
 import traceback
 from collections.abc import Callable
@@ -23,7 +25,7 @@ from starlette.staticfiles import StaticFiles
 
 from unmask.config import ServeConfig
 from unmask.data.layout import StoreDir
-from unmask.errors import UnmaskError
+from unmask.errors import UnmaskError, optional_import
 from unmask.serve import runs as run_folders
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -193,8 +195,10 @@ def create_app(config: ServeConfig) -> Starlette:
                     max_batches=config.compare_batches,
                     device=config.device,
                     echo=lambda _: None,
+                    progress=False,
                 )
-        return compared[key]
+        # The ids the request gave, never the server's own paths.
+        return {**compared[key], "base": base, "trained": trained, "data": run.id}
 
     async def index(request: Request) -> FileResponse:
         return FileResponse(STATIC / "index.html")
@@ -225,12 +229,36 @@ async def _not_found(request: Request, exc: Exception):
     return PlainTextResponse("Not Found" if status == 404 else "Method Not Allowed", status_code=status)
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), or one line saying why it cannot be: checked before
+    anything is printed, so a port someone else serves on is never announced as ours."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise UnmaskError(f"--port {port}: already in use on {host} (another server?); choose another with --port") from None
+        raise UnmaskError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
+    sock.listen(128)
+    return sock
+
+
+def check_paths(paths: list[str]) -> None:
+    """Every folder given must exist: a typo would otherwise serve an empty page."""
+    for path in paths:
+        if not Path(path).is_dir():
+            raise UnmaskError(f"{path}: no such folder of runs" if not Path(path).exists() else f"{path}: not a folder")
+
+
 def serve(config: ServeConfig) -> None:
     """Run the server until Ctrl-C."""
-    try:
-        import uvicorn
-    except ImportError:
-        raise UnmaskError("unmask serve needs uvicorn and starlette: pip install 'unmask[serve]'") from None
+    uvicorn = optional_import("uvicorn", "unmask serve", "serve")
+    check_paths(config.paths)
+    sock = listening_socket(config.host, config.port)
     found = run_folders.discover(config.paths)
     print(f"unmask serve: {len(found)} run(s) under {', '.join(config.paths)}; open http://{config.host}:{config.port}/", flush=True)
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning"))
+    server.run(sockets=[sock])

@@ -30,7 +30,8 @@ function niceRange(values) {
   if (!isFinite(low)) return [0, 1];
   if (low === high) { low -= Math.abs(low) * 0.1 || 0.5; high += Math.abs(high) * 0.1 || 0.5; }
   const pad = (high - low) * 0.08;
-  return [low - pad, high + pad];
+  // Quantities that cannot go below zero (rates, losses, speeds) get no axis below zero.
+  return [low >= 0 ? Math.max(0, low - pad) : low - pad, high + pad];
 }
 
 function lineChart(title, series, { format = (v) => v.toPrecision(3), testid = "" } = {}) {
@@ -248,7 +249,7 @@ async function comparePage() {
       const r = await api("/api/compare", { base: document.getElementById("compare-base").value, trained: document.getElementById("compare-trained").value, data: document.getElementById("compare-data").value });
       const [head, ...rows] = r.table;
       const b = r.base_metrics, t = r.trained_metrics;
-      results.innerHTML = `<div class="card"><table data-testid="compare-table"><tr>${head.map((h) => `<th>${esc(h)}</th>`).join("")}</tr>
+      results.innerHTML = `${(r.notes || []).map((n) => `<div class="note" data-testid="compare-note">Note: ${esc(n)}.</div>`).join("")}<div class="card"><table data-testid="compare-table"><tr>${head.map((h) => `<th>${esc(h)}</th>`).join("")}</tr>
         ${rows.map((row) => `<tr>${row.map((c) => `<td>${esc(c)}</td>`).join("")}</tr>`).join("")}</table></div>
         <div class="side-by-side"><div class="chart"><h3>held-out loss</h3>${barChart(["base", "trained"], [b.loss, t.loss], (v) => num(v, 3))}</div>
         <div class="chart"><h3>top-1 accuracy</h3>${barChart(["base", "trained"], [b.accuracy, t.accuracy], pct)}</div></div>
