@@ -18,5 +18,4 @@ unmask fill runs/minilm-pydocs --against minilm-l6 --top-k 3 \
   "A class can inherit from another [MASK]." \
   "Use a try statement to catch an [MASK]." \
   "The import statement loads a [MASK] into the current namespace." \
-  "A [MASK] is an ordered, mutable sequence of items." \
   "The for loop iterates over the items of a [MASK]."

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Create .venv and install unmask with the extras in $UNMASK_EXTRAS (default: everything the
-# tests use: the offline starter checkpoint, charts, the web page, trackers, data formats).
+# tests use: the offline starter checkpoint, charts, the web page, trackers, data formats,
+# fine-tuning metrics).
 # torch is pinned to 2.13.0 first so that pip takes the CPU build on machines that have it
 # locally instead of pulling a multi-GB CUDA build; on a GPU machine install your torch first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="${UNMASK_EXTRAS:-starter,report,serve,tracking,data,test}"
+EXTRAS="${UNMASK_EXTRAS:-starter,report,serve,tracking,data,finetune,test}"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

@@ -31,6 +31,9 @@ MINIMAL = {
     "export": ["export", "r", "--out", "o"],
     "plot": ["plot", "r"],
     "serve": ["serve"],
+    "finetune": ["finetune", "m", "--train", "t", "--eval", "e", "--out", "o"],
+    "probe": ["probe", "m", "--train", "t", "--eval", "e"],
+    "downstream": ["downstream", "s", "--models", "m"],
 }
 
 

@@ -265,3 +265,13 @@ def test_fill_against_a_second_model_prints_both_side_by_side(tiny_model_dir, di
     assert main(["fill", str(tiny_model_dir), "the cat [MASK] the door.", "--against", str(distilbert_dir), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["against"]["model"] == str(distilbert_dir) and len(record["against"]["masks"][0]["candidates"]) == 5
+
+
+def test_positional_arguments_may_follow_the_options():
+    """`unmask fill RUN --top-k 3 "text"`, as people type it (argparse alone refuses it)."""
+    _, fill = parse(["fill", "runs/x", "--top-k", "3", "a [MASK].", "b [MASK].", "--against", "m", "--json"])
+    assert (fill.model, fill.texts, fill.top_k, fill.against, fill.json) == ("runs/x", ["a [MASK].", "b [MASK]."], 3, "m", True)
+    _, serve = parse(["serve", "--models", "a", "b", "--port", "9000"])
+    assert (serve.paths, serve.models, serve.port) == (["runs"], ["a", "b"], 9000)
+    _, inspect = parse(["inspect", "--seed", "3", "--no-json", "the text"])
+    assert (inspect.text, inspect.seed) == ("the text", 3)

@@ -45,7 +45,7 @@ def settings(store, model, out, **overrides) -> list[str]:
     return [item for key, value in values.items() for item in (f"--{key.replace('_', '-')}", str(value))]
 
 
-def torchrun(*args: str, processes: int = 2, timeout: int = 240) -> subprocess.CompletedProcess:
+def torchrun(*args: str, processes: int = 2, timeout: int = 240, command: str = "train") -> subprocess.CompletedProcess:
     command = [
         sys.executable,
         "-m",
@@ -54,7 +54,7 @@ def torchrun(*args: str, processes: int = 2, timeout: int = 240) -> subprocess.C
         f"--nproc-per-node={processes}",
         "-m",
         "unmask",
-        "train",
+        command,
         *args,
     ]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -237,3 +237,33 @@ def test_activation_checkpointing_gives_the_same_losses(store_dir, tiny_model_di
     recomputed = single(*settings(str(store_dir), str(tiny_model_dir), tmp_path / "ac", max_steps=3), "--activation-checkpointing")
     assert records(tmp_path / "ac", "loss") == pytest.approx(records(tmp_path / "plain", "loss"), rel=1e-6)
     assert plain["eval_loss"] == pytest.approx(recomputed["eval_loss"], rel=1e-6)
+
+
+def test_fine_tuning_on_two_processes_takes_the_steps_of_one_with_the_same_global_batch(tiny_model_dir, tmp_path):
+    """DDP fine-tuning: every process takes its share of each global batch; the loss is the
+    mean over the whole batch, so 2 x batch 4 equals 1 x batch 8 (dropout off)."""
+    from test_tasks import classification_records, write_jsonl
+
+    from unmask.config import FinetuneConfig
+    from unmask.finetune import finetune
+
+    train_data = write_jsonl(tmp_path / "t.jsonl", classification_records(40))
+    eval_data = write_jsonl(tmp_path / "e.jsonl", classification_records(15, 9))
+    common = dict(model=str(tiny_model_dir), train=train_data, eval=eval_data, epochs=2, lr=1e-3, dropout=0.0, log_every=1, progress="none")
+    alone = finetune(FinetuneConfig(out=str(tmp_path / "one"), batch_size=8, device="cpu", **common), echo=quiet, progress=False)
+    flags = [
+        item
+        for key, value in {**common, "out": tmp_path / "two", "batch_size": 4}.items()
+        for item in (f"--{key.replace('_', '-')}", str(value))
+    ]
+    result = torchrun(*flags, command="finetune")
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = {
+        name: {r["step"]: r["loss"] for r in map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+        for name in ("one", "two")
+    }
+    assert losses["one"].keys() == losses["two"].keys() and len(losses["one"]) == 10
+    for step, loss in losses["one"].items():
+        assert losses["two"][step] == pytest.approx(loss, rel=1e-5), step
+    together = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert together["metrics"]["accuracy"]["median"] == alone["metrics"]["accuracy"]["median"]

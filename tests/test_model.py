@@ -169,7 +169,7 @@ def test_loading_or_building_a_model_leaves_the_callers_random_state_alone(tmp_p
 
 
 def test_every_table_entry_reaches_its_head_and_layers():
-    from unmask.model import ARCHITECTURES, architecture_of
+    from unmask.architectures import ARCHITECTURES, architecture_of
 
     for name, config in tiny_configs():
         model = AutoModelForMaskedLM.from_config(config)

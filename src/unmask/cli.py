@@ -64,6 +64,12 @@ COMMANDS: dict[str, Command] = {
                        "Compare a base and a trained model on the same masked positions: table, Markdown report and PNG chart."),
     "export": Command(settings.ExportConfig, commands.run_export, "A checkpoint as a model folder.",
                       "Write the save_pretrained folder (weights and tokenizer) of any complete checkpoint of a run."),
+    "finetune": Command(settings.FinetuneConfig, commands.run_finetune, "Fine-tune a model on a labelled task.",
+                        "Fine-tune an encoder with a fresh task head (classes, pairs, numbers, token tags); metrics over seeds."),
+    "probe": Command(settings.ProbeConfig, commands.run_probe, "Score a model with a linear probe, in seconds.",
+                     "A logistic or ridge regression on frozen embeddings: a quick downstream signal for any checkpoint."),
+    "downstream": Command(settings.DownstreamConfig, commands.run_downstream, "Run a task suite over models or a run's checkpoints.",
+                          "Fine-tune or probe every model, or every checkpoint of a run, on every task of a suite: table and chart."),
     "serve": Command(settings.ServeConfig, commands.run_serve, "A local web page for runs and models.",
                      "A local web page: live runs and their curves, fill-mask, the masking walkthrough, base-vs-trained comparison."),
     "plot": Command(settings.PlotConfig, commands.run_plot, "Training curves of a run as a PNG.",
@@ -177,6 +183,50 @@ def check_command_line(cls: type, argv: list[str], typed: list[str]) -> None:
             check_value(cls, name, value)
 
 
+def positionals_first(cls: type, argv: list[str]) -> list[str]:
+    """Move the positional arguments ahead of the options, in the order the settings name
+    them, so that `fill RUN --top-k 3 "a [MASK]."` works as `fill RUN "a [MASK]." --top-k 3`
+    (argparse alone takes positionals in one run only), and a positional setting may also be
+    given as a flag (`finetune --model M`). Knows from the settings which flags take a value."""
+    hints = typing.get_type_hints(cls)
+    order = getattr(cls, "POSITIONAL", ())
+    command = _command_of(argv)
+    head, rest = argv[: argv.index(command) + 1], argv[argv.index(command) + 1 :]
+    loose, options, flagged = [], [], {}
+    index = 0
+    while index < len(rest):
+        arg = rest[index]
+        match = _FLAG.match(arg)
+        index += 1
+        if match is None or arg in ("-h", "--help"):
+            (options if arg in ("-h", "--help") else loose).append(arg)
+            continue
+        name = match.group(1)
+        taken = [match.group(2)[1:]] if match.group(2) else []
+        if not taken and not name.startswith("no_") and hints.get(name) is not bool:
+            if typing.get_origin(hints.get(name)) is list:  # every value up to the next flag
+                while index < len(rest) and _FLAG.match(rest[index]) is None:
+                    taken.append(rest[index])
+                    index += 1
+            elif index < len(rest):
+                taken.append(rest[index])
+                index += 1
+        if name in order:
+            flagged[name] = taken
+        else:
+            options.append(f"--{name}" if match.group(2) is None else arg)
+            options.extend(taken if match.group(2) is None else [])
+    positional = []
+    for name in order:
+        if name in flagged:
+            positional += flagged[name]
+        elif typing.get_origin(hints[name]) is list:
+            positional, loose = positional + loose, []
+        elif loose:
+            positional.append(loose.pop(0))
+    return head + positional + loose + options
+
+
 def _command_of(argv: list[str]) -> str:
     return next((a for a in argv if a in COMMANDS), "")
 
@@ -231,6 +281,7 @@ def parse(argv: list[str]) -> tuple[str, object]:
     command = _command_of(argv)
     if command:
         check_command_line(COMMANDS[command].settings, argv, typed)
+        argv = positionals_first(COMMANDS[command].settings, argv)
     path = _config_file(argv)
     if command == "train" and path is None and _resuming(argv) and _flag_value(argv, "out"):
         saved = RunDir(_flag_value(argv, "out")).config

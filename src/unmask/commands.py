@@ -14,14 +14,17 @@ from pathlib import Path
 
 from unmask.config import (
     CompareConfig,
+    DownstreamConfig,
     EmbedConfig,
     EvalConfig,
     ExportConfig,
     FillConfig,
+    FinetuneConfig,
     InspectConfig,
     PairsConfig,
     PlotConfig,
     PrepareConfig,
+    ProbeConfig,
     ScoreConfig,
     ServeConfig,
     TokenizerConfig,
@@ -369,4 +372,58 @@ def run_plot(config: PlotConfig) -> int:
     from unmask.charts import plot_run
 
     print(f"saved {plot_run(Path(config.run), Path(config.out) if config.out else None)}")
+    return 0
+
+
+def _metric_line(metrics: dict, seeds: int) -> str:
+    if seeds == 1:
+        return ", ".join(f"{name} {value['median']:.4f}" for name, value in metrics.items())
+    return ", ".join(
+        f"{name} {v['median']:.4f} (mean {v['mean']:.4f} ± {v['std']:.4f}, {v['min']:.4f}-{v['max']:.4f})" for name, v in metrics.items()
+    )
+
+
+def run_finetune(config: FinetuneConfig) -> int:
+    from unmask import distributed
+    from unmask.finetune import finetune
+
+    try:
+        summary = finetune(config, echo=echo_stderr)
+    finally:
+        distributed.leave()
+    if distributed.launched_by_torchrun() and os.environ.get("RANK", "0") != "0":
+        return 0
+    print(f"{summary['task']} on {len(summary['seeds'])} seed(s): {_metric_line(summary['metrics'], len(summary['seeds']))}")
+    print(
+        f"summary: {Path(config.out) / 'summary.json'}"
+        + (f"; model: {Path(config.out) / 'model'}" if config.save_model and config.seeds == 1 else "")
+    )
+    return 0
+
+
+def run_probe(config: ProbeConfig) -> int:
+    from unmask.files import atomic_write_text
+    from unmask.probe import probe
+
+    if config.out is not None:
+        check_output_file(config.out, "out")
+    result = probe(config, echo=echo_stderr)
+    if config.out is not None:
+        atomic_write_text(Path(config.out), json.dumps(result, indent=2))
+    if config.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"{result['task']} probe ({result['probe']}) in {result['seconds']:.1f}s: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
+        )
+    return 0
+
+
+def run_downstream(config: DownstreamConfig) -> int:
+    from unmask.downstream import run_suite
+
+    report = run_suite(config, echo=echo_stderr)
+    print(report["table_text"])
+    print(f"\nreport: {report['markdown']}" + (f", chart: {report['chart']}" if report.get("chart") else ""))
     return 0

@@ -92,6 +92,15 @@ def max_across(values: list[float], world: World, device: torch.device) -> list[
     return tensor.tolist()
 
 
+def gather_objects(items: list, world: World) -> list:
+    """Every process's `items`, concatenated in rank order, on every process."""
+    if not world.distributed:
+        return list(items)
+    gathered: list = [None] * world.size
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
+
+
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -320,3 +321,42 @@ def building(target: Path, what: str, needed_bytes: int | None = None, tag: str 
     except BaseException:
         remove_tree(folder)
         raise
+
+
+def read_json_lines(path: Path, after: int = 0, strict: bool = False) -> tuple[list[dict], int]:
+    """The records of an append-only JSON Lines file from line `after` on, and the number of
+    complete lines.
+
+    A last line without its newline is still being written (or was torn by a crash): it is
+    always left out. A complete line that is not a JSON object is skipped, or with `strict`
+    an error naming it (for a reader who should look at the file).
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError:
+        return [], after
+    complete = text[: text.rfind("\n") + 1].splitlines()
+    records = []
+    for number, line in enumerate(complete[after:], after + 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif strict:
+            raise UnmaskError(f"{path}:{number}: not a JSON line")
+    return records, len(complete)
+
+
+def append_json_line(path: Path, record: dict) -> None:
+    """Append one record and fsync it: a result that took minutes is on disk before it counts.
+    A crash mid-write leaves a torn last line, which `read_json_lines` leaves out."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with disk_full_guard(path, "a result line"), open(path, "a", encoding="utf-8") as f:
+        if f.tell() and not path.read_bytes().endswith(b"\n"):
+            f.write("\n")  # end a line a crash tore, so this record starts a line of its own
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

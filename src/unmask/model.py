@@ -5,15 +5,13 @@ BERT the vocabulary projection is about half of all the arithmetic, and 85% of i
 thrown away. For the same reason the last encoder layer runs its queries, attention output
 and feed-forward only at those positions; only its keys and values need every position.
 
-Everything unmask knows about a model class is in one table, `ARCHITECTURES`. Adding an
-architecture means adding one entry there (and, for a masked-only last layer, a function
-like `_bert_final_layer`); a class not in the table is trained with its own dense head.
+Everything unmask knows about a model class is in one table, `architectures.ARCHITECTURES`;
+a class not in the table is trained with its own dense head.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pickle import UnpicklingError  # only to name torch's refusal of an unsafe pickle; nothing is unpickled here
 
 import torch
@@ -21,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unmask import checkpoint, cpu_dropout
+from unmask.architectures import GENERIC_HEAD_PARTS, Architecture, architecture_for_type, architecture_of
 from unmask.errors import UnmaskError
 from unmask.hub import ModelSource, describe_failure, go_offline_if_unreachable, quiet_transformers, resolve_model, where
 from unmask.masking import IGNORE_INDEX
@@ -33,109 +32,6 @@ PRESET_SHAPES = {
     "small": dict(num_hidden_layers=4, hidden_size=512, num_attention_heads=8, intermediate_size=2048),
     "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
 }
-
-
-def _attend_at(module: nn.Module, projections: tuple[nn.Module, nn.Module, nn.Module], hidden: torch.Tensor, mask, picked: torch.Tensor):
-    """Self-attention outputs (N, H) for queries at the N picked positions only, keys and
-    values at every position; and the picked positions' input states (N, H), the residual.
-
-    Each row's picked positions are packed to the left of a (B, Q) grid, Q the most any row
-    has, so one batched attention call serves all rows; empty slots are dropped afterwards.
-    """
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    query, key, value = projections
-    batch, length, width = hidden.shape
-    head_size = module.attention_head_size
-    counts = picked.sum(dim=1)
-    slots = int(counts.max())
-    # A stable sort of 0 (picked) before 1 keeps each row's positions in increasing order,
-    # so the selection below comes out in the row-major order of `picked`.
-    order = torch.argsort((~picked).to(torch.int8), dim=1, stable=True)[:, :slots]
-    filled = torch.arange(slots, device=picked.device) < counts[:, None]
-    residual = hidden.gather(1, order.unsqueeze(-1).expand(-1, -1, width))
-    queries = query(residual).view(batch, slots, -1, head_size).transpose(1, 2)
-    keys = key(hidden).view(batch, length, -1, head_size).transpose(1, 2)
-    values = value(hidden).view(batch, length, -1, head_size).transpose(1, 2)
-    if mask is not None and mask.dim() == 4:
-        mask = mask[:, :, :1, :]  # a bidirectional padding mask is the same for every query
-    attention = ALL_ATTENTION_FUNCTIONS[module.config._attn_implementation]
-    context, _ = attention(
-        module, queries, keys, values, mask, dropout=module.dropout.p if module.training else 0.0, scaling=module.scaling
-    )
-    return context.reshape(batch, slots, width)[filled], residual[filled]
-
-
-def _bert_final_layer(layer: nn.Module, hidden: torch.Tensor, mask, picked: torch.Tensor) -> torch.Tensor:
-    attention = layer.attention
-    projections = (attention.self.query, attention.self.key, attention.self.value)
-    context, residual = _attend_at(attention.self, projections, hidden, mask, picked)
-    attended = attention.output(context, residual)
-    return layer.output(layer.intermediate(attended), attended)
-
-
-def _distilbert_final_layer(layer: nn.Module, hidden: torch.Tensor, mask, picked: torch.Tensor) -> torch.Tensor:
-    attention = layer.attention
-    context, residual = _attend_at(attention, (attention.q_lin, attention.k_lin, attention.v_lin), hidden, mask, picked)
-    attended = layer.sa_layer_norm(attention.out_lin(context) + residual)
-    return layer.output_layer_norm(layer.ffn.ff_chunk(attended) + attended)
-
-
-Head = Callable[[torch.Tensor], torch.Tensor]
-FinalLayer = Callable[[nn.Module, torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """What unmask knows about one masked-LM class."""
-
-    head: Callable[[nn.Module], Head]
-    """model -> function from hidden states (N, H) to vocabulary logits (N, V)."""
-    head_prefixes: tuple[str, ...]
-    """Parameter-name prefixes of the MLM head: a checkpoint without them gets a fresh head."""
-    layers: Callable[[nn.Module], nn.ModuleList]
-    """model -> its encoder layers (sharding, compiling and the masked-only last layer use them)."""
-    final_layer: FinalLayer | None = None
-    """(last layer, hidden states, attention mask, picked) -> (N, H) at the picked positions; None: run the whole encoder."""
-    plain_attention: bool = False
-    """Softmax attention under a padding mask and nothing else, so `cpu_dropout` may take it over."""
-    position_offset: int = 0
-    """Positions the embedding reserves (RoBERTa counts positions from padding_idx + 1)."""
-
-
-def _distilbert_head(model: nn.Module) -> Head:
-    return lambda h: model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))
-
-
-_ROBERTA_FAMILY = Architecture(
-    head=lambda m: m.lm_head, head_prefixes=("lm_head.",), layers=lambda m: m.base_model.encoder.layer,
-    final_layer=_bert_final_layer, plain_attention=True, position_offset=2,
-)  # fmt: skip
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "BertForMaskedLM": Architecture(
-        head=lambda m: m.cls, head_prefixes=("cls.",), layers=lambda m: m.base_model.encoder.layer,
-        final_layer=_bert_final_layer, plain_attention=True,
-    ),
-    "RobertaForMaskedLM": _ROBERTA_FAMILY,
-    "XLMRobertaForMaskedLM": _ROBERTA_FAMILY,
-    "CamembertForMaskedLM": _ROBERTA_FAMILY,
-    "DistilBertForMaskedLM": Architecture(
-        head=_distilbert_head, head_prefixes=("vocab_transform.", "vocab_layer_norm.", "vocab_projector."),
-        layers=lambda m: m.base_model.transformer.layer, final_layer=_distilbert_final_layer, plain_attention=True,
-    ),
-    # ModernBERT's layers mix global and sliding-window attention with rotary positions:
-    # its last layer and its attention stay as transformers wrote them.
-    "ModernBertForMaskedLM": Architecture(
-        head=lambda m: (lambda h: m.decoder(m.head(h))), head_prefixes=("head.", "decoder."), layers=lambda m: m.model.layers,
-    ),
-}  # fmt: skip
-# Head names of architectures outside the table, for the fresh-head report only.
-_GENERIC_HEAD_PARTS = ("cls.", "lm_head", "vocab_", "decoder", "head.")
-
-
-def architecture_of(model: nn.Module) -> Architecture | None:
-    return ARCHITECTURES.get(type(model).__name__)
 
 
 def _final_layer_function(model: nn.Module, architecture: Architecture) -> Callable | None:
@@ -190,7 +86,7 @@ class MaskedLM(nn.Module):
         """Whether the MLM head was initialised here rather than loaded (its predictions are a random head's)."""
         if self.architecture is not None:
             return any(name.startswith(self.architecture.head_prefixes) for name in self.fresh_parameters)
-        return any(part in name for name in self.fresh_parameters for part in _GENERIC_HEAD_PARTS)
+        return any(part in name for name in self.fresh_parameters for part in GENERIC_HEAD_PARTS)
 
     def compile_encoder(self, **compile_options) -> None:
         """torch.compile, in place, the encoder layers that see every token. The last layer
@@ -275,7 +171,7 @@ def _report_fresh_head(name: str, model: nn.Module, missing: set[str], echo: Cal
     if architecture is not None:
         head_missing = sorted(k for k in missing if k.startswith(architecture.head_prefixes))
     else:
-        head_missing = sorted(k for k in missing if any(p in k for p in _GENERIC_HEAD_PARTS))
+        head_missing = sorted(k for k in missing if any(p in k for p in GENERIC_HEAD_PARTS))
     other_missing = sorted(set(missing) - set(head_missing))
     if other_missing:
         shown = ", ".join(other_missing[:5]) + (" ..." if len(other_missing) > 5 else "")
@@ -317,19 +213,25 @@ def load_mlm(name: str | ModelSource, trust_remote_code: bool = False, echo: Cal
     return MaskedLM(model, frozenset(missing & {n for n, _ in model.named_parameters()}))
 
 
-def _load_checkpoint(source: ModelSource, trust_remote_code: bool) -> MaskedLM:
-    """A run's checkpoint: the model built from the run's base config, with the checkpoint's weights."""
+def _checkpoint_weights(source: ModelSource) -> dict[str, torch.Tensor]:
+    """A run checkpoint's model weights, verified against their checksums first."""
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForMaskedLM
 
     problem = checkpoint.verify(source.checkpoint)
     if problem:
         raise UnmaskError(f"{source.checkpoint}: damaged checkpoint ({problem})")
+    return load_file(str(source.checkpoint / checkpoint.MODEL_FILE))
+
+
+def _load_checkpoint(source: ModelSource, trust_remote_code: bool) -> MaskedLM:
+    """A run's checkpoint: the model built from the run's base config, with the checkpoint's weights."""
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    weights = _checkpoint_weights(source)
     config = AutoConfig.from_pretrained(source.folder, trust_remote_code=trust_remote_code)
     with torch.random.fork_rng(devices=[]):
         model = AutoModelForMaskedLM.from_config(config, trust_remote_code=trust_remote_code, attn_implementation="sdpa")
     lm = MaskedLM(model)
-    weights = load_file(str(source.checkpoint / checkpoint.MODEL_FILE))
     for alias, parameter in lm.tied_aliases().items():
         if parameter in weights:
             weights.setdefault(alias, weights[parameter])
@@ -338,6 +240,60 @@ def _load_checkpoint(source: ModelSource, trust_remote_code: bool) -> MaskedLM:
     except RuntimeError as e:
         raise UnmaskError(f"{source.checkpoint}: the weights do not fit {source.folder}/config.json: {str(e).splitlines()[0]}") from None
     return lm
+
+
+_ENCODER_PARTS = ("embeddings", "encoder", "layer", "transformer")
+
+
+def load_task_model(
+    name: str | ModelSource,
+    *,
+    tokens: bool,
+    labels: dict[int, str] | None,
+    seed: int,
+    trust_remote_code: bool = False,
+    echo: Callable[[str], None] = print,
+) -> nn.Module:
+    """An encoder with a fresh task head: sequence classification (`labels` None: regression,
+    one output) or token classification, from any name `hub.resolve_model` takes, a run's
+    checkpoint included. `seed` seeds the fresh head (in a forked RNG)."""
+    quiet_transformers()
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    source = name if isinstance(name, ModelSource) else resolve_model(name)
+    go_offline_if_unreachable(source.folder)
+    head = AutoModelForTokenClassification if tokens else AutoModelForSequenceClassification
+    options = {"num_labels": 1, "problem_type": "regression"} if labels is None else {
+        "num_labels": len(labels), "id2label": labels, "label2id": {v: k for k, v in labels.items()},
+        **({} if tokens else {"problem_type": "single_label_classification"}),
+    }  # fmt: skip
+    weights = _checkpoint_weights(source) if source.checkpoint is not None else None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            config = AutoConfig.from_pretrained(source.folder, trust_remote_code=trust_remote_code, **options)
+            if weights is not None:
+                model = head.from_config(config, trust_remote_code=trust_remote_code, attn_implementation="sdpa")
+                missing = set(model.load_state_dict(weights, strict=False).missing_keys)
+            else:
+                model, info = head.from_pretrained(
+                    source.folder, config=config, output_loading_info=True, trust_remote_code=trust_remote_code, attn_implementation="sdpa"
+                )
+                missing = set(info.get("missing_keys", ()))
+        except UnpicklingError:
+            raise UnmaskError(
+                f"'{source.name}': refused to load pickled weights that do more than hold tensors (they could run code)"
+            ) from None
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise UnmaskError(f"cannot load an encoder from {where(source.folder)} '{source.name}': {describe_failure(e)}") from None
+    encoder_missing = sorted(k for k in missing if any(part in k for part in _ENCODER_PARTS) and "pooler" not in k)
+    if encoder_missing:
+        echo(
+            f"warning: '{source.name}' lacks {len(encoder_missing)} encoder weight(s), initialised at random: {', '.join(encoder_missing[:5])}"
+        )
+    family = architecture_for_type(config.model_type)
+    cpu_dropout.install(model, switch_attention=family is not None and family.plain_attention)
+    return model
 
 
 def build_mlm(preset: str, vocab: Vocabulary, seq_len: int, seed: int) -> MaskedLM:

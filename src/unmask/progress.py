@@ -35,13 +35,23 @@ def _loss(logged: dict, pattern: str) -> str:
 class Progress:
     """The training display; `echo` prints a line without gluing it onto the bar."""
 
-    def __init__(self, mode: ProgressMode, total: int | None, initial: int, echo: Callable[[str], None], enabled: bool = True):
+    def __init__(
+        self,
+        mode: ProgressMode,
+        total: int | None,
+        initial: int,
+        echo: Callable[[str], None],
+        enabled: bool = True,
+        rate: tuple[str, str] = ("tokens_per_s", "tok/s"),
+    ):
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "lines"
         self.mode = mode if enabled else "none"
         self.total, self.initial = total, initial
         self._echo = echo if enabled else (lambda _: None)
         self.started = time.perf_counter()
+        self.rate_key, self.rate_unit = rate
+        """The logged speed to show, and its unit."""
         self.bar = None
         if self.mode == "bar":
             from tqdm import tqdm
@@ -68,14 +78,16 @@ class Progress:
         if self.bar is not None:
             self.bar.update(1)
             if logged:
-                self.bar.set_postfix(loss=_loss(logged, "{:.3f}"), tok_s=f"{logged['tokens_per_s']:,.0f}", lr=f"{logged['lr']:.2e}")
+                self.bar.set_postfix_str(
+                    f"loss={_loss(logged, '{:.3f}')}, {logged[self.rate_key]:,.0f} {self.rate_unit}, lr={logged['lr']:.2e}"
+                )
         elif self.mode == "lines" and logged:
             eta = self.eta(step, fraction)
             where = f"step {step}/{self.total}" if self.total else f"step {step}"
             share = fraction if fraction is not None else (step / self.total if self.total else None)
             self._echo(
                 f"{where}{f' ({share:.0%})' if share is not None else ''}  loss {_loss(logged, '{:.4f}')}  lr {logged['lr']:.2e}  "
-                f"{logged['tokens_per_s']:,.0f} tok/s  elapsed {format_duration(time.perf_counter() - self.started)}"
+                f"{logged[self.rate_key]:,.0f} {self.rate_unit}  elapsed {format_duration(time.perf_counter() - self.started)}"
                 + (f"  ETA {format_duration(eta)}" if eta == eta else "")
             )
 

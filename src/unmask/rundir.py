@@ -16,12 +16,11 @@ Every other module asks a `RunDir` for these paths; none spells them itself.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from unmask.errors import UnmaskError
+from unmask.files import read_json_lines
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -106,25 +105,6 @@ class RunDir:
         return self.checkpoints.is_dir() or (self.config.is_file() and (self.metrics.is_file() or self.base.is_dir()))
 
     def read_metrics(self, after: int = 0, strict: bool = False) -> tuple[list[dict], int]:
-        """Records of metrics.jsonl from line `after` on, and the number of complete lines.
-
-        A last line without its newline is still being written (or was torn by a crash): it
-        is always left out. A complete line that is not a JSON object is skipped, or with
-        `strict` an error naming it (for a reader who should look at the file).
-        """
-        try:
-            text = self.metrics.read_text(encoding="utf-8")
-        except OSError:
-            return [], after
-        complete = text[: text.rfind("\n") + 1].splitlines()
-        records = []
-        for number, line in enumerate(complete[after:], after + 1):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = None
-            if isinstance(record, dict):
-                records.append(record)
-            elif strict:
-                raise UnmaskError(f"{self.metrics}:{number}: not a JSON line")
-        return records, len(complete)
+        """Records of metrics.jsonl from line `after` on, and the number of complete lines
+        (`files.read_json_lines`: a torn last line is left out)."""
+        return read_json_lines(self.metrics, after, strict)

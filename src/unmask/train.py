@@ -23,10 +23,11 @@ import torch
 
 from unmask import checkpoint, distributed
 from unmask.checkpoint import CheckpointInfo
-from unmask.config import TrainConfig, save_yaml, to_dict
+from unmask.config import TrainConfig, load_suite, save_yaml, to_dict
 from unmask.data.store import TokenStore
 from unmask.data.windows import DataPosition, Windows, WindowSampler
 from unmask.distributed import World
+from unmask.downstream import resolve_suite
 from unmask.errors import UnmaskError
 from unmask.files import RunLock, atomic_write_text
 from unmask.hardware import autocast, autocast_dtype
@@ -100,6 +101,7 @@ def _setup(
             f"--masking {config.masking}: {store.path} was made before unmask recorded word boundaries; "
             f"prepare it again (`unmask prepare ... --out {store.path} --overwrite`) or use --masking token"
         )
+    suite = load_suite(resolve_suite(config.downstream)) if config.downstream else None  # checked before any work
     tokenizer, lm = _load_model_and_tokenizer(config, store, vocab, echo)
     if config.dropout is not None:
         set_dropout(lm, config.dropout)
@@ -156,6 +158,7 @@ def _setup(
         warmup_steps=config.warmup(total_steps),
         metrics=MetricsLog(run_dir, resume_step=resumed.step, enabled=world.is_main, trackers=trackers),
         lock=lock,
+        suite=suite,
         budget=config.budget_seconds(),
         step=resumed.step,
         spent=resumed.train_seconds,
@@ -237,6 +240,7 @@ def train(
                         last_eval = run.evaluate(display) or last_eval
                     if stop_signal or config.checkpoint_every and run.step % config.checkpoint_every == 0 and not run.finished():
                         saved = run.save_checkpoint()
+                        run.score_downstream(display)
                     if stop_signal:
                         display.close()
                         raise Stopped(stop_signal, run.step, saved)
@@ -256,6 +260,7 @@ def finish(run: Run, last_eval: dict, display: Progress) -> dict:
     last_eval = run.metrics.eval_at(run.step) or run.evaluate(display) or last_eval
     run.save_checkpoint()
     save_final_model(run.lm, run.tokenizer, run.strategy, run.world, run.run_dir.model)
+    run.score_downstream(display)
     summary = {
         "steps": run.step,
         "tokens_per_step": run.global_batch * run.config.seq_len,

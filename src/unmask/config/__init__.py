@@ -3,11 +3,13 @@
 - `base`: validation helpers that name the flag, YAML in and out (`UnmaskError` re-exported).
 - `pipeline`: `unmask prepare`, `unmask tokenizer` and `unmask train`.
 - `use`: the commands that use a model (fill, inspect, eval, score, embed, compare, plot).
+- `downstream`: finetune, probe and downstream, and the records of a suite file.
 
 Each field's docstring is its `--help` text; the CLI is generated from these classes.
 """
 
 from unmask.config.base import UnmaskError, check_masking_probabilities, check_setting, flag, from_dict, load_yaml, save_yaml, to_dict
+from unmask.config.downstream import FINETUNE_RESUMABLE, DownstreamConfig, FinetuneConfig, ProbeConfig, Suite, SuiteTask, load_suite
 from unmask.config.pipeline import (
     PRESETS,
     RESUMABLE_CHANGES,
@@ -34,5 +36,6 @@ from unmask.config.use import (
 __all__ = [
     "UnmaskError", "check_masking_probabilities", "check_setting", "flag", "from_dict", "load_yaml", "save_yaml", "to_dict",
     "PRESETS", "RESUMABLE_CHANGES", "length_changes", "PrepareConfig", "SourceOptions", "TokenizerConfig", "TrainConfig", "refused_resume_changes",
+    "FINETUNE_RESUMABLE", "DownstreamConfig", "FinetuneConfig", "ProbeConfig", "Suite", "SuiteTask", "load_suite",
     "CompareConfig", "EmbedConfig", "EvalConfig", "ExportConfig", "FillConfig", "InspectConfig", "PairsConfig", "PlotConfig", "ScoreConfig", "ServeConfig",
 ]  # fmt: skip

@@ -192,6 +192,12 @@ class TrainConfig:
     """Checkpoints kept on disk; older ones are deleted once a newer one is complete."""
     resume: bool = False
     """Continue the run in --out from its newest complete checkpoint."""
+    downstream: str | None = None
+    """A task suite (a file, or the bundled `pydocs` or `glue`) to score checkpoints on as they are written; results in RUN/downstream."""
+    downstream_every: int = 0
+    """Score the suite every N steps (a multiple of --checkpoint-every); 0: at the end only."""
+    downstream_mode: Literal["probe", "suite"] = "probe"
+    """`probe`: every task by a linear probe, seconds a checkpoint; `suite`: as the suite file says (fine-tuning costs minutes)."""
 
     def __post_init__(self) -> None:
         check_setting((self.model is None) != (self.from_scratch is None), "model", "give exactly one of --model or --from-scratch")
@@ -240,6 +246,15 @@ class TrainConfig:
         check_setting(not unknown, "report_to", f"{', '.join(unknown)}: choose from tensorboard, wandb")
         check_setting(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
         check_setting(self.eval_max_batches is None or self.eval_max_batches >= 1, "eval_max_batches", "must be at least 1")
+        check_setting(self.downstream_every >= 0, "downstream_every", f"must not be negative, got {self.downstream_every}")
+        check_setting(
+            not self.downstream_every or self.downstream is not None, "downstream_every", "give the suite to score with --downstream"
+        )
+        check_setting(
+            not self.downstream_every or (self.checkpoint_every and self.downstream_every % self.checkpoint_every == 0),
+            "downstream_every",
+            f"scores checkpoints, so it must be a multiple of --checkpoint-every ({self.checkpoint_every})",
+        )
 
     def windows_per_step(self, world_size: int = 1) -> int:
         """The global batch: windows of one optimizer step over all processes."""
@@ -274,6 +289,7 @@ RESUMABLE_CHANGES = frozenset({
     "out", "resume", "device", "compile", "eval_every", "eval_max_batches", "log_every", "checkpoint_every", "keep_checkpoints",
     "strategy", "activation_checkpointing", "progress", "batch_size", "grad_accum", "on_nonfinite", "max_nonfinite", "report_to",
     *("max_steps", "epochs", "time_budget"),  # a run may be extended; `length_changes` says what that does to the schedule
+    *("downstream", "downstream_every", "downstream_mode"),
 })  # fmt: skip
 LENGTH_SETTINGS = ("max_steps", "epochs", "time_budget")
 
@@ -283,7 +299,7 @@ def length_changes(saved: dict, now: dict) -> list[str]:
     return [f"{flag(k)} {saved.get(k)} -> {now[k]}" for k in LENGTH_SETTINGS if saved.get(k) != now.get(k)]
 
 
-def refused_resume_changes(saved: dict, now: dict) -> list[str]:
+def refused_resume_changes(saved: dict, now: dict, allowed: frozenset[str] = RESUMABLE_CHANGES) -> list[str]:
     """`field: old -> new` for every setting that differs and may not change on resume."""
-    changed = sorted(k for k, v in now.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+    changed = sorted(k for k, v in now.items() if k not in allowed and saved.get(k) != v)
     return [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed]

@@ -87,10 +87,11 @@ def text_documents(source, open_binary: OpenBinary, doc_per: str) -> Iterator[st
         yield "\n".join(block)
 
 
-def _field(record, text_field: str, where: str):
+def text_value(record, text_field: str, where: str, flag: str = "--text-field") -> str:
+    """A record's text: missing field an error naming what it has, None an empty text."""
     if not isinstance(record, dict) or text_field not in record:
         fields = f" (it has {', '.join(sorted(map(str, record))[:8])})" if isinstance(record, dict) else ""
-        raise UnmaskError(f"{where}: record has no '{text_field}' field{fields}; set it with --text-field")
+        raise UnmaskError(f"{where}: record has no '{text_field}' field{fields}; set it with {flag}")
     value = record[text_field]
     if value is None:
         return ""
@@ -99,7 +100,13 @@ def _field(record, text_field: str, where: str):
     return value
 
 
-def jsonl_documents(source, open_binary: OpenBinary, text_field: str) -> Iterator[str]:
+# ---------------------------------------------------------------- records: (where, mapping)
+# Each reader yields every record of a source with a label saying where it is (file:line,
+# row N), for messages. `columns` maps the columns a caller needs to the flag that names
+# them, so a missing one is an error that says which flag to change.
+
+
+def jsonl_records(source, open_binary: OpenBinary) -> Iterator[tuple[str, dict]]:
     for number, line in lines(source, open_binary):
         if not line.strip():
             continue
@@ -107,11 +114,11 @@ def jsonl_documents(source, open_binary: OpenBinary, text_field: str) -> Iterato
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise UnmaskError(f"{source.location}:{number}: invalid JSON ({e.msg} at column {e.colno})") from None
-        yield _field(record, text_field, f"{source.location}:{number}")
+        yield f"{source.location}:{number}", record
 
 
-def table_documents(source, open_binary: OpenBinary, text_field: str, delimiter: str) -> Iterator[str]:
-    """A CSV or TSV file with a header row; `text_field` names the column."""
+def table_records(source, open_binary: OpenBinary, delimiter: str, columns: dict[str, str]) -> Iterator[tuple[str, dict]]:
+    """A CSV or TSV file with a header row; each row as {column: value} of the `columns` needed."""
     import io
 
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a document can be longer than csv's 128 kB default
@@ -123,54 +130,66 @@ def table_documents(source, open_binary: OpenBinary, text_field: str, delimiter:
             header = next(reader, None)
             if header is None:
                 return
-            if text_field not in header:
-                raise UnmaskError(f"{label}: no column '{text_field}' (columns: {', '.join(header[:12])}); set it with --text-field")
-            column = header.index(text_field)
+            for column, flag in columns.items():
+                if column not in header:
+                    raise UnmaskError(f"{label}: no column '{column}' (columns: {', '.join(header[:12])}); set it with {flag}")
+            where = {column: header.index(column) for column in columns}
+            widest = max(where.values())
             for row in reader:
                 if not row:
                     continue
-                if len(row) <= column:
+                if len(row) <= widest:
                     raise UnmaskError(f"{label}:{reader.line_num}: row has {len(row)} fields, the header has {len(header)}")
-                yield row[column]
+                yield f"{label}:{reader.line_num}", {column: row[index] for column, index in where.items()}
         except UnicodeDecodeError as e:
             raise BadFile(f"{label}:{reader.line_num + 1}: not valid UTF-8 (byte 0x{e.object[e.start]:02x})") from None
         except csv.Error as e:
             raise BadFile(f"{label}:{reader.line_num}: not a readable {'CSV' if delimiter == ',' else 'TSV'} row ({e})") from None
         except _DECOMPRESSION_ERRORS as e:
-            where = f"near line {reader.line_num}" if reader.line_num else "before the first line"
-            raise BadFile(f"{label}: corrupt or truncated file {where} ({e})") from None
+            place = f"near line {reader.line_num}" if reader.line_num else "before the first line"
+            raise BadFile(f"{label}: corrupt or truncated file {place} ({e})") from None
+
+
+def _check_columns(names: list[str], columns: dict[str, str], label: str) -> None:
+    for column, flag in columns.items():
+        if column not in names:
+            raise UnmaskError(f"{label}: no column '{column}' (columns: {', '.join(names[:12])}); set it with {flag}")
 
 
 def _string_column(schema, text_field: str, label: str) -> None:
     pa = optional_import("pyarrow", f"reading {label}", "parquet")
-    if text_field not in schema.names:
-        raise UnmaskError(f"{label}: no column '{text_field}' (columns: {', '.join(schema.names[:12])}); set it with --text-field")
     kind = schema.field(text_field).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         raise UnmaskError(f"{label}: column '{text_field}' holds {kind}, not text")
 
 
-def _column_values(batches, text_field: str) -> Iterator[str]:
+def _batch_rows(batches, columns: list[str], label: str) -> Iterator[tuple[str, dict]]:
+    number = 0
     for batch in batches:
-        for value in batch.column(text_field).to_pylist():
-            yield value or ""
+        values = {column: batch.column(column).to_pylist() for column in columns}
+        for index in range(batch.num_rows):
+            number += 1
+            yield f"{label} row {number}", {column: values[column][index] for column in columns}
 
 
-def parquet_documents(path: str, text_field: str) -> Iterator[str]:
+def parquet_records(path: str, columns: dict[str, str], text_column: str | None = None) -> Iterator[tuple[str, dict]]:
+    """Parquet rows, a row group at a time, reading only `columns` (`text_column` must hold text)."""
     pq = optional_import("pyarrow.parquet", f"reading {path}", "parquet")
     pa = optional_import("pyarrow", f"reading {path}", "parquet")
     try:
         file = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
         raise BadFile(f"{path}: not a readable parquet file ({e})") from None
-    _string_column(file.schema_arrow, text_field, path)
+    _check_columns(file.schema_arrow.names, columns, path)
+    if text_column is not None:
+        _string_column(file.schema_arrow, text_column, path)
     try:
-        yield from _column_values(file.iter_batches(columns=[text_field], batch_size=1024), text_field)
+        yield from _batch_rows(file.iter_batches(columns=list(columns), batch_size=1024), list(columns), path)
     except (pa.ArrowException, OSError) as e:
         raise BadFile(f"{path}: corrupt parquet data ({e})") from None
 
 
-def arrow_documents(path: str, text_field: str) -> Iterator[str]:
+def arrow_records(path: str, columns: dict[str, str], text_column: str | None = None) -> Iterator[tuple[str, dict]]:
     """An Arrow IPC file, stream format (what `datasets` writes) or file format."""
     pa = optional_import("pyarrow", f"reading {path}", "parquet")
     try:
@@ -183,14 +202,16 @@ def arrow_documents(path: str, text_field: str) -> Iterator[str]:
     except (pa.ArrowException, OSError) as e:
         raise BadFile(f"{path}: not a readable Arrow file ({e})") from None
     batches, schema = reader if isinstance(reader, tuple) else (reader, reader.schema)
-    _string_column(schema, text_field, path)
+    _check_columns(schema.names, columns, path)
+    if text_column is not None:
+        _string_column(schema, text_column, path)
     try:
-        yield from _column_values(batches, text_field)
+        yield from _batch_rows(batches, list(columns), path)
     except (pa.ArrowException, OSError) as e:
         raise BadFile(f"{path}: corrupt Arrow data ({e})") from None
 
 
-def saved_dataset_documents(path: str, text_field: str, split: str) -> Iterator[str]:
+def saved_dataset_records(path: str, columns: dict[str, str], split: str) -> Iterator[tuple[str, dict]]:
     datasets = optional_import("datasets", f"reading the saved dataset {path}", "datasets")
     try:
         loaded = datasets.load_from_disk(path)
@@ -200,13 +221,11 @@ def saved_dataset_documents(path: str, text_field: str, split: str) -> Iterator[
         if split not in loaded:
             raise UnmaskError(f"{path}: no split '{split}' (splits: {', '.join(loaded)}); choose one with --hf-split")
         loaded = loaded[split]
-    if text_field not in loaded.column_names:
-        raise UnmaskError(f"{path}: no column '{text_field}' (columns: {', '.join(loaded.column_names[:12])}); set it with --text-field")
-    for batch in loaded.select_columns([text_field]).with_format("arrow").iter(batch_size=1024):
-        yield from _column_values([batch], text_field)
+    _check_columns(loaded.column_names, columns, path)
+    yield from _batch_rows(loaded.select_columns(list(columns)).with_format("arrow").iter(batch_size=1024), list(columns), path)
 
 
-def hub_documents(name: str, text_field: str, config: str | None, split: str) -> Iterator[str]:
+def hub_records(name: str, config: str | None, split: str) -> Iterator[tuple[str, dict]]:
     """A Hugging Face dataset, streamed: nothing is downloaded up front."""
     datasets = optional_import("datasets", f"reading hf:{name}", "datasets")
     try:
@@ -215,4 +234,56 @@ def hub_documents(name: str, text_field: str, config: str | None, split: str) ->
         message = " ".join(str(e).split())[:400]
         raise UnmaskError(f"hf:{name}: cannot load (config {config!r}, split {split!r}): {type(e).__name__}: {message}") from None
     for number, record in enumerate(stream, 1):
-        yield _field(record, text_field, f"hf:{name} row {number}")
+        yield f"hf:{name} row {number}", record
+
+
+def label_names(source_kind: str, location: str, column: str, config: str | None, split: str) -> list[str] | None:
+    """The class names a dataset declares for an integer label column (`ClassLabel`), if any."""
+    if source_kind not in ("saved-dataset", "hub-dataset"):
+        return None
+    datasets = optional_import("datasets", f"reading {location}", "datasets")
+    try:
+        if source_kind == "saved-dataset":
+            loaded = datasets.load_from_disk(location)
+            features = (loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded).features
+        else:
+            features = datasets.load_dataset_builder(location, config).info.features
+    except Exception:  # the names are a nicety; the records themselves are read (and checked) anyway
+        return None
+    feature = (features or {}).get(column)
+    inner = getattr(feature, "feature", feature)  # a Sequence of ClassLabel for token tags
+    return list(inner.names) if hasattr(inner, "names") else None
+
+
+# ---------------------------------------------------------------- documents: the text of each record
+
+
+def jsonl_documents(source, open_binary: OpenBinary, text_field: str) -> Iterator[str]:
+    for where, record in jsonl_records(source, open_binary):
+        yield text_value(record, text_field, where)
+
+
+def table_documents(source, open_binary: OpenBinary, text_field: str, delimiter: str) -> Iterator[str]:
+    """A CSV or TSV file with a header row; `text_field` names the column."""
+    for _, record in table_records(source, open_binary, delimiter, {text_field: "--text-field"}):
+        yield record[text_field]
+
+
+def parquet_documents(path: str, text_field: str) -> Iterator[str]:
+    for _, record in parquet_records(path, {text_field: "--text-field"}, text_column=text_field):
+        yield record[text_field] or ""
+
+
+def arrow_documents(path: str, text_field: str) -> Iterator[str]:
+    for _, record in arrow_records(path, {text_field: "--text-field"}, text_column=text_field):
+        yield record[text_field] or ""
+
+
+def saved_dataset_documents(path: str, text_field: str, split: str) -> Iterator[str]:
+    for _, record in saved_dataset_records(path, {text_field: "--text-field"}, split):
+        yield record[text_field] or ""
+
+
+def hub_documents(name: str, text_field: str, config: str | None, split: str) -> Iterator[str]:
+    for where, record in hub_records(name, config, split):
+        yield text_value(record, text_field, where)

@@ -16,12 +16,23 @@ name, reading a folder of sources) can tell a store from other folders.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # format 1 kept its ids loose under "tokenizer"; it still opens
 SPLITS = ("train", "val")
+
+
+def is_validation_document(index: int, val_fraction: Fraction) -> bool:
+    """Every 1/f-th document goes to validation, the first one always.
+
+    Deterministic and streaming (no document count needed up front): after n documents
+    exactly ceil(n * f) are held out. A split by document means no text leaks into eval.
+    """
+    return math.ceil((index + 1) * val_fraction) > math.ceil(index * val_fraction)
 
 
 @dataclass(frozen=True)

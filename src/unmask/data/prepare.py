@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import sys
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from unmask.config import PrepareConfig
-from unmask.data.layout import FORMAT_VERSION, SPLITS, StoreDir
+from unmask.data.layout import FORMAT_VERSION, SPLITS, StoreDir, is_validation_document
 from unmask.data.sources import ReadOptions, ReadReport, Source, expand_sources, read_documents
 from unmask.errors import UnmaskError
 from unmask.files import RunLock, atomic_write_text, building, recover_folder, remove_stale_building
@@ -29,15 +28,6 @@ from unmask.tokenizer import Vocabulary, fingerprint, load_tokenizer, raw_tokeni
 
 _TEXTS_PER_BATCH = 256
 _TOKENS_PER_WRITE = 1 << 20
-
-
-def is_validation_document(index: int, val_fraction: Fraction) -> bool:
-    """Every 1/f-th document goes to validation, the first one always.
-
-    Deterministic and streaming (no document count needed up front): after n documents
-    exactly ceil(n * f) are held out. A split by document means no text leaks into eval.
-    """
-    return math.ceil((index + 1) * val_fraction) > math.ceil(index * val_fraction)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

@@ -144,7 +144,12 @@ def create_app(config: ServeConfig) -> Starlette:
         except ValueError:
             raise BadRequest(422, "'after' must be a whole number") from None
         records, lines = run_folders.read_metrics(run.path, after)
-        return {"records": records, "next": lines, "state": run_folders.describe(run)["state"]}
+        return {
+            "records": records,
+            "next": lines,
+            "state": run_folders.describe(run)["state"],
+            "downstream": run_folders.downstream(run.path),
+        }
 
     def list_models(request: Request, body: dict) -> dict:
         return {"models": [{"id": model_id, "label": model_id.removeprefix("run:")} for model_id in models.available()]}

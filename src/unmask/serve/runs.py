@@ -10,6 +10,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 
 import yaml
 
@@ -124,3 +125,19 @@ def describe(run: RunFolder, detail: bool = False) -> dict:
     if detail:
         described.update(config=config, summary=summary, checkpoints=checkpoints(run.path))
     return described
+
+
+def downstream(path: Path) -> dict[str, dict]:
+    """The run's downstream scores per task: its metric and [step, median over seeds] points."""
+    from unmask.downstream import read_run_results
+
+    by_task: dict[str, dict] = {}
+    for record in read_run_results(RunDir(path)):
+        if record.get("step") is None or "score" not in record:
+            continue
+        task = by_task.setdefault(record["task"], {"metric": record.get("score_metric"), "scores": {}})
+        task["scores"].setdefault(record["step"], []).append(record["score"])
+    return {
+        name: {"metric": task["metric"], "points": [[step, float(median(scores))] for step, scores in sorted(task["scores"].items())]}
+        for name, task in by_task.items()
+    }

@@ -107,7 +107,7 @@ async function runsPage() {
   stopPolling = () => clearInterval(timer);
 }
 
-function runCharts(records) {
+function runCharts(records, downstream = {}) {
   const steps = records.filter((r) => r.loss !== undefined && r.step !== undefined);
   const evals = records.filter((r) => r.eval_loss != null);
   const series = (rows, key) => rows.filter((r) => r[key] != null).map((r) => [r.step, r[key]]);
@@ -118,6 +118,10 @@ function runCharts(records) {
     lineChart("Gradient norm", [{ name: "norm (before clipping)", points: series(steps, "grad_norm") }], { testid: "chart-grad" }),
     lineChart("Masking rate", [{ name: "real", points: series(steps, "mask_rate") }, { name: "scheduled", points: series(steps, "mask_prob") }], { format: (v) => `${(100 * v).toFixed(1)}%`, testid: "chart-mask" }),
     lineChart("Tokens per second", [{ name: "tokens/s", points: series(steps, "tokens_per_s") }], { format: (v) => big(Math.round(v)), testid: "chart-speed" }),
+    // The task a model is for: fine-tuning or probe scores of the checkpoints (RUN/downstream).
+    ...(Object.keys(downstream).length ? [lineChart("Downstream score (median over seeds)",
+      Object.entries(downstream).map(([task, d]) => ({ name: `${task} (${d.metric})`, points: d.points, dots: true })),
+      { format: (v) => v.toFixed(3), testid: "chart-downstream" })] : []),
   ].join("");
 }
 
@@ -138,7 +142,7 @@ async function runPage(runId) {
       const data = await api(`/api/runs/${encodeURIComponent(runId)}/metrics?after=${next}`);
       next = data.next;
       records.push(...data.records);
-      document.getElementById("charts").innerHTML = runCharts(records);
+      document.getElementById("charts").innerHTML = runCharts(records, data.downstream || {});
       const state = document.getElementById("run-state");
       state.textContent = data.state;
       state.className = `state ${data.state}`;

@@ -1,0 +1,314 @@
+"""Settings of the downstream commands: `unmask finetune`, `unmask probe`, `unmask downstream`,
+and the typed records of a suite file.
+
+A suite file is YAML: a `name`, an optional `description`, and a list of `tasks`, each a
+`SuiteTask` (data, fields, kind, metric, mode, seeds, and the fine-tuning or probe settings
+that differ from the defaults). An unknown key anywhere is an error that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import yaml
+
+from unmask.config.base import check_setting
+from unmask.errors import UnmaskError
+
+TaskKind = Literal["classification", "pair-classification", "regression", "token-classification"]
+
+
+@dataclass(kw_only=True)
+class TaskOptions:
+    """The data of a task and how it is scored (shared by finetune and probe)."""
+
+    task: TaskKind = "classification"
+    """`classification` (a text, a class), `pair-classification` (two texts, a class), `regression` (a text or pair, a number), `token-classification` (words and a tag per word)."""
+    train: str
+    """Labelled training data: .jsonl/.csv/.tsv (also compressed), .parquet, .arrow, a folder or glob of them, a saved dataset, hf:NAME, or sample:pydocs-sections:train."""
+    eval: str
+    """Labelled evaluation data, as --train (sample:pydocs-sections:eval for the offline task)."""
+    text_field: str | None = None
+    """Field of the text (token classification: of the list of words); default `text` (`tokens`)."""
+    text_pair_field: str | None = None
+    """Field of the second text of a pair (default `text_pair` for pair-classification)."""
+    label_field: str | None = None
+    """Field of the label: a class (string or integer), a number (regression) or a list of tags; default `label` (`tags`)."""
+    metric: list[str] = field(default_factory=list)
+    """Metrics to report, the first being the task's score (default: accuracy, macro_f1 / pearson, spearman / entity_f1, word_accuracy)."""
+    hf_config: str | None = None
+    """Configuration of an hf:NAME dataset (e.g. `cola` of nyu-mll/glue)."""
+    hf_split: str = "train"
+    """Split of an hf:NAME or saved dataset to train on."""
+    hf_eval_split: list[str] = field(default_factory=lambda: ["validation"])
+    """Split(s) of an hf:NAME or saved dataset to evaluate on; several are each scored and averaged (MNLI's matched and mismatched)."""
+    max_train_examples: int | None = None
+    """Train on the first N training examples only (a quick look)."""
+    max_eval_examples: int | None = None
+    """Evaluate on the first N examples of each evaluation split only."""
+    max_length: int = 128
+    """Tokens per example; longer ones are cut (one line says how many)."""
+
+    def _check_task_options(self) -> None:
+        check_setting(bool(self.train), "train", "give the labelled training data")
+        check_setting(bool(self.eval), "eval", "give the labelled evaluation data")
+        check_setting(len(self.hf_eval_split) > 0, "hf_eval_split", "give at least one split")
+        for name in ("max_train_examples", "max_eval_examples"):
+            value = getattr(self, name)
+            check_setting(value is None or value >= 1, name, f"must be at least 1, got {value}")
+        check_setting(self.max_length >= 8, "max_length", f"must be at least 8, got {self.max_length}")
+
+
+@dataclass(kw_only=True)
+class ModelChoice:
+    model: str
+    """Run folder, model folder, checkpoint folder, hub id or alias (minilm-l6); a fresh task head is put on its encoder."""
+    step: int | None = None
+    """With a run folder as the model: its checkpoint of this step instead of its final model."""
+    device: str = "auto"
+    """`auto`, `cpu`, `cuda` or `cuda:N`."""
+    trust_remote_code: bool = False
+    """Allow a hub model to run its own code."""
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(ModelChoice, TaskOptions):
+    """Settings of `unmask finetune`: an encoder with a fresh task head, trained on labelled data."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("model",)
+    out: str
+    """Folder of the result: config.yaml, metrics.jsonl, summary.json, model/ (and seed-N/ with --seeds above 1)."""
+    lr: float = 5e-5
+    """Peak learning rate."""
+    epochs: float = 3.0
+    """Passes over the training data."""
+    batch_size: int = 32
+    """Examples per step, per process."""
+    eval_batch_size: int = 64
+    """Examples per evaluation batch."""
+    warmup_fraction: float = 0.06
+    """Share of the steps spent in linear warmup, then linear decay to 0."""
+    weight_decay: float = 0.01
+    """AdamW weight decay; biases and LayerNorm weights never decay."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.999
+    """AdamW beta2."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+    clip_grad_norm: float = 1.0
+    """Clip the gradient norm to this; 0 turns clipping off."""
+    dropout: float | None = None
+    """Dropout of every dropout layer while fine-tuning (default: the model's own)."""
+    seeds: int = 1
+    """Fine-tune this many times, seeds --seed, --seed + 1, ...; the summary gives the median, mean and spread."""
+    seed: int = 0
+    """First seed (of the head's init, the data order and dropout)."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (less padding), in a seeded order."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """`auto`: bf16 autocast where it is faster (GPUs that support it, CPUs with AMX), fp32 elsewhere."""
+    eval_every_epoch: bool = False
+    """Also evaluate at the end of every epoch, not only at the end."""
+    save_model: bool = True
+    """Save the fine-tuned model (save_pretrained, loads with transformers' pipeline)."""
+    checkpoint_every: int = 0
+    """Save a resumable checkpoint every N steps (0: at the end of every epoch)."""
+    resume: bool = False
+    """Continue in --out: finished seeds are kept, the one in progress continues from its newest checkpoint."""
+    progress: Literal["auto", "bar", "lines", "none"] = "auto"
+    """`bar` in a terminal, `lines` in a log file."""
+    log_every: int = 10
+    """Write a metrics line every N steps."""
+
+    def __post_init__(self) -> None:
+        self._check_task_options()
+        check_setting(self.step is None or self.step >= 0, "step", f"must not be negative, got {self.step}")
+        check_setting(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        check_setting(self.epochs > 0, "epochs", f"must be positive, got {self.epochs}")
+        for name in ("batch_size", "eval_batch_size", "seeds", "log_every"):
+            check_setting(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
+        check_setting(0 <= self.warmup_fraction < 1, "warmup_fraction", f"must be in [0, 1), got {self.warmup_fraction}")
+        check_setting(self.weight_decay >= 0, "weight_decay", f"must not be negative, got {self.weight_decay}")
+        check_setting(0 <= self.beta1 < 1, "beta1", f"must be in [0, 1), got {self.beta1}")
+        check_setting(0 <= self.beta2 < 1, "beta2", f"must be in [0, 1), got {self.beta2}")
+        check_setting(self.adam_eps > 0, "adam_eps", f"must be positive, got {self.adam_eps}")
+        check_setting(self.clip_grad_norm >= 0, "clip_grad_norm", "must not be negative")
+        check_setting(self.dropout is None or 0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+        check_setting(self.seed >= 0, "seed", f"must not be negative, got {self.seed}")
+        check_setting(self.checkpoint_every >= 0, "checkpoint_every", "must not be negative (0: every epoch)")
+
+
+# What may change when a fine-tuning is resumed: nothing that changes its arithmetic.
+FINETUNE_RESUMABLE = frozenset({"out", "resume", "device", "progress", "log_every", "checkpoint_every", "eval_batch_size", "save_model"})
+
+
+@dataclass(kw_only=True)
+class ProbeConfig(ModelChoice, TaskOptions):
+    """Settings of `unmask probe`: a linear model on frozen embeddings, a checkpoint's score in seconds."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("model",)
+    pooling: Literal["mean", "cls"] = "mean"
+    """How a text's token vectors become one: the mean over the attention mask, or [CLS]."""
+    batch_size: int = 64
+    """Texts per forward pass."""
+    regularization: float = 1.0
+    """Inverse strength C of the logistic regression (classes); the strength alpha of the ridge regression (numbers)."""
+    json: bool = False
+    """Print the result as JSON."""
+    out: str | None = None
+    """Also write the result to this JSON file."""
+
+    def __post_init__(self) -> None:
+        self._check_task_options()
+        check_setting(self.step is None or self.step >= 0, "step", f"must not be negative, got {self.step}")
+        check_setting(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        check_setting(self.regularization > 0, "regularization", f"must be positive, got {self.regularization}")
+
+
+@dataclass(kw_only=True)
+class DownstreamConfig:
+    """Settings of `unmask downstream`: a suite of tasks over models or over a run's checkpoints."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("suite",)
+    suite: str
+    """Suite YAML file (tasks, data, fields, metrics, settings, seeds); `glue` and `pydocs` are the bundled ones."""
+    models: list[str] = field(default_factory=list)
+    """Models to score (run folders, model folders, hub ids, minilm-l6), one column each."""
+    run: str | None = None
+    """A run folder: score its checkpoints (see --steps); results are kept in RUN/downstream."""
+    steps: str = "all"
+    """With --run: `all` checkpoints, `final` (its model), or steps such as `100,200`."""
+    out: str | None = None
+    """Folder for results.jsonl, report.md, report.json and chart.png (default RUN/downstream, or downstream/)."""
+    mode: Literal["suite", "probe", "finetune"] = "suite"
+    """`suite`: each task as its file says; `probe` or `finetune`: every task that way."""
+    device: str = "auto"
+    """`auto`, `cpu`, `cuda` or `cuda:N`."""
+    trust_remote_code: bool = False
+    """Allow a hub model to run its own code."""
+
+    def __post_init__(self) -> None:
+        check_setting((self.run is None) != (not self.models), "models", "give --models A B ... or --run RUN (one of them)")
+
+
+@dataclass(kw_only=True)
+class SuiteTask:
+    """One task of a suite file."""
+
+    name: str
+    task: TaskKind = "classification"
+    train: str
+    eval: str
+    text_field: str | None = None
+    text_pair_field: str | None = None
+    label_field: str | None = None
+    metric: list[str] = field(default_factory=list)
+    hf_config: str | None = None
+    hf_split: str = "train"
+    hf_eval_split: list[str] = field(default_factory=lambda: ["validation"])
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    max_length: int = 128
+    mode: Literal["finetune", "probe"] = "finetune"
+    seeds: int | list[int] = 1
+    finetune: dict = field(default_factory=dict)
+    """Fine-tuning settings that differ from `unmask finetune`'s defaults (lr, epochs, batch_size, ...)."""
+    probe: dict = field(default_factory=dict)
+    """Probe settings that differ from `unmask probe`'s defaults (pooling, regularization, ...)."""
+    source: str = ""
+    """Where the settings come from (a paper, a repository), for the reader."""
+
+    def seed_list(self) -> list[int]:
+        return list(self.seeds) if isinstance(self.seeds, list) else list(range(self.seeds))
+
+    def task_options(self) -> dict:
+        """The fields this task shares with `TaskOptions`."""
+        shared = {f.name for f in dataclasses.fields(TaskOptions)}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k in shared}
+
+
+@dataclass(kw_only=True)
+class Suite:
+    name: str
+    description: str = ""
+    tasks: list[SuiteTask]
+
+
+_NOT_PER_TASK = {
+    "model",
+    "step",
+    "device",
+    "trust_remote_code",
+    "out",
+    "resume",
+    "seeds",
+    "seed",
+    "progress",
+    *(f.name for f in dataclasses.fields(TaskOptions)),
+}
+
+
+def _settings_of(values, cls: type, where: str) -> dict:
+    if not isinstance(values, dict):
+        raise UnmaskError(f"{where}: expected a mapping of settings, got {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)} - _NOT_PER_TASK
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UnmaskError(f"{where}: unknown setting(s) {', '.join(unknown)} (settings: {', '.join(sorted(known))})")
+    return values
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and check a suite file; every problem names the task and the key."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UnmaskError(f"{path}: cannot read the suite: {e}") from None
+    if not isinstance(values, dict) or not isinstance(values.get("tasks"), list) or not values["tasks"]:
+        raise UnmaskError(f"{path}: a suite is a mapping with `name` and a non-empty list of `tasks`")
+    unknown = sorted(set(values) - {"name", "description", "tasks"})
+    if unknown:
+        raise UnmaskError(f"{path}: unknown key(s) {', '.join(unknown)} (keys: name, description, tasks)")
+    tasks, names = [], set()
+    known = {f.name for f in dataclasses.fields(SuiteTask)}
+    for number, entry in enumerate(values["tasks"], 1):
+        where = f"{path}: task {number}"
+        if not isinstance(entry, dict):
+            raise UnmaskError(f"{where}: expected a mapping, got {type(entry).__name__}")
+        where = f"{path}: task '{entry.get('name', number)}'"
+        wrong = sorted(set(entry) - known)
+        if wrong:
+            raise UnmaskError(f"{where}: unknown key(s) {', '.join(wrong)}")
+        missing = [k for k in ("name", "train", "eval") if not entry.get(k)]
+        if missing:
+            raise UnmaskError(f"{where}: needs {', '.join(missing)}")
+        kind = entry.get("task", "classification")
+        if kind not in TaskKind.__args__:
+            raise UnmaskError(f"{where}: task type '{kind}' is not one of {', '.join(TaskKind.__args__)}")
+        mode = entry.get("mode", "finetune")
+        if mode not in ("finetune", "probe"):
+            raise UnmaskError(f"{where}: mode '{mode}' is not finetune or probe")
+        if entry["name"] in names:
+            raise UnmaskError(f"{where}: a second task of that name")
+        names.add(entry["name"])
+        seeds = entry.get("seeds", 1)
+        if not (isinstance(seeds, int) and seeds >= 1) and not (
+            isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)
+        ):
+            raise UnmaskError(f"{where}: seeds must be a count (at least 1) or a list of integers, got {seeds!r}")
+        if isinstance(entry.get("metric"), str):
+            entry = {**entry, "metric": [entry["metric"]]}
+        if isinstance(entry.get("hf_eval_split"), str):
+            entry = {**entry, "hf_eval_split": [entry["hf_eval_split"]]}
+        _settings_of(entry.get("finetune", {}), FinetuneConfig, f"{where}: finetune")
+        _settings_of(entry.get("probe", {}), ProbeConfig, f"{where}: probe")
+        try:
+            tasks.append(SuiteTask(**entry))
+        except TypeError as e:
+            raise UnmaskError(f"{where}: {e}") from None
+    return Suite(name=str(values.get("name") or path.stem), description=str(values.get("description") or ""), tasks=tasks)

@@ -1,0 +1,166 @@
+"""Fine-tuning: every task kind end to end (loaded back by the transformers pipeline), the loss
+equal to transformers' own for the same batch, exact resume, seeds summarised, length-grouped batches."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_sentences, quiet
+from safetensors.torch import load_file
+from test_tasks import classification_records, tagging_records, write_jsonl
+
+from unmask.batching import length_grouped_batches, padding_share
+from unmask.config import FinetuneConfig
+from unmask.data.sources import ReadOptions
+from unmask.errors import UnmaskError
+from unmask.finetune import finetune, loss_sum, make_batch, target_count
+from unmask.model import load_task_model
+from unmask.tasks import LabelSet, TaskSpec, encode, read_examples
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tasks")
+    pairs = [{"a": s, "b": t, "label": int(s.split()[1] == t.split()[1])} for s, t in zip(make_sentences(60, 1), make_sentences(60, 2))]
+    numbers = [{"text": s, "label": float(len(s.split()))} for s in make_sentences(60, 3)]
+    return {
+        "classification": (
+            write_jsonl(folder / "c-train.jsonl", classification_records(60)),
+            write_jsonl(folder / "c-eval.jsonl", classification_records(20, 9)),
+        ),
+        "pair-classification": (write_jsonl(folder / "p-train.jsonl", pairs[:45]), write_jsonl(folder / "p-eval.jsonl", pairs[45:])),
+        "regression": (write_jsonl(folder / "r-train.jsonl", numbers[:45]), write_jsonl(folder / "r-eval.jsonl", numbers[45:])),
+        "token-classification": (
+            write_jsonl(folder / "t-train.jsonl", tagging_records(60)),
+            write_jsonl(folder / "t-eval.jsonl", tagging_records(20, 9)),
+        ),
+    }
+
+
+def settings(model, data, kind, out, **overrides) -> FinetuneConfig:
+    train, evaluation = data[kind]
+    values = dict(
+        model=str(model),
+        train=train,
+        eval=evaluation,
+        task=kind,
+        out=str(out),
+        epochs=2,
+        batch_size=8,
+        lr=1e-3,
+        progress="none",
+        device="cpu",
+    )
+    if kind == "pair-classification":
+        values.update(text_field="a", text_pair_field="b")
+    return FinetuneConfig(**{**values, **overrides})
+
+
+@pytest.mark.parametrize("kind", ["classification", "pair-classification", "regression", "token-classification"])
+def test_every_task_kind_fine_tunes_and_loads_back_in_the_transformers_pipeline(kind, data, tiny_model_dir, tmp_path):
+    from transformers import pipeline
+
+    summary = finetune(settings(tiny_model_dir, data, kind, tmp_path / "out"), echo=quiet, progress=False)
+    assert summary["task"] == kind and summary["seeds"][0]["steps"] == 2 * -(-len(open(data[kind][0]).readlines()) // 8)
+    assert all(np.isfinite(v["median"]) for v in summary["metrics"].values())
+    lines = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in r for r in lines) and any(k.startswith("eval_") for k in lines[-1])
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["score"] == summary["score"]
+    if kind == "token-classification":
+        tagged = pipeline("token-classification", model=str(tmp_path / "out" / "model"))("the cat sees a dog")
+        assert isinstance(tagged, list) and all(t["entity"] in ("B-ANI", "O") for t in tagged)
+    else:
+        [answer] = pipeline("text-classification", model=str(tmp_path / "out" / "model"))("the cat sees the door today.")
+        names = {"classification": {"animal", "person"}, "pair-classification": {"0", "1"}}.get(kind)
+        assert names is None or answer["label"] in names
+
+
+@pytest.mark.parametrize("kind,collator", [("classification", "padding"), ("regression", "padding"), ("token-classification", "tokens")])
+def test_one_batchs_loss_equals_transformers_own_loss(kind, collator, data, tiny_model_dir):
+    """Our batch (dynamic padding, targets, -100 off first sub-tokens) against transformers' collators and loss."""
+    from transformers import AutoTokenizer, DataCollatorForTokenClassification, DataCollatorWithPadding
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    spec = TaskSpec.of(kind)
+    examples = read_examples(spec, data[kind][0], ReadOptions())
+    labels = None if spec.is_regression else LabelSet.of(examples, spec)
+    encoded = encode(tokenizer, examples, spec, labels, max_length=64)
+    model = load_task_model(str(tiny_model_dir), tokens=spec.is_tokens, labels=labels and labels.id2label, seed=0, echo=quiet).eval()
+    indices = np.arange(6)
+    input_ids, attention_mask, targets = make_batch(encoded, indices, tokenizer.pad_token_id, spec.is_regression)
+    with torch.no_grad():
+        ours = loss_sum(model(input_ids=input_ids, attention_mask=attention_mask).logits, targets, spec.is_regression) / target_count(
+            encoded, indices
+        )
+        features = [
+            {"input_ids": encoded.input_ids[i], "attention_mask": [1] * len(encoded.input_ids[i]), "labels": encoded.targets[i]}
+            for i in indices
+        ]
+        batch = (DataCollatorForTokenClassification if collator == "tokens" else DataCollatorWithPadding)(tokenizer)(features)
+        theirs = model(**batch).loss
+    assert torch.allclose(ours, theirs, atol=1e-6), (float(ours), float(theirs))
+
+
+def test_a_killed_fine_tuning_resumes_to_the_same_weights(data, tiny_model_dir, tmp_path, monkeypatch):
+    import unmask.finetune as module
+
+    straight = finetune(settings(tiny_model_dir, data, "classification", tmp_path / "straight", dropout=0.1), echo=quiet, progress=False)
+    real = module._checkpoint
+    calls = []
+
+    def dies_after_the_first(*args, **kwargs):
+        real(*args, **kwargs)
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "_checkpoint", dies_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(settings(tiny_model_dir, data, "classification", tmp_path / "killed", dropout=0.1), echo=quiet, progress=False)
+    monkeypatch.setattr(module, "_checkpoint", real)
+    with pytest.raises(UnmaskError, match="already holds a fine-tuning"):
+        finetune(settings(tiny_model_dir, data, "classification", tmp_path / "killed", dropout=0.1), echo=quiet, progress=False)
+    lines = []
+    resumed = finetune(
+        settings(tiny_model_dir, data, "classification", tmp_path / "killed", dropout=0.1, resume=True), echo=lines.append, progress=False
+    )
+    assert any("resumed from" in line and "at step 8" in line for line in lines)
+    assert resumed["metrics"] == straight["metrics"]
+    a, b = (load_file(str(tmp_path / name / "model" / "model.safetensors")) for name in ("straight", "killed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "bit for bit"
+
+
+def test_several_seeds_are_summarised_and_a_rerun_keeps_the_finished_ones(data, tiny_model_dir, tmp_path):
+    config = settings(tiny_model_dir, data, "classification", tmp_path / "out", seeds=3, epochs=1, save_model=False)
+    summary = finetune(config, echo=quiet, progress=False)
+    scores = [s["metrics"]["accuracy"] for s in summary["seeds"]]
+    assert [s["seed"] for s in summary["seeds"]] == [0, 1, 2]
+    assert summary["metrics"]["accuracy"]["median"] == float(np.median(scores))
+    assert summary["metrics"]["accuracy"]["min"] == min(scores) and summary["metrics"]["accuracy"]["std"] >= 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith("seed-")) == ["seed-0", "seed-1", "seed-2"]
+    lines = []
+    again = finetune(FinetuneConfig(**{**config.__dict__, "resume": True}), echo=lines.append, progress=False)
+    assert again["metrics"] == summary["metrics"] and sum("already done" in line for line in lines) == 3
+
+
+def test_a_long_text_is_cut_with_one_line_saying_how_many(data, tiny_model_dir, tmp_path):
+    long = write_jsonl(
+        tmp_path / "long.jsonl", [{"text": " ".join(["the cat sees the door"] * 40), "label": "a"}, {"text": "b c", "label": "b"}]
+    )
+    lines = []
+    finetune(
+        settings(tiny_model_dir, data, "classification", tmp_path / "o", train=long, eval=long, epochs=1, max_length=32),
+        echo=lines.append,
+        progress=False,
+    )
+    assert "note: 1 of 2 training, 1 of 2 eval examples are longer than --max-length 32 tokens and were cut to fit" in lines
+
+
+def test_length_grouped_batches_cover_every_example_once_in_a_seeded_order():
+    lengths = np.random.default_rng(0).integers(5, 200, 1000)
+    batches = length_grouped_batches(lengths, 16, seed=3, epoch=1)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    assert [b.tolist() for b in batches] == [b.tolist() for b in length_grouped_batches(lengths, 16, seed=3, epoch=1)]
+    assert [b.tolist() for b in batches] != [b.tolist() for b in length_grouped_batches(lengths, 16, seed=3, epoch=2)]
+    random = [np.random.default_rng(0).permutation(1000)[i : i + 16] for i in range(0, 1000, 16)]
+    assert padding_share(lengths, batches) < padding_share(lengths, random) / 4, "grouping by length cuts padding"
