@@ -420,7 +420,7 @@ def test_resume_with_nothing_to_resume_says_so_and_a_config_without_checkpoint_s
     conflicting = tmp_path / "conflicting"
     conflicting.mkdir()
     (conflicting / "config.yaml").write_text("data: x\nout: y\nmodel: m\n")
-    with pytest.raises(UnmaskError, match=r"has no checkpoint yet, and these settings differ from its config.yaml: data: 'x' -> "):
+    with pytest.raises(UnmaskError, match=r"has no checkpoint yet, and these settings differ from its config.yaml: data: \['x'\] -> "):
         run(config(store_dir, tiny_model_dir, conflicting, max_steps=1, resume=True))
     assert run(config(store_dir, tiny_model_dir, conflicting, max_steps=1, eval_every=0))["steps"] == 1, "a plain retry is welcome"
 

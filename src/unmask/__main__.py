@@ -2,4 +2,5 @@ import sys
 
 from unmask.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # a spawned worker process imports this module too, and must not run the command
+    sys.exit(main())

@@ -67,6 +67,8 @@ class CheckpointInfo:
     global_batch: int | None = None
     """Windows a step, over all processes: a resume must keep it."""
     strategy: str = "none"
+    sources: list[list[int]] | None = None
+    """With several --data stores: each store's (epoch, position); None for one (the fields above)."""
     extra: dict = field(default_factory=dict)
     """Keys this unmask does not know (written by a newer one), kept as they were."""
 
@@ -75,14 +77,24 @@ class CheckpointInfo:
     def to_state(self) -> dict:
         """The `step`, `data` and `info` entries of state.json."""
         info = {**self.extra, **{k: getattr(self, k) for k in self._RUN_KEYS}}
-        return {"step": self.step, "data": {"epoch": self.epoch, "position": self.position}, "info": info}
+        data = {"epoch": self.epoch, "position": self.position, **({"sources": self.sources} if self.sources else {})}
+        return {"step": self.step, "data": data, "info": info}
+
+    def data_positions(self) -> list:
+        """Where each store's window order stands (`data.windows.DataPosition` each)."""
+        from unmask.data.windows import DataPosition
+
+        return [DataPosition(e, p) for e, p in self.sources] if self.sources else [DataPosition(self.epoch, self.position)]
 
     @classmethod
     def from_state(cls, state: dict) -> CheckpointInfo:
         info = dict(state.get("info") or {})
         known = {k: info.pop(k) for k in cls._RUN_KEYS if k in info}
         data = state.get("data") or {}
-        return cls(step=int(state["step"]), epoch=int(data.get("epoch", 0)), position=int(data.get("position", 0)), extra=info, **known)
+        return cls(
+            step=int(state["step"]), epoch=int(data.get("epoch", 0)), position=int(data.get("position", 0)),
+            sources=data.get("sources"), extra=info, **known,
+        )  # fmt: skip
 
 
 @dataclass

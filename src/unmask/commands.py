@@ -41,17 +41,22 @@ def run_prepare(config: PrepareConfig) -> int:
     from unmask.data.prepare import prepare
 
     meta = prepare(config)
-    splits, skipped = meta["splits"], meta["skipped"]
-    print(
-        f"store {config.out}: {splits['train']['documents']:,} training documents ({splits['train']['tokens']:,} tokens), "
-        f"{splits['val']['documents']:,} held out ({splits['val']['tokens']:,} tokens) from {meta['files']} file(s) "
-        f"in {meta['seconds']:.1f}s"
+    splits, skipped = meta["splits"], meta.get("skipped", {})
+    counts = (
+        f"{splits['train']['documents']:,} training documents ({splits['train']['tokens']:,} tokens), "
+        f"{splits['val']['documents']:,} held out ({splits['val']['tokens']:,} tokens)"
     )
-    if skipped["empty_files"]:
+    if meta.get("merged"):
+        print(f"store {config.merge}: {len(meta['shards'])} shards, complete and consistent: {counts}; manifest written")
+        return 0
+    shard = meta.get("shard")
+    where = f"shard {shard['index']}/{shard['count']} of group {shard['group']} of {config.out}" if shard else f"store {config.out}"
+    print(f"{where}: {counts} from {meta['files']} file(s) in {meta['seconds']:.1f}s")
+    if skipped.get("empty_files"):
         print(f"skipped {len(skipped['empty_files'])} empty file(s): {', '.join(skipped['empty_files'][:5])}")
-    if skipped["bad_files"]:
+    if skipped.get("bad_files"):
         print(f"skipped {len(skipped['bad_files'])} unreadable file(s): " + "; ".join(skipped["bad_files"][:5]))
-    if skipped["empty_documents"]:
+    if skipped.get("empty_documents"):
         print(f"skipped {skipped['empty_documents']} empty document(s)")
     return 0
 
@@ -187,19 +192,40 @@ def run_inspect(config: InspectConfig) -> int:
 
 def run_eval(config: EvalConfig) -> int:
     from unmask.compare import metrics_table
-    from unmask.evaluate import evaluate_model, held_out_windows
+    from unmask.evaluate import combine, evaluate_model, held_out_sets
     from unmask.infer import LoadedModel
     from unmask.tables import text_table
 
     loaded = LoadedModel(config.model, device=config.device, trust_remote_code=config.trust_remote_code, echo=echo_stderr, step=config.step)
-    windows = held_out_windows(config.data, loaded.tokenizer, min(config.seq_len, loaded.max_len), config.split)
-    [metrics] = evaluate_model(
-        loaded.lm, windows, batch_size=config.batch_size, device=loaded.device, max_batches=config.max_batches, progress=True
-    )
+    sets = held_out_sets(config.data, loaded.tokenizer, min(config.seq_len, loaded.max_len), config.split)
+    results = {
+        name: evaluate_model(
+            loaded.lm, windows, batch_size=config.batch_size, device=loaded.device, dtype=loaded.dtype, max_batches=config.max_batches, progress=True
+        )[0]
+        for name, windows in sets.items()
+    }  # fmt: skip
+    total = combine(list(results.values()))
     if config.json:
-        print(json.dumps({"model": config.model, "data": config.data, "windows": len(windows), **metrics.as_dict()}, indent=2))
+        sources = {name: m.as_dict() for name, m in results.items()} if len(results) > 1 else None
+        windows = sum(len(w) for w in sets.values())
+        print(
+            json.dumps(
+                {
+                    "model": config.model,
+                    "data": config.data,
+                    "windows": windows,
+                    **total.as_dict(),
+                    **({"sources": sources} if sources else {}),
+                },
+                indent=2,
+            )
+        )
         return 0
-    print(text_table([row[:2] for row in metrics_table([config.model], [metrics])]))
+    if len(results) == 1:
+        print(text_table([row[:2] for row in metrics_table([config.model], [total])]))
+        return 0
+    table = metrics_table([*results, "all (token-weighted)"], [*results.values(), total])
+    print(text_table([row[:-1] for row in table]))
     return 0
 
 

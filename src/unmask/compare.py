@@ -12,7 +12,7 @@ import torch
 
 from unmask.charts import compare_chart
 from unmask.errors import UnmaskError
-from unmask.evaluate import EVAL_MASK_PROB, EVAL_SEED, MlmMetrics, evaluate_model, held_out_windows
+from unmask.evaluate import EVAL_MASK_PROB, EVAL_SEED, MlmMetrics, combine, evaluate_model, held_out_sets
 from unmask.files import atomic_write_text
 from unmask.infer import LoadedModel
 from unmask.tables import format_value, markdown_table, text_table
@@ -72,7 +72,7 @@ def compare(
         raise UnmaskError(f"'{base}' and '{trained}' use different tokenizers: their masked positions cannot be compared")
     models, target = [m.lm for m in loaded], loaded[0].device
     seq_len = min(seq_len, *(m.max_len for m in loaded))
-    windows = held_out_windows(data, tokenizer, seq_len)
+    sets = held_out_sets(data, tokenizer, seq_len)
     found: list[Disagreement] = []
 
     def collect(original: torch.Tensor, labels: torch.Tensor, top1s: list[torch.Tensor]) -> None:
@@ -93,9 +93,15 @@ def compare(
                 )
             )
 
-    results = evaluate_model(
-        models, windows, batch_size=batch_size, device=target, max_batches=max_batches, on_batch=collect, progress=progress
-    )
+    scored = {
+        name: evaluate_model(
+            models, windows, batch_size=batch_size, device=target, dtype=loaded[0].dtype, max_batches=max_batches, on_batch=collect,
+            progress=progress,
+        )
+        for name, windows in sets.items()
+    }  # fmt: skip
+    results = [combine([per[k] for per in scored.values()]) for k in range(2)]
+    windows = list(sets.values())
     table = metrics_table(["base", "trained"], results)
     notes = [
         f"{role} ({name}) has no trained MLM head: its numbers are those of a fresh, randomly initialised head "
@@ -108,13 +114,15 @@ def compare(
         "trained": trained,
         "data": data,
         "seq_len": seq_len,
-        "windows": len(windows),
+        "windows": sum(len(w) for w in windows),
         "base_metrics": results[0].as_dict(),
         "trained_metrics": results[1].as_dict(),
         "disagreements": [d.__dict__ for d in found],
         "table": table,
         "notes": notes,
     }
+    if len(scored) > 1:
+        report["sources"] = {name: {"base": per[0].as_dict(), "trained": per[1].as_dict()} for name, per in scored.items()}
     if out is None:
         return report
     out.mkdir(parents=True, exist_ok=True)
@@ -130,7 +138,7 @@ def compare(
         f"- base: `{base}`",
         f"- trained: `{trained}`",
         f"- data: `{' '.join(data)}`",
-        f"- {len(windows)} windows of {seq_len} tokens; the same masked positions for both ({EVAL_MASK_PROB:.0%}, seed {EVAL_SEED})",
+        f"- {sum(len(w) for w in windows)} windows of {seq_len} tokens; the same masked positions for both ({EVAL_MASK_PROB:.0%}, seed {EVAL_SEED})",
         "",
         markdown_table(table),
         "",

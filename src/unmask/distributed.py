@@ -84,6 +84,16 @@ def sum_across(values: list[float], world: World, device: torch.device) -> list[
     return tensor.tolist()
 
 
+def sum_on_device(value: float | torch.Tensor, world: World, device: torch.device) -> torch.Tensor:
+    """A number summed over all processes, as a tensor on the device: nothing waits for it
+    (an all-reduce the device runs in order, NCCL on GPUs)."""
+    tensor = value.to(device=device, dtype=torch.float32) if isinstance(value, torch.Tensor) else torch.tensor(float(value), device=device)
+    if world.distributed:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+    return tensor
+
+
 def max_across(values: list[float], world: World, device: torch.device) -> list[float]:
     if not world.distributed:
         return list(values)

@@ -104,6 +104,27 @@ class MlmAccumulator:
         )
 
 
+def combine(results: list[MlmMetrics]) -> MlmMetrics:
+    """Several held-out sets' metrics as one, weighted by their masked tokens (as if scored together)."""
+    if len(results) == 1:
+        return results[0]
+    count = sum(r.masked_tokens for r in results)
+    if count == 0:
+        return MlmMetrics(float("nan"), float("nan"), float("nan"), 0)
+
+    def weighted(key: str, weight: str = "masked_tokens") -> float:
+        total = sum(getattr(r, weight) for r in results)
+        return sum(getattr(r, key) * getattr(r, weight) for r in results if getattr(r, weight)) / total if total else float("nan")
+
+    loss = weighted("loss")
+    return MlmMetrics(
+        loss=loss, perplexity=math.exp(min(loss, 700.0)), accuracy=weighted("accuracy"), masked_tokens=count,
+        top5_accuracy=weighted("top5_accuracy"), whole_word_accuracy=weighted("whole_word_accuracy", "whole_word_tokens"),
+        whole_word_tokens=sum(r.whole_word_tokens for r in results), word_piece_accuracy=weighted("word_piece_accuracy", "word_piece_tokens"),
+        word_piece_tokens=sum(r.word_piece_tokens for r in results),
+    )  # fmt: skip
+
+
 def eval_masker(vocab: Vocabulary) -> Masker:
     return Masker(vocab, seed=EVAL_SEED, mask_prob=EVAL_MASK_PROB)
 
@@ -201,7 +222,7 @@ def held_out_windows(data: list[str], tokenizer, seq_len: int, split: str = "val
     """Evaluation windows (ragged tail kept) of a store's split, whose tokenizer must be the
     model's, or of text sources tokenized here with the model's tokenizer."""
     vocab = Vocabulary.from_tokenizer(tokenizer)
-    if len(data) == 1 and StoreDir(data[0]).meta.is_file():
+    if len(data) == 1 and (StoreDir(data[0]).meta.is_file() or StoreDir(data[0]).shards()):
         store = TokenStore.open(data[0])
         store.require_tokenizer(
             tokenizer, "this model's", "pass the text files instead and they are tokenized with the model's own tokenizer"
@@ -218,3 +239,14 @@ def held_out_windows(data: list[str], tokenizer, seq_len: int, split: str = "val
             raise UnmaskError(f"--data {' '.join(data)}: no non-empty documents")
         source = split_from_texts(tokenizer, texts)
     return Windows.build(source, seq_len, vocab, keep_partial=True)
+
+
+def held_out_sets(data: list[str], tokenizer, seq_len: int, split: str = "val") -> dict[str, Windows]:
+    """The held-out windows of each named store (`NAME=STORE`, or several stores), scored
+    apart and then together; or, for one store or text sources, one set named ''."""
+    from unmask.config import parse_sources
+
+    named = any("=" in entry for entry in data)
+    if named or (len(data) > 1 and all(StoreDir(entry).meta.is_file() or StoreDir(entry).shards() for entry in data)):
+        return {name: held_out_windows([path], tokenizer, seq_len, split) for name, path in parse_sources(data)}
+    return {"": held_out_windows(data, tokenizer, seq_len, split)}

@@ -37,7 +37,7 @@ from unmask.config import FINETUNE_RESUMABLE, FinetuneConfig, load_yaml, refused
 from unmask.distributed import World
 from unmask.errors import UnmaskError
 from unmask.files import RunLock, atomic_write_text, building
-from unmask.hardware import autocast, autocast_dtype
+from unmask.hardware import autocast, choose_precision, make_deterministic
 from unmask.hub import resolve_model
 from unmask.masking import mix32
 from unmask.model import load_task_model, set_dropout
@@ -263,7 +263,7 @@ def _fit(
     progress: bool,
 ) -> dict:
     """Fine-tune one seed to the end; returns its result (also saved as RUN/result.json)."""
-    dtype = autocast_dtype(device, config.precision)
+    dtype = choose_precision(device, config.precision).dtype
     fit = _setup_fit(config, task, source, run, seed, world, device, dtype, echo)
     regression = task.spec.is_regression
     max_norm = config.clip_grad_norm if config.clip_grad_norm > 0 else float("inf")
@@ -389,6 +389,8 @@ def _check_out(out: RunDir, config: FinetuneConfig) -> None:
 
 def finetune(config: FinetuneConfig, echo: Callable[[str], None] = print, progress: bool = True) -> dict:
     """Fine-tune `config.model` on the task, once per seed; returns the summary (also OUT/summary.json)."""
+    if config.deterministic:
+        make_deterministic()
     world, device = distributed.join(config.device)
     echo = echo if world.is_main else (lambda _: None)
     out = RunDir(Path(config.out))
@@ -410,8 +412,9 @@ def finetune(config: FinetuneConfig, echo: Callable[[str], None] = print, progre
         echo(
             f"fine-tuning '{config.model}'{f' (step {source.step})' if source.step is not None else ''} for {task.spec.kind}: "
             f"{len(task.train):,} training examples, {', '.join(f'{len(x):,} {n}' for n, (x, _) in task.evals.items())}, "
-            f"{config.epochs:g} epochs, {len(seeds)} seed(s), on {device}"
+            f"{config.epochs:g} epoch(s), {len(seeds)} seed(s), on {device}"
         )
+        echo(f"precision: {choose_precision(device, config.precision).reason}")
         results = []
         for seed in seeds:
             run = seed_dir(out, seed, seeds)

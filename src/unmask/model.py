@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unmask import checkpoint, cpu_dropout
-from unmask.architectures import GENERIC_HEAD_PARTS, Architecture, architecture_for_type, architecture_of
+from unmask.architectures import GENERIC_HEAD_PARTS, Architecture, Picks, architecture_for_type, architecture_of, picks_of, rows_at
 from unmask.errors import UnmaskError
 from unmask.hub import ModelSource, describe_failure, go_offline_if_unreachable, quiet_transformers, resolve_model, where
 from unmask.masking import IGNORE_INDEX
@@ -35,7 +35,7 @@ PRESET_SHAPES = {
 
 
 def _final_layer_function(model: nn.Module, architecture: Architecture) -> Callable | None:
-    """(input_ids, attention_mask, picked) -> last hidden states (N, H) at the picked
+    """(input_ids, attention_mask, picks) -> last hidden states (N, H) at the picked
     positions; None means run the whole encoder."""
     from transformers.masking_utils import create_bidirectional_mask
 
@@ -46,14 +46,12 @@ def _final_layer_function(model: nn.Module, architecture: Architecture) -> Calla
         return None
     base, layers = model.base_model, architecture.layers(model)
 
-    def run(input_ids: torch.Tensor, attention_mask: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
+    def run(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, picks: Picks) -> torch.Tensor:
         hidden = base.embeddings(input_ids)
         mask = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=attention_mask)
         for layer in layers[:-1]:
             hidden = layer(hidden, mask)
-        if not picked.any():
-            return hidden[picked]
-        return final(layers[-1], hidden, mask, picked)
+        return final(layers[-1], hidden, mask, picks)
 
     return run
 
@@ -133,37 +131,54 @@ class MaskedLM(nn.Module):
                 first[id(parameter)] = name
         return aliases
 
-    def masked_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
-        """Logits (N, V) at the N picked positions, in row-major order of `picked`."""
+    def masked_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, picked: torch.Tensor | Picks) -> torch.Tensor:
+        """Logits (N, V) at the N picked positions (a (B, T) mask, or its `Picks`), in row-major order.
+
+        `attention_mask` None: no padding, so attention needs no mask (SDPA may take its
+        fastest kernel)."""
+        picks = picked if isinstance(picked, Picks) else picks_of(picked)
         if self._head is None:
             # Unknown architecture: dense head, then select. Same numbers, more arithmetic.
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-            return logits[picked]
+            return rows_at(self.model(input_ids=input_ids, attention_mask=attention_mask).logits, picks.flat)
         if self._final_layer is not None:
-            return self._head(self._final_layer(input_ids, attention_mask, picked))  # (N, H) -> (N, V)
+            return self._head(self._final_layer(input_ids, attention_mask, picks))  # (N, H) -> (N, V)
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]  # (B, T, H)
-        return self._head(hidden[picked])
+        return self._head(rows_at(hidden, picks.flat))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor, picks: Picks | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """`loss_sum`; the entry point that wrappers (DDP, FSDP) hook into."""
-        return self.loss_sum(input_ids, attention_mask, labels)
+        return self.loss_sum(input_ids, attention_mask, labels, picks)
 
-    def loss_sum(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss_sum(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor, picks: Picks | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed cross-entropy over the masked tokens, their logits); divide by the count yourself.
 
-        A sum, not a mean, so that gradient accumulation and evaluation can normalise by the
-        masked tokens of the whole step or split instead of averaging batch means.
+        `labels`: (B, T) ids with -100 off the picked positions; or, with `picks` planned on
+        the host (training), the (N,) ids at those positions, so that nothing here has to ask
+        the device how many there are. A sum, not a mean, so that gradient accumulation and
+        evaluation can normalise by the masked tokens of the whole step or split instead of
+        averaging batch means.
         """
-        picked = labels != IGNORE_INDEX
-        if not picked.any():
-            # Nothing to predict: run one position anyway and return zero times its logits, so
-            # every parameter still gets a (zero) gradient, as DDP and FSDP expect of each process.
-            dummy = torch.zeros_like(picked)
-            dummy[0, 0] = True
-            logits = self.masked_logits(input_ids, attention_mask, dummy)
-            return logits.float().sum() * 0.0, logits[:0]
-        logits = self.masked_logits(input_ids, attention_mask, picked)
-        return F.cross_entropy(logits.float(), labels[picked], reduction="sum"), logits
+        if picks is None:
+            picked = labels != IGNORE_INDEX
+            if not picked.any():
+                return self._nothing_picked(input_ids, attention_mask)
+            picks, labels = picks_of(picked), labels.reshape(-1)[picked.reshape(-1)]
+        if labels.shape[0] == 0:
+            return self._nothing_picked(input_ids, attention_mask)
+        logits = self.masked_logits(input_ids, attention_mask, picks)
+        return F.cross_entropy(logits.float(), labels, reduction="sum"), logits
+
+    def _nothing_picked(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run one position anyway and return zero times its logits, so that every parameter
+        still gets a (zero) gradient, as DDP and FSDP expect of each process."""
+        dummy = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
+        dummy[0, 0] = True
+        logits = self.masked_logits(input_ids, attention_mask, dummy)
+        return logits.float().sum() * 0.0, logits[:0]
 
 
 def _report_fresh_head(name: str, model: nn.Module, missing: set[str], echo: Callable[[str], None]) -> None:

@@ -20,7 +20,7 @@ import torch
 from unmask.batching import padded, sorted_batches
 from unmask.config import ProbeConfig
 from unmask.errors import optional_import
-from unmask.hardware import autocast, autocast_dtype
+from unmask.hardware import autocast
 from unmask.infer import LoadedModel
 from unmask.tasks import Encoded, Examples, TaskData, compute_metrics, load_task
 
@@ -29,7 +29,7 @@ from unmask.tasks import Encoded, Examples, TaskData, compute_metrics, load_task
 def encoder_features(loaded: LoadedModel, encoded: Encoded, pooling: str, batch_size: int) -> list[np.ndarray]:
     """Per example: a (H,) vector, or (token classification) a (words, H) array of each word's first sub-token."""
     encoder = loaded.lm.model.base_model
-    dtype = autocast_dtype(loaded.device, "auto")
+    dtype = loaded.dtype
     pad = loaded.vocab.pad_id
     found: list[np.ndarray | None] = [None] * len(encoded.input_ids)
     for indices in sorted_batches(encoded.lengths(), batch_size):

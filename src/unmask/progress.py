@@ -114,8 +114,9 @@ class Throughput:
         finally:
             self.started += time.perf_counter() - began
 
-    def rate_and_restart(self) -> float:
-        rate = self.tokens / max(time.perf_counter() - self.started, 1e-9)
+    def rate_and_restart(self, tokens: int | None = None) -> float:
+        """Tokens a second since the last call (`tokens`: the count to use, e.g. over all processes)."""
+        rate = (self.tokens if tokens is None else tokens) / max(time.perf_counter() - self.started, 1e-9)
         self.started, self.tokens = time.perf_counter(), 0
         return rate
 

@@ -12,19 +12,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from unmask import checkpoint, distributed
+from unmask.architectures import Picks, picks_of
 from unmask.checkpoint import CheckpointInfo
 from unmask.config import TrainConfig
-from unmask.data.windows import Windows, WindowSampler, rank_share
+from unmask.data.mixture import MixtureSampler, WindowMix
+from unmask.data.windows import Windows, rank_share
 from unmask.distributed import World
 from unmask.errors import UnmaskError
-from unmask.evaluate import evaluate_model
+from unmask.evaluate import combine, evaluate_model
 from unmask.files import RunLock
-from unmask.masking import IGNORE_INDEX, MaskedBatch, Masker, mix32
+from unmask.hardware import Precision, autocast
+from unmask.masking import IGNORE_INDEX, Masker, mix32
 from unmask.model import MaskedLM
 from unmask.optimizer import adamw, decay_groups, set_learning_rate
 from unmask.persist import full_state
@@ -49,13 +53,58 @@ def build_optimizer(lm: MaskedLM, config: TrainConfig, device: torch.device) -> 
     return adamw(groups, config.lr, (config.beta1, config.beta2), config.adam_eps, device)
 
 
-@dataclass
-class StepCounts:
-    """Counts of one step over all processes."""
+class MicroBatch(NamedTuple):
+    """One micro-batch on the device, with everything about its masks that the host knows."""
 
+    input_ids: torch.Tensor
+    """(B, T) the ids the model sees."""
+    attention_mask: torch.Tensor | None
+    """(B, T), or None when no window is padded (packed windows): attention then needs no mask."""
+    targets: torch.Tensor
+    """(N,) the original ids at the picked positions."""
+    picks: Picks
+
+
+@dataclass
+class Drawn:
+    """This process's share of a step, and its counts (known on the host)."""
+
+    micro_batches: list[MicroBatch]
     picked: int
     maskable: int
     tokens: int
+
+
+class Tally:
+    """What the steps since the last settle did: counts on the host, and on the device the
+    numbers only the device knows (read all at once when the run settles)."""
+
+    # Slots of `on_device`.
+    LOSS, APPLIED, SKIPPED, IN_A_ROW, WORST, FIRST, FIRST_LOSS, FIRST_NORM, LAST, LAST_LOSS, LAST_NORM, NORM = range(12)
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.in_a_row = torch.zeros((), dtype=torch.float64, device=device)
+        self.reset()
+
+    def reset(self) -> None:
+        self.picked = self.maskable = self.tokens = 0
+        start = [0.0, 0, 0, 0, 0, -1, 0, 0, -1, 0, 0, 0]
+        self.on_device = torch.tensor(start, dtype=torch.float64, device=self.device)
+        self.on_device[self.IN_A_ROW] = self.in_a_row  # a run of non-finite steps goes on across log lines
+
+    def add(self, step: int, loss: torch.Tensor, norm: torch.Tensor, bad: torch.Tensor) -> None:
+        """Fold one step in, on the device: `bad` is 1 for a step whose update was dropped."""
+        t, hit = self.on_device, bad > 0
+        first = (t[self.FIRST] < 0) & hit
+        row = t[self.IN_A_ROW] * bad + bad
+        self.in_a_row = row
+        self.on_device = torch.stack([
+            t[self.LOSS] + torch.where(hit, 0.0, loss), t[self.APPLIED] + 1 - bad, t[self.SKIPPED] + bad, row, torch.maximum(t[self.WORST], row),
+            torch.where(first, step, t[self.FIRST]), torch.where(first, loss, t[self.FIRST_LOSS]), torch.where(first, norm, t[self.FIRST_NORM]),
+            torch.where(hit, step, t[self.LAST]), torch.where(hit, loss, t[self.LAST_LOSS]), torch.where(hit, norm, t[self.LAST_NORM]),
+            torch.where(hit, torch.nan, norm),
+        ])  # fmt: skip
 
 
 @dataclass
@@ -68,15 +117,17 @@ class Run:
     strategy: str
     device: torch.device
     dtype: torch.dtype | None
+    precision: Precision
     tokenizer: object
     lm: MaskedLM
     model: nn.Module
     """What the step calls: `lm`, DDP around it, or `lm` sharded in place by FSDP2."""
     optimizer: torch.optim.Optimizer
     masker: Masker
-    sampler: WindowSampler
-    train_windows: Windows
-    val_windows: Windows
+    sampler: MixtureSampler
+    train_windows: WindowMix
+    val_windows: dict[str, Windows]
+    """Each store's held-out windows, by the name --data gives it."""
     total_steps: int | None
     """None when only the time budget ends the run."""
     warmup_steps: int
@@ -90,11 +141,20 @@ class Run:
     step: int = 0
     spent: float = 0.0
     """Seconds spent training (evaluation and checkpoints not counted), agreed by all processes."""
+    spent_here: float = 0.0
+    """The same, as this process counts it (agreed into `spent` when the processes settle)."""
     last_mask_prob: float = 0.0
     """The masking rate the schedule gave the last step drawn."""
     skipped: int = 0
-    """Steps whose update was dropped for a non-finite loss or gradient norm (--on-nonfinite skip)."""
-    nonfinite_in_a_row: int = 0
+    """Steps whose update was dropped for a non-finite loss or gradient norm (--on-nonfinite skip), as of the last settle."""
+    tally: Tally | None = None
+    """The steps since the last settle (`settle`); made in __post_init__."""
+    signal: int = 0
+    """A stop signal received (agreed by all processes as of the last settle); 0: none."""
+
+    def __post_init__(self) -> None:
+        if self.tally is None:
+            self.tally = Tally(self.device)
 
     @property
     def global_batch(self) -> int:
@@ -123,86 +183,141 @@ class Run:
         c = self.config
         return mask_rate(self.progress(), c.mask_prob, c.mask_prob_end, c.mask_schedule)
 
-    def draw_step(self) -> list[tuple[MaskedBatch, torch.Tensor]]:
-        """This process's micro-batches of the step, masked, each with its attention mask.
+    def draw_step(self) -> Drawn:
+        """This process's micro-batches of the step, masked on the host and copied over.
 
         Every process draws the whole global batch's window indices (cheap) and keeps its
-        share. Windows are assembled on the host, copied over (pinned and asynchronous on a
-        GPU), and masked on the device.
+        share. Masks are hashes of (seed, epoch, window, position), the same wherever they are
+        computed; drawing them on the host means the host also knows how many positions are
+        picked, and where, so the step never has to ask the device. Copies are pinned and
+        asynchronous on a GPU.
         """
-        indices, epochs = self.sampler.take(self.global_batch)
+        indices, epochs = self.sampler.take(self.global_batch, self.step, self.progress())
         rate = self.last_mask_prob = self.mask_prob()
-        drawn = []
+        drawn = Drawn([], 0, 0, 0)
         for part in rank_share(self.world.rank, self.config.batch_size, self.config.grad_accum):
-            input_ids, attention_mask, starts = self.train_windows.batch(indices[part])
-            host = [torch.from_numpy(a) for a in (input_ids, attention_mask, indices[part], epochs[part])]
-            if starts is not None and self.config.masking != "token":
-                host.append(torch.from_numpy(starts))
+            window = self.train_windows.batch(indices[part])
+            attention_mask = torch.from_numpy(window.attention_mask)
+            starts = torch.from_numpy(window.word_starts) if window.word_starts is not None and self.config.masking != "token" else None
+            batch = self.masker(
+                torch.from_numpy(window.input_ids), attention_mask, torch.from_numpy(indices[part]), torch.from_numpy(epochs[part]),
+                mask_prob=rate, word_starts=starts,
+            )  # fmt: skip
+            picked = batch.labels != IGNORE_INDEX
+            host = [batch.input_ids, batch.labels[picked], *picks_of(picked)]
+            padded = not bool(attention_mask.all())  # packed windows have no padding: attention needs no mask
+            host += [attention_mask] if padded else []
             if self.device.type == "cuda":
                 host = [t.pin_memory() for t in host]
-            on_device = [t.to(self.device, non_blocking=True) for t in host]
-            batch = self.masker(*on_device[:4], mask_prob=rate, word_starts=on_device[4] if len(on_device) > 4 else None)
-            drawn.append((batch, on_device[1]))
+            ids, targets, flat, order, slots, *mask = (t.to(self.device, non_blocking=True) for t in host)
+            drawn.micro_batches.append(MicroBatch(ids, mask[0] if mask else None, targets, Picks(flat, order, slots)))
+            drawn.picked += int(picked.sum())
+            drawn.maskable += int(batch.maskable.sum())
+            drawn.tokens += int(attention_mask.sum())
         return drawn
 
-    def count(self, micro_batches: list[tuple[MaskedBatch, torch.Tensor]]) -> StepCounts:
-        local = [
-            sum(int((batch.labels != IGNORE_INDEX).sum()) for batch, _ in micro_batches),
-            sum(int(batch.maskable.sum()) for batch, _ in micro_batches),
-            sum(int(mask.sum()) for _, mask in micro_batches),
-        ]
-        return StepCounts(*(round(v) for v in distributed.sum_across(local, self.world, self.device)))
+    def forward_backward(self, drawn: Drawn) -> torch.Tensor:
+        """Forward and backward every micro-batch; the step's mean loss over the masked tokens
+        of all processes, on the device.
 
-    def apply_or_skip(self, loss: float, grad_norm: float) -> bool:
-        """Apply the step's update, unless the loss or the gradient norm is not finite: then
-        stop (--on-nonfinite stop) or drop the update (skip), before anything reaches the weights."""
-        c = self.config
-        finite = math.isfinite(loss) and math.isfinite(grad_norm)
-        if finite:
-            self.optimizer.step()
-            self.nonfinite_in_a_row = 0
-        else:
-            what = f"step {self.step + 1}: training loss is {loss}, gradient norm {grad_norm}"
-            if c.on_nonfinite == "stop":
-                raise UnmaskError(
-                    f"{what}; stopped before applying it (checkpoints so far are intact, no model/ written). "
-                    "Try a lower --lr, --precision fp32, or --on-nonfinite skip"
-                )
-            self.skipped += 1
-            self.nonfinite_in_a_row += 1
-            if self.nonfinite_in_a_row > c.max_nonfinite:
-                raise UnmaskError(
-                    f"{what}; {self.nonfinite_in_a_row} non-finite steps in a row (--max-nonfinite {c.max_nonfinite}): stopped"
-                )
+        The loss is normalised by the masked tokens of the whole step on all processes rather
+        than averaged over micro-batch means; DDP and FSDP average gradients over processes,
+        hence the factor `world.size`.
+        """
+        picked = distributed.sum_on_device(float(drawn.picked), self.world, self.device).clamp_min(1.0)
+        loss_sum = torch.zeros((), device=self.device)
+        for number, batch in enumerate(drawn.micro_batches, 1):
+            last = number == len(drawn.micro_batches)
+            with distributed.set_gradient_sync(self.model, self.strategy, last), autocast(self.device, self.dtype):
+                loss, _ = self.model(batch.input_ids, batch.attention_mask, batch.targets, batch.picks)
+                (loss * self.world.size / picked).backward()
+            loss_sum += loss.detach()
+        return distributed.sum_on_device(loss_sum, self.world, self.device) / picked
+
+    def update(self, mean_loss: torch.Tensor) -> None:
+        """Clip, and apply the update unless the loss or the gradient norm is not finite: such
+        a step is dropped on the device (`skip_on_device`), so nothing waits for the device to
+        know; `settle` reads what happened."""
+        max_norm = self.config.clip_grad_norm if self.config.clip_grad_norm > 0 else float("inf")
+        norm = total_norm(torch.nn.utils.clip_grad_norm_(self.lm.parameters(), max_norm))
+        bad = (~torch.isfinite(norm) | ~torch.isfinite(mean_loss)).to(torch.float32)
+        skip_on_device(self.optimizer, bad)
         self.optimizer.zero_grad(set_to_none=True)
-        return finite
+        self.tally.add(self.step, mean_loss.detach().to(torch.float64), norm.detach().to(torch.float64), bad.to(torch.float64))
 
-    def mean_loss(self, loss_sum: torch.Tensor, counts: StepCounts) -> float:
-        """The step's mean loss over the masked tokens of all processes."""
-        (loss,) = distributed.sum_across([float(loss_sum)], self.world, self.device)
-        return loss / max(counts.picked, 1)
+    def count(self, drawn: Drawn, signals: StopSignals) -> None:
+        """After a step: its counts; one process also takes any signal now (several agree on
+        it when they settle)."""
+        self.tally.picked += drawn.picked
+        self.tally.maskable += drawn.maskable
+        self.tally.tokens += drawn.tokens
+        self.step += 1
+        if not self.world.distributed:
+            self.signal = signals.received or 0
 
-    def end_step(self, seconds: float, signals: StopSignals) -> int:
-        """Count the step's training time and agree on it, and on any signal received (0: none),
-        so that every process stops at the same step."""
-        signal, spent = distributed.max_across([float(signals.received or 0), self.spent + seconds], self.world, self.device)
-        self.spent = spent
-        return int(signal)
+    def spend(self, seconds: float) -> None:
+        """The step's training time, the wait for the device included; several processes agree
+        on the total when they settle."""
+        self.spent_here += seconds
+        if not self.world.distributed:
+            self.spent = self.spent_here
+
+    def due_to_settle(self) -> bool:
+        """Whether this step ends with a log line, an evaluation, a checkpoint, a downstream
+        score, a stop or the end: then the host reads what the device knows."""
+        c = self.config
+        every = [c.log_every, c.eval_every, c.checkpoint_every, c.downstream_every]
+        return self.finished() or bool(self.signal) or any(n and self.step % n == 0 for n in every)
+
+    def settle(self, signals: StopSignals) -> dict:
+        """Read what the steps since the last settle did (the one wait for the device), agree
+        on time and signals across processes, and stop on a non-finite step as --on-nonfinite
+        says. Returns the numbers of a metrics line."""
+        c = self.config
+        values = self.tally.on_device.tolist()
+        if self.world.distributed:
+            signal, spent = distributed.max_across([float(signals.received or 0), self.spent_here], self.world, self.device)
+            self.signal, self.spent = int(signal), spent
+        counts = distributed.sum_across([self.tally.picked, self.tally.maskable, self.tally.tokens], self.world, self.device)
+        t = Tally
+        if values[t.SKIPPED] and c.on_nonfinite == "stop":
+            raise UnmaskError(
+                f"step {int(values[t.FIRST]) + 1}: training loss is {values[t.FIRST_LOSS]}, gradient norm {values[t.FIRST_NORM]}; "
+                "stopped before applying it (checkpoints so far are intact, no model/ written). "
+                "Try a lower --lr, --precision fp32, or --on-nonfinite skip"
+            )
+        if values[t.WORST] > c.max_nonfinite:
+            raise UnmaskError(
+                f"step {int(values[t.LAST]) + 1}: training loss is {values[t.LAST_LOSS]}, gradient norm {values[t.LAST_NORM]}; "
+                f"{int(values[t.WORST])} non-finite steps in a row (--max-nonfinite {c.max_nonfinite}): stopped"
+            )
+        self.skipped += int(values[t.SKIPPED])
+        self.tally.reset()
+        applied, norm = values[t.APPLIED], values[t.NORM]
+        return {
+            "loss": values[t.LOSS] / applied if applied else None, "grad_norm": None if math.isnan(norm) else norm,
+            "skipped_steps": self.skipped, "mask_rate": counts[0] / max(counts[1], 1), "tokens": counts[2],
+        }  # fmt: skip
 
     def evaluate(self, progress: Progress) -> dict:
-        """Held-out metrics, logged and printed; {} when there is no held-out split."""
-        if len(self.val_windows) == 0:
+        """Held-out metrics, logged and printed; {} when there is no held-out split. With
+        several stores, each store's held-out split separately (`eval_loss@NAME`, ...) and
+        their token-weighted total (`eval_loss`, ...)."""
+        scored = {name: windows for name, windows in self.val_windows.items() if len(windows)}
+        if not scored:
             return {}
-        [result] = evaluate_model(
-            self.lm,
-            self.val_windows,
-            batch_size=self.config.batch_size,
-            device=self.device,
-            dtype=self.dtype,
-            max_batches=self.config.eval_max_batches,
-            world=self.world,
-        )
+        per_source = {
+            name: evaluate_model(
+                self.lm, windows, batch_size=self.config.batch_size, device=self.device, dtype=self.dtype,
+                max_batches=self.config.eval_max_batches, world=self.world,
+            )[0]
+            for name, windows in scored.items()
+        }  # fmt: skip
+        result = combine(list(per_source.values()))
         record = {"step": self.step, **result.as_dict("eval_")}
+        if len(self.val_windows) > 1:
+            for name, metrics in per_source.items():
+                record.update({f"{key}@{name}": value for key, value in metrics.as_dict("eval_").items()})
         self.metrics.write(record)
         progress.echo(
             f"step {self.step}: eval loss {result.loss:.4f}, perplexity {result.perplexity:.2f}, "
@@ -236,6 +351,7 @@ class Run:
                 step=self.step,
                 epoch=self.sampler.position.epoch,
                 position=self.sampler.position.position,
+                sources=[[p.epoch, p.position] for p in self.sampler.positions] if len(self.sampler.positions) > 1 else None,
                 train_seconds=self.spent,
                 skipped_steps=self.skipped,
                 device_type=self.device.type,
@@ -248,6 +364,20 @@ class Run:
         return self.run_dir.checkpoint(self.step)
 
 
-def total_norm(norm: torch.Tensor) -> float:
-    """A gradient norm as a number (under FSDP it is a replicated DTensor)."""
-    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+def total_norm(norm: torch.Tensor) -> torch.Tensor:
+    """A gradient norm as a plain tensor (under FSDP it is a replicated DTensor)."""
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+def skip_on_device(optimizer: torch.optim.Optimizer, bad: torch.Tensor) -> None:
+    """optimizer.step(), dropped on the device where `bad` is 1: the fused AdamW reads
+    `found_inf` (as GradScaler sets it) and leaves weights, moments and step counts alone.
+    An optimizer that cannot (not fused) asks the host instead."""
+    if all(group.get("fused") for group in optimizer.param_groups):
+        optimizer.found_inf = bad
+        try:
+            optimizer.step()
+        finally:
+            optimizer.found_inf = None
+    elif not bool(bad):
+        optimizer.step()

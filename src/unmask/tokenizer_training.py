@@ -15,12 +15,13 @@ final model folder, so `pipeline("fill-mask")` uses it.
 from __future__ import annotations
 
 import json
+import random
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from unmask.config import TokenizerConfig
+from unmask.config import TokenizerConfig, parse_sources, parse_weights
 from unmask.data.sources import ReadOptions, ReadReport, expand_sources, read_documents
 from unmask.errors import UnmaskError
 from unmask.files import building, recover_folder
@@ -117,6 +118,31 @@ def as_transformers_tokenizer(kind: str, raw, model_max_length: int = 512):
     )
 
 
+def mixed_documents(config: TokenizerConfig, report: ReadReport) -> Iterator[str]:
+    """Documents of the named sources in the shares --mix gives: each next document comes from
+    a source drawn by weight (seeded), and a source read through starts again, until every
+    source with a weight has been read through once."""
+    named = parse_sources(config.sources)
+    weights = parse_weights(config.mix, [name for name, _ in named])
+    streams: dict[str, Iterator[str]] = {}
+    finished: set[str] = set()
+    wanted = {name for (name, _), w in zip(named, weights) if w > 0}
+    chance = random.Random(0)
+    while finished < wanted:
+        name, source = chance.choices(named, weights)[0]
+        for _ in range(2):  # a source read through starts over once before it is counted done
+            if name not in streams:
+                streams[name] = (text for _, text in read_documents(expand_sources([source]), report, ReadOptions.of(config)))
+            text = next(streams[name], None)
+            if text is not None:
+                yield text
+                break
+            finished.add(name)
+            del streams[name]
+        else:
+            raise UnmaskError(f"{source}: no non-empty documents to learn a vocabulary from")
+
+
 def is_tokenizer_folder(path: Path) -> bool:
     return (path / "tokenizer.json").is_file() and (path / "tokenizer_config.json").is_file()
 
@@ -134,14 +160,17 @@ def train_tokenizer(config: TokenizerConfig, progress: bool = True) -> dict:
             else "already exists (pass --overwrite to replace it)"
         )
         raise UnmaskError(f"--out {out}: {reason}")
-    sources = expand_sources(config.sources)
+    sources = expand_sources([source for _, source in parse_sources(config.sources)] if config.mix else config.sources)
     raw, trainer_class = _pipeline(config.kind, config.lowercase)
     report = ReadReport()
     bar = tqdm(total=config.max_docs, unit="doc", desc="read", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     counted = {"documents": 0, "characters": 0}
 
     def texts() -> Iterator[str]:
-        for _, text in read_documents(sources, report, ReadOptions.of(config)):
+        stream = (
+            mixed_documents(config, report) if config.mix else (text for _, text in read_documents(sources, report, ReadOptions.of(config)))
+        )
+        for text in stream:
             counted["documents"] += 1
             counted["characters"] += len(text)
             bar.update(1)

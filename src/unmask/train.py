@@ -19,25 +19,27 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from unmask import checkpoint, distributed
 from unmask.checkpoint import CheckpointInfo
-from unmask.config import TrainConfig, load_suite, save_yaml, to_dict
+from unmask.config import TrainConfig, load_suite, parse_sources, parse_weights, save_yaml, to_dict
+from unmask.data.mixture import MixSchedule, MixtureSampler, WindowMix, temperature_weights
 from unmask.data.store import TokenStore
-from unmask.data.windows import DataPosition, Windows, WindowSampler
+from unmask.data.windows import Windows
 from unmask.distributed import World
 from unmask.downstream import resolve_suite
 from unmask.errors import UnmaskError
 from unmask.files import RunLock, atomic_write_text
-from unmask.hardware import autocast, autocast_dtype
+from unmask.hardware import choose_precision, make_deterministic
 from unmask.hub import resolve_model
 from unmask.masking import Masker
 from unmask.model import build_mlm, load_mlm, max_positions, set_dropout
 from unmask.persist import check_run_folder, restore, save_base, save_final_model
 from unmask.preemption import Stopped, StopSignals
 from unmask.progress import MetricsLog, Progress, Throughput
-from unmask.run import Run, build_optimizer, total_norm
+from unmask.run import Run, build_optimizer
 from unmask.rundir import RunDir
 from unmask.tokenizer import Vocabulary, load_tokenizer
 from unmask.tracking import Trackers
@@ -59,6 +61,17 @@ def _load_model_and_tokenizer(config: TrainConfig, store: TokenStore, vocab: Voc
     return tokenizer, lm
 
 
+def mix_schedule(config: TrainConfig, parts: list[Windows]) -> MixSchedule:
+    """The stores' weights over the run: --mix, --mix-temperature, or by size."""
+    names = [name for name, _ in parse_sources(config.data)]
+    if config.mix:
+        start = np.asarray(parse_weights(config.mix, names))
+    else:
+        start = temperature_weights([len(p) for p in parts], config.mix_temperature or 1.0)
+    end = np.asarray(parse_weights(config.mix_end, names, "--mix-end")) if config.mix_end else None
+    return MixSchedule(start, end, config.mix_schedule, config.mix_switch)
+
+
 def _warn_about_repeats(run: Run, echo: Callable[[str], None]) -> None:
     windows, per_step = len(run.train_windows), run.global_batch
     if per_step > windows:
@@ -66,11 +79,19 @@ def _warn_about_repeats(run: Run, echo: Callable[[str], None]) -> None:
             f"warning: a step takes {per_step} windows but the store has only {windows} training windows, so every step "
             f"sees each window {per_step / windows:.1f} times; add text or lower --batch-size / --grad-accum / --seq-len"
         )
+    if len(run.train_windows.parts) > 1 and run.total_steps:
+        for name, epochs in zip(run.train_windows.names, run.sampler.expected_epochs(run.total_steps, per_step)):
+            if epochs > 1:
+                echo(
+                    f"note: --data {name} will be seen {epochs:.1f} times over the run (its windows repeat); the others' weights or its size decide that"
+                )
 
 
 def setup(config: TrainConfig, echo: Callable[[str], None] = print) -> Run:
     """Join the process group, check the run folder, load the data and the model, wrap it,
     build the optimizer and the sampler, and restore the newest checkpoint when resuming."""
+    if config.deterministic:
+        make_deterministic()  # before the first CUDA call: cuBLAS reads its workspace setting then
     world, device = distributed.join(config.device)
     echo = echo if world.is_main else (lambda _: None)
     run_dir = RunDir(Path(config.out))
@@ -93,39 +114,51 @@ def _setup(
     config: TrainConfig, echo: Callable[[str], None], world: World, device: torch.device, run_dir: RunDir, lock: RunLock | None
 ) -> Run:
     check_run_folder(run_dir, config, echo)
-    store = TokenStore.open(config.data)
+    stores = [(name, TokenStore.open(path)) for name, path in parse_sources(config.data)]
+    store = stores[0][1]
+    for _, other in stores[1:]:
+        if other.fingerprint != store.fingerprint:
+            raise UnmaskError(
+                f"--data: {other.path} was made with tokenizer '{other.tokenizer_name}' and {store.path} with '{store.tokenizer_name}', "
+                "which map text to other ids; the stores of one run must share a tokenizer"
+            )
     vocab = store.vocabulary()
     vocab.require_mask(f"--data {store.path}")
-    if config.masking != "token" and not store.has_word_starts:
-        raise UnmaskError(
-            f"--masking {config.masking}: {store.path} was made before unmask recorded word boundaries; "
-            f"prepare it again (`unmask prepare ... --out {store.path} --overwrite`) or use --masking token"
-        )
+    for _, each in stores:
+        if config.masking != "token" and not each.has_word_starts:
+            raise UnmaskError(
+                f"--masking {config.masking}: {each.path} was made before unmask recorded word boundaries; "
+                f"prepare it again (`unmask prepare ... --out {each.path} --overwrite`) or use --masking token"
+            )
     suite = load_suite(resolve_suite(config.downstream)) if config.downstream else None  # checked before any work
     tokenizer, lm = _load_model_and_tokenizer(config, store, vocab, echo)
     if config.dropout is not None:
         set_dropout(lm, config.dropout)
     strategy = distributed.resolve_strategy(config.strategy, world)
-    dtype = autocast_dtype(device, config.precision)
+    precision = choose_precision(device, config.precision)
+    echo(f"precision: {precision.reason}")
     lm.to(device).train()
     if config.activation_checkpointing:
         lm.enable_activation_checkpointing()
     if config.compile:
         lm.compile_encoder()
-    model = distributed.parallelize(lm, strategy, device, dtype)
+    model = distributed.parallelize(lm, strategy, device, precision.dtype)
     optimizer = build_optimizer(lm, config, device)
 
-    train_windows = Windows.build(store.split("train"), config.seq_len, vocab, packing=config.packing)
-    val_windows = Windows.build(store.split("val"), config.seq_len, vocab, packing=config.packing, keep_partial=True)
-    if len(train_windows) == 0:
-        raise UnmaskError(
-            f"--data {store.path}: {store.meta['splits']['train']['tokens']} training tokens make no window of --seq-len {config.seq_len}"
-        )
+    parts = [Windows.build(each.split("train"), config.seq_len, vocab, packing=config.packing) for _, each in stores]
+    for (_, each), part in zip(stores, parts):
+        if len(part) == 0:
+            raise UnmaskError(
+                f"--data {each.path}: {each.meta['splits']['train']['tokens']} training tokens make no window of --seq-len {config.seq_len}"
+            )
+    train_windows = WindowMix([name for name, _ in stores], parts)
+    val_windows = {
+        name: Windows.build(each.split("val"), config.seq_len, vocab, packing=config.packing, keep_partial=True) for name, each in stores
+    }
     total_steps = config.total_steps(len(train_windows), world.size)
-    masker = Masker(
+    masker = Masker(  # on the host: masks are hashes, and the host must know where they fall (`Run.draw_step`)
         vocab,
         seed=config.seed,
-        device=device,
         strategy=config.masking,
         mask_prob=config.mask_prob,
         mask_replace_prob=config.mask_replace_prob,
@@ -145,13 +178,14 @@ def _setup(
         world=world,
         strategy=strategy,
         device=device,
-        dtype=dtype,
+        dtype=precision.dtype,
+        precision=precision,
         tokenizer=tokenizer,
         lm=lm,
         model=model,
         optimizer=optimizer,
         masker=masker,
-        sampler=WindowSampler(len(train_windows), config.seed, DataPosition(resumed.epoch, resumed.position)),
+        sampler=MixtureSampler(train_windows, config.seed, mix_schedule(config, parts), resumed.data_positions()),
         train_windows=train_windows,
         val_windows=val_windows,
         total_steps=total_steps,
@@ -162,6 +196,7 @@ def _setup(
         budget=config.budget_seconds(),
         step=resumed.step,
         spent=resumed.train_seconds,
+        spent_here=resumed.train_seconds,
         skipped=resumed.skipped_steps,
     )
     _warn_about_repeats(run, echo)
@@ -170,8 +205,8 @@ def _setup(
     length += f" (or {config.time_budget}, whichever ends first)" if total_steps and config.time_budget else ""
     echo(
         f"training {type(lm.model).__name__} ({sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M parameters) on {device}{processes}"
-        f"{' with bf16' if dtype else ' in fp32'}: {length} of {run.global_batch} x {config.seq_len} tokens,"
-        f" {len(train_windows)} training windows, {len(val_windows)} held-out windows"
+        f"{' with bf16' if precision.dtype else ' in fp32'}: {length} of {run.global_batch} x {config.seq_len} tokens,"
+        f" {len(train_windows)} training windows, {sum(len(v) for v in val_windows.values())} held-out windows"
     )
     return run
 
@@ -190,8 +225,6 @@ def train(
     """
     run = setup(config, echo)
     try:
-        lm, model, device = run.lm, run.model, run.device
-        max_norm = config.clip_grad_norm if config.clip_grad_norm > 0 else float("inf")
         display = Progress(config.progress if progress else "none", run.total_steps, run.step, echo, enabled=run.world.is_main)
         speed = Throughput()
         last_eval: dict = {}
@@ -199,51 +232,27 @@ def train(
             while not run.finished():
                 began = clock()
                 lr = run.set_learning_rate()
-
-                # All micro-batches of the step are drawn and counted first, so the loss can be
-                # normalised by the masked tokens of the whole step on all processes rather than
-                # averaged over micro-batch means. DDP and FSDP average gradients over processes,
-                # hence the factor `world.size`.
-                micro_batches = run.draw_step()
-                counts = run.count(micro_batches)
-                loss_sum = torch.zeros((), device=device)
-                for number, (batch, attention_mask) in enumerate(micro_batches, 1):
-                    with distributed.set_gradient_sync(model, run.strategy, number == len(micro_batches)), autocast(device, run.dtype):
-                        loss, _ = model(batch.input_ids, attention_mask, batch.labels)
-                        (loss * run.world.size / max(counts.picked, 1)).backward()
-                    loss_sum += loss.detach()
-                grad_norm = total_norm(torch.nn.utils.clip_grad_norm_(lm.parameters(), max_norm))
-                train_loss = run.mean_loss(loss_sum, counts)
-                applied = run.apply_or_skip(train_loss, grad_norm)  # a non-finite step never reaches the weights
-                run.step += 1
-                stop_signal = run.end_step(clock() - began, signals)
-
-                speed.add(counts.tokens)
+                drawn = run.draw_step()  # the step's windows, masked on the host, copied to the device
+                run.update(run.forward_backward(drawn))  # forward, backward, clip, step: nothing reads the device
+                run.count(drawn, signals)
                 logged = None
-                if run.step % config.log_every == 0 or run.finished() or not applied:
-                    logged = {
-                        "step": run.step,
-                        "loss": train_loss if applied else None,
-                        "lr": lr,
-                        "grad_norm": grad_norm if applied else None,
-                        "skipped_steps": run.skipped,
-                        "mask_rate": counts.picked / max(counts.maskable, 1),
-                        "mask_prob": run.last_mask_prob,
-                        "tokens_per_s": speed.rate_and_restart(),
-                        "epoch": run.sampler.position.epoch,
-                        "train_seconds": run.spent,
-                    }
-                    run.metrics.write(logged)
+                if run.due_to_settle():  # the one wait for the device: a log line, evaluation, checkpoint or the end
+                    numbers = run.settle(signals)
+                    logged = {"step": run.step, "lr": lr, **numbers, "mask_prob": run.last_mask_prob,
+                              "tokens_per_s": speed.rate_and_restart(numbers.pop("tokens")), "epoch": run.sampler.position.epoch}  # fmt: skip
+                run.spend(clock() - began)
+                if logged is not None:
+                    run.metrics.write({**logged, "train_seconds": run.spent})
                 display.step(run.step, logged, run.progress())
                 with speed.paused():
                     if config.eval_every and run.step % config.eval_every == 0 and not run.finished():
                         last_eval = run.evaluate(display) or last_eval
-                    if stop_signal or config.checkpoint_every and run.step % config.checkpoint_every == 0 and not run.finished():
+                    if run.signal or config.checkpoint_every and run.step % config.checkpoint_every == 0 and not run.finished():
                         saved = run.save_checkpoint()
                         run.score_downstream(display)
-                    if stop_signal:
+                    if run.signal:
                         display.close()
-                        raise Stopped(stop_signal, run.step, saved)
+                        raise Stopped(run.signal, run.step, saved)
                 if on_step is not None:
                     on_step(run.step)
         display.close()
@@ -268,7 +277,9 @@ def finish(run: Run, last_eval: dict, display: Progress) -> dict:
         "device": str(run.device),
         "processes": run.world.size,
         "strategy": run.strategy,
-        "precision": "bf16" if run.dtype else "fp32",
+        "precision": run.precision.name,
+        "precision_reason": run.precision.reason,
+        "deterministic": run.config.deterministic,
         "torch": torch.__version__,
         "python": platform.python_version(),
     }

@@ -18,6 +18,8 @@ from unmask.config.pipeline import (
     TokenizerConfig,
     TrainConfig,
     length_changes,
+    parse_sources,
+    parse_weights,
     refused_resume_changes,
 )
 from unmask.config.use import (
@@ -35,7 +37,7 @@ from unmask.config.use import (
 
 __all__ = [
     "UnmaskError", "check_masking_probabilities", "check_setting", "flag", "from_dict", "load_yaml", "save_yaml", "to_dict",
-    "PRESETS", "RESUMABLE_CHANGES", "length_changes", "PrepareConfig", "SourceOptions", "TokenizerConfig", "TrainConfig", "refused_resume_changes",
+    "PRESETS", "RESUMABLE_CHANGES", "length_changes", "parse_sources", "parse_weights", "PrepareConfig", "SourceOptions", "TokenizerConfig", "TrainConfig", "refused_resume_changes",
     "FINETUNE_RESUMABLE", "DownstreamConfig", "FinetuneConfig", "ProbeConfig", "Suite", "SuiteTask", "load_suite",
     "CompareConfig", "EmbedConfig", "EvalConfig", "ExportConfig", "FillConfig", "InspectConfig", "PairsConfig", "PlotConfig", "ScoreConfig", "ServeConfig",
 ]  # fmt: skip

@@ -110,7 +110,9 @@ class FinetuneConfig(ModelChoice, TaskOptions):
     group_by_length: bool = True
     """Batch examples of similar length together (less padding), in a seeded order."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """`auto`: bf16 autocast where it is faster (GPUs that support it, CPUs with AMX), fp32 elsewhere."""
+    """`auto`: bf16 autocast where it is faster (GPUs that support it, CPUs with AMX or AVX512-BF16), fp32 elsewhere."""
+    deterministic: bool = False
+    """Bit-identical runs and resumes on a GPU (deterministic algorithms, cuBLAS workspace, no TF32): slower."""
     eval_every_epoch: bool = False
     """Also evaluate at the end of every epoch, not only at the end."""
     save_model: bool = True

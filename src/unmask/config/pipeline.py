@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from unmask.config.base import check_masking_probabilities, check_setting, flag
+from unmask.errors import UnmaskError
 from unmask.schedule import parse_duration
 
 
@@ -43,25 +45,67 @@ class PrepareConfig(SourceOptions):
     """Settings of `unmask prepare`: text sources to a token store."""
 
     POSITIONAL: ClassVar[tuple[str, ...]] = ("sources",)
-    sources: list[str]
+    sources: list[str] = field(default_factory=list)
     """Text (.txt .md .rst), .jsonl, .csv, .tsv (each also .gz .bz2 .xz .zst), .parquet and .arrow files, folders, globs, saved datasets, hf:NAME; `sample:pydocs` is the bundled sample corpus."""
-    out: str
-    """Folder of the token store to create."""
+    out: str | None = None
+    """Folder of the token store to create (with --shard or --append: the store folder the shard goes into)."""
     tokenizer: str = "minilm-l6"
     """Hub id, local folder or alias of the tokenizer. `minilm-l6` is the bert-base-uncased WordPiece vocabulary shipped with the starter checkpoint."""
     val_fraction: float = 0.01
     """Share of documents held out for evaluation (every k-th document, the first always; at least one when above 0)."""
     max_tokens: int | None = None
     """Stop once this many tokens are stored (whole documents: the last one is kept entire)."""
+    workers: int | None = None
+    """Tokenizing processes (default: this machine's cores); 1 tokenizes in this process. The store is the same with any number."""
+    shard: str | None = None
+    """Make shard I of N (`--shard 0/4`), one machine each: documents are dealt out in blocks by the order they are read, so the shards together are the store one prepare would make. Merge with --merge, or read the folder of shards directly."""
+    append: bool = False
+    """Add the sources to the existing store --out as a new shard, numbered after its documents; the store's shards stay untouched."""
+    merge: str | None = None
+    """Check that the folder of shards is complete and consistent, and write its manifest (no token is copied)."""
     overwrite: bool = False
-    """Replace an existing store at --out (the old one stays intact until the new one is complete)."""
+    """Replace an existing store (or shard) at --out (the old one stays intact until the new one is complete)."""
     trust_remote_code: bool = False
     """Allow a hub tokenizer to run its own code."""
 
     def __post_init__(self) -> None:
+        if self.merge is not None:
+            check_setting(not self.sources, "merge", "takes the store folder alone, no sources")
+            return
         SourceOptions.__post_init__(self)
+        check_setting(self.out is not None, "out", "give the folder of the token store to create")
         check_setting(0.0 <= self.val_fraction < 1.0, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
         check_setting(self.max_tokens is None or self.max_tokens >= 1, "max_tokens", f"must be at least 1, got {self.max_tokens}")
+        check_setting(self.workers is None or self.workers >= 1, "workers", f"must be at least 1, got {self.workers}")
+        if self.shard is not None:
+            index, count = self.shard_index()
+            check_setting(
+                count >= 1 and 0 <= index < count,
+                "shard",
+                f"'{self.shard}': I/N needs 0 <= I < N (shards 0/{max(count, 1)} to {max(count, 1) - 1}/{max(count, 1)})",
+            )
+            check_setting(
+                self.max_tokens is None,
+                "max_tokens",
+                "a shard cannot know the other shards' tokens; stop every shard at the same document with --max-docs",
+            )
+        check_setting(not (self.overwrite and self.append), "append", "adds a shard; it never replaces the store (drop --overwrite)")
+
+    def shard_index(self) -> tuple[int, int]:
+        """(I, N) of --shard I/N; (0, 1) without it."""
+        if self.shard is None:
+            return 0, 1
+        parts = self.shard.split("/")
+        try:
+            index, count = (int(p) for p in parts)
+        except ValueError:
+            check_setting(False, "shard", f"'{self.shard}' is not I/N, e.g. 0/4")
+        return index, count
+
+    def worker_count(self) -> int:
+        import os
+
+        return self.workers or os.cpu_count() or 1
 
 
 @dataclass(kw_only=True)
@@ -83,11 +127,51 @@ class TokenizerConfig(SourceOptions):
     """Least number of times a piece must occur to enter the vocabulary (WordPiece and BPE)."""
     overwrite: bool = False
     """Replace an existing tokenizer folder at --out."""
+    mix: str | None = None
+    """Learn from the sources in these shares of documents, NAME=WEIGHT,... with the sources given as NAME=SOURCE: a small source repeats rather than drowns, until every source has been read through."""
 
     def __post_init__(self) -> None:
         SourceOptions.__post_init__(self)
+        if self.mix:
+            parse_weights(self.mix, [name for name, _ in parse_sources(self.sources)])
         check_setting(self.vocab_size >= 100, "vocab_size", f"must be at least 100, got {self.vocab_size}")
         check_setting(self.min_frequency >= 1, "min_frequency", f"must be at least 1, got {self.min_frequency}")
+
+
+def parse_sources(entries: list[str]) -> list[tuple[str, str]]:
+    """`name=path` or `path` (named after its folder) -> [(name, path)], names unique."""
+    found: list[tuple[str, str]] = []
+    for entry in entries:
+        name, _, path = entry.partition("=") if "=" in entry else (Path(entry.rstrip("/")).name, "", entry)
+        if not name or not path:
+            raise UnmaskError(f"--data {entry}: give NAME=STORE or a store folder")
+        if name in {n for n, _ in found}:
+            raise UnmaskError(f"--data: two sources are named '{name}'; name them NAME=STORE")
+        found.append((name, path))
+    return found
+
+
+def parse_weights(text: str, names: list[str], flag: str = "--mix") -> list[float]:
+    """`web=0.6,code=0.3,papers=0.1` -> weights in the order of `names`, summing to 1."""
+    given: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, value = part.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise UnmaskError(f"{flag} {text}: '{part}' is not NAME=WEIGHT") from None
+        if name not in names:
+            raise UnmaskError(f"{flag} {text}: '{name}' is not a source of --data ({', '.join(names)})")
+        if not math.isfinite(weight) or weight < 0:
+            raise UnmaskError(f"{flag} {text}: the weight of '{name}' is {value}; weights must be 0 or more")
+        given[name] = weight
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise UnmaskError(f"{flag} {text}: no weight for {', '.join(missing)} (give every source of --data one, 0 to leave it out)")
+    total = sum(given.values())
+    if total <= 0:
+        raise UnmaskError(f"{flag} {text}: every weight is 0; at least one source must be drawn from")
+    return [given[n] / total for n in names]
 
 
 PRESETS = ("tiny", "mini", "small", "base")
@@ -98,8 +182,8 @@ PRESET_MAX_POSITIONS = 8192
 class TrainConfig:
     """Settings of `unmask train`."""
 
-    data: str
-    """Token store made by `unmask prepare`."""
+    data: list[str]
+    """Token store(s) made by `unmask prepare`: STORE, or several as NAME=STORE (web=runs/web code=runs/code), mixed by --mix."""
     out: str
     """Run folder: config.yaml, metrics.jsonl, checkpoints/ and the final model/."""
     model: str | None = None
@@ -165,7 +249,9 @@ class TrainConfig:
     dropout: float | None = None
     """Dropout of every dropout layer while training (default: the model's own); the saved model keeps its own setting."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """`auto`: bf16 autocast on a GPU that supports it, fp32 elsewhere."""
+    """`auto`: bf16 autocast where it is faster (GPUs that support it; CPUs with AMX or AVX512-BF16, confirmed by a calibration cached per machine), fp32 elsewhere. Weights and optimizer state stay fp32."""
+    deterministic: bool = False
+    """Bit-identical runs and resumes on a GPU (deterministic algorithms, cuBLAS workspace, no TF32): slower. CPU runs are bit-identical without it."""
     device: str = "auto"
     """`auto`, `cpu`, `cuda` or `cuda:N`."""
     compile: bool = False
@@ -192,6 +278,16 @@ class TrainConfig:
     """Checkpoints kept on disk; older ones are deleted once a newer one is complete."""
     resume: bool = False
     """Continue the run in --out from its newest complete checkpoint."""
+    mix: str | None = None
+    """With several --data stores: the share of each step drawn from each, NAME=WEIGHT,... (web=0.6,code=0.3,papers=0.1). Default: by size (--mix-temperature 1)."""
+    mix_temperature: float | None = None
+    """Weights by store size^(1/T): 1 by size, larger values even the stores out (as multilingual models sample languages)."""
+    mix_end: str | None = None
+    """Weights to reach by the end of the run (NAME=WEIGHT,...), with --mix-schedule; mmBERT anneals its mixture so."""
+    mix_schedule: Literal["constant", "linear", "cosine", "step"] = "constant"
+    """How the weights move from --mix to --mix-end: constant, linear, cosine, or a step at --mix-switch."""
+    mix_switch: float = 0.5
+    """With --mix-schedule step: the share of the run after which --mix-end's weights apply."""
     downstream: str | None = None
     """A task suite (a file, or the bundled `pydocs` or `glue`) to score checkpoints on as they are written; results in RUN/downstream."""
     downstream_every: int = 0
@@ -200,6 +296,26 @@ class TrainConfig:
     """`probe`: every task by a linear probe, seconds a checkpoint; `suite`: as the suite file says (fine-tuning costs minutes)."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.data, str):  # a config.yaml written before several stores could be given
+            self.data = [self.data]
+        check_setting(len(self.data) > 0, "data", "give the token store(s) to train on")
+        names = [name for name, _ in parse_sources(self.data)]
+        check_setting(
+            len(names) > 1 or not (self.mix or self.mix_end or self.mix_temperature), "mix", "mixes several --data stores; one was given"
+        )
+        check_setting(not (self.mix and self.mix_temperature), "mix_temperature", "give --mix or --mix-temperature, not both")
+        check_setting(
+            self.mix_temperature is None or self.mix_temperature > 0, "mix_temperature", f"must be positive, got {self.mix_temperature}"
+        )
+        for name in ("mix", "mix_end"):
+            if getattr(self, name):
+                parse_weights(getattr(self, name), names, flag(name))
+        check_setting(
+            self.mix_schedule == "constant" or self.mix_end is not None,
+            "mix_end",
+            f"--mix-schedule {self.mix_schedule} needs the weights to end at",
+        )
+        check_setting(0 < self.mix_switch < 1, "mix_switch", f"must be between 0 and 1, got {self.mix_switch}")
         check_setting((self.model is None) != (self.from_scratch is None), "model", "give exactly one of --model or --from-scratch")
         check_setting(self.seq_len >= 8, "seq_len", f"must be at least 8, got {self.seq_len}")
         check_setting(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")

@@ -9,6 +9,20 @@
       *.words            bits, one per token (packed, most significant first): does the
                          token start a word? From the tokenizer's own word_ids.
 
+A store may also be a folder of shards, each a store of the layout above, made separately
+(`prepare --shard I/N`, one machine each) or added later (`prepare --append`):
+
+    STORE/
+      shard-000-00000-of-00004/   group 0 (the first prepare), shard 0 of 4
+        *.blocks                  int64 (block, documents) pairs: which runs of documents it holds
+      shard-001-00000-of-00001/   group 1, the first append
+      manifest.json               written by `prepare --merge STORE` once every shard is there
+
+A group's documents are numbered in the order they are read, continuing the previous
+groups' numbers, and dealt out in blocks of `BLOCK` documents: block b to shard b mod N. The
+held-out rule applies to those numbers, so the shards together are exactly the store one
+prepare of the same sources would have made, and read back in that order.
+
 This module imports nothing but the standard library, so that anything (resolving a model
 name, reading a folder of sources) can tell a store from other folders.
 """
@@ -17,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -24,6 +39,13 @@ from pathlib import Path
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # format 1 kept its ids loose under "tokenizer"; it still opens
 SPLITS = ("train", "val")
+BLOCK = 256
+"""Documents dealt out to one shard at a time."""
+_SHARD = re.compile(r"^shard-(\d{3})-(\d{5})-of-(\d{5})$")
+
+
+def shard_name(group: int, index: int, count: int) -> str:
+    return f"shard-{group:03d}-{index:05d}-of-{count:05d}"
 
 
 def is_validation_document(index: int, val_fraction: Fraction) -> bool:
@@ -61,14 +83,35 @@ class StoreDir:
     def words(self, split: str) -> Path:
         return self.path / f"{split}.words"
 
-    def looks_like_store(self) -> bool:
-        """The store's marker files are there (cheap; says nothing of the format)."""
+    def blocks(self, split: str) -> Path:
+        return self.path / f"{split}.blocks"
+
+    @property
+    def manifest(self) -> Path:
+        return self.path / "manifest.json"
+
+    def shard(self, group: int, index: int, count: int) -> Path:
+        return self.path / shard_name(group, index, count)
+
+    def shards(self) -> list[tuple[int, int, int, Path]]:
+        """(group, index, count, folder) of every shard folder, in order."""
+        if not self.path.is_dir():
+            return []
+        found = [(int(m[1]), int(m[2]), int(m[3]), p) for p in self.path.iterdir() if p.is_dir() and (m := _SHARD.match(p.name))]
+        return sorted(found)
+
+    def is_single(self) -> bool:
+        """The store's own files are here (a store of one piece, or group 0 of a store with appended shards)."""
         return self.meta.is_file() and self.tokens("train").is_file()
+
+    def looks_like_store(self) -> bool:
+        """The store's marker files, or shards, are there (cheap; says nothing of the format)."""
+        return self.is_single() or bool(self.shards())
 
     def is_store(self) -> bool:
         """A folder that `unmask prepare` made in a format this unmask reads (so it may be replaced)."""
-        if not self.looks_like_store():
-            return False
+        if not self.is_single():
+            return bool(self.shards())
         try:
             meta = json.loads(self.meta.read_text(encoding="utf-8"))
         except (OSError, ValueError):

@@ -14,17 +14,19 @@ import json
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from unmask.config import PrepareConfig
-from unmask.data.layout import FORMAT_VERSION, SPLITS, StoreDir, is_validation_document
+from unmask.data.encoding import encoded_batches
+from unmask.data.layout import BLOCK, FORMAT_VERSION, SPLITS, StoreDir, is_validation_document
 from unmask.data.sources import ReadOptions, ReadReport, Source, expand_sources, read_documents
 from unmask.errors import UnmaskError
 from unmask.files import RunLock, atomic_write_text, building, recover_folder, remove_stale_building
-from unmask.tokenizer import Vocabulary, fingerprint, load_tokenizer, raw_tokenizer, word_starts
+from unmask.tokenizer import Vocabulary, fingerprint, load_tokenizer, raw_tokenizer
 
 _TEXTS_PER_BATCH = 256
 _TOKENS_PER_WRITE = 1 << 20
@@ -49,13 +51,18 @@ class _SplitWriter:
         self.pending_tokens = 0
         self.total_tokens = 0
         self.documents = 0
+        self.blocks: list[list[int]] = []
+        """(block, documents) runs, in order: where a shard's documents belong among all shards'."""
         self.offsets.write(np.zeros(1, dtype=np.int64).tobytes())
 
-    def add(self, ids: list[int], starts: np.ndarray) -> None:
-        self.pending.append(np.asarray(ids + [self.separator], dtype=self.dtype))
+    def add(self, ids: np.ndarray, starts: np.ndarray, block: int) -> None:
+        self.pending.append(np.append(ids, self.separator).astype(self.dtype))
         self.pending_starts.append(np.append(starts, True))  # the separator is a word of its own
         self.pending_tokens += len(ids) + 1
         self.documents += 1
+        if not self.blocks or self.blocks[-1][0] != block:
+            self.blocks.append([block, 0])
+        self.blocks[-1][1] += 1
         if self.pending_tokens >= _TOKENS_PER_WRITE:
             self.flush()
 
@@ -124,6 +131,27 @@ class _Progress:
         self.bar.close()
 
 
+@dataclass(frozen=True)
+class Plan:
+    """Where a prepare writes, and which documents it takes."""
+
+    target: Path
+    """The folder published: the store, or its shard."""
+    group: int
+    index: int
+    count: int
+    doc_base: int
+    """The number of the first document read: the documents of the store's earlier groups."""
+
+    @property
+    def sharded(self) -> bool:
+        return self.count > 1 or self.group > 0
+
+    def takes(self, number: int) -> bool:
+        """Whether document `number` (of this group's reading) is this shard's."""
+        return (number // BLOCK) % self.count == self.index
+
+
 def _documents_within(config: PrepareConfig, sources: list[Source], report: ReadReport) -> Iterator[str]:
     """Document texts, stopping at --max-docs (--max-tokens is enforced where tokens are counted)."""
     for count, (_, text) in enumerate(read_documents(sources, report, ReadOptions.of(config)), 1):
@@ -133,54 +161,108 @@ def _documents_within(config: PrepareConfig, sources: list[Source], report: Read
 
 
 def prepare(config: PrepareConfig, progress: bool = True) -> dict:
-    """Tokenize the sources into a new store at config.out; returns its metadata.
+    """Tokenize the sources into a new store (or shard) at config.out; returns its metadata.
 
-    One prepare at a time per --out (a second refuses at once), so two never mix."""
+    One prepare at a time per target (a second refuses at once), so two never mix."""
+    if config.merge is not None:
+        return merge(Path(config.merge))
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise UnmaskError(f"--out {out}: is a file, not a token store")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with RunLock(out.parent / f".{out.name}.lock", "unmask prepare", guards=out, remove_when_done=True):
-        remove_stale_building(out.parent)
-        return _prepare(config, out, progress)
+    plan = _plan(config, out)
+    plan.target.parent.mkdir(parents=True, exist_ok=True)
+    with RunLock(plan.target.parent / f".{plan.target.name}.lock", "unmask prepare", guards=plan.target, remove_when_done=True):
+        remove_stale_building(plan.target.parent)
+        return _prepare(config, plan, progress)
 
 
-def _prepare(config: PrepareConfig, out: Path, progress: bool) -> dict:
-    _check_out(out, [s for s in config.sources if not s.startswith("hf:")], config.overwrite)
+def _plan(config: PrepareConfig, out: Path) -> Plan:
+    """The shard this prepare makes: the store itself, a shard of a new store, or an appended one."""
+    index, count = config.shard_index()
+    folder = StoreDir(out)
+    if not config.append and config.shard is None:
+        return Plan(out, 0, 0, 1, 0)
+    if not config.append:  # group 0, shard I of N
+        if folder.is_single():
+            raise UnmaskError(f"--out {out}: holds a store already; add to it with --append, or choose another --out")
+        clash = [p for g, _, n, p in folder.shards() if g == 0 and n != count]
+        if clash:
+            raise UnmaskError(f"--shard {config.shard}: {out} already holds shards of another count ({clash[0].name})")
+        return Plan(folder.shard(0, index, count), 0, index, count, 0)
+    if not folder.looks_like_store():
+        raise UnmaskError(f"--append: {out} holds no store to add to; make one first (without --append)")
+    from unmask.data.store import TokenStore
+
+    existing = TokenStore.open(out)
+    records = existing.meta.get("shards") or [{"group": 0, "documents_read": sum(s["documents"] for s in existing.meta["splits"].values())}]
+    group = max(r["group"] for r in records) + 1
+    if existing.meta.get("val_fraction") != config.val_fraction:
+        raise UnmaskError(
+            f"--val-fraction {config.val_fraction}: {out} holds out {existing.meta.get('val_fraction')}; an appended shard must hold out the same"
+        )
+    base = sum(r["documents_read"] for r in records)
+    return Plan(folder.shard(group, index, count), group, index, count, base)
+
+
+def _prepare(config: PrepareConfig, plan: Plan, progress: bool) -> dict:
+    _check_out(plan.target, [s for s in config.sources if not s.startswith("hf:")], config.overwrite)
     sources = expand_sources(config.sources)
     tokenizer = load_tokenizer(config.tokenizer, config.trust_remote_code)
+    if plan.group > 0 or plan.index > 0:  # a shard of a store must speak the store's tokenizer
+        _check_same_tokenizer(plan, tokenizer, config)
     vocab = Vocabulary.from_tokenizer(tokenizer)
     dtype = token_dtype(vocab.size)
+    with building(plan.target, "the token store", tag="building") as folder:
+        return _fill(config, plan, StoreDir(folder), sources, tokenizer, vocab, dtype, progress)
 
-    with building(out, "the token store", tag="building") as folder:
-        return _fill(config, StoreDir(folder), sources, tokenizer, vocab, dtype, progress)
+
+def _check_same_tokenizer(plan: Plan, tokenizer, config: PrepareConfig) -> None:
+    from unmask.data.store import TokenStore
+
+    store = plan.target.parent
+    others = [p for _, _, _, p in StoreDir(store).shards() if p != plan.target] + ([store] if StoreDir(store).is_single() else [])
+    for other in others:
+        meta = TokenStore.open_one(other).meta
+        if meta["tokenizer"]["fingerprint"] != fingerprint(tokenizer):
+            raise UnmaskError(
+                f"--tokenizer {config.tokenizer}: {other} was prepared with '{meta['tokenizer']['name']}', which maps text to other ids"
+            )
+        if meta.get("val_fraction") != config.val_fraction:
+            raise UnmaskError(f"--val-fraction {config.val_fraction}: {other} was prepared with {meta.get('val_fraction')}")
 
 
-def _fill(config: PrepareConfig, folder: StoreDir, sources, tokenizer, vocab: Vocabulary, dtype, progress: bool) -> dict:
+def _fill(config: PrepareConfig, plan: Plan, folder: StoreDir, sources, tokenizer, vocab: Vocabulary, dtype, progress: bool) -> dict:
     """Tokenize into the hidden `folder`, which `building` then publishes."""
-    # Not `encode_batch_fast`: it is faster but drops the word ids the word starts come from.
-    encode_batch = raw_tokenizer(tokenizer).encode_batch
     val_fraction = Fraction(str(config.val_fraction))
     writers = {split: _SplitWriter(folder, split, dtype, vocab.closer_id) for split in SPLITS}
     report = ReadReport()
     started = time.perf_counter()
     shown = _Progress(progress, config.max_docs)
-    document_index = stored_tokens = 0
     documents = _documents_within(config, sources, report)
+    read = [0]  # documents read by the whole group (all its shards read them all): this shard's and the others'
+
+    def mine() -> Iterator[tuple[int, str]]:
+        for number, text in enumerate(documents):
+            read[0] = number + 1
+            if plan.takes(number):
+                yield number, text
+
+    items = mine()
+    batches = iter(lambda: list(itertools.islice(items, _TEXTS_PER_BATCH)), [])
+    stored_tokens = 0
     try:
-        while config.max_tokens is None or stored_tokens < config.max_tokens:
-            batch = list(itertools.islice(documents, _TEXTS_PER_BATCH))
-            if not batch:
-                break
+        for batch, encoded in encoded_batches(raw_tokenizer(tokenizer), batches, config.worker_count()):
             before = stored_tokens
-            for encoding in encode_batch(batch, add_special_tokens=False):
-                split = "val" if is_validation_document(document_index, val_fraction) else "train"
-                writers[split].add(encoding.ids, word_starts(encoding.word_ids))
-                document_index += 1
-                stored_tokens += len(encoding.ids) + 1
+            for (number, _), (ids, starts) in zip(batch, encoded):
+                split = "val" if is_validation_document(plan.doc_base + number, val_fraction) else "train"
+                writers[split].add(ids, starts, number // BLOCK)
+                stored_tokens += len(ids) + 1
                 if config.max_tokens is not None and stored_tokens >= config.max_tokens:
+                    read[0] = number + 1  # the documents after it were read ahead, not stored
                     break
             shown.add(len(batch), stored_tokens - before)
+            if config.max_tokens is not None and stored_tokens >= config.max_tokens:
+                break
         for writer in writers.values():
             writer.close()
     finally:  # before the error is printed, so the bar does not run into it
@@ -189,12 +271,12 @@ def _fill(config: PrepareConfig, folder: StoreDir, sources, tokenizer, vocab: Vo
         for writer in writers.values():
             writer.abandon()
     seconds = time.perf_counter() - started
-
-    if document_index == 0:
+    stored = sum(w.documents for w in writers.values())
+    if read[0] == 0:
         raise UnmaskError(f"{', '.join(config.sources)}: no non-empty documents found")
-    if writers["train"].documents == 0:
+    if writers["train"].documents == 0 and not plan.sharded:
         raise UnmaskError(
-            f"only {document_index} document(s): none left for training after the held-out split "
+            f"only {stored} document(s): none left for training after the held-out split "
             "(add text, use --doc-per blank-line or line, or --val-fraction 0)"
         )
     tokenizer.save_pretrained(folder.tokenizer)
@@ -217,5 +299,29 @@ def _fill(config: PrepareConfig, folder: StoreDir, sources, tokenizer, vocab: Vo
         },
         "seconds": round(seconds, 3),
     }
+    if plan.sharded:
+        meta["shard"] = {
+            "group": plan.group,
+            "index": plan.index,
+            "count": plan.count,
+            "doc_base": plan.doc_base,
+            "documents_read": read[0],
+        }
+        for split, writer in writers.items():
+            np.asarray(writer.blocks, dtype=np.int64).reshape(-1, 2).tofile(folder.blocks(split))
     atomic_write_text(folder.meta, json.dumps(meta, indent=2))
     return meta
+
+
+def merge(path: Path) -> dict:
+    """Check a folder of shards (every shard there, complete, one tokenizer and held-out rule)
+    and write its manifest; returns the combined metadata. No token is copied."""
+    from unmask.data.store import TokenStore
+
+    if not StoreDir(path).shards():
+        raise UnmaskError(f"--merge {path}: holds no shards (shard-GGG-IIIII-of-NNNNN folders made with --shard or --append)")
+    store = TokenStore.open(path)
+    manifest = {"format": "unmask-shards", "version": 1, "shards": store.meta["shards"], "splits": store.meta["splits"],
+                "tokenizer": store.meta["tokenizer"], "val_fraction": store.meta.get("val_fraction")}  # fmt: skip
+    atomic_write_text(StoreDir(path).manifest, json.dumps(manifest, indent=2))
+    return {**store.meta, "merged": True, "files": sum(1 for _ in store.meta["shards"]), "seconds": 0.0}

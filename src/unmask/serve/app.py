@@ -23,7 +23,7 @@ from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from unmask.config import ServeConfig
+from unmask.config import ServeConfig, parse_sources
 from unmask.data.layout import StoreDir
 from unmask.errors import UnmaskError, optional_import
 from unmask.serve import runs as run_folders
@@ -186,7 +186,9 @@ def create_app(config: ServeConfig) -> Starlette:
             if value not in offered:
                 raise BadRequest(404, f"no model {value!r} for '{name}' (models: {', '.join(offered)})")
         run = find_run(_field(body, "data", str))
-        store = run_folders.describe(run, detail=True)["config"].get("data")
+        entries = run_folders.describe(run, detail=True)["config"].get("data") or []
+        entries = [entries] if isinstance(entries, str) else entries
+        store = parse_sources(entries)[0][1] if entries else None  # the run's first store
         if not store or not StoreDir(store).looks_like_store():
             raise BadRequest(422, f"run {run.id!r} names no token store that is here to score on")
         key = (offered[base], offered[trained], store)

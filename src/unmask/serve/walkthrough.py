@@ -9,6 +9,7 @@ from dataclasses import asdict
 import torch
 
 from unmask.errors import UnmaskError
+from unmask.hardware import autocast
 from unmask.infer import Filler, inspected_rows, mask_sentence
 
 
@@ -22,9 +23,10 @@ def walkthrough(filler: Filler, text: str, seed: int, mask_prob: float, masking:
     picked = drawn.labels != -100
     predictions, losses = [], []
     if picked.any():
-        logits = filler.lm.masked_logits(
-            drawn.input_ids.to(filler.device), encoded["attention_mask"].to(filler.device), picked.to(filler.device)
-        )
+        with autocast(filler.device, filler.dtype):
+            logits = filler.lm.masked_logits(
+                drawn.input_ids.to(filler.device), encoded["attention_mask"].to(filler.device), picked.to(filler.device)
+            )
         probabilities = logits.float().softmax(-1).cpu()
         for k, position in enumerate(picked[0].nonzero()[:, 0].tolist()):
             true_id = int(drawn.labels[0, position])

@@ -1,0 +1,151 @@
+"""Everything about a GPU in one command: the CLI end to end on CUDA, determinism of two runs
+and of a kill and resume, throughput and MFU of both sides at the bert-base shape (sequence
+length 128 batch 256, and 512 batch 64), and memory. Writes a Markdown table that
+benchmarks/RESULTS.md can take as it is.
+
+    bash benchmarks/gpu_check.sh                 # sets up, then runs this (about 6 minutes on an H200)
+    python benchmarks/gpu_check.py --out benchmarks/gpu_results.md
+
+Works from the bundled sample corpus (no network). `--dry-run` runs every section tiny on
+the CPU, to check the script itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def unmask(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "unmask", *args], capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False)  # fmt: skip
+    if check and result.returncode != 0:
+        raise RuntimeError(f"unmask {' '.join(args[:3])} failed:\n{result.stderr[-2000:]}")
+    return result
+
+
+def same_weights(a: Path, b: Path) -> float:
+    """The largest absolute difference between two model folders' weights (0.0: bit for bit)."""
+    from safetensors.torch import load_file
+
+    x, y = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    return max(float((x[k].float() - y[k].float()).abs().max()) for k in x)
+
+
+def matmul_peak(device: str) -> float:
+    """TFLOP/s of a large bf16 matrix product (fp32 on the CPU), the best of a few."""
+    import torch
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    size = 8192 if device == "cuda" else 512
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(5):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - started) / 10)
+    return 2 * size**3 / best / 1e12
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(HERE / "gpu_results.md"))
+    parser.add_argument("--dry-run", action="store_true", help="every section tiny, on the CPU")
+    args = parser.parse_args()
+    import torch
+
+    device = "cpu" if args.dry_run else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA GPU here (use --dry-run to check the script on the CPU)")
+    name = torch.cuda.get_device_name(0) if device == "cuda" else "CPU (dry run)"
+    rows: list[str] = []
+    started = time.time()
+    work = Path(tempfile.mkdtemp(prefix="unmask-gpu-"))
+    steps = 6 if args.dry_run else 60
+
+    # 1. The CLI end to end on the device.
+    store = work / "store"
+    unmask("prepare", "sample:pydocs", "--out", str(store), "--doc-per", "blank-line", "--val-fraction", "0.1")
+    common = ["--data", str(store), "--from-scratch", "mini", "--seq-len", "128", "--batch-size", "32", "--device", device,
+              "--eval-every", "0", "--progress", "none", "--lr", "1e-3", "--warmup-steps", "2", "--dropout", "0.1"]  # fmt: skip
+    e2e = time.time()
+    unmask("train", *common, "--out", str(work / "e2e"), "--max-steps", str(steps), "--checkpoint-every", str(steps // 2))
+    unmask("eval", str(work / "e2e"), "--data", str(store), "--device", device, "--json")
+    unmask("fill", str(work / "e2e"), "def [MASK](self):", "--device", device)
+    unmask(
+        "probe", str(work / "e2e"), "--train", "sample:pydocs-sections:train", "--eval", "sample:pydocs-sections:eval", "--device", device
+    )
+    rows.append(f"| CLI end to end on {device} (prepare, train {steps} steps, eval, fill, probe) | passed in {time.time() - e2e:.0f} s |")
+
+    # 2. Determinism: two runs, and a run killed after its first checkpoint and resumed.
+    for flag, label in (([], "default"), (["--deterministic"], "--deterministic")):
+        runs = []
+        for number in range(2):
+            out = work / f"det-{label}-{number}"
+            began = time.time()
+            unmask("train", *common, *flag, "--out", str(out), "--max-steps", str(steps), "--checkpoint-every", str(steps // 2))
+            runs.append((out, time.time() - began))
+        killed = work / f"det-{label}-killed"
+        process = subprocess.Popen([sys.executable, "-m", "unmask", "train", *common, *flag, "--out", str(killed), "--max-steps", str(steps),
+                                    "--checkpoint-every", str(steps // 2)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        while process.poll() is None and not list((killed / "checkpoints").glob("step-*")):
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        unmask("train", "--out", str(killed), "--resume")
+        two = same_weights(runs[0][0] / "model", runs[1][0] / "model")
+        resumed = same_weights(runs[0][0] / "model", killed / "model")
+        summary = json.loads((runs[0][0] / "summary.json").read_text())
+        rows.append(f"| {label}: two runs, max weight difference | {two:.3g}{' (bit for bit)' if two == 0 else ''} |")
+        rows.append(f"| {label}: killed and resumed vs straight | {resumed:.3g}{' (bit for bit)' if resumed == 0 else ''} |")
+        rows.append(f"| {label}: seconds for {steps} steps (mini, 32 x 128) | {runs[0][1]:.1f} (precision {summary['precision']}) |")
+
+    # 3. Throughput, MFU and memory of both sides at the bert-base shape.
+    peak = matmul_peak(device)
+    rows.append(f"| measured matmul peak ({'bf16' if device == 'cuda' else 'fp32'}) | {peak:.0f} TFLOP/s |")
+    tables = []
+    for seq_len, batch in ((128, 256), (512, 64)) if not args.dry_run else ((32, 4),):
+        table = work / f"bench-{seq_len}.md"
+        shapes = ["--shapes", "base", "--base-steps", "20" if not args.dry_run else "4", "--base-warmup", "5" if not args.dry_run else "2"]
+        command = [sys.executable, str(HERE / "bench.py"), *shapes, "--base-dropouts", "0.1", "--batch-size", str(batch),
+                   "--seq-len", str(seq_len), "--skip", "prepare,formats,tokenizer,fill,profile", "--out", str(table),
+                   "--corpus", str(Path(__file__).resolve().parent.parent / "src" / "unmask" / "sample_corpus" / "pydocs"),
+                   "--curves", str(work / f"curves-{seq_len}.png")]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            tables.append(f"bench.py at {seq_len} x {batch} failed:\n\n```\n{result.stderr[-1500:]}\n```")
+        else:
+            tables.append(f"### bert-base shape, sequence length {seq_len}, batch {batch}\n\n" + table.read_text())
+    lines = [
+        f"## GPU check: {name} ({datetime.now(timezone.utc):%Y-%m-%d})",
+        "",
+        f"`python benchmarks/gpu_check.py{' --dry-run' if args.dry_run else ''}`, torch {torch.__version__}, {time.time() - started:.0f} s in all.",
+        "",
+        "| check | result |",
+        "|---|---|",
+        *rows,
+        "",
+        *tables,
+        "",
+    ]
+    Path(args.out).write_text("\n".join(lines), encoding="utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Data at scale: parallel tokenizing gives the same store, shards made apart are the one-shot
+store once merged, an appended source is a new shard, and every mismatch is named."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import make_documents
+
+from unmask.config import PrepareConfig
+from unmask.data.layout import StoreDir
+from unmask.data.prepare import prepare
+from unmask.data.store import TokenStore
+from unmask.errors import UnmaskError
+
+
+@pytest.fixture(scope="module")
+def lines(tmp_path_factory):
+    """600 documents, one a line, so that blocks of 256 documents fall on several shards."""
+    folder = tmp_path_factory.mktemp("many")
+    (folder / "docs.txt").write_text("\n".join(make_documents(600, sentences_per_doc=2, seed=3)) + "\n")
+    return folder / "docs.txt"
+
+
+def make(source, out, tokenizer_dir, **options):
+    values = dict(sources=[str(source)], out=str(out), tokenizer=str(tokenizer_dir), doc_per="line", val_fraction=0.1, workers=1)
+    return prepare(PrepareConfig(**{**values, **options}), progress=False)
+
+
+def same_split(a, b) -> None:
+    assert len(a.tokens) == len(b.tokens) and np.array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+    assert np.array_equal(np.asarray(a.offsets), np.asarray(b.offsets)) and a.documents == b.documents
+    assert np.array_equal(a.word_starts(0, len(a.tokens)), b.word_starts(0, len(b.tokens)))
+    middle = len(a.tokens) // 3
+    assert np.array_equal(a.tokens[middle : middle + 517], b.tokens[middle : middle + 517])
+
+
+def test_two_workers_make_the_store_one_makes_byte_for_byte(lines, tokenizer_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("unmask.data.encoding.INLINE_BATCHES", 0)  # the workers take every batch, even of a small corpus
+    make(lines, tmp_path / "one", tokenizer_dir, workers=1)
+    make(lines, tmp_path / "two", tokenizer_dir, workers=2)
+    for name in ("train.tokens", "train.offsets", "train.words", "val.tokens", "val.offsets", "val.words"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+def test_shards_made_apart_read_back_as_the_one_shot_store(lines, tokenizer_dir, tmp_path):
+    make(lines, tmp_path / "whole", tokenizer_dir)
+    for index in (1, 0):  # in any order, as separate machines would
+        meta = make(lines, tmp_path / "sharded", tokenizer_dir, shard=f"{index}/2")
+        assert meta["shard"]["documents_read"] == 600
+    whole, sharded = TokenStore.open(tmp_path / "whole"), TokenStore.open(tmp_path / "sharded")
+    assert sharded.meta["splits"] == whole.meta["splits"] and len(sharded.shards) == 2
+    for split in ("train", "val"):
+        same_split(whole.split(split), sharded.split(split))
+    merged = prepare(PrepareConfig(merge=str(tmp_path / "sharded")), progress=False)
+    assert merged["merged"] and StoreDir(tmp_path / "sharded").manifest.is_file()
+
+
+def test_an_appended_source_is_a_new_shard_and_the_old_files_stay_untouched(lines, tokenizer_dir, corpus_dir, tmp_path):
+    make(lines, tmp_path / "store", tokenizer_dir)
+    before = (tmp_path / "store" / "train.tokens").read_bytes()
+    make(corpus_dir, tmp_path / "store", tokenizer_dir, append=True)
+    assert (tmp_path / "store" / "train.tokens").read_bytes() == before
+    assert [p.name for _, _, _, p in StoreDir(tmp_path / "store").shards()] == ["shard-001-00000-of-00001"]
+    # One prepare of both sources, in that order, numbers and holds out the documents the same way.
+    prepare(PrepareConfig(sources=[str(lines), str(corpus_dir)], out=str(tmp_path / "once"), tokenizer=str(tokenizer_dir),
+                          doc_per="line", val_fraction=0.1, workers=1), progress=False)  # fmt: skip
+    appended, once = TokenStore.open(tmp_path / "store"), TokenStore.open(tmp_path / "once")
+    assert appended.meta["splits"] == once.meta["splits"]
+    for split in ("train", "val"):
+        same_split(once.split(split), appended.split(split))
+
+
+def test_a_missing_half_written_or_mismatched_shard_is_named(lines, tokenizer_dir, roberta_dir, tmp_path):
+    make(lines, tmp_path / "s", tokenizer_dir, shard="0/2")
+    with pytest.raises(UnmaskError, match=r"shard 1/2 of group 0 is missing; run `unmask prepare \.\.\. --out .* --shard 1/2`"):
+        TokenStore.open(tmp_path / "s")
+    (tmp_path / "s" / ".shard-000-00001-of-00002.building-host-1").mkdir()
+    with pytest.raises(UnmaskError, match=r"shard 1/2 of group 0 is being written or interrupted"):
+        prepare(PrepareConfig(merge=str(tmp_path / "s")), progress=False)
+    with pytest.raises(
+        UnmaskError, match=r"--tokenizer .*: .*shard-000-00000-of-00002 was prepared with '.*', which maps text to other ids"
+    ):
+        make(lines, tmp_path / "s", roberta_dir, shard="1/2")
+    with pytest.raises(UnmaskError, match=r"--val-fraction 0.2: .*was prepared with 0.1"):
+        make(lines, tmp_path / "s", tokenizer_dir, shard="1/2", val_fraction=0.2)
+    with pytest.raises(UnmaskError, match=r"--shard: '3/2': I/N needs 0 <= I < N"):
+        PrepareConfig(sources=["x"], out="o", shard="3/2")
+    with pytest.raises(UnmaskError, match=r"--max-tokens: a shard cannot know"):
+        PrepareConfig(sources=["x"], out="o", shard="0/2", max_tokens=10)
+    with pytest.raises(UnmaskError, match=r"--shard 0/3: .* already holds shards of another count"):
+        make(lines, tmp_path / "s", tokenizer_dir, shard="0/3")
+
+
+def test_a_killed_parallel_prepare_leaves_no_store_and_no_worker(lines, tokenizer_dir, tmp_path):
+    big = tmp_path / "big.txt"
+    big.write_text(lines.read_text() * 40)
+    out = tmp_path / "store"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "unmask", "prepare", str(big), "--out", str(out), "--tokenizer", str(tokenizer_dir), "--doc-per", "line", "--workers", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob(".store.building-*")):
+        time.sleep(0.05)
+    time.sleep(1.0)  # the workers are tokenizing now
+    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    time.sleep(1.0)
+    alive = [pid for pid in children if os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read().lower()]
+    assert children and not alive, f"orphan workers {alive} of {children}"
+    assert not out.exists(), "no store that looks complete"

@@ -1,0 +1,128 @@
+"""The machine: precision chosen by what the CPU can do (probe stubbed both ways), bf16 autocast
+holding fp32's loss, a training step that never reads the device, and --deterministic."""
+
+import json
+
+import pytest
+import torch
+from conftest import quiet
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from unmask import hardware
+from unmask.config import TrainConfig
+from unmask.train import setup, train
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNMASK_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "cpu-precision.json"
+
+
+def test_a_cpu_without_bf16_units_trains_in_fp32(monkeypatch, cache):
+    monkeypatch.setattr(hardware, "cpu_bf16_hardware", lambda: None)
+    monkeypatch.setattr(hardware, "calibrate", lambda *a, **k: pytest.fail("no calibration without the hardware"))
+    choice = hardware.choose_precision(torch.device("cpu"), "auto")
+    assert choice.dtype is None and choice.name == "fp32" and "neither AMX nor AVX512-BF16" in choice.reason
+
+
+def test_a_cpu_with_amx_takes_bf16_once_calibration_confirms_it_and_remembers(monkeypatch, cache):
+    monkeypatch.setattr(hardware, "cpu_bf16_hardware", lambda: "AMX")
+    monkeypatch.setattr(hardware, "calibrate", lambda *a, **k: 5.3)
+    choice = hardware.choose_precision(torch.device("cpu"), "auto")
+    assert choice.dtype is torch.bfloat16 and "AMX" in choice.reason and "5.3x" in choice.reason
+    assert list(json.loads(cache.read_text()).values()) == [5.3]
+    monkeypatch.setattr(hardware, "calibrate", lambda *a, **k: pytest.fail("calibrated once per machine"))
+    assert hardware.choose_precision(torch.device("cpu"), "auto").dtype is torch.bfloat16
+
+
+def test_bf16_units_that_calibrate_slow_keep_fp32_and_explicit_choices_win(monkeypatch, cache):
+    monkeypatch.setattr(hardware, "cpu_bf16_hardware", lambda: "AVX512-BF16")
+    monkeypatch.setattr(hardware, "calibrate", lambda *a, **k: 1.1)
+    assert hardware.choose_precision(torch.device("cpu"), "auto").dtype is None
+    assert hardware.choose_precision(torch.device("cpu"), "bf16").dtype is torch.bfloat16
+    assert hardware.choose_precision(torch.device("cpu"), "fp32").dtype is None
+
+
+def test_the_real_probe_answers_on_this_machine(cache):
+    """Whatever this CPU is, the probe gives a reason; `calibrate` measures a positive ratio."""
+    assert hardware.cpu_bf16_hardware() in (None, "AMX", "AVX512-BF16")
+    assert hardware.calibrate(size=64, repeats=1) > 0
+
+
+def tiny_config(store_dir, tiny_model_dir, out, **overrides) -> TrainConfig:
+    values = dict(data=str(store_dir), model=str(tiny_model_dir), out=str(out), seq_len=32, batch_size=8, max_steps=6, lr=1e-3,
+                  dropout=0.0, eval_every=0, checkpoint_every=0, log_every=1, progress="none")  # fmt: skip
+    return TrainConfig(**{**values, **overrides})
+
+
+def losses(out) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+
+
+def test_bf16_autocast_on_cpu_follows_the_fp32_loss(store_dir, tiny_model_dir, tmp_path):
+    fp32 = train(tiny_config(store_dir, tiny_model_dir, tmp_path / "fp32", precision="fp32"), progress=False, echo=quiet)
+    bf16 = train(tiny_config(store_dir, tiny_model_dir, tmp_path / "bf16", precision="bf16"), progress=False, echo=quiet)
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16") and "--precision bf16" in bf16["precision_reason"]
+    for a, b in zip(losses(tmp_path / "fp32"), losses(tmp_path / "bf16")):
+        assert b == pytest.approx(a, rel=0.02), (a, b)
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tmp_path / "bf16" / "model" / "model.safetensors"))
+    assert all(t.dtype == torch.float32 for t in weights.values()), "master weights stay fp32"
+
+
+class DeviceReads(TorchDispatchMode):
+    """Counts the operations that make the host wait for a device: a value read back, a size
+    only the device knows (nonzero, boolean indexing)."""
+
+    READS = {"_local_scalar_dense", "item", "nonzero", "masked_select", "is_nonzero", "equal"}
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] in self.READS:
+            self.seen.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("masking", ["token", "whole-word", "span"])
+def test_a_step_that_logs_nothing_never_reads_the_device(store_dir, tiny_model_dir, tmp_path, masking):
+    run = setup(tiny_config(store_dir, tiny_model_dir, tmp_path / "run", masking=masking, dropout=0.1), echo=quiet)
+    try:
+        for _ in range(3):
+            drawn = run.draw_step()  # the host's part: masks and where they fall
+            with DeviceReads() as reads:  # the device's part: forward, backward, clip, step
+                run.update(run.forward_backward(drawn))
+            assert reads.seen == [], reads.seen
+            run.step += 1
+        assert run.settle(signals=type("S", (), {"received": None})())["loss"] > 0
+        # The detector catches what it looks for: the labels-based path the host's plan replaced
+        # finds its positions on the device, and a logged number is a read.
+        batch = drawn.micro_batches[0]
+        labels = torch.full_like(batch.input_ids, -100).reshape(-1).index_put((batch.picks.flat,), batch.targets).view_as(batch.input_ids)
+        with DeviceReads() as reads:
+            loss, _ = run.lm(batch.input_ids, batch.attention_mask, labels)
+            float(loss.detach())
+        assert "nonzero" in " ".join(reads.seen) and "_local_scalar_dense" in " ".join(reads.seen), reads.seen
+    finally:
+        run.lock.release()
+
+
+def test_deterministic_sets_what_it_must_and_a_run_keeps_to_it(store_dir, tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        summary = train(
+            tiny_config(store_dir, tiny_model_dir, tmp_path / "run", deterministic=True, dropout=0.1), progress=False, echo=quiet
+        )
+        assert torch.are_deterministic_algorithms_enabled() and summary["deterministic"] is True
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark and not torch.backends.cuda.matmul.allow_tf32
+        import os
+
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == hardware.CUBLAS_WORKSPACE
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cuda.enable_mem_efficient_sdp(True)
