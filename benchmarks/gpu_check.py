@@ -1,6 +1,8 @@
 """Everything about a GPU in one command: the CLI end to end on CUDA, determinism of two runs
-and of a kill and resume, throughput and MFU of both sides at the bert-base shape (sequence
-length 128 batch 256, and 512 batch 64), and memory. Writes a Markdown table that
+and of a kill and resume, each architecture's tokens/s from scratch (documents apart or not;
+ModernBERT unpadded where flash-attn is installed) and a context extension, throughput and
+MFU of both sides at the bert-base shape (sequence length 128 batch 256, and 512 batch 64),
+and memory. Writes a Markdown table that
 benchmarks/RESULTS.md can take as it is.
 
     bash benchmarks/gpu_check.sh                 # sets up, then runs this (about 6 minutes on an H200)
@@ -115,7 +117,32 @@ def main() -> None:
         rows.append(f"| {label}: killed and resumed vs straight | {resumed:.3g}{' (bit for bit)' if resumed == 0 else ''} |")
         rows.append(f"| {label}: seconds for {steps} steps (mini, 32 x 128) | {runs[0][1]:.1f} (precision {summary['precision']}) |")
 
-    # 3. Throughput, MFU and memory of both sides at the bert-base shape.
+    # 3. Each architecture from scratch on the device, documents apart or not, and a
+    # ModernBERT continued at four times its context with a larger RoPE base.
+    import importlib.util
+
+    flash = importlib.util.find_spec("flash_attn") is not None
+    seq, longer = ("64", "256") if args.dry_run else ("512", "2048")
+    arch_common = ["--data", str(store), "--seq-len", seq, "--batch-size", "8" if args.dry_run else "32", "--device", device,
+                   "--eval-every", "0", "--progress", "none", "--lr", "1e-3", "--warmup-steps", "2", "--log-every", "2"]  # fmt: skip
+    for arch in ("bert", "roberta", "modernbert", "deberta-v2"):
+        for apart in ([], ["--no-attention-across-docs"]) if arch == "modernbert" else ([],):
+            out = work / f"arch-{arch}{'-apart' if apart else ''}"
+            unmask("train", *arch_common, "--from-scratch", f"{arch}-mini", *apart, "--out", str(out), "--max-steps", str(steps))
+            speeds = sorted(json.loads(line).get("tokens_per_s") or 0 for line in (out / "metrics.jsonl").read_text().splitlines())
+            label = f"{arch}-mini{', documents apart' if apart else ''}{', flash attention' if flash and arch == 'modernbert' else ''}"
+            rows.append(f"| {label}: tokens/s at {seq} tokens | {speeds[len(speeds) // 2]:,.0f} |")
+    extended = work / "modernbert-long"
+    unmask("train", *arch_common[:2], "--model", str(work / "arch-modernbert"), "--seq-len", longer, "--rope-theta", "160000",
+           "--batch-size", "2" if args.dry_run else "8", "--device", device, "--progress", "none", "--eval-every", "0",
+           "--max-steps", str(steps), "--out", str(extended))  # fmt: skip
+    summary = json.loads((extended / "summary.json").read_text())
+    rows.append(
+        f"| modernbert-mini continued at {longer} tokens, RoPE base 160,000: eval loss at {longer} / at {seq} | "
+        f"{summary['eval_loss']:.3f} / {summary[f'eval_loss@len{seq}']:.3f} |"
+    )
+
+    # 4. Throughput, MFU and memory of both sides at the bert-base shape.
     peak = matmul_peak(device)
     rows.append(f"| measured matmul peak ({'bf16' if device == 'cuda' else 'fp32'}) | {peak:.0f} TFLOP/s |")
     tables = []

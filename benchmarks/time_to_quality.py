@@ -71,14 +71,12 @@ def worker_unmask(args) -> None:
     from unmask.config import TrainConfig
     from unmask.train import train
 
-    settings = json.loads(args.settings)
+    # The settings may replace the model (`{"model": null, "from_scratch": "modernbert-tiny"}`).
+    settings = {"model": starter(), "seq_len": 128, "batch_size": 32, **json.loads(args.settings)}
     budget = args.minutes * 60
     config = TrainConfig(
-        data=args.store,
+        data=[args.store],
         out=args.run,
-        model=starter(),
-        seq_len=128,
-        batch_size=32,
         lr=args.lr,
         time_budget=f"{budget}s",
         eval_every=0,
@@ -295,8 +293,8 @@ def downstream(model: Path, mode: str, cache: Path) -> dict:
             if mode == "probe":
                 command = ["probe", str(model), *task, "--json"]
             else:
-                command = ["finetune", str(model), *task, "--out", f"{folder}/ft", "--epochs", "2", "--lr", "5e-5", "--batch-size", "32"]
-                command += ["--no-save-model", "--progress", "none"]
+                settings = [part for key, value in pydocs_finetune().items() for part in (f"--{key.replace('_', '-')}", str(value))]
+                command = ["finetune", str(model), *task, "--out", f"{folder}/ft", *settings, "--no-save-model", "--progress", "none"]
             result = subprocess.run(
                 [sys.executable, "-m", "unmask", *command], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
             )
@@ -307,6 +305,14 @@ def downstream(model: Path, mode: str, cache: Path) -> dict:
             return {"accuracy": json.loads(Path(folder, "ft", "summary.json").read_text())["metrics"]["accuracy"]["median"]}
 
     return cached(cache, f"{mode}|{model}", compute)
+
+
+def pydocs_finetune() -> dict:
+    """The bundled pydocs suite's fine-tuning settings (one owner: the suite file)."""
+    from unmask.config import load_suite
+    from unmask.downstream import resolve_suite
+
+    return load_suite(resolve_suite("pydocs")).tasks[0].finetune
 
 
 def unmask_points(run: Path, work: Path) -> list[tuple[float, Path]]:
@@ -466,7 +472,7 @@ def main() -> None:
         f"- top-1/top-5/loss: `unmask eval` on the same held-out positions ({args.eval_batches} batches of 32 x 128, 15% token masks, fixed seeds)",
         "- probe: `unmask probe` (logistic regression on mean-pooled frozen features) on the offline task `sample:pydocs-sections`"
         " (faq / howto / tutorial, 1,198 training and 134 eval paragraphs); fine-tuned: `unmask finetune` on it, seed 0, the pydocs"
-        " suite's settings (2 epochs, lr 5e-5, batch 32)",
+        f" suite's settings ({', '.join(f'{k} {v}' for k, v in pydocs_finetune().items())})",
         f"- both sides: fresh MLM head, batch 32 x 128, lr {args.lr}, linear decay, fp32 on 2 CPU cores; unmask with {', '.join(f'{k}={v}' for k, v in COMMON.items())};"
         f" the peer plans its schedule over {pace:.2f} s a step (measured by {paced_by}) and stops at the budget; budgets count training time only",
         "- each row is one run, not repeated: one eval paragraph is 0.75 points of the downstream accuracies, so differences of a few points are noise",

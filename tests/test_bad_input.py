@@ -140,7 +140,7 @@ CASES = [
     (
         ["train", "--data", "d", "--out", "o", "--from-scratch", "mini", "--seq-len", "100000"],
         1,
-        r"--seq-len: 100000 is more than the 8192 positions",
+        r"--seq-len: 100000 is more than the 8192 tokens unmask trains at",
     ),
     (["train", "--data", "d", "--out", "o", "--model", "m", "--masking", "spans"], 2, r"masking"),
     (["train", "--data", "d", "--out", "o", "--model", "m", "--batch-size", "many"], 2, r"batch_size|batch-size"),
@@ -155,7 +155,11 @@ CASES = [
     # models and stores
     (["train", "--data", "{in}", "--out", "{tmp}/r", "--model", "{model}"], 1, r"not a token store \(no meta\.json\)"),
     (["train", "--data", "{store}", "--out", "{tmp}/r", "--model", "{tmp}/nowhere/"], 1, r"nowhere/': no such folder"),
-    (["train", "--data", "{store}", "--out", "{tmp}/r", "--model", "{in}/nothing"], 1, r"cannot load a tokenizer from folder"),
+    (
+        ["train", "--data", "{store}", "--out", "{tmp}/r", "--model", "{in}/nothing"],
+        1,
+        r"cannot load a masked LM from folder .*nothing': it has no config\.json",
+    ),
     (["train", "--data", "{store}", "--out", "{tmp}/r", "--model", "{roberta}"], 1, r"maps text to other ids than the model"),
     (["train", "--data", "{store}", "--out", "{in}/a-file", "--model", "{model}"], 1, r"a-file: is a file, not a run folder"),
     (["fill", "{nomask}", "a b c"], 1, r"has no mask token"),

@@ -202,7 +202,7 @@ def test_a_requeued_job_resumes_with_out_and_resume_alone(tmp_path, store_dir, t
     capsys.readouterr()
     name, settings = parse(["train", "--out", str(run), "--resume", "--max-steps", "3"])
     assert (settings.data, settings.model, settings.seq_len, settings.max_steps, settings.resume) == (
-        str(store_dir),
+        [str(store_dir)],
         str(tiny_model_dir),
         32,
         3,
@@ -248,7 +248,10 @@ def test_the_parser_takes_no_abbreviations_and_answers_in_one_line(argv, message
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and re.search(message, err), err
     assert main(["train", "--data", "d", "--out", "o", "--from-scratch", "huge"]) == 2
-    assert capsys.readouterr().err.strip() == "unmask train: error: --from-scratch: 'huge' is not one of tiny, mini, small, base"
+    assert capsys.readouterr().err.strip() == (
+        "unmask train: error: --from-scratch huge: give a size (tiny, mini, small, base, large) or ARCH-SIZE with ARCH one of "
+        "bert, roberta, modernbert, deberta-v2 (e.g. modernbert-base)"
+    )
 
 
 def test_a_bad_choice_in_a_yaml_file_is_refused_too(tmp_path, capsys):

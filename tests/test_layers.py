@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
         "data.formats",
         "data.mixture",
         "data.records",
+        "data.encoding",
     ),
     ("progress", "tracking", "preemption", "cpu_dropout"),
     ("tokenizer", "hardware", "schedule", "config", "tables", "recipes", "data"),

@@ -6,13 +6,15 @@ from transformers import (
     AutoModelForMaskedLM,
     BertConfig,
     BertModel,
+    DebertaV2Config,
     DistilBertConfig,
     ModernBertConfig,
     RobertaConfig,
 )
 
+from unmask.architectures import BERT_SHAPES
 from unmask.masking import IGNORE_INDEX
-from unmask.model import PRESET_SHAPES, MaskedLM, build_mlm, load_mlm, set_dropout
+from unmask.model import MaskedLM, build_mlm, load_mlm, set_dropout
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 
@@ -34,6 +36,13 @@ def tiny_configs():
             **TINY,
         ),
     )
+    yield (
+        "deberta-v2",
+        DebertaV2Config(
+            vocab_size=120, relative_attention=True, position_buckets=16, pos_att_type=["p2c", "c2p"], position_biased_input=False,
+            share_att_key=True, norm_rel_ebd="layer_norm", max_relative_positions=-1, type_vocab_size=0, **TINY,
+        ),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("name,config", list(tiny_configs()), ids=[n for n, _ in tiny_configs()])
@@ -42,7 +51,7 @@ def test_sparse_head_equals_dense_logits_at_masked_positions(name, config):
     model = AutoModelForMaskedLM.from_config(config).eval()
     lm = MaskedLM(model)
     assert lm.sparse, f"{name} should use the sparse head"
-    assert (lm._final_layer is not None) == (name != "modernbert"), "the last layer runs at masked positions only where we know the layer"
+    assert (lm._final_layer is not None) == (name not in ("modernbert", "deberta-v2")), "a masked-only last layer where the table has one"
     input_ids = torch.randint(5, 120, (4, 16))
     attention_mask = torch.ones_like(input_ids)
     attention_mask[2, 12:] = 0
@@ -139,7 +148,7 @@ def test_presets_build_tied_bert_for_the_tokenizer(preset, tokenizer_dir):
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     vocab = Vocabulary.from_tokenizer(tokenizer)
     lm = build_mlm(preset, vocab, seq_len=128, seed=0)
-    assert lm.config.hidden_size == PRESET_SHAPES[preset]["hidden_size"]
+    assert lm.config.hidden_size == BERT_SHAPES[preset]["hidden_size"]
     assert lm.config.vocab_size == len(tokenizer)
     assert lm.model.cls.predictions.decoder.weight is lm.model.bert.embeddings.word_embeddings.weight
     again = build_mlm(preset, vocab, seq_len=128, seed=0)

@@ -50,3 +50,22 @@ def test_progress_is_the_further_of_steps_and_time():
     assert (
         decay_shape(0.5, "cosine") == pytest.approx(0.5) and decay_shape(2.0, "linear") == 0.0 and math.isclose(decay_shape(0, "linear"), 1)
     )
+
+
+def test_warmup_stable_decay_holds_the_peak_then_decays_with_one_minus_sqrt():
+    lrs = [learning_rate(s, 100, 10, 1.0, "wsd", decay_fraction=0.2) for s in range(101)]
+    assert lrs[9] == pytest.approx(1.0) and lrs[10] == lrs[79] == 1.0, "flat from the end of warmup to the decay"
+    assert lrs[80] == pytest.approx(1.0)
+    assert lrs[85] == pytest.approx(1 - (5 / 20) ** 0.5, abs=1e-9)
+    assert lrs[100] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])), "never rises after warmup"
+    # The same shape over a time budget's share of the run.
+    assert learning_rate_at(0.5, 0.1, 1.0, "wsd", decay_fraction=0.2) == 1.0
+    assert learning_rate_at(0.9, 0.1, 1.0, "wsd", decay_fraction=0.2) == pytest.approx(1 - 0.5**0.5)
+
+
+def test_a_warmup_may_start_above_zero_as_crammings_triangle_does():
+    assert learning_rate(0, 100, 75, 1.0, "linear", warmup_start=0.25) == pytest.approx(0.25 + 0.75 / 75)
+    assert learning_rate(74, 100, 75, 1.0, "linear", warmup_start=0.25) == pytest.approx(1.0)
+    assert learning_rate(100, 100, 75, 1.0, "linear", warmup_start=0.25) == pytest.approx(0.0)
+    assert learning_rate_at(0.0, 0.75, 1.0, "linear", warmup_start=0.25) == pytest.approx(0.25)

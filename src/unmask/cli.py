@@ -25,6 +25,7 @@ from unmask import commands
 from unmask import config as settings
 from unmask.config import flag, load_yaml
 from unmask.errors import UnmaskError, UsageError
+from unmask.recipes import RECIPES, recipe_values
 from unmask.rundir import RunDir
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -120,6 +121,8 @@ def add_settings(parser: ArgumentParser, cls: type, defaults: dict | None = None
         default = None if required else (field.default if field.default is not dataclasses.MISSING else field.default_factory())
         default = defaults.get(name, default)
         is_list = typing.get_origin(hint) is list
+        if is_list and default is not None and not isinstance(default, list):  # `data: store` in a YAML file means one store
+            default = [default]
         if required and name not in defaults:
             doc = f"{doc} (required)" if doc else "(required)"
         if name in positional:
@@ -128,7 +131,7 @@ def add_settings(parser: ArgumentParser, cls: type, defaults: dict | None = None
         elif hint is bool:
             parser.add_argument(f"--{name}", action=ActionYesNo, default=default, help=doc)
         elif is_list:
-            parser.add_argument(f"--{name}", nargs="+", default=default, help=doc)
+            parser.add_argument(f"--{name}", nargs="+", type=typing.get_args(hint)[0], default=default, help=doc)
         else:
             parser.add_argument(f"--{name}", type=(hint | None) if required else hint, default=default, help=doc)
 
@@ -178,9 +181,28 @@ def check_command_line(cls: type, argv: list[str], typed: list[str]) -> None:
             close = difflib.get_close_matches(name, sorted(fields), n=1, cutoff=0.6)
             hint = f"; did you mean {flag(close[0])}?" if close else f" (see unmask {_command_of(argv)} --help)"
             raise UsageError(f"unrecognized option {spelled}{hint}")
-        if name in fields and hints[name] is not bool and typing.get_origin(hints[name]) is not list:
+        if name in fields and typing.get_origin(hints[name]) is list and typing.get_args(hints[name])[0] in (int, float):
+            kind = typing.get_args(hints[name])[0]
+            for value in _list_values(argv, index, match):
+                try:
+                    kind(value)
+                except ValueError:
+                    raise UsageError(f"{flag(name)}: '{value}' is not {'a whole number' if kind is int else 'a number'}") from None
+        elif name in fields and hints[name] is not bool and typing.get_origin(hints[name]) is not list:
             value = match.group(2)[1:] if match.group(2) else (argv[index + 1] if index + 1 < len(argv) else None)
             check_value(cls, name, value)
+
+
+def _list_values(argv: list[str], index: int, match: re.Match) -> list[str]:
+    """The values of a list flag: `--flag=V`, or the arguments after it up to the next flag."""
+    if match.group(2):
+        return [match.group(2)[1:]]
+    values = []
+    for arg in argv[index + 1 :]:
+        if _FLAG.match(arg):
+            break
+        values.append(arg)
+    return values
 
 
 def positionals_first(cls: type, argv: list[str]) -> list[str]:
@@ -271,7 +293,32 @@ def _config_file(argv: list[str]) -> str | None:
     return None
 
 
-def parse(argv: list[str]) -> tuple[str, object]:
+def _with_recipe(argv: list[str], from_file: dict, values: dict, echo: Callable[[str], None]) -> dict:
+    """`values` with the recipe's settings in place of the defaults: a --config file's values
+    and flags win over the recipe's, and each recipe value they override gets a note."""
+    recipe = values["recipe"]
+    published = recipe_values(recipe, several_stores=len(values.get("data") or []) > 1)
+    for chosen, overridden in _TAKES_OVER.items():  # --warmup-fraction given: the recipe's warmup steps must not win
+        if overridden in published and (_given_as_flag(argv, chosen) or chosen in from_file) and overridden not in from_file:
+            echo(f"note: --recipe {recipe}: {flag(chosen)} given, so the recipe's {flag(overridden)} {published[overridden]} is not used")
+            published[overridden] = None
+    given = {**from_file, **{name: values[name] for name in published if _given_as_flag(argv, name)}}
+    for name, value in published.items():
+        if name in given and given[name] != value:
+            echo(f"note: --recipe {recipe}: {flag(name)} {given[name]} used instead of the recipe's {value}")
+    return {**values, **published, **{k: v for k, v in given.items() if k in published}}
+
+
+# A setting the user gives -> the recipe setting that would otherwise override it.
+_TAKES_OVER = {"warmup_fraction": "warmup_steps", "grad_accum": "global_batch"}
+
+
+def _given_as_flag(argv: list[str], name: str) -> bool:
+    spelled = {f"--{name}", f"--{name.replace('_', '-')}"}
+    return any(arg in spelled or arg.split("=", 1)[0] in spelled for arg in argv)
+
+
+def parse(argv: list[str], echo: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> tuple[str, object]:
     """The subcommand's name and its validated settings (UnmaskError for a bad value).
 
     `unmask train --out RUN --resume` reads RUN/config.yaml as if it were given with
@@ -294,6 +341,8 @@ def parse(argv: list[str]) -> tuple[str, object]:
     name = args.command
     values = args[name].as_dict()
     values.pop("config", None)
+    if values.get("recipe") in RECIPES:  # an unknown name is refused by the settings class, with the list
+        values = _with_recipe(argv, defaults.get(name, {}), values, echo)
     cls = COMMANDS[name].settings
     missing = [
         f.name

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from unmask.architectures import document_ids
 from unmask.data.layout import StoreDir
 from unmask.data.sources import ReadReport, expand_sources, read_documents
 from unmask.data.store import Split, TokenStore
@@ -164,8 +165,12 @@ def evaluate_model(
     on_batch: Callable[[torch.Tensor, torch.Tensor, list[torch.Tensor]], None] | None = None,
     progress: bool = False,
     world: World = SINGLE_PROCESS,
+    documents_apart: bool = False,
 ) -> list[MlmMetrics]:
     """Score one or several models on the same masked positions of `windows`; one result per model.
+
+    `documents_apart`: each document of a packed window attends only to itself, as a model
+    trained with --no-attention-across-docs was.
 
     `on_batch(original_ids, labels, top1s)` sees each batch this process scores (the
     comparison report uses it). Each model is called through its forward, which is where
@@ -195,11 +200,12 @@ def evaluate_model(
         is_piece = word_piece_mask(original, vocab.starts_word, torch.isin(original, specials))[picked].to(device)
         # Moved to the device once, and the targets picked once, for all the models.
         input_ids, attention, labels = (t.to(device) for t in (masked.input_ids, attention_mask, masked.labels))
+        documents = document_ids(original, attention_mask, vocab.closer_id).to(device) if documents_apart else None
         targets = labels[labels != IGNORE_INDEX]
         top1s = []
         for lm, accumulator in zip(models, accumulators):
             with autocast(device, dtype):
-                loss_sum, logits = lm(input_ids, attention, labels)
+                loss_sum, logits = lm(input_ids, attention, labels, None, documents)
             if counted:
                 top1s.append(accumulator.add(loss_sum, logits.float(), targets, is_piece).cpu())
         if on_batch is not None and counted:

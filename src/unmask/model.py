@@ -12,6 +12,7 @@ a class not in the table is trained with its own dense head.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from pickle import UnpicklingError  # only to name torch's refusal of an unsafe pickle; nothing is unpickled here
 
 import torch
@@ -19,24 +20,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from unmask import checkpoint, cpu_dropout
-from unmask.architectures import GENERIC_HEAD_PARTS, Architecture, Picks, architecture_for_type, architecture_of, picks_of, rows_at
+from unmask.architectures import (
+    ARCHITECTURES,
+    GENERIC_HEAD_PARTS,
+    SCRATCH_CLASSES,
+    SCRATCH_NAMES,
+    Architecture,
+    Picks,
+    architecture_for_type,
+    architecture_of,
+    document_mask,
+    document_positions,
+    picks_of,
+    rows_at,
+)
 from unmask.errors import UnmaskError
 from unmask.hub import ModelSource, describe_failure, go_offline_if_unreachable, quiet_transformers, resolve_model, where
 from unmask.masking import IGNORE_INDEX
 from unmask.tokenizer import Vocabulary
 
-# Google's BERT miniatures (Turc et al., 2019) and bert-base.
-PRESET_SHAPES = {
-    "tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=512),
-    "mini": dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024),
-    "small": dict(num_hidden_layers=4, hidden_size=512, num_attention_heads=8, intermediate_size=2048),
-    "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
-}
-
 
 def _final_layer_function(model: nn.Module, architecture: Architecture) -> Callable | None:
-    """(input_ids, attention_mask, picks) -> last hidden states (N, H) at the picked
-    positions; None means run the whole encoder."""
+    """(input_ids, attention_mask, picks, documents) -> last hidden states (N, H) at the
+    picked positions; None means run the whole encoder."""
     from transformers.masking_utils import create_bidirectional_mask
 
     final = architecture.final_layer
@@ -45,13 +51,18 @@ def _final_layer_function(model: nn.Module, architecture: Architecture) -> Calla
     if getattr(model.config, "is_decoder", False):
         return None
     base, layers = model.base_model, architecture.layers(model)
+    reserved = architecture.reserved_positions(model.config)
 
-    def run(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, picks: Picks) -> torch.Tensor:
-        hidden = base.embeddings(input_ids)
-        mask = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=attention_mask)
+    def run(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, picks: Picks, documents: torch.Tensor | None) -> torch.Tensor:
+        if documents is None:
+            hidden = base.embeddings(input_ids)
+            mask = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        else:
+            hidden = base.embeddings(input_ids, position_ids=document_positions(documents) + reserved)
+            mask = document_mask(documents)
         for layer in layers[:-1]:
             hidden = layer(hidden, mask)
-        return final(layers[-1], hidden, mask, picks)
+        return final(layers[-1], hidden, mask, picks, documents is not None)
 
     return run
 
@@ -131,28 +142,62 @@ class MaskedLM(nn.Module):
                 first[id(parameter)] = name
         return aliases
 
-    def masked_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, picked: torch.Tensor | Picks) -> torch.Tensor:
+    def masked_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        picked: torch.Tensor | Picks,
+        documents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits (N, V) at the N picked positions (a (B, T) mask, or its `Picks`), in row-major order.
 
         `attention_mask` None: no padding, so attention needs no mask (SDPA may take its
-        fastest kernel)."""
+        fastest kernel). `documents` (B, T) from `architectures.document_ids`: each document
+        of a packed window attends only to itself, with positions from its own start."""
         picks = picked if isinstance(picked, Picks) else picks_of(picked)
+        if documents is not None:
+            self.require_documents_apart()
         if self._head is None:
             # Unknown architecture: dense head, then select. Same numbers, more arithmetic.
             return rows_at(self.model(input_ids=input_ids, attention_mask=attention_mask).logits, picks.flat)
         if self._final_layer is not None:
-            return self._head(self._final_layer(input_ids, attention_mask, picks))  # (N, H) -> (N, V)
-        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]  # (B, T, H)
-        return self._head(rows_at(hidden, picks.flat))
+            return self._head(self._final_layer(input_ids, attention_mask, picks, documents))  # (N, H) -> (N, V)
+        return self._head(rows_at(self.hidden_states(input_ids, attention_mask, documents), picks.flat))
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, documents: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T, H) the encoder's last hidden states."""
+        if documents is not None:
+            return self.architecture.encode_documents(self.model, input_ids, attention_mask, documents)
+        return self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]
+
+    def require_documents_apart(self) -> None:
+        """Refuse --no-attention-across-docs for a class whose table entry cannot keep documents apart."""
+        if self.architecture is None or self.architecture.encode_documents is None:
+            raise UnmaskError(
+                f"--no-attention-across-docs: {type(self.model).__name__} cannot keep a window's documents apart in unmask "
+                f"(supported: {', '.join(n for n, a in ARCHITECTURES.items() if a.encode_documents)}); use --packing padded instead"
+            )
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor, picks: Picks | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor,
+        picks: Picks | None = None,
+        documents: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`loss_sum`; the entry point that wrappers (DDP, FSDP) hook into."""
-        return self.loss_sum(input_ids, attention_mask, labels, picks)
+        return self.loss_sum(input_ids, attention_mask, labels, picks, documents)
 
     def loss_sum(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor, picks: Picks | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor,
+        picks: Picks | None = None,
+        documents: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed cross-entropy over the masked tokens, their logits); divide by the count yourself.
 
@@ -165,19 +210,21 @@ class MaskedLM(nn.Module):
         if picks is None:
             picked = labels != IGNORE_INDEX
             if not picked.any():
-                return self._nothing_picked(input_ids, attention_mask)
+                return self._nothing_picked(input_ids, attention_mask, documents)
             picks, labels = picks_of(picked), labels.reshape(-1)[picked.reshape(-1)]
         if labels.shape[0] == 0:
-            return self._nothing_picked(input_ids, attention_mask)
-        logits = self.masked_logits(input_ids, attention_mask, picks)
+            return self._nothing_picked(input_ids, attention_mask, documents)
+        logits = self.masked_logits(input_ids, attention_mask, picks, documents)
         return F.cross_entropy(logits.float(), labels, reduction="sum"), logits
 
-    def _nothing_picked(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _nothing_picked(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, documents: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run one position anyway and return zero times its logits, so that every parameter
         still gets a (zero) gradient, as DDP and FSDP expect of each process."""
         dummy = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
         dummy[0, 0] = True
-        logits = self.masked_logits(input_ids, attention_mask, dummy)
+        logits = self.masked_logits(input_ids, attention_mask, dummy, documents)
         return logits.float().sum() * 0.0, logits[:0]
 
 
@@ -195,26 +242,142 @@ def _report_fresh_head(name: str, model: nn.Module, missing: set[str], echo: Cal
         echo(f"note: '{name}' has no MLM head; initialised a fresh one (decoder tied to the input embeddings)")
 
 
-def load_mlm(name: str | ModelSource, trust_remote_code: bool = False, echo: Callable[[str], None] = print, init_seed: int = 0) -> MaskedLM:
+def attention_for(config, flash: bool = False) -> str:
+    """The attention implementation to build a model of `config` with: SDPA where the family
+    has it (eager where it does not: DeBERTa); with `flash` (a CUDA device with flash-attn
+    installed), flash attention for the families whose table entry runs unpadded."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING
+
+    try:
+        model_class = MODEL_FOR_MASKED_LM_MAPPING[type(config)]
+    except KeyError:  # remote code: its own class decides
+        return "sdpa"
+    family = ARCHITECTURES.get(model_class.__name__)
+    if flash and family is not None and family.unpadded and getattr(model_class, "_supports_flash_attn", False):
+        return "flash_attention_2"
+    return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
+
+
+def flash_attention_available(device: torch.device) -> bool:
+    import importlib.util
+
+    return device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
+
+
+def check_context(config, seq_len: int | None, rope_theta: float | None, name: str) -> None:
+    """Refuse, before any weights are built, a --rope-theta for a family without rotary
+    positions and a --seq-len longer than a model can be extended to."""
+    family = architecture_for_type(config.model_type)
+    kind = family.positions if family is not None else None
+    if rope_theta is not None and kind != "rotary":
+        rotary = ", ".join(SCRATCH_NAMES[n] for n, a in ARCHITECTURES.items() if a.positions == "rotary" and n in SCRATCH_NAMES)
+        raise UnmaskError(
+            f"--rope-theta {rope_theta:g}: '{name}' ({config.model_type}) has {kind or 'unknown'} positions, not rotary ones; "
+            f"a RoPE base applies to {rotary}"
+        )
+    if seq_len is None:
+        return
+    reserved = family.reserved_positions(config) if family is not None else 0
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is None or seq_len <= limit - reserved or kind in ("rotary", "relative"):
+        return
+    if family is None or family.position_table is None or getattr(config, "sinusoidal_pos_embds", False):
+        raise UnmaskError(
+            f"--seq-len {seq_len}: '{name}' ({config.model_type}) embeds at most {limit - reserved} positions, "
+            "and unmask does not know how to extend its position table"
+        )
+
+
+def _set_rope_theta(config, rope_theta: float) -> None:
+    """The global-attention layers' RoPE base (ModernBERT raised it to extend its context)."""
+    config.rope_parameters["full_attention"]["rope_theta"] = float(rope_theta)
+
+
+def extend_positions(lm: MaskedLM, seq_len: int) -> str | None:
+    """Make room for windows of `seq_len`: a learned position table grows by copies of the
+    positions it has (the first rows stay exactly as they were, so shorter inputs give the
+    same outputs); rotary and relative positions need nothing. Returns a line saying what
+    was done, or None."""
+    config, family = lm.config, lm.architecture
+    reserved = family.reserved_positions(config) if family is not None else 0
+    had = config.max_position_embeddings - reserved
+    if seq_len <= had:
+        return None
+    if family is None or family.positions != "learned":
+        config.max_position_embeddings = seq_len + reserved
+        return None
+    table = family.position_table(lm.model)
+    old = table.weight.data
+    rows = torch.arange(seq_len + reserved)
+    source = torch.where(rows < old.shape[0], rows, reserved + (rows - reserved) % had)  # Longformer's copies
+    grown = nn.Embedding(len(rows), old.shape[1], padding_idx=table.padding_idx, device=old.device, dtype=old.dtype)
+    grown.weight.data.copy_(old[source])
+    embeddings = lm.model.base_model.embeddings
+    for name, module in embeddings.named_children():
+        if module is table:
+            setattr(embeddings, name, grown)
+    for buffer in ("position_ids", "token_type_ids"):
+        if isinstance(getattr(embeddings, buffer, None), torch.Tensor):
+            old_buffer = getattr(embeddings, buffer)
+            fresh = torch.arange(len(rows)) if buffer == "position_ids" else torch.zeros(len(rows), dtype=old_buffer.dtype)
+            embeddings.register_buffer(buffer, fresh.expand(1, -1).to(old_buffer.device), persistent=False)
+    config.max_position_embeddings = len(rows)
+    return f"positions extended from {had} to {seq_len} (learned positions: the new ones start as copies of the first {had})"
+
+
+def _model_config(source: ModelSource, trust_remote_code: bool, seq_len: int | None, rope_theta: float | None):
+    from transformers import AutoConfig
+
+    if Path(source.folder).is_dir() and not (Path(source.folder) / "config.json").is_file():
+        # transformers would ask for a `model_type` key in a config.json that is not there
+        raise UnmaskError(f"cannot load a masked LM from folder '{source.name}': it has no config.json (not a saved model)")
+    try:
+        config = AutoConfig.from_pretrained(source.folder, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UnmaskError(f"cannot load a masked LM from {where(source.folder)} '{source.name}': {describe_failure(e)}") from None
+    check_context(config, seq_len, rope_theta, source.name)
+    if rope_theta is not None:
+        _set_rope_theta(config, rope_theta)
+    return config
+
+
+def load_mlm(
+    name: str | ModelSource,
+    trust_remote_code: bool = False,
+    echo: Callable[[str], None] = print,
+    init_seed: int = 0,
+    *,
+    seq_len: int | None = None,
+    rope_theta: float | None = None,
+    flash: bool = False,
+) -> MaskedLM:
     """Load a masked LM (any name `hub.resolve_model` takes, or what it returned); an
     encoder-only checkpoint gets a fresh, tied MLM head and one line saying so.
 
-    `init_seed` seeds that fresh head, so that scoring a headless checkpoint twice gives the same numbers.
+    `init_seed` seeds that fresh head, so that scoring a headless checkpoint twice gives the
+    same numbers. `seq_len` and `rope_theta` (training at a longer context) are checked
+    against the model's config before any weights are built; `extend_positions` then makes
+    room. `flash`: see `attention_for`.
     """
     quiet_transformers()
     source = name if isinstance(name, ModelSource) else resolve_model(name)
+    go_offline_if_unreachable(source.folder)
+    config = _model_config(source, trust_remote_code, seq_len, rope_theta)
     if source.checkpoint is not None:
-        return _load_checkpoint(source, trust_remote_code)
+        return _load_checkpoint(source, config, trust_remote_code, flash)
     from transformers import AutoModelForMaskedLM
 
     path = source.folder
-    go_offline_if_unreachable(path)
     # A forked RNG: seeding the fresh head must not reset the caller's global random state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         try:
             model, info = AutoModelForMaskedLM.from_pretrained(
-                path, output_loading_info=True, trust_remote_code=trust_remote_code, attn_implementation="sdpa"
+                path,
+                config=config,
+                output_loading_info=True,
+                trust_remote_code=trust_remote_code,
+                attn_implementation=attention_for(config, flash),
             )
         except UnpicklingError:
             raise UnmaskError(
@@ -238,14 +401,15 @@ def _checkpoint_weights(source: ModelSource) -> dict[str, torch.Tensor]:
     return load_file(str(source.checkpoint / checkpoint.MODEL_FILE))
 
 
-def _load_checkpoint(source: ModelSource, trust_remote_code: bool) -> MaskedLM:
+def _load_checkpoint(source: ModelSource, config, trust_remote_code: bool, flash: bool) -> MaskedLM:
     """A run's checkpoint: the model built from the run's base config, with the checkpoint's weights."""
-    from transformers import AutoConfig, AutoModelForMaskedLM
+    from transformers import AutoModelForMaskedLM
 
     weights = _checkpoint_weights(source)
-    config = AutoConfig.from_pretrained(source.folder, trust_remote_code=trust_remote_code)
     with torch.random.fork_rng(devices=[]):
-        model = AutoModelForMaskedLM.from_config(config, trust_remote_code=trust_remote_code, attn_implementation="sdpa")
+        model = AutoModelForMaskedLM.from_config(
+            config, trust_remote_code=trust_remote_code, attn_implementation=attention_for(config, flash)
+        )
     lm = MaskedLM(model)
     for alias, parameter in lm.tied_aliases().items():
         if parameter in weights:
@@ -288,11 +452,15 @@ def load_task_model(
         try:
             config = AutoConfig.from_pretrained(source.folder, trust_remote_code=trust_remote_code, **options)
             if weights is not None:
-                model = head.from_config(config, trust_remote_code=trust_remote_code, attn_implementation="sdpa")
+                model = head.from_config(config, trust_remote_code=trust_remote_code, attn_implementation=attention_for(config))
                 missing = set(model.load_state_dict(weights, strict=False).missing_keys)
             else:
                 model, info = head.from_pretrained(
-                    source.folder, config=config, output_loading_info=True, trust_remote_code=trust_remote_code, attn_implementation="sdpa"
+                    source.folder,
+                    config=config,
+                    output_loading_info=True,
+                    trust_remote_code=trust_remote_code,
+                    attn_implementation=attention_for(config),
                 )
                 missing = set(info.get("missing_keys", ()))
         except UnpicklingError:
@@ -311,23 +479,50 @@ def load_task_model(
     return model
 
 
-def build_mlm(preset: str, vocab: Vocabulary, seq_len: int, seed: int) -> MaskedLM:
-    """A freshly initialised BERT of a preset shape for this vocabulary."""
+def build_config(arch: str, size: str, vocab: Vocabulary, seq_len: int, rope_theta: float | None = None):
+    """The transformers config of a fresh `arch` model of `size` for this vocabulary, checked
+    (before any weights exist) against what the family needs of the tokenizer."""
     quiet_transformers()
-    from transformers import BertConfig, BertForMaskedLM
+    family = ARCHITECTURES[SCRATCH_CLASSES[arch]]
+    for field_name in family.required_ids:
+        value = getattr(vocab, field_name)
+        if not 0 <= value < vocab.size:
+            raise UnmaskError(
+                f"--arch {arch}: the tokenizer's {field_name.removesuffix('_id')} id is {value}, outside its vocabulary of {vocab.size}; "
+                f"a {SCRATCH_CLASSES[arch]} needs every special id inside the vocabulary (train the tokenizer with its special tokens)"
+            )
+    if vocab.mask_id is not None and vocab.mask_id >= vocab.size:
+        raise UnmaskError(f"--arch {arch}: the tokenizer's mask id {vocab.mask_id} is outside its vocabulary of {vocab.size}")
+    check_scratch(arch, rope_theta)
+    return family.scratch(size, vocab, seq_len, rope_theta)
 
-    if preset not in PRESET_SHAPES:
-        raise UnmaskError(f"--from-scratch: unknown preset '{preset}' (choose from {', '.join(PRESET_SHAPES)})")
-    config = BertConfig(
-        vocab_size=vocab.size,
-        max_position_embeddings=max(512, seq_len),
-        pad_token_id=vocab.pad_id,
-        tie_word_embeddings=True,
-        **PRESET_SHAPES[preset],
-    )
+
+def check_scratch(arch: str, rope_theta: float | None) -> None:
+    """Refuse a --rope-theta for a --from-scratch family without rotary positions."""
+    family = ARCHITECTURES[SCRATCH_CLASSES[arch]]
+    if rope_theta is not None and family.positions != "rotary":
+        rotary = ", ".join(name for name, cls in SCRATCH_CLASSES.items() if ARCHITECTURES[cls].positions == "rotary")
+        raise UnmaskError(f"--rope-theta {rope_theta:g}: --arch {arch} has {family.positions} positions, not rotary ones ({rotary} has)")
+
+
+def check_model_settings(name: str, seq_len: int, rope_theta: float | None, trust_remote_code: bool = False) -> None:
+    """`check_context` from a model's config alone: cheap, for before a run writes anything."""
+    quiet_transformers()
+    source = resolve_model(name)
+    go_offline_if_unreachable(source.folder)
+    _model_config(source, trust_remote_code, seq_len, rope_theta)
+
+
+def build_mlm(
+    size: str, vocab: Vocabulary, seq_len: int, seed: int, arch: str = "bert", rope_theta: float | None = None, flash: bool = False
+) -> MaskedLM:
+    """A freshly initialised model of an architecture and size, for this vocabulary."""
+    from transformers import AutoModelForMaskedLM
+
+    config = build_config(arch, size, vocab, seq_len, rope_theta)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return MaskedLM(BertForMaskedLM(config))
+        return MaskedLM(AutoModelForMaskedLM.from_config(config, attn_implementation=attention_for(config, flash)))
 
 
 def set_dropout(model: nn.Module, probability: float) -> None:
@@ -339,6 +534,34 @@ def set_dropout(model: nn.Module, probability: float) -> None:
 
 
 def max_positions(model: MaskedLM) -> int:
-    """Longest input the model can embed (RoBERTa reserves two positions for padding offsets)."""
+    """Longest input the model embeds as it is (RoBERTa reserves the positions up to its padding id)."""
     limit = getattr(model.config, "max_position_embeddings", 512)
-    return limit - (model.architecture.position_offset if model.architecture else 0)
+    return limit - (model.architecture.reserved_positions(model.config) if model.architecture else 0)
+
+
+def _size(count: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:,.1f} {unit}"
+    return f"{count:,.0f} B"
+
+
+def window_memory(config, seq_len: int, batch_size: int, dtype: torch.dtype | None, documents_apart: bool = False) -> str:
+    """What a training window costs in activations kept for the backward pass, by Korthikanti
+    et al.'s (2022) count per layer and token: 34 bytes per hidden unit at 16 bits, plus 5
+    bytes per head and key where attention scores are materialised (eager attention, CPU
+    attention dropout); SDPA's fused kernels and flash attention keep none of them."""
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", 0)
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", 0)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", 1)
+    scale = 1 if dtype is not None else 2  # the count is for 16-bit activations; fp32 doubles it
+    fused = layers * seq_len * hidden * 34 * scale
+    scores = layers * 5 * heads * seq_len * seq_len * scale
+    line = (
+        f"memory: a window of {seq_len:,} tokens keeps about {_size(fused)} of activations for the backward pass "
+        f"({layers} layers, fused attention) or {_size(fused + scores)} where attention scores are materialised; "
+        f"a micro-batch of {batch_size}: {_size(fused * batch_size)} or {_size((fused + scores) * batch_size)}"
+    )
+    if documents_apart:
+        line += f"; keeping documents apart adds a {seq_len:,} x {seq_len:,} mask, {_size(seq_len * seq_len * batch_size)} a micro-batch"
+    return line

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from unmask import checkpoint, distributed
-from unmask.architectures import Picks, picks_of
+from unmask.architectures import Picks, document_ids, picks_of
 from unmask.checkpoint import CheckpointInfo
 from unmask.config import TrainConfig
 from unmask.data.mixture import MixtureSampler, WindowMix
@@ -63,6 +63,8 @@ class MicroBatch(NamedTuple):
     targets: torch.Tensor
     """(N,) the original ids at the picked positions."""
     picks: Picks
+    documents: torch.Tensor | None = None
+    """(B, T) each position's document (`architectures.document_ids`) with --no-attention-across-docs; else None."""
 
 
 @dataclass
@@ -128,6 +130,8 @@ class Run:
     train_windows: WindowMix
     val_windows: dict[str, Windows]
     """Each store's held-out windows, by the name --data gives it."""
+    other_lengths: dict[int, dict[str, Windows]]
+    """The same held-out text cut at the other --eval-seq-len lengths (and the length a context extension started from)."""
     total_steps: int | None
     """None when only the time budget ends the run."""
     warmup_steps: int
@@ -168,13 +172,14 @@ class Run:
 
     def set_learning_rate(self) -> float:
         c = self.config
+        shape = {"min_ratio": c.min_lr_ratio, "decay_fraction": c.decay_fraction, "warmup_start": c.warmup_start_ratio}
         if self.budget is None:
-            lr = learning_rate(self.step, self.total_steps, self.warmup_steps, c.lr, c.schedule, c.min_lr_ratio)
+            lr = learning_rate(self.step, self.total_steps, self.warmup_steps, c.lr, c.schedule, **shape)
         elif self.step < self.warmup_steps:
-            lr = c.lr * (self.step + 1) / self.warmup_steps
+            lr = c.lr * (c.warmup_start_ratio + (1.0 - c.warmup_start_ratio) * (self.step + 1) / self.warmup_steps)
         else:
             warmup_share = 0.0 if c.warmup_steps is not None else c.warmup_fraction
-            lr = learning_rate_at(self.progress(), warmup_share, c.lr, c.schedule, c.min_lr_ratio)
+            lr = learning_rate_at(self.progress(), warmup_share, c.lr, c.schedule, **shape)
         set_learning_rate(self.optimizer, lr)
         torch.manual_seed(dropout_seed(c.seed, self.step, self.world.rank))
         return lr
@@ -204,13 +209,19 @@ class Run:
                 mask_prob=rate, word_starts=starts,
             )  # fmt: skip
             picked = batch.labels != IGNORE_INDEX
+            # Documents from the ids before masking: a random replacement may be a separator.
+            documents = None if self.config.attention_across_docs else document_ids(
+                torch.from_numpy(window.input_ids), attention_mask, self.train_windows.vocab.closer_id
+            )  # fmt: skip
             host = [batch.input_ids, batch.labels[picked], *picks_of(picked)]
             padded = not bool(attention_mask.all())  # packed windows have no padding: attention needs no mask
             host += [attention_mask] if padded else []
+            host += [documents] if documents is not None else []
             if self.device.type == "cuda":
                 host = [t.pin_memory() for t in host]
-            ids, targets, flat, order, slots, *mask = (t.to(self.device, non_blocking=True) for t in host)
-            drawn.micro_batches.append(MicroBatch(ids, mask[0] if mask else None, targets, Picks(flat, order, slots)))
+            ids, targets, flat, order, slots, *rest = (t.to(self.device, non_blocking=True) for t in host)
+            mask = rest.pop(0) if padded else None
+            drawn.micro_batches.append(MicroBatch(ids, mask, targets, Picks(flat, order, slots), rest[0] if rest else None))
             drawn.picked += int(picked.sum())
             drawn.maskable += int(batch.maskable.sum())
             drawn.tokens += int(attention_mask.sum())
@@ -229,7 +240,7 @@ class Run:
         for number, batch in enumerate(drawn.micro_batches, 1):
             last = number == len(drawn.micro_batches)
             with distributed.set_gradient_sync(self.model, self.strategy, last), autocast(self.device, self.dtype):
-                loss, _ = self.model(batch.input_ids, batch.attention_mask, batch.targets, batch.picks)
+                loss, _ = self.model(batch.input_ids, batch.attention_mask, batch.targets, batch.picks, batch.documents)
                 (loss * self.world.size / picked).backward()
             loss_sum += loss.detach()
         return distributed.sum_on_device(loss_sum, self.world, self.device) / picked
@@ -303,27 +314,39 @@ class Run:
         """Held-out metrics, logged and printed; {} when there is no held-out split. With
         several stores, each store's held-out split separately (`eval_loss@NAME`, ...) and
         their token-weighted total (`eval_loss`, ...)."""
-        scored = {name: windows for name, windows in self.val_windows.items() if len(windows)}
-        if not scored:
+        per_source = self._evaluate_sets(self.val_windows, self.config.seq_len)
+        if not per_source:
             return {}
-        per_source = {
-            name: evaluate_model(
-                self.lm, windows, batch_size=self.config.batch_size, device=self.device, dtype=self.dtype,
-                max_batches=self.config.eval_max_batches, world=self.world,
-            )[0]
-            for name, windows in scored.items()
-        }  # fmt: skip
         result = combine(list(per_source.values()))
         record = {"step": self.step, **result.as_dict("eval_")}
         if len(self.val_windows) > 1:
             for name, metrics in per_source.items():
                 record.update({f"{key}@{name}": value for key, value in metrics.as_dict("eval_").items()})
+        lengths = []
+        for length, sets in self.other_lengths.items():
+            at_length = self._evaluate_sets(sets, length)
+            if at_length:
+                other = combine(list(at_length.values()))
+                record.update({f"{key}@len{length}": value for key, value in other.as_dict("eval_").items()})
+                lengths.append(f"{other.loss:.4f} at {length} tokens")
         self.metrics.write(record)
         progress.echo(
             f"step {self.step}: eval loss {result.loss:.4f}, perplexity {result.perplexity:.2f}, "
-            f"accuracy {result.accuracy:.2%} (top-5 {result.top5_accuracy:.2%})"
+            f"accuracy {result.accuracy:.2%} (top-5 {result.top5_accuracy:.2%})" + (f"; eval loss {', '.join(lengths)}" if lengths else "")
         )
         return record
+
+    def _evaluate_sets(self, sets: dict[str, Windows], length: int) -> dict:
+        """Each non-empty held-out set's metrics. Batches hold about as many tokens as a
+        training micro-batch, so that a longer evaluation length does not multiply memory."""
+        batch_size = max(1, self.config.batch_size * self.config.seq_len // length)
+        return {
+            name: evaluate_model(
+                self.lm, windows, batch_size=batch_size, device=self.device, dtype=self.dtype,
+                max_batches=self.config.eval_max_batches, world=self.world, documents_apart=not self.config.attention_across_docs,
+            )[0]
+            for name, windows in sets.items() if len(windows)
+        }  # fmt: skip
 
     def score_downstream(self, progress: Progress) -> None:
         """Score the checkpoint just written on the --downstream suite, when this step is due

@@ -16,7 +16,8 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def decay_shape(progress: float, schedule: str) -> float:
-    """1 at the start of the decay, 0 at its end: `linear`, `cosine` or `constant` (always 1)."""
+    """1 at the start of the decay, 0 at its end: `linear`, `cosine`, `1-sqrt` (the decay of a
+    warmup-stable-decay schedule) or `constant` (always 1)."""
     progress = min(max(progress, 0.0), 1.0)
     if schedule == "constant":
         return 1.0
@@ -24,23 +25,57 @@ def decay_shape(progress: float, schedule: str) -> float:
         return 1.0 - progress
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "1-sqrt":
+        return 1.0 - math.sqrt(progress)
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
-def learning_rate(step: int, total_steps: int, warmup_steps: int, peak: float, schedule: str, min_ratio: float = 0.0) -> float:
-    """Linear warmup from 0 to `peak` over steps, then linear or cosine decay to `min_ratio * peak`."""
+def after_warmup(share: float, schedule: str, decay_fraction: float, min_ratio: float) -> float:
+    """The learning rate as a share of the peak, `share` of the way from the end of warmup to
+    the end of the run. `wsd` (warmup-stable-decay, ModernBERT's trapezoid) holds the peak
+    and decays with 1-sqrt over the last `decay_fraction` of the run; the others decay over all of it."""
+    if schedule == "wsd":
+        start = 1.0 - decay_fraction
+        if share < start:
+            return 1.0
+        return min_ratio + (1.0 - min_ratio) * decay_shape((share - start) / max(decay_fraction, 1e-12), "1-sqrt")
+    return min_ratio + (1.0 - min_ratio) * decay_shape(share, schedule)
+
+
+def learning_rate(
+    step: int,
+    total_steps: int,
+    warmup_steps: int,
+    peak: float,
+    schedule: str,
+    min_ratio: float = 0.0,
+    decay_fraction: float = 0.1,
+    warmup_start: float = 0.0,
+) -> float:
+    """Linear warmup from `warmup_start * peak` to `peak` over steps, then the decay of `schedule`
+    to `min_ratio * peak`."""
     if step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
+        return peak * (warmup_start + (1.0 - warmup_start) * (step + 1) / warmup_steps)
     decay_steps = max(1, total_steps - warmup_steps)
-    return peak * (min_ratio + (1.0 - min_ratio) * decay_shape((step - warmup_steps) / decay_steps, schedule))
+    # For wsd the decay is a share of the whole run, so it does not shrink with a long warmup.
+    fraction = min(1.0, decay_fraction * total_steps / decay_steps)
+    return peak * after_warmup((step - warmup_steps) / decay_steps, schedule, fraction, min_ratio)
 
 
-def learning_rate_at(progress: float, warmup_share: float, peak: float, schedule: str, min_ratio: float = 0.0) -> float:
+def learning_rate_at(
+    progress: float,
+    warmup_share: float,
+    peak: float,
+    schedule: str,
+    min_ratio: float = 0.0,
+    decay_fraction: float = 0.1,
+    warmup_start: float = 0.0,
+) -> float:
     """The same schedule over a share of the run (a time budget) instead of steps."""
     if progress < warmup_share:
-        return peak * progress / warmup_share
-    decay = (progress - warmup_share) / max(1.0 - warmup_share, 1e-12)
-    return peak * (min_ratio + (1.0 - min_ratio) * decay_shape(decay, schedule))
+        return peak * (warmup_start + (1.0 - warmup_start) * progress / warmup_share)
+    rest = max(1.0 - warmup_share, 1e-12)
+    return peak * after_warmup((progress - warmup_share) / rest, schedule, min(1.0, decay_fraction / rest), min_ratio)
 
 
 def mask_rate(progress: float, start: float, end: float | None, schedule: str) -> float:

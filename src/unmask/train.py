@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from unmask import checkpoint, distributed
 from unmask.checkpoint import CheckpointInfo
-from unmask.config import TrainConfig, load_suite, parse_sources, parse_weights, save_yaml, to_dict
+from unmask.config import TrainConfig, load_suite, parse_preset, parse_sources, parse_weights, save_yaml, to_dict
 from unmask.data.mixture import MixSchedule, MixtureSampler, WindowMix, temperature_weights
 from unmask.data.store import TokenStore
 from unmask.data.windows import Windows
@@ -33,9 +34,20 @@ from unmask.downstream import resolve_suite
 from unmask.errors import UnmaskError
 from unmask.files import RunLock, atomic_write_text
 from unmask.hardware import choose_precision, make_deterministic
-from unmask.hub import resolve_model
+from unmask.hub import ModelSource, resolve_model
 from unmask.masking import Masker
-from unmask.model import build_mlm, load_mlm, max_positions, set_dropout
+from unmask.model import (
+    MaskedLM,
+    build_mlm,
+    check_model_settings,
+    check_scratch,
+    extend_positions,
+    flash_attention_available,
+    load_mlm,
+    max_positions,
+    set_dropout,
+    window_memory,
+)
 from unmask.persist import check_run_folder, restore, save_base, save_final_model
 from unmask.preemption import Stopped, StopSignals
 from unmask.progress import MetricsLog, Progress, Throughput
@@ -45,20 +57,46 @@ from unmask.tokenizer import Vocabulary, load_tokenizer
 from unmask.tracking import Trackers
 
 
-def _load_model_and_tokenizer(config: TrainConfig, store: TokenStore, vocab: Vocabulary, echo: Callable[[str], None]):
+def _trained_length(source: ModelSource, lm: MaskedLM) -> int | None:
+    """The window length a model was trained at: its run's --seq-len when it comes from an
+    unmask run, else the positions a learned table holds (None: unknown)."""
+    run_config = RunDir(Path(source.folder).parent).config
+    if run_config.is_file():
+        return (yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}).get("seq_len")
+    if lm.architecture is not None and lm.architecture.positions == "learned":
+        return max_positions(lm)
+    return None
+
+
+def _load_model_and_tokenizer(config: TrainConfig, store: TokenStore, vocab: Vocabulary, device: torch.device, echo: Callable[[str], None]):
+    """The model and its tokenizer, and the window length the model had before this run
+    (None for a fresh model); positions extended to --seq-len where needed."""
+    flash = flash_attention_available(device)
+    trained_length = None
     if config.model is not None:
         source = resolve_model(config.model)  # once, so that the tokenizer and the weights come from the same folder
         tokenizer = load_tokenizer(source, config.trust_remote_code)
-        lm = load_mlm(source, config.trust_remote_code, echo=echo, init_seed=config.seed)
+        lm = load_mlm(
+            source,
+            config.trust_remote_code,
+            echo=echo,
+            init_seed=config.seed,
+            seq_len=config.seq_len,
+            rope_theta=config.rope_theta,
+            flash=flash,
+        )
+        trained_length = _trained_length(source, lm)
         used_by, remedy = f"the model '{config.model}'", config.model
     else:
         tokenizer = load_tokenizer(config.tokenizer or str(store.tokenizer_path), config.trust_remote_code)
-        lm = build_mlm(config.from_scratch, vocab, config.seq_len, config.seed)
+        _, size = parse_preset(config.from_scratch)
+        lm = build_mlm(size, vocab, config.seq_len, config.seed, config.scratch_architecture(), config.rope_theta, flash)
         used_by, remedy = f"the tokenizer '{config.tokenizer or store.tokenizer_name}'", config.tokenizer
     store.require_tokenizer(tokenizer, used_by, f"run `unmask prepare ... --tokenizer {remedy}` first")
-    if config.seq_len > max_positions(lm):
-        raise UnmaskError(f"--seq-len {config.seq_len}: the model embeds at most {max_positions(lm)} positions")
-    return tokenizer, lm
+    extended = extend_positions(lm, config.seq_len)
+    if extended:
+        echo(f"note: {extended}")
+    return tokenizer, lm, trained_length
 
 
 def mix_schedule(config: TrainConfig, parts: list[Windows]) -> MixSchedule:
@@ -90,6 +128,13 @@ def _warn_about_repeats(run: Run, echo: Callable[[str], None]) -> None:
 def setup(config: TrainConfig, echo: Callable[[str], None] = print) -> Run:
     """Join the process group, check the run folder, load the data and the model, wrap it,
     build the optimizer and the sampler, and restore the newest checkpoint when resuming."""
+    # Stores, then settings only a model's config can refuse, before the run folder is touched.
+    for _, path in parse_sources(config.data):
+        TokenStore.open(path)
+    if config.from_scratch is not None:
+        check_scratch(config.scratch_architecture(), config.rope_theta)
+    else:
+        check_model_settings(config.model, config.seq_len, config.rope_theta, config.trust_remote_code)
     if config.deterministic:
         make_deterministic()  # before the first CUDA call: cuBLAS reads its workspace setting then
     world, device = distributed.join(config.device)
@@ -113,6 +158,7 @@ def setup(config: TrainConfig, echo: Callable[[str], None] = print) -> Run:
 def _setup(
     config: TrainConfig, echo: Callable[[str], None], world: World, device: torch.device, run_dir: RunDir, lock: RunLock | None
 ) -> Run:
+    config = config.with_global_batch(world.size)
     check_run_folder(run_dir, config, echo)
     stores = [(name, TokenStore.open(path)) for name, path in parse_sources(config.data)]
     store = stores[0][1]
@@ -131,7 +177,13 @@ def _setup(
                 f"prepare it again (`unmask prepare ... --out {each.path} --overwrite`) or use --masking token"
             )
     suite = load_suite(resolve_suite(config.downstream)) if config.downstream else None  # checked before any work
-    tokenizer, lm = _load_model_and_tokenizer(config, store, vocab, echo)
+    tokenizer, lm, trained_length = _load_model_and_tokenizer(config, store, vocab, device, echo)
+    if not config.attention_across_docs:
+        lm.require_documents_apart()
+    eval_lengths = sorted(set(config.eval_seq_len) | ({trained_length} if trained_length and trained_length < config.seq_len else set()))
+    eval_lengths = [length for length in eval_lengths if length != config.seq_len]
+    if trained_length and trained_length < config.seq_len and trained_length not in config.eval_seq_len:
+        echo(f"note: training at {config.seq_len} tokens a window, longer than the {trained_length} the model had: evaluating at both")
     if config.dropout is not None:
         set_dropout(lm, config.dropout)
     strategy = distributed.resolve_strategy(config.strategy, world)
@@ -154,6 +206,10 @@ def _setup(
     train_windows = WindowMix([name for name, _ in stores], parts)
     val_windows = {
         name: Windows.build(each.split("val"), config.seq_len, vocab, packing=config.packing, keep_partial=True) for name, each in stores
+    }
+    other_lengths = {
+        length: {name: Windows.build(each.split("val"), length, vocab, packing=config.packing, keep_partial=True) for name, each in stores}
+        for length in eval_lengths
     }
     total_steps = config.total_steps(len(train_windows), world.size)
     masker = Masker(  # on the host: masks are hashes, and the host must know where they fall (`Run.draw_step`)
@@ -188,6 +244,7 @@ def _setup(
         sampler=MixtureSampler(train_windows, config.seed, mix_schedule(config, parts), resumed.data_positions()),
         train_windows=train_windows,
         val_windows=val_windows,
+        other_lengths=other_lengths,
         total_steps=total_steps,
         warmup_steps=config.warmup(total_steps),
         metrics=MetricsLog(run_dir, resume_step=resumed.step, enabled=world.is_main, trackers=trackers),
@@ -200,6 +257,7 @@ def _setup(
         skipped=resumed.skipped_steps,
     )
     _warn_about_repeats(run, echo)
+    echo(window_memory(lm.config, config.seq_len, config.batch_size, precision.dtype, documents_apart=not config.attention_across_docs))
     processes = f" on {world.size} processes ({strategy})" if world.distributed else ""
     length = f"{total_steps} steps" if total_steps else f"{config.time_budget} of training"
     length += f" (or {config.time_budget}, whichever ends first)" if total_steps and config.time_budget else ""

@@ -11,6 +11,8 @@ Each field's docstring is its `--help` text; the CLI is generated from these cla
 from unmask.config.base import UnmaskError, check_masking_probabilities, check_setting, flag, from_dict, load_yaml, save_yaml, to_dict
 from unmask.config.downstream import FINETUNE_RESUMABLE, DownstreamConfig, FinetuneConfig, ProbeConfig, Suite, SuiteTask, load_suite
 from unmask.config.pipeline import (
+    ARCHITECTURE_NAMES,
+    MAX_CONTEXT,
     PRESETS,
     RESUMABLE_CHANGES,
     PrepareConfig,
@@ -18,6 +20,7 @@ from unmask.config.pipeline import (
     TokenizerConfig,
     TrainConfig,
     length_changes,
+    parse_preset,
     parse_sources,
     parse_weights,
     refused_resume_changes,
@@ -37,7 +40,7 @@ from unmask.config.use import (
 
 __all__ = [
     "UnmaskError", "check_masking_probabilities", "check_setting", "flag", "from_dict", "load_yaml", "save_yaml", "to_dict",
-    "PRESETS", "RESUMABLE_CHANGES", "length_changes", "parse_sources", "parse_weights", "PrepareConfig", "SourceOptions", "TokenizerConfig", "TrainConfig", "refused_resume_changes",
+    "ARCHITECTURE_NAMES", "MAX_CONTEXT", "PRESETS", "RESUMABLE_CHANGES", "length_changes", "parse_preset", "parse_sources", "parse_weights", "PrepareConfig", "SourceOptions", "TokenizerConfig", "TrainConfig", "refused_resume_changes",
     "FINETUNE_RESUMABLE", "DownstreamConfig", "FinetuneConfig", "ProbeConfig", "Suite", "SuiteTask", "load_suite",
     "CompareConfig", "EmbedConfig", "EvalConfig", "ExportConfig", "FillConfig", "InspectConfig", "PairsConfig", "PlotConfig", "ScoreConfig", "ServeConfig",
 ]  # fmt: skip

@@ -6,13 +6,15 @@ the flag; derived values are methods.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
 from unmask.config.base import check_masking_probabilities, check_setting, flag
-from unmask.errors import UnmaskError
+from unmask.errors import UnmaskError, UsageError
+from unmask.recipes import RECIPES, recipe_names
 from unmask.schedule import parse_duration
 
 
@@ -174,8 +176,23 @@ def parse_weights(text: str, names: list[str], flag: str = "--mix") -> list[floa
     return [given[n] / total for n in names]
 
 
-PRESETS = ("tiny", "mini", "small", "base")
-PRESET_MAX_POSITIONS = 8192
+SIZES = ("tiny", "mini", "small", "base", "large")
+ARCHITECTURE_NAMES = ("bert", "roberta", "modernbert", "deberta-v2")
+PRESETS = SIZES + tuple(f"{arch}-{size}" for arch in ARCHITECTURE_NAMES for size in SIZES)
+MAX_CONTEXT = 8192
+
+
+def parse_preset(text: str) -> tuple[str | None, str]:
+    """`base` -> (None, "base"); `modernbert-base` -> ("modernbert", "base")."""
+    if text in SIZES:
+        return None, text
+    arch, _, size = text.rpartition("-")
+    if arch in ARCHITECTURE_NAMES and size in SIZES:
+        return arch, size
+    raise UsageError(
+        f"--from-scratch {text}: give a size ({', '.join(SIZES)}) or ARCH-SIZE with ARCH one of {', '.join(ARCHITECTURE_NAMES)} "
+        "(e.g. modernbert-base)"
+    )
 
 
 @dataclass(kw_only=True)
@@ -188,20 +205,32 @@ class TrainConfig:
     """Run folder: config.yaml, metrics.jsonl, checkpoints/ and the final model/."""
     model: str | None = None
     """Hub id, local folder or alias (`minilm-l6`) of a masked LM to continue pretraining."""
-    from_scratch: Literal["tiny", "mini", "small", "base"] | None = None
-    """Build a fresh BERT of this size instead of loading --model."""
+    from_scratch: str | None = None
+    """Build a fresh model instead of loading --model: a size (tiny, mini, small, base, large) of --arch, or ARCH-SIZE (modernbert-base, roberta-small, deberta-v2-mini)."""
+    arch: Literal["bert", "roberta", "modernbert", "deberta-v2"] | None = None
+    """Architecture of --from-scratch when its name carries none: bert (default, or the one --recipe names), roberta, modernbert, deberta-v2."""
+    recipe: str | None = None
+    """Start from a published recipe's settings instead of unmask's defaults (modernbert, mosaicbert, roberta, cramming, neobert, mmbert); --config and flags override them."""
     tokenizer: str | None = None
     """Tokenizer for --from-scratch; default: the one the store was made with."""
     trust_remote_code: bool = False
     """Allow a hub model to run its own code."""
     seq_len: int = 128
-    """Tokens per window, [CLS] and [SEP] included."""
+    """Tokens per window, [CLS] and [SEP] included. Longer than --model embeds: its positions are extended (learned ones copied, rotary ones as they are)."""
+    rope_theta: float | None = None
+    """RoPE base of the global-attention layers (rotary architectures: modernbert). ModernBERT extended its context by raising it from 10,000 to 160,000."""
+    eval_seq_len: list[int] = field(default_factory=list)
+    """Also evaluate at these window lengths (eval_loss@len512, ...); extending a model's context adds the length it had."""
     packing: Literal["packed", "padded"] = "packed"
     """`packed`: documents back to back, no padding. `padded`: each document on its own windows, padded."""
+    attention_across_docs: bool = True
+    """Whether the documents packed into one window attend to each other; --no-attention-across-docs confines attention to each document and restarts positions at its start."""
     batch_size: int = 32
     """Windows per micro-batch, per process."""
     grad_accum: int = 1
     """Micro-batches per optimizer step; a step trains on batch-size x grad-accum x processes windows."""
+    global_batch: int | None = None
+    """Windows per optimizer step over all processes: sets --grad-accum to global-batch / (batch-size x processes), whatever the number of processes."""
     max_steps: int | None = None
     """Optimizer steps to run; with --epochs or --time-budget, whichever ends first."""
     epochs: float | None = None
@@ -224,8 +253,12 @@ class TrainConfig:
     """Share of the steps spent in linear warmup (ignored when --warmup-steps is set)."""
     warmup_steps: int | None = None
     """Warmup steps; overrides --warmup-fraction."""
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
-    """Decay after warmup."""
+    schedule: Literal["linear", "cosine", "constant", "wsd"] = "linear"
+    """Decay after warmup; `wsd` holds the peak and decays with 1-sqrt over the last --decay-fraction of the run (ModernBERT's trapezoid)."""
+    decay_fraction: float = 0.1
+    """With --schedule wsd: the share of the run spent decaying."""
+    warmup_start_ratio: float = 0.0
+    """Learning rate the warmup starts from, as a share of --lr (Cramming's triangle starts at 0.25)."""
     min_lr_ratio: float = 0.0
     """Learning rate at the last step, as a share of --lr."""
     clip_grad_norm: float = 1.0
@@ -301,12 +334,11 @@ class TrainConfig:
         check_setting(len(self.data) > 0, "data", "give the token store(s) to train on")
         names = [name for name, _ in parse_sources(self.data)]
         check_setting(
-            len(names) > 1 or not (self.mix or self.mix_end or self.mix_temperature), "mix", "mixes several --data stores; one was given"
-        )
-        check_setting(not (self.mix and self.mix_temperature), "mix_temperature", "give --mix or --mix-temperature, not both")
-        check_setting(
             self.mix_temperature is None or self.mix_temperature > 0, "mix_temperature", f"must be positive, got {self.mix_temperature}"
         )
+        for name in ("mix", "mix_end", "mix_temperature"):
+            check_setting(len(names) > 1 or not getattr(self, name), name, "mixes several --data stores; one was given")
+        check_setting(not (self.mix and self.mix_temperature), "mix_temperature", "give --mix or --mix-temperature, not both")
         for name in ("mix", "mix_end"):
             if getattr(self, name):
                 parse_weights(getattr(self, name), names, flag(name))
@@ -317,6 +349,24 @@ class TrainConfig:
         )
         check_setting(0 < self.mix_switch < 1, "mix_switch", f"must be between 0 and 1, got {self.mix_switch}")
         check_setting((self.model is None) != (self.from_scratch is None), "model", "give exactly one of --model or --from-scratch")
+        if self.recipe is not None:
+            check_setting(self.recipe in RECIPES, "recipe", f"no recipe '{self.recipe}' (choose from {recipe_names()})")
+        if self.from_scratch is not None:
+            named, _ = parse_preset(self.from_scratch)
+            check_setting(
+                named is None or self.arch is None or named == self.arch,
+                "arch",
+                f"{self.arch}, but --from-scratch {self.from_scratch} names {named}",
+            )
+        check_setting(
+            self.arch is None or self.from_scratch is not None, "arch", "chooses the architecture of --from-scratch; --model has its own"
+        )
+        check_setting(self.rope_theta is None or self.rope_theta > 0, "rope_theta", f"must be positive, got {self.rope_theta}")
+        check_setting(self.global_batch is None or self.global_batch >= 1, "global_batch", f"must be at least 1, got {self.global_batch}")
+        check_setting(0 < self.decay_fraction <= 1, "decay_fraction", f"must be in (0, 1], got {self.decay_fraction}")
+        check_setting(0 <= self.warmup_start_ratio <= 1, "warmup_start_ratio", f"must be in [0, 1], got {self.warmup_start_ratio}")
+        for length in self.eval_seq_len:
+            check_setting(8 <= length <= MAX_CONTEXT, "eval_seq_len", f"{length}: must be between 8 and {MAX_CONTEXT}")
         check_setting(self.seq_len >= 8, "seq_len", f"must be at least 8, got {self.seq_len}")
         check_setting(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
         check_setting(self.grad_accum >= 1, "grad_accum", f"must be at least 1, got {self.grad_accum}")
@@ -334,13 +384,12 @@ class TrainConfig:
         check_setting(self.max_nonfinite >= 1, "max_nonfinite", f"must be at least 1, got {self.max_nonfinite}")
         check_setting(self.adam_eps > 0, "adam_eps", f"must be positive, got {self.adam_eps}")
         check_setting(self.seed >= 0, "seed", f"must not be negative, got {self.seed}")
-        if self.from_scratch is not None:
-            check_setting(
-                self.seq_len <= PRESET_MAX_POSITIONS,
-                "seq_len",
-                f"{self.seq_len} is more than the {PRESET_MAX_POSITIONS} positions a --from-scratch model embeds; attention over it would take "
-                f"about {self.batch_size * 16 * self.seq_len**2 * 4 / 2**40:,.1f} TB a layer for a batch of {self.batch_size}",
-            )
+        check_setting(
+            self.seq_len <= MAX_CONTEXT,
+            "seq_len",
+            f"{self.seq_len} is more than the {MAX_CONTEXT} tokens unmask trains at (ModernBERT's context); attention over it would take "
+            f"about {self.batch_size * 16 * self.seq_len**2 * 4 / 2**30:,.0f} GiB a layer for a batch of {self.batch_size} where it is materialised",
+        )
         check_setting(self.dropout is None or 0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
         check_masking_probabilities(self.mask_prob, self.mask_replace_prob, self.random_replace_prob)
         if self.mask_prob_end is not None:
@@ -376,6 +425,23 @@ class TrainConfig:
         """The global batch: windows of one optimizer step over all processes."""
         return self.batch_size * self.grad_accum * world_size
 
+    def scratch_architecture(self) -> str:
+        """The --arch of a --from-scratch model: the preset's, --arch, the recipe's, or bert."""
+        named, _ = parse_preset(self.from_scratch or "base")
+        return named or self.arch or (RECIPES[self.recipe].architecture if self.recipe else "bert")
+
+    def with_global_batch(self, world_size: int) -> TrainConfig:
+        """This config with --grad-accum set from --global-batch for `world_size` processes."""
+        if self.global_batch is None:
+            return self
+        per_pass = self.batch_size * world_size
+        if self.global_batch % per_pass:
+            raise UnmaskError(
+                f"--global-batch {self.global_batch}: not a multiple of --batch-size {self.batch_size} x {world_size} process(es) = {per_pass}; "
+                "choose a --batch-size that divides it"
+            )
+        return dataclasses.replace(self, grad_accum=self.global_batch // per_pass)
+
     def budget_seconds(self) -> float | None:
         return parse_duration(self.time_budget) if self.time_budget else None
 
@@ -403,7 +469,8 @@ class TrainConfig:
 # change with the number of processes as long as their product with it stays the same).
 RESUMABLE_CHANGES = frozenset({
     "out", "resume", "device", "compile", "eval_every", "eval_max_batches", "log_every", "checkpoint_every", "keep_checkpoints",
-    "strategy", "activation_checkpointing", "progress", "batch_size", "grad_accum", "on_nonfinite", "max_nonfinite", "report_to",
+    "strategy", "activation_checkpointing", "progress", "batch_size", "grad_accum", "global_batch", "on_nonfinite", "max_nonfinite", "report_to",
+    "eval_seq_len",
     *("max_steps", "epochs", "time_budget"),  # a run may be extended; `length_changes` says what that does to the schedule
     *("downstream", "downstream_every", "downstream_mode"),
 })  # fmt: skip

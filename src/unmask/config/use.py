@@ -118,6 +118,8 @@ class EvalConfig(ModelOptions, HeldOutOptions):
     POSITIONAL: ClassVar[tuple[str, ...]] = ("model",)
     split: Literal["val", "train"] = "val"
     """Split of a store to score: val or train."""
+    attention_across_docs: bool = True
+    """Whether a window's documents attend to each other; --no-attention-across-docs scores a model as a run with that flag trained it."""
     json: bool = False
     """Print the metrics as JSON."""
 
