@@ -111,8 +111,15 @@ def main() -> None:
                 shutil.rmtree(run)
             if not done:
                 settings = {**SETTINGS, "from_scratch": label}
-                ttq.run_worker("unmask", store=work / "store", run=run, minutes=args.budget, points=args.points, lr=args.lr,
-                               settings=json.dumps(settings))  # fmt: skip
+                ttq.run_worker(
+                    "unmask",
+                    store=work / "store",
+                    run=run,
+                    minutes=args.budget,
+                    points=args.points,
+                    lr=args.lr,
+                    settings=json.dumps(settings),
+                )
             points = ttq.unmask_points(run, work)
             scored = [(m, ttq.evaluate(f, heldout, args.eval_batches, scores), ttq.downstream(f, "probe", scores)) for m, f in points]
             curves[label] = {

@@ -208,6 +208,7 @@ def worker_train_unmask(args) -> dict:
         checkpoint_every=0,
         seed=0,
         strategy=args.strategy,
+        precision=args.precision,
     )
     started = time.perf_counter()
     train(config, progress=False, echo=lambda _: None, on_step=tick)
@@ -256,7 +257,7 @@ def worker_train_peer(args) -> dict:
             save_strategy="no",
             report_to="none",
             use_cpu=not on_gpu(),
-            bf16=on_gpu() and torch.cuda.is_bf16_supported(),
+            bf16=(on_gpu() and torch.cuda.is_bf16_supported()) or args.precision == "bf16",
             seed=0,
             disable_tqdm=True,
             dataloader_num_workers=0,
@@ -411,6 +412,17 @@ SCHEDULE_OFFSET = (
 )
 
 
+def resolved_precision(precision: str) -> str:
+    """`auto` as `unmask train --precision auto` resolves it on this CPU (bf16 only where the hardware and a calibration say it pays)."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    from unmask.hardware import choose_precision
+
+    return "bf16" if choose_precision(torch.device("cpu"), "auto").dtype is not None else "fp32"
+
+
 def machine() -> str:
     model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
     import torch
@@ -455,6 +467,12 @@ def main() -> None:
     parser.add_argument("--strategy", default="auto", help="with --nproc: auto (DDP), ddp or fsdp")
     parser.add_argument("--threads", type=int, default=None, help="OMP threads per unmask training process (torchrun's default is 1)")
     parser.add_argument("--sides", default="unmask,peer", help="unmask,peer or just unmask (no ratio)")
+    parser.add_argument(
+        "--cpu-precisions",
+        default="auto",
+        help="on a CPU, the training precisions to measure, both sides alike: auto (what `--precision auto` picks here), fp32, bf16",
+    )
+    parser.add_argument("--precision", default="auto")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: prepare, formats, tokenizer, train, fill, profile")
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
     parser.add_argument("--append", action="store_true", help="add to --out instead of replacing it")
@@ -472,7 +490,11 @@ def main() -> None:
 
     skip = set(filter(None, args.skip.split(",")))
     gpu = run_worker("matmul-peak")
-    precision = "bf16 autocast on both sides" if gpu["what"].startswith("bf16") else "fp32"
+    precision = (
+        "bf16 autocast on both sides"
+        if gpu["what"].startswith("bf16")
+        else f"precision as in the table, both sides alike (`--precision auto` resolves to {resolved_precision('auto')} on this CPU)"
+    )
     memory = "peak GPU MB" if gpu["what"].startswith("bf16") else "peak RSS MB"
     work = Path(tempfile.mkdtemp(prefix="unmask-bench-"))
     lines = [
@@ -565,12 +587,13 @@ def main() -> None:
             " FLOPs actually executed (unmask runs the MLM head, and the last layer's queries, attention output and"
             " feed-forward, on the 15% masked tokens only).",
             "",
-            f"| shape | dropout | side | tokens/s (median) | share of matmul peak | {memory} | ratio |",
-            "|---|---|---|---|---|---|---|",
+            f"| shape | dropout | precision | side | tokens/s (median) | share of matmul peak | {memory} | ratio |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         curves = {}
         layout = f" ({args.nproc} processes, {args.strategy})" if args.nproc > 1 else ""
-        for shape in args.shapes.split(","):
+        precisions = ["bf16"] if on_gpu() else [resolved_precision(p) for p in args.cpu_precisions.split(",")]
+        for shape, precision in itertools.product(args.shapes.split(","), precisions):
             steps, warmup = (args.base_steps, args.base_warmup) if shape == "base" else (args.steps, args.warmup)
             for dropout in (float(d) for d in (args.base_dropouts if shape == "base" else args.dropouts).split(",")):
                 model = work / f"model-{shape}-{dropout}"
@@ -591,6 +614,7 @@ def main() -> None:
                             warmup_steps=args.warmup_steps,
                             seq_len=args.seq_len,
                             warmup=warmup,
+                            precision=precision,
                         )
                         if side == "unmask":
                             options.update(nproc=args.nproc, threads=args.threads, strategy=args.strategy)
@@ -606,7 +630,7 @@ def main() -> None:
                 if "peer" not in tokens_per_s:
                     dense = tokens_per_s["unmask"] * train_flops_per_token(shape, args.seq_len) / (peak * 1e9)
                     lines.append(
-                        f"| {shape} | {dropout} | unmask{layout} | {tokens_per_s['unmask']:,.0f} | {dense:.0%} | {rss['unmask']:.0f} (per process: {', '.join(f'{r:.0f}' for r in ranks)}) | |"
+                        f"| {shape} | {dropout} | {precision} | unmask{layout} | {tokens_per_s['unmask']:,.0f} | {dense:.0%} | {rss['unmask']:.0f} (per process: {', '.join(f'{r:.0f}' for r in ranks)}) | |"
                     )
                     print(lines[-1], flush=True)
                     continue
@@ -617,10 +641,10 @@ def main() -> None:
                     )
                     ratio = f"{tokens_per_s['unmask'] / tokens_per_s['peer']:.2f}x" if side == "unmask" else ""
                     lines.append(
-                        f"| {shape} | {dropout} | {side}{layout if side == 'unmask' else ''} | {tokens_per_s[side]:,.0f} | {dense:.0%} ({executed:.0%}) | {rss[side]:.0f} | {ratio} |"
+                        f"| {shape} | {dropout} | {precision} | {side}{layout if side == 'unmask' else ''} | {tokens_per_s[side]:,.0f} | {dense:.0%} ({executed:.0%}) | {rss[side]:.0f} | {ratio} |"
                     )
                 print(lines[-2], lines[-1], sep="\n", flush=True)
-                curves[f"{shape}, dropout {dropout}"] = (losses["unmask"], losses["peer"])
+                curves[f"{shape}, dropout {dropout}, {precision}"] = (losses["unmask"], losses["peer"])
         if curves:
             plot_losses(curves, Path(args.curves))
             lines += ["", f"Both sides' training losses at equal steps: ![loss curves]({Path(args.curves).name})", ""]

@@ -59,19 +59,36 @@ def worker_peer(args) -> dict:
         args.model, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
     )
     training = TrainingArguments(
-        output_dir=args.work, learning_rate=args.lr, num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=64, warmup_steps=0.06, weight_decay=0.01, lr_scheduler_type="linear", seed=args.seed,
-        eval_strategy="no", save_strategy="no", report_to=[], logging_steps=50, use_cpu=not torch.cuda.is_available(),
-        bf16=args.precision == "bf16", dataloader_num_workers=0, disable_tqdm=True,
-    )  # fmt: skip
+        output_dir=args.work,
+        learning_rate=args.lr,
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=64,
+        warmup_steps=0.06,
+        weight_decay=0.01,
+        lr_scheduler_type="linear",
+        seed=args.seed,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to=[],
+        logging_steps=50,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=args.precision == "bf16",
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
     trainer = Trainer(model=model, args=training, train_dataset=train_set, data_collator=DataCollatorWithPadding(tokenizer))
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
     predictions = np.argmax(trainer.predict(eval_set).predictions, axis=-1)
     truth = [names.index(r["label"]) for r in evaluation]
-    return {"seconds": seconds, "examples": len(train) * args.epochs, "accuracy": accuracy_score(truth, predictions),
-            "macro_f1": f1_score(truth, predictions, average="macro")}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "examples": len(train) * args.epochs,
+        "accuracy": accuracy_score(truth, predictions),
+        "macro_f1": f1_score(truth, predictions, average="macro"),
+    }
 
 
 def worker_unmask(args) -> dict:
@@ -82,13 +99,28 @@ def worker_unmask(args) -> dict:
 
     torch.set_num_threads(args.threads)
     config = FinetuneConfig(
-        model=args.model, train=args.train, eval=args.eval, out=args.work, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
-        max_length=args.max_length, seed=args.seed, weight_decay=0.01, save_model=False, progress="none", precision=args.precision,
-    )  # fmt: skip
+        model=args.model,
+        train=args.train,
+        eval=args.eval,
+        out=args.work,
+        lr=args.lr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        seed=args.seed,
+        weight_decay=0.01,
+        save_model=False,
+        progress="none",
+        precision=args.precision,
+    )
     summary = finetune(config, echo=lambda _: None, progress=False)
     seed = summary["seeds"][0]
-    return {"seconds": seed["train_seconds"], "examples": len(records(args.train)) * args.epochs,
-            "accuracy": seed["metrics"]["accuracy"], "macro_f1": seed["metrics"]["macro_f1"]}  # fmt: skip
+    return {
+        "seconds": seed["train_seconds"],
+        "examples": len(records(args.train)) * args.epochs,
+        "accuracy": seed["metrics"]["accuracy"],
+        "macro_f1": seed["metrics"]["macro_f1"],
+    }
 
 
 def worker_probe(args) -> dict:
@@ -178,8 +210,12 @@ def main() -> None:
             f"{statistics.median(r['macro_f1'] for r in runs[side]):.4f} |"
         )
     ratio = statistics.median(rate["unmask"]) / statistics.median(rate["peer"])
-    lines += ["", f"unmask/peer examples/s: **{ratio:.2f}x**. A linear probe of the same model on the same task "
-              f"(`unmask probe`, features and fit) took {statistics.median(p['seconds'] for p in probes):.1f} s, accuracy {probes[0]['accuracy']:.4f}.", ""]  # fmt: skip
+    lines += [
+        "",
+        f"unmask/peer examples/s: **{ratio:.2f}x**. A linear probe of the same model on the same task "
+        f"(`unmask probe`, features and fit) took {statistics.median(p['seconds'] for p in probes):.1f} s, accuracy {probes[0]['accuracy']:.4f}.",
+        "",
+    ]
     with open(args.out, "a", encoding="utf-8") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))

@@ -29,8 +29,14 @@ HERE = Path(__file__).resolve().parent
 
 
 def unmask(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "unmask", *args], capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "unmask", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        check=False,
+    )
     if check and result.returncode != 0:
         raise RuntimeError(f"unmask {' '.join(args[:3])} failed:\n{result.stderr[-2000:]}")
     return result
@@ -83,8 +89,28 @@ def main() -> None:
     # 1. The CLI end to end on the device.
     store = work / "store"
     unmask("prepare", "sample:pydocs", "--out", str(store), "--doc-per", "blank-line", "--val-fraction", "0.1")
-    common = ["--data", str(store), "--from-scratch", "mini", "--seq-len", "128", "--batch-size", "32", "--device", device,
-              "--eval-every", "0", "--progress", "none", "--lr", "1e-3", "--warmup-steps", "2", "--dropout", "0.1"]  # fmt: skip
+    common = [
+        "--data",
+        str(store),
+        "--from-scratch",
+        "mini",
+        "--seq-len",
+        "128",
+        "--batch-size",
+        "32",
+        "--device",
+        device,
+        "--eval-every",
+        "0",
+        "--progress",
+        "none",
+        "--lr",
+        "1e-3",
+        "--warmup-steps",
+        "2",
+        "--dropout",
+        "0.1",
+    ]
     e2e = time.time()
     unmask("train", *common, "--out", str(work / "e2e"), "--max-steps", str(steps), "--checkpoint-every", str(steps // 2))
     unmask("eval", str(work / "e2e"), "--data", str(store), "--device", device, "--json")
@@ -103,8 +129,24 @@ def main() -> None:
             unmask("train", *common, *flag, "--out", str(out), "--max-steps", str(steps), "--checkpoint-every", str(steps // 2))
             runs.append((out, time.time() - began))
         killed = work / f"det-{label}-killed"
-        process = subprocess.Popen([sys.executable, "-m", "unmask", "train", *common, *flag, "--out", str(killed), "--max-steps", str(steps),
-                                    "--checkpoint-every", str(steps // 2)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "unmask",
+                "train",
+                *common,
+                *flag,
+                "--out",
+                str(killed),
+                "--max-steps",
+                str(steps),
+                "--checkpoint-every",
+                str(steps // 2),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         while process.poll() is None and not list((killed / "checkpoints").glob("step-*")):
             time.sleep(0.05)
         process.send_signal(signal.SIGKILL)
@@ -123,8 +165,26 @@ def main() -> None:
 
     flash = importlib.util.find_spec("flash_attn") is not None
     seq, longer = ("64", "256") if args.dry_run else ("512", "2048")
-    arch_common = ["--data", str(store), "--seq-len", seq, "--batch-size", "8" if args.dry_run else "32", "--device", device,
-                   "--eval-every", "0", "--progress", "none", "--lr", "1e-3", "--warmup-steps", "2", "--log-every", "2"]  # fmt: skip
+    arch_common = [
+        "--data",
+        str(store),
+        "--seq-len",
+        seq,
+        "--batch-size",
+        "8" if args.dry_run else "32",
+        "--device",
+        device,
+        "--eval-every",
+        "0",
+        "--progress",
+        "none",
+        "--lr",
+        "1e-3",
+        "--warmup-steps",
+        "2",
+        "--log-every",
+        "2",
+    ]
     for arch in ("bert", "roberta", "modernbert", "deberta-v2"):
         for apart in ([], ["--no-attention-across-docs"]) if arch == "modernbert" else ([],):
             out = work / f"arch-{arch}{'-apart' if apart else ''}"
@@ -133,9 +193,28 @@ def main() -> None:
             label = f"{arch}-mini{', documents apart' if apart else ''}{', flash attention' if flash and arch == 'modernbert' else ''}"
             rows.append(f"| {label}: tokens/s at {seq} tokens | {speeds[len(speeds) // 2]:,.0f} |")
     extended = work / "modernbert-long"
-    unmask("train", *arch_common[:2], "--model", str(work / "arch-modernbert"), "--seq-len", longer, "--rope-theta", "160000",
-           "--batch-size", "2" if args.dry_run else "8", "--device", device, "--progress", "none", "--eval-every", "0",
-           "--max-steps", str(steps), "--out", str(extended))  # fmt: skip
+    unmask(
+        "train",
+        *arch_common[:2],
+        "--model",
+        str(work / "arch-modernbert"),
+        "--seq-len",
+        longer,
+        "--rope-theta",
+        "160000",
+        "--batch-size",
+        "2" if args.dry_run else "8",
+        "--device",
+        device,
+        "--progress",
+        "none",
+        "--eval-every",
+        "0",
+        "--max-steps",
+        str(steps),
+        "--out",
+        str(extended),
+    )
     summary = json.loads((extended / "summary.json").read_text())
     rows.append(
         f"| modernbert-mini continued at {longer} tokens, RoPE base 160,000: eval loss at {longer} / at {seq} | "
@@ -144,15 +223,30 @@ def main() -> None:
 
     # 4. Throughput, MFU and memory of both sides at the bert-base shape.
     peak = matmul_peak(device)
-    rows.append(f"| measured matmul peak ({'bf16' if device == 'cuda' else 'fp32'}) | {peak:.0f} TFLOP/s |")
+    rows.append(f"| measured matmul peak ({'bf16' if device == 'cuda' else 'fp32'}) | {peak:.3g} TFLOP/s |")
     tables = []
     for seq_len, batch in ((128, 256), (512, 64)) if not args.dry_run else ((32, 4),):
         table = work / f"bench-{seq_len}.md"
         shapes = ["--shapes", "base", "--base-steps", "20" if not args.dry_run else "4", "--base-warmup", "5" if not args.dry_run else "2"]
-        command = [sys.executable, str(HERE / "bench.py"), *shapes, "--base-dropouts", "0.1", "--batch-size", str(batch),
-                   "--seq-len", str(seq_len), "--skip", "prepare,formats,tokenizer,fill,profile", "--out", str(table),
-                   "--corpus", str(Path(__file__).resolve().parent.parent / "src" / "unmask" / "sample_corpus" / "pydocs"),
-                   "--curves", str(work / f"curves-{seq_len}.png")]  # fmt: skip
+        command = [
+            sys.executable,
+            str(HERE / "bench.py"),
+            *shapes,
+            "--base-dropouts",
+            "0.1",
+            "--batch-size",
+            str(batch),
+            "--seq-len",
+            str(seq_len),
+            "--skip",
+            "prepare,formats,tokenizer,fill,profile",
+            "--out",
+            str(table),
+            "--corpus",
+            str(Path(__file__).resolve().parent.parent / "src" / "unmask" / "sample_corpus" / "pydocs"),
+            "--curves",
+            str(work / f"curves-{seq_len}.png"),
+        ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             tables.append(f"bench.py at {seq_len} x {batch} failed:\n\n```\n{result.stderr[-1500:]}\n```")

@@ -30,14 +30,13 @@ PEAK_OF = (
 
 
 def digest(store: Path) -> dict[str, str]:
-    """Each file of a store (its metadata's timing fields aside) by content hash."""
+    """Each file of a store (its metadata's timing field aside) by content hash."""
     hashes = {}
     for path in sorted(p for p in store.rglob("*") if p.is_file()):
         data = path.read_bytes()
         if path.name == "meta.json":
             meta = json.loads(data)
-            meta.pop("created", None)
-            meta.pop("prepare_seconds", None)
+            meta.pop("seconds", None)  # how long it took, the one field that may differ
             data = json.dumps(meta, sort_keys=True).encode()
         hashes[str(path.relative_to(store))] = hashlib.sha256(data).hexdigest()
     return hashes

@@ -495,7 +495,7 @@ def main() -> None:
             ]
             if peer_long
             else []
-        ),  # fmt: skip
+        ),
         "",
         f"![time to quality]({Path(args.chart).name})",
         f"![time to quality, downstream]({Path(args.downstream_chart).name})",

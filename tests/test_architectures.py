@@ -118,11 +118,18 @@ def test_each_architecture_trains_from_scratch_and_fills_masks_in_transformers(a
     out = tmp_path / arch
     summary = train(
         TrainConfig(
-            data=[str(store_dir)], out=str(out), from_scratch=f"{arch}-tiny", seq_len=32, batch_size=4, max_steps=3, eval_every=0,
+            data=[str(store_dir)],
+            out=str(out),
+            from_scratch=f"{arch}-tiny",
+            seq_len=32,
+            batch_size=4,
+            max_steps=3,
+            eval_every=0,
             attention_across_docs=arch != "bert",  # both ways, across the four
         ),
-        progress=False, echo=quiet,
-    )  # fmt: skip
+        progress=False,
+        echo=quiet,
+    )
     assert summary["steps"] == 3 and summary["eval_loss"] > 0
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["architectures"] == [SCRATCH_CLASSES[arch]]

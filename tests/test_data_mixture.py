@@ -88,8 +88,18 @@ def test_two_stores_train_together_and_each_held_out_split_is_scored_as_eval_sco
     from unmask.cli import main
 
     out = tmp_path / "run"
-    config = TrainConfig(data=[f"a={store_dir}", f"b={second_store}"], mix="a=0.7,b=0.3", model=str(tiny_model_dir), out=str(out),
-                         seq_len=32, batch_size=8, max_steps=4, eval_every=0, checkpoint_every=2, dropout=0.0)  # fmt: skip
+    config = TrainConfig(
+        data=[f"a={store_dir}", f"b={second_store}"],
+        mix="a=0.7,b=0.3",
+        model=str(tiny_model_dir),
+        out=str(out),
+        seq_len=32,
+        batch_size=8,
+        max_steps=4,
+        eval_every=0,
+        checkpoint_every=2,
+        dropout=0.0,
+    )
     summary = train(config, progress=False, echo=quiet)
     last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "eval_loss" in line][-1]
     assert {"eval_loss@a", "eval_loss@b", "eval_accuracy@a", "eval_accuracy@b"} <= set(last)
@@ -112,8 +122,18 @@ def test_two_stores_train_together_and_each_held_out_split_is_scored_as_eval_sco
 def test_a_resumed_mixture_run_ends_with_the_same_weights(store_dir, second_store, tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
-    settings = dict(data=[f"a={store_dir}", f"b={second_store}"], mix="a=0.5,b=0.5", model=str(tiny_model_dir), seq_len=32, batch_size=8,
-                    max_steps=6, eval_every=0, checkpoint_every=2, dropout=0.0, keep_checkpoints=5)  # fmt: skip
+    settings = dict(
+        data=[f"a={store_dir}", f"b={second_store}"],
+        mix="a=0.5,b=0.5",
+        model=str(tiny_model_dir),
+        seq_len=32,
+        batch_size=8,
+        max_steps=6,
+        eval_every=0,
+        checkpoint_every=2,
+        dropout=0.0,
+        keep_checkpoints=5,
+    )
     train(TrainConfig(out=str(tmp_path / "straight"), **settings), progress=False, echo=quiet)
 
     def stop_at_3(step: int) -> None:

@@ -67,8 +67,17 @@ def test_an_appended_source_is_a_new_shard_and_the_old_files_stay_untouched(line
     assert (tmp_path / "store" / "train.tokens").read_bytes() == before
     assert [p.name for _, _, _, p in StoreDir(tmp_path / "store").shards()] == ["shard-001-00000-of-00001"]
     # One prepare of both sources, in that order, numbers and holds out the documents the same way.
-    prepare(PrepareConfig(sources=[str(lines), str(corpus_dir)], out=str(tmp_path / "once"), tokenizer=str(tokenizer_dir),
-                          doc_per="line", val_fraction=0.1, workers=1), progress=False)  # fmt: skip
+    prepare(
+        PrepareConfig(
+            sources=[str(lines), str(corpus_dir)],
+            out=str(tmp_path / "once"),
+            tokenizer=str(tokenizer_dir),
+            doc_per="line",
+            val_fraction=0.1,
+            workers=1,
+        ),
+        progress=False,
+    )
     appended, once = TokenStore.open(tmp_path / "store"), TokenStore.open(tmp_path / "once")
     assert appended.meta["splits"] == once.meta["splits"]
     for split in ("train", "val"):
@@ -101,9 +110,25 @@ def test_a_killed_parallel_prepare_leaves_no_store_and_no_worker(lines, tokenize
     big.write_text(lines.read_text() * 40)
     out = tmp_path / "store"
     process = subprocess.Popen(
-        [sys.executable, "-m", "unmask", "prepare", str(big), "--out", str(out), "--tokenizer", str(tokenizer_dir), "--doc-per", "line", "--workers", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "unmask",
+            "prepare",
+            str(big),
+            "--out",
+            str(out),
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--doc-per",
+            "line",
+            "--workers",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not list(tmp_path.glob(".store.building-*")):
         time.sleep(0.05)

@@ -16,10 +16,20 @@ from unmask.train import train
 def run_with_checkpoints(tmp_path_factory, store_dir, tiny_model_dir):
     out = tmp_path_factory.mktemp("ds") / "run"
     train(
-        TrainConfig(data=str(store_dir), model=str(tiny_model_dir), out=str(out), seq_len=32, batch_size=4, max_steps=4,
-                    checkpoint_every=2, keep_checkpoints=5, eval_every=0),
-        progress=False, echo=quiet,
-    )  # fmt: skip
+        TrainConfig(
+            data=str(store_dir),
+            model=str(tiny_model_dir),
+            out=str(out),
+            seq_len=32,
+            batch_size=4,
+            max_steps=4,
+            checkpoint_every=2,
+            keep_checkpoints=5,
+            eval_every=0,
+        ),
+        progress=False,
+        echo=quiet,
+    )
     return out
 
 
@@ -49,8 +59,18 @@ def test_a_suite_over_two_checkpoints_resumes_a_half_done_results_file(run_with_
     suite = suite_file(tmp_path, train_data, eval_data)
     results = run_with_checkpoints / "downstream" / "results.jsonl"
     results.parent.mkdir(parents=True, exist_ok=True)
-    done = {"task": "animals", "target": "step 2", "model": str(run_with_checkpoints), "step": 2, "tokens": 256, "mode": "finetune",
-            "seed": 0, "metrics": {"accuracy": 0.125}, "score_metric": "accuracy", "score": 0.125}  # fmt: skip
+    done = {
+        "task": "animals",
+        "target": "step 2",
+        "model": str(run_with_checkpoints),
+        "step": 2,
+        "tokens": 256,
+        "mode": "finetune",
+        "seed": 0,
+        "metrics": {"accuracy": 0.125},
+        "score_metric": "accuracy",
+        "score": 0.125,
+    }
     results.write_text(json.dumps(done) + "\n" + '{"task": "animals", "target": "step 2", "mo')  # a crash tore the next line
     lines = []
     report = run_suite(DownstreamConfig(suite=suite, run=str(run_with_checkpoints), device="cpu"), echo=lines.append)

@@ -51,8 +51,20 @@ def test_the_real_probe_answers_on_this_machine(cache):
 
 
 def tiny_config(store_dir, tiny_model_dir, out, **overrides) -> TrainConfig:
-    values = dict(data=str(store_dir), model=str(tiny_model_dir), out=str(out), seq_len=32, batch_size=8, max_steps=6, lr=1e-3,
-                  dropout=0.0, eval_every=0, checkpoint_every=0, log_every=1, progress="none")  # fmt: skip
+    values = dict(
+        data=str(store_dir),
+        model=str(tiny_model_dir),
+        out=str(out),
+        seq_len=32,
+        batch_size=8,
+        max_steps=6,
+        lr=1e-3,
+        dropout=0.0,
+        eval_every=0,
+        checkpoint_every=0,
+        log_every=1,
+        progress="none",
+    )
     return TrainConfig(**{**values, **overrides})
 
 

@@ -39,10 +39,18 @@ def tiny_configs():
     yield (
         "deberta-v2",
         DebertaV2Config(
-            vocab_size=120, relative_attention=True, position_buckets=16, pos_att_type=["p2c", "c2p"], position_biased_input=False,
-            share_att_key=True, norm_rel_ebd="layer_norm", max_relative_positions=-1, type_vocab_size=0, **TINY,
+            vocab_size=120,
+            relative_attention=True,
+            position_buckets=16,
+            pos_att_type=["p2c", "c2p"],
+            position_biased_input=False,
+            share_att_key=True,
+            norm_rel_ebd="layer_norm",
+            max_relative_positions=-1,
+            type_vocab_size=0,
+            **TINY,
         ),
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("name,config", list(tiny_configs()), ids=[n for n, _ in tiny_configs()])

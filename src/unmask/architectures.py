@@ -208,10 +208,16 @@ def _roberta_config(size: str, vocab: Vocabulary, positions: int, rope_theta: fl
 
     # RoBERTa's positions start after the padding id (`reserved_positions`).
     return RobertaConfig(
-        vocab_size=vocab.size, max_position_embeddings=max(512, positions) + vocab.pad_id + 1, pad_token_id=vocab.pad_id,
-        bos_token_id=vocab.opener_id, eos_token_id=vocab.closer_id, type_vocab_size=1, layer_norm_eps=1e-5, tie_word_embeddings=True,
+        vocab_size=vocab.size,
+        max_position_embeddings=max(512, positions) + vocab.pad_id + 1,
+        pad_token_id=vocab.pad_id,
+        bos_token_id=vocab.opener_id,
+        eos_token_id=vocab.closer_id,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+        tie_word_embeddings=True,
         **BERT_SHAPES[size],
-    )  # fmt: skip
+    )
 
 
 def _modernbert_config(size: str, vocab: Vocabulary, positions: int, rope_theta: float | None):
@@ -222,10 +228,17 @@ def _modernbert_config(size: str, vocab: Vocabulary, positions: int, rope_theta:
         "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
     }
     return ModernBertConfig(
-        vocab_size=vocab.size, max_position_embeddings=max(positions, 512), pad_token_id=vocab.pad_id, cls_token_id=vocab.opener_id,
-        sep_token_id=vocab.closer_id, bos_token_id=vocab.opener_id, eos_token_id=vocab.closer_id, rope_parameters=rope,
-        tie_word_embeddings=True, **MODERNBERT_SHAPES[size],
-    )  # fmt: skip
+        vocab_size=vocab.size,
+        max_position_embeddings=max(positions, 512),
+        pad_token_id=vocab.pad_id,
+        cls_token_id=vocab.opener_id,
+        sep_token_id=vocab.closer_id,
+        bos_token_id=vocab.opener_id,
+        eos_token_id=vocab.closer_id,
+        rope_parameters=rope,
+        tie_word_embeddings=True,
+        **MODERNBERT_SHAPES[size],
+    )
 
 
 def _deberta_v2_config(size: str, vocab: Vocabulary, positions: int, rope_theta: float | None):
@@ -234,10 +247,21 @@ def _deberta_v2_config(size: str, vocab: Vocabulary, positions: int, rope_theta:
     # DeBERTa-v3's settings (He et al., 2021; microsoft/deberta-v3-base config.json):
     # relative positions only, in 256 log buckets, keys shared between content and position.
     return DebertaV2Config(
-        vocab_size=vocab.size, max_position_embeddings=max(512, positions), pad_token_id=vocab.pad_id, relative_attention=True,
-        position_buckets=256, norm_rel_ebd="layer_norm", share_att_key=True, pos_att_type=["p2c", "c2p"], layer_norm_eps=1e-7,
-        max_relative_positions=-1, position_biased_input=False, type_vocab_size=0, tie_word_embeddings=True, **BERT_SHAPES[size],
-    )  # fmt: skip
+        vocab_size=vocab.size,
+        max_position_embeddings=max(512, positions),
+        pad_token_id=vocab.pad_id,
+        relative_attention=True,
+        position_buckets=256,
+        norm_rel_ebd="layer_norm",
+        share_att_key=True,
+        pos_att_type=["p2c", "c2p"],
+        layer_norm_eps=1e-7,
+        max_relative_positions=-1,
+        position_biased_input=False,
+        type_vocab_size=0,
+        tie_word_embeddings=True,
+        **BERT_SHAPES[size],
+    )
 
 
 def _bert_encode_documents(model: nn.Module, input_ids: torch.Tensor, attention_mask, documents: torch.Tensor) -> torch.Tensor:
@@ -269,11 +293,18 @@ def _deberta_v2_encode_documents(model: nn.Module, input_ids: torch.Tensor, atte
 
 def _roberta_family(model_type: str) -> Architecture:
     return Architecture(
-        model_type=model_type, head=lambda m: m.lm_head, head_prefixes=("lm_head.",), layers=lambda m: m.base_model.encoder.layer,
-        final_layer=_bert_final_layer, plain_attention=True, reserved_positions=lambda c: c.pad_token_id + 1,
-        position_table=lambda m: m.base_model.embeddings.position_embeddings, encode_documents=_bert_encode_documents,
-        scratch=_roberta_config if model_type == "roberta" else None, required_ids=("pad_id", "opener_id", "closer_id"),
-    )  # fmt: skip
+        model_type=model_type,
+        head=lambda m: m.lm_head,
+        head_prefixes=("lm_head.",),
+        layers=lambda m: m.base_model.encoder.layer,
+        final_layer=_bert_final_layer,
+        plain_attention=True,
+        reserved_positions=lambda c: c.pad_token_id + 1,
+        position_table=lambda m: m.base_model.embeddings.position_embeddings,
+        encode_documents=_bert_encode_documents,
+        scratch=_roberta_config if model_type == "roberta" else None,
+        required_ids=("pad_id", "opener_id", "closer_id"),
+    )
 
 
 ARCHITECTURES: dict[str, Architecture] = {

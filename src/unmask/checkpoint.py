@@ -92,9 +92,13 @@ class CheckpointInfo:
         known = {k: info.pop(k) for k in cls._RUN_KEYS if k in info}
         data = state.get("data") or {}
         return cls(
-            step=int(state["step"]), epoch=int(data.get("epoch", 0)), position=int(data.get("position", 0)),
-            sources=data.get("sources"), extra=info, **known,
-        )  # fmt: skip
+            step=int(state["step"]),
+            epoch=int(data.get("epoch", 0)),
+            position=int(data.get("position", 0)),
+            sources=data.get("sources"),
+            extra=info,
+            **known,
+        )
 
 
 @dataclass

@@ -200,11 +200,17 @@ def run_eval(config: EvalConfig) -> int:
     sets = held_out_sets(config.data, loaded.tokenizer, min(config.seq_len, loaded.max_len), config.split)
     results = {
         name: evaluate_model(
-            loaded.lm, windows, batch_size=config.batch_size, device=loaded.device, dtype=loaded.dtype, max_batches=config.max_batches,
-            progress=True, documents_apart=not config.attention_across_docs,
+            loaded.lm,
+            windows,
+            batch_size=config.batch_size,
+            device=loaded.device,
+            dtype=loaded.dtype,
+            max_batches=config.max_batches,
+            progress=True,
+            documents_apart=not config.attention_across_docs,
         )[0]
         for name, windows in sets.items()
-    }  # fmt: skip
+    }
     total = combine(list(results.values()))
     if config.json:
         sources = {name: m.as_dict() for name, m in results.items()} if len(results) > 1 else None

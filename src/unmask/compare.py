@@ -95,11 +95,17 @@ def compare(
 
     scored = {
         name: evaluate_model(
-            models, windows, batch_size=batch_size, device=target, dtype=loaded[0].dtype, max_batches=max_batches, on_batch=collect,
+            models,
+            windows,
+            batch_size=batch_size,
+            device=target,
+            dtype=loaded[0].dtype,
+            max_batches=max_batches,
+            on_batch=collect,
             progress=progress,
         )
         for name, windows in sets.items()
-    }  # fmt: skip
+    }
     results = [combine([per[k] for per in scored.values()]) for k in range(2)]
     windows = list(sets.values())
     table = metrics_table(["base", "trained"], results)

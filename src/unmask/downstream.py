@@ -138,18 +138,37 @@ def score_one(task: SuiteTask, target: Target, mode: str, seed: int, work: Path,
 
         folder = work / f"{_slug(task.name)}-{_slug(target.label)}-seed{seed}"
         settings = FinetuneConfig(
-            model=target.model, step=target.step, device=device, trust_remote_code=trust_remote_code, out=str(folder),
-            seeds=1, seed=seed, save_model=False, resume=True, progress="none", **shared, **task.finetune,
-        )  # fmt: skip
+            model=target.model,
+            step=target.step,
+            device=device,
+            trust_remote_code=trust_remote_code,
+            out=str(folder),
+            seeds=1,
+            seed=seed,
+            save_model=False,
+            resume=True,
+            progress="none",
+            **shared,
+            **task.finetune,
+        )
         summary = finetune(settings, echo=echo, progress=False)
         shutil.rmtree(folder, ignore_errors=True)  # the result is the line; a killed fine-tuning would have resumed from here
         metrics = {name: value["median"] for name, value in summary["metrics"].items()}
         extra = {"seconds": summary["seeds"][0]["train_seconds"], "examples_per_s": summary["examples_per_s"]}
     score_metric = (task.metric or list(metrics))[0]
     return {
-        "task": task.name, "target": target.label, "model": target.model, "step": target.step, "tokens": target.tokens,
-        "mode": mode, "seed": seed, "metrics": metrics, "score_metric": score_metric, "score": metrics[score_metric], **extra,
-    }  # fmt: skip
+        "task": task.name,
+        "target": target.label,
+        "model": target.model,
+        "step": target.step,
+        "tokens": target.tokens,
+        "mode": mode,
+        "seed": seed,
+        "metrics": metrics,
+        "score_metric": score_metric,
+        "score": metrics[score_metric],
+        **extra,
+    }
 
 
 def score_targets(suite: Suite, targets: list[Target], out: Path, mode: str, device: str, trust_remote_code: bool, echo) -> Results:
@@ -181,9 +200,12 @@ def aggregate(records: list[dict], suite: Suite, targets: list[Target]) -> dict:
             scores = [r["score"] for r in records if r["task"] == task.name and r["target"] == target.label]
             if scores:
                 table.setdefault(task.name, {})[target.label] = {
-                    "median": statistics.median(scores), "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
-                    "min": min(scores), "max": max(scores), "seeds": len(scores),
-                }  # fmt: skip
+                    "median": statistics.median(scores),
+                    "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                    "min": min(scores),
+                    "max": max(scores),
+                    "seeds": len(scores),
+                }
     average = {}
     for target in targets:
         medians = [table[t.name][target.label]["median"] for t in suite.tasks if target.label in table.get(t.name, {})]

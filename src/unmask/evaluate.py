@@ -119,11 +119,16 @@ def combine(results: list[MlmMetrics]) -> MlmMetrics:
 
     loss = weighted("loss")
     return MlmMetrics(
-        loss=loss, perplexity=math.exp(min(loss, 700.0)), accuracy=weighted("accuracy"), masked_tokens=count,
-        top5_accuracy=weighted("top5_accuracy"), whole_word_accuracy=weighted("whole_word_accuracy", "whole_word_tokens"),
-        whole_word_tokens=sum(r.whole_word_tokens for r in results), word_piece_accuracy=weighted("word_piece_accuracy", "word_piece_tokens"),
+        loss=loss,
+        perplexity=math.exp(min(loss, 700.0)),
+        accuracy=weighted("accuracy"),
+        masked_tokens=count,
+        top5_accuracy=weighted("top5_accuracy"),
+        whole_word_accuracy=weighted("whole_word_accuracy", "whole_word_tokens"),
+        whole_word_tokens=sum(r.whole_word_tokens for r in results),
+        word_piece_accuracy=weighted("word_piece_accuracy", "word_piece_tokens"),
         word_piece_tokens=sum(r.word_piece_tokens for r in results),
-    )  # fmt: skip
+    )
 
 
 def eval_masker(vocab: Vocabulary) -> Masker:

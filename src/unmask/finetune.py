@@ -305,8 +305,14 @@ def _fit(
         if fit.step % config.log_every == 0 or fit.step == fit.total_steps:
             (summed,) = distributed.sum_across([float(window_loss)], world, device)  # the only wait for the device
             elapsed = max(time.perf_counter() - window_started, 1e-9)
-            logged = {"seed": seed, "step": fit.step, "loss": summed / max(window_count, 1), "lr": lr,
-                      "examples_per_s": window_examples / elapsed, "epoch": fit.step / fit.steps_per_epoch}  # fmt: skip
+            logged = {
+                "seed": seed,
+                "step": fit.step,
+                "loss": summed / max(window_count, 1),
+                "lr": lr,
+                "examples_per_s": window_examples / elapsed,
+                "epoch": fit.step / fit.steps_per_epoch,
+            }
             fit.metrics.write(logged)
             window_loss, window_count, window_examples, window_started = torch.zeros((), device=device), 0, 0, time.perf_counter()
         display.step(fit.step, logged)
@@ -344,9 +350,14 @@ def _checkpoint(fit: Fit, config: FinetuneConfig, world: World, device) -> None:
     if world.is_main:
         weights, named = _state(fit.inner, fit.optimizer)
         info = CheckpointInfo(
-            step=fit.step, train_seconds=fit.spent, device_type=device.type, world_size=world.size,
-            global_batch=config.batch_size * world.size, strategy="ddp" if world.distributed else "none", extra={"seed": fit.seed},
-        )  # fmt: skip
+            step=fit.step,
+            train_seconds=fit.spent,
+            device_type=device.type,
+            world_size=world.size,
+            global_batch=config.batch_size * world.size,
+            strategy="ddp" if world.distributed else "none",
+            extra={"seed": fit.seed},
+        )
         checkpoint.save_checkpoint(fit.run, info, weights, named, keep=1)
     distributed.barrier(world)
 
@@ -357,22 +368,32 @@ def _checkpoint(fit: Fit, config: FinetuneConfig, world: World, device) -> None:
 def spread(values: list[float]) -> dict:
     """Median, mean, standard deviation (0 for one value), min and max."""
     return {
-        "median": statistics.median(values), "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0, "min": min(values), "max": max(values),
-    }  # fmt: skip
+        "median": statistics.median(values),
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+    }
 
 
 def summarize(config: FinetuneConfig, task: TaskData, results: list[dict], source) -> dict:
     names = list(results[0]["metrics"])
     metrics = {n: spread([r["metrics"][n] for r in results]) for n in names}
     return {
-        "task": task.spec.kind, "model": config.model, "step": source.step, "score_metric": task.spec.metrics[0],
-        "score": metrics[task.spec.metrics[0]]["median"], "metrics": metrics, "seeds": results,
-        "labels": list(task.labels.names) if task.labels else None, "train_examples": len(task.train),
+        "task": task.spec.kind,
+        "model": config.model,
+        "step": source.step,
+        "score_metric": task.spec.metrics[0],
+        "score": metrics[task.spec.metrics[0]]["median"],
+        "metrics": metrics,
+        "seeds": results,
+        "labels": list(task.labels.names) if task.labels else None,
+        "train_examples": len(task.train),
         "eval_examples": {name: len(x) for name, (x, _) in task.evals.items()},
         "examples_per_s": statistics.median(r["examples_per_s"] for r in results),
-        "torch": torch.__version__, "python": platform.python_version(),
-    }  # fmt: skip
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _check_out(out: RunDir, config: FinetuneConfig) -> None:

@@ -442,10 +442,16 @@ def load_task_model(
     source = name if isinstance(name, ModelSource) else resolve_model(name)
     go_offline_if_unreachable(source.folder)
     head = AutoModelForTokenClassification if tokens else AutoModelForSequenceClassification
-    options = {"num_labels": 1, "problem_type": "regression"} if labels is None else {
-        "num_labels": len(labels), "id2label": labels, "label2id": {v: k for k, v in labels.items()},
-        **({} if tokens else {"problem_type": "single_label_classification"}),
-    }  # fmt: skip
+    options = (
+        {"num_labels": 1, "problem_type": "regression"}
+        if labels is None
+        else {
+            "num_labels": len(labels),
+            "id2label": labels,
+            "label2id": {v: k for k, v in labels.items()},
+            **({} if tokens else {"problem_type": "single_label_classification"}),
+        }
+    )
     weights = _checkpoint_weights(source) if source.checkpoint is not None else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -98,10 +98,16 @@ def probe(config: ProbeConfig, echo: Callable[[str], None] = print) -> dict:
     names = list(next(iter(splits.values())))
     metrics = {n: float(np.mean([s[n] for s in splits.values()])) for n in names}
     result = {
-        "task": spec.kind, "probe": "ridge" if spec.is_regression else "logistic", "model": config.model, "step": config.step,
-        "metrics": metrics, "score_metric": spec.metrics[0], "score": metrics[spec.metrics[0]],
-        "train_examples": len(task.train), "seconds": time.perf_counter() - started,
-    }  # fmt: skip
+        "task": spec.kind,
+        "probe": "ridge" if spec.is_regression else "logistic",
+        "model": config.model,
+        "step": config.step,
+        "metrics": metrics,
+        "score_metric": spec.metrics[0],
+        "score": metrics[spec.metrics[0]],
+        "train_examples": len(task.train),
+        "seconds": time.perf_counter() - started,
+    }
     if len(splits) > 1:
         result["splits"] = splits
     return result

@@ -101,12 +101,22 @@ class Tally:
         first = (t[self.FIRST] < 0) & hit
         row = t[self.IN_A_ROW] * bad + bad
         self.in_a_row = row
-        self.on_device = torch.stack([
-            t[self.LOSS] + torch.where(hit, 0.0, loss), t[self.APPLIED] + 1 - bad, t[self.SKIPPED] + bad, row, torch.maximum(t[self.WORST], row),
-            torch.where(first, step, t[self.FIRST]), torch.where(first, loss, t[self.FIRST_LOSS]), torch.where(first, norm, t[self.FIRST_NORM]),
-            torch.where(hit, step, t[self.LAST]), torch.where(hit, loss, t[self.LAST_LOSS]), torch.where(hit, norm, t[self.LAST_NORM]),
-            torch.where(hit, torch.nan, norm),
-        ])  # fmt: skip
+        self.on_device = torch.stack(
+            [
+                t[self.LOSS] + torch.where(hit, 0.0, loss),
+                t[self.APPLIED] + 1 - bad,
+                t[self.SKIPPED] + bad,
+                row,
+                torch.maximum(t[self.WORST], row),
+                torch.where(first, step, t[self.FIRST]),
+                torch.where(first, loss, t[self.FIRST_LOSS]),
+                torch.where(first, norm, t[self.FIRST_NORM]),
+                torch.where(hit, step, t[self.LAST]),
+                torch.where(hit, loss, t[self.LAST_LOSS]),
+                torch.where(hit, norm, t[self.LAST_NORM]),
+                torch.where(hit, torch.nan, norm),
+            ]
+        )
 
 
 @dataclass
@@ -205,14 +215,20 @@ class Run:
             attention_mask = torch.from_numpy(window.attention_mask)
             starts = torch.from_numpy(window.word_starts) if window.word_starts is not None and self.config.masking != "token" else None
             batch = self.masker(
-                torch.from_numpy(window.input_ids), attention_mask, torch.from_numpy(indices[part]), torch.from_numpy(epochs[part]),
-                mask_prob=rate, word_starts=starts,
-            )  # fmt: skip
+                torch.from_numpy(window.input_ids),
+                attention_mask,
+                torch.from_numpy(indices[part]),
+                torch.from_numpy(epochs[part]),
+                mask_prob=rate,
+                word_starts=starts,
+            )
             picked = batch.labels != IGNORE_INDEX
             # Documents from the ids before masking: a random replacement may be a separator.
-            documents = None if self.config.attention_across_docs else document_ids(
-                torch.from_numpy(window.input_ids), attention_mask, self.train_windows.vocab.closer_id
-            )  # fmt: skip
+            documents = (
+                None
+                if self.config.attention_across_docs
+                else document_ids(torch.from_numpy(window.input_ids), attention_mask, self.train_windows.vocab.closer_id)
+            )
             host = [batch.input_ids, batch.labels[picked], *picks_of(picked)]
             padded = not bool(attention_mask.all())  # packed windows have no padding: attention needs no mask
             host += [attention_mask] if padded else []
@@ -306,9 +322,12 @@ class Run:
         self.tally.reset()
         applied, norm = values[t.APPLIED], values[t.NORM]
         return {
-            "loss": values[t.LOSS] / applied if applied else None, "grad_norm": None if math.isnan(norm) else norm,
-            "skipped_steps": self.skipped, "mask_rate": counts[0] / max(counts[1], 1), "tokens": counts[2],
-        }  # fmt: skip
+            "loss": values[t.LOSS] / applied if applied else None,
+            "grad_norm": None if math.isnan(norm) else norm,
+            "skipped_steps": self.skipped,
+            "mask_rate": counts[0] / max(counts[1], 1),
+            "tokens": counts[2],
+        }
 
     def evaluate(self, progress: Progress) -> dict:
         """Held-out metrics, logged and printed; {} when there is no held-out split. With
@@ -342,11 +361,18 @@ class Run:
         batch_size = max(1, self.config.batch_size * self.config.seq_len // length)
         return {
             name: evaluate_model(
-                self.lm, windows, batch_size=batch_size, device=self.device, dtype=self.dtype,
-                max_batches=self.config.eval_max_batches, world=self.world, documents_apart=not self.config.attention_across_docs,
+                self.lm,
+                windows,
+                batch_size=batch_size,
+                device=self.device,
+                dtype=self.dtype,
+                max_batches=self.config.eval_max_batches,
+                world=self.world,
+                documents_apart=not self.config.attention_across_docs,
             )[0]
-            for name, windows in sets.items() if len(windows)
-        }  # fmt: skip
+            for name, windows in sets.items()
+            if len(windows)
+        }
 
     def score_downstream(self, progress: Progress) -> None:
         """Score the checkpoint just written on the --downstream suite, when this step is due

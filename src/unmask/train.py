@@ -296,8 +296,14 @@ def train(
                 logged = None
                 if run.due_to_settle():  # the one wait for the device: a log line, evaluation, checkpoint or the end
                     numbers = run.settle(signals)
-                    logged = {"step": run.step, "lr": lr, **numbers, "mask_prob": run.last_mask_prob,
-                              "tokens_per_s": speed.rate_and_restart(numbers.pop("tokens")), "epoch": run.sampler.position.epoch}  # fmt: skip
+                    logged = {
+                        "step": run.step,
+                        "lr": lr,
+                        **numbers,
+                        "mask_prob": run.last_mask_prob,
+                        "tokens_per_s": speed.rate_and_restart(numbers.pop("tokens")),
+                        "epoch": run.sampler.position.epoch,
+                    }
                 run.spend(clock() - began)
                 if logged is not None:
                     run.metrics.write({**logged, "train_seconds": run.spent})

@@ -321,7 +321,13 @@ def merge(path: Path) -> dict:
     if not StoreDir(path).shards():
         raise UnmaskError(f"--merge {path}: holds no shards (shard-GGG-IIIII-of-NNNNN folders made with --shard or --append)")
     store = TokenStore.open(path)
-    manifest = {"format": "unmask-shards", "version": 1, "shards": store.meta["shards"], "splits": store.meta["splits"],
-                "tokenizer": store.meta["tokenizer"], "val_fraction": store.meta.get("val_fraction")}  # fmt: skip
+    manifest = {
+        "format": "unmask-shards",
+        "version": 1,
+        "shards": store.meta["shards"],
+        "splits": store.meta["splits"],
+        "tokenizer": store.meta["tokenizer"],
+        "val_fraction": store.meta.get("val_fraction"),
+    }
     atomic_write_text(StoreDir(path).manifest, json.dumps(manifest, indent=2))
     return {**store.meta, "merged": True, "files": sum(1 for _ in store.meta["shards"]), "seconds": 0.0}
