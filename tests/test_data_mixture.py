@@ -164,6 +164,10 @@ def test_stores_of_other_tokenizers_and_bad_weights_are_refused(store_dir, rober
             TrainConfig(data=["a=x", "b=y"], model="m", out="o", mix=bad)
     with pytest.raises(UnmaskError, match=r"--mix: mixes several --data stores; one was given"):
         TrainConfig(data=["x"], model="m", out="o", mix="x=1")
+    for taken in ("len256", "web@x"):  # the suffixes of other window lengths' keys (eval_loss@len256)
+        with pytest.raises(UnmaskError, match=f"--data {taken}=y: a source may not be named '{taken}'"):
+            TrainConfig(data=["a=x", f"{taken}=y"], model="m", out="o")
+    assert TrainConfig(data=["runs/len256"], model="m", out="o").data == ["runs/len256"], "one store's name is no key"
 
 
 def test_a_tokenizer_learns_from_a_weighted_mixture_so_a_small_source_is_not_drowned(tmp_path):

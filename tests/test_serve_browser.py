@@ -104,6 +104,22 @@ def test_a_live_runs_curve_gains_a_point_when_its_metrics_grow(browser, live_ser
     browser.save_screenshot(str(shots / "run.png"))
 
 
+def test_each_store_and_each_window_length_gets_its_own_held_out_curve(browser, live_server, served_live, shots):
+    """Per-source keys (`@web`) and other-length keys (`@len256`, also `@web@len256`) are told apart."""
+    metrics = served_live / "team" / "live" / "metrics.jsonl"
+    step = max(json.loads(line).get("step", 0) for line in metrics.read_text().splitlines())
+    with open(metrics, "a") as f:
+        for offset, loss in ((1, 4.0), (2, 3.5)):
+            record = {"step": step + offset, "eval_loss": loss, "eval_accuracy": 0.3, "eval_loss@len256": loss + 0.4}
+            record.update({"eval_accuracy@web": 0.35, "eval_accuracy@code": 0.25, "eval_accuracy@web@len256": 0.3})
+            f.write(json.dumps(record) + "\n")
+    browser.get(f"{live_server}/#/run/team-live")
+    series = lambda testid: [line.get_attribute("data-series") for line in css(browser, f"[data-testid={testid}] svg polyline")]
+    assert sorted(wait(lambda: series("chart-sources"), timeout=20)) == ["code", "web"]
+    assert series("chart-lengths") == ["training length", "256 tokens"]
+    browser.save_screenshot(str(shots / "run-sources-lengths.png"))
+
+
 def test_fill_mask_shows_candidates_with_probability_bars_side_by_side(browser, live_server, tiny_model_dir, shots):
     from selenium.webdriver.support.ui import Select
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -150,6 +151,12 @@ def parse_sources(entries: list[str]) -> list[tuple[str, str]]:
         if name in {n for n, _ in found}:
             raise UnmaskError(f"--data: two sources are named '{name}'; name them NAME=STORE")
         found.append((name, path))
+    for name, path in found if len(found) > 1 else ():  # a name is a metric key's suffix (eval_loss@NAME) only with several stores
+        if "@" in name or re.fullmatch(r"len\d+", name):
+            raise UnmaskError(
+                f"--data {name}={path}: a source may not be named '{name}' ('@' and lenN tag the held-out loss at other window "
+                "lengths, eval_loss@lenN); choose another NAME"
+            )
     return found
 
 

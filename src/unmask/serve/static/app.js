@@ -111,13 +111,19 @@ function runCharts(records, downstream = {}) {
   const steps = records.filter((r) => r.loss !== undefined && r.step !== undefined);
   const evals = records.filter((r) => r.eval_loss != null);
   const series = (rows, key) => rows.filter((r) => r[key] != null).map((r) => [r.step, r[key]]);
-  const sources = [...new Set(evals.flatMap((r) => Object.keys(r).filter((k) => k.startsWith("eval_accuracy@")).map((k) => k.slice(14))))];
+  // `eval_accuracy@NAME` is a store's held-out split; `eval_loss@lenN` the held-out set at another window length.
+  const tagged = (prefix) => [...new Set(evals.flatMap((r) => Object.keys(r).filter((k) => k.startsWith(prefix)).map((k) => k.slice(prefix.length))))];
+  const sources = tagged("eval_accuracy@").filter((name) => !/(^|@)len\d+$/.test(name));
+  const lengths = tagged("eval_loss@len").filter((n) => /^\d+$/.test(n)).sort((a, b) => a - b);
   return [
     lineChart("MLM loss", [{ name: "training", points: series(steps, "loss"), color: "#9aa5b1" }, { name: "held-out", points: series(evals, "eval_loss"), dots: true }], { testid: "chart-loss" }),
     lineChart("Held-out masked-token accuracy", [{ name: "top-1", points: series(evals, "eval_accuracy"), dots: true }, { name: "top-5", points: series(evals, "eval_top5_accuracy"), dots: true }], { format: (v) => `${(100 * v).toFixed(0)}%`, testid: "chart-accuracy" }),
     // Several --data stores: each store's held-out split on its own (`eval_accuracy@NAME`).
     ...(sources.length ? [lineChart("Held-out top-1 per source", sources.map((name) => ({ name, points: series(evals, `eval_accuracy@${name}`), dots: true })),
       { format: (v) => `${(100 * v).toFixed(0)}%`, testid: "chart-sources" })] : []),
+    // A run continued at a longer context: the held-out loss at its own length and at the others.
+    ...(lengths.length ? [lineChart("Held-out loss by window length", [{ name: "training length", points: series(evals, "eval_loss"), dots: true },
+      ...lengths.map((n) => ({ name: `${n} tokens`, points: series(evals, `eval_loss@len${n}`), dots: true }))], { testid: "chart-lengths" })] : []),
     lineChart("Learning rate", [{ name: "lr", points: series(steps, "lr") }], { format: (v) => v.toExponential(1), testid: "chart-lr" }),
     lineChart("Gradient norm", [{ name: "norm (before clipping)", points: series(steps, "grad_norm") }], { testid: "chart-grad" }),
     lineChart("Masking rate", [{ name: "real", points: series(steps, "mask_rate") }, { name: "scheduled", points: series(steps, "mask_prob") }], { format: (v) => `${(100 * v).toFixed(1)}%`, testid: "chart-mask" }),
