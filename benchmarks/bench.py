@@ -424,10 +424,11 @@ def resolved_precision(precision: str) -> str:
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
     import torch
 
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+    from unmask.hardware import cpu_name
+
+    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def plot_losses(curves: dict[str, tuple[list[float], list[float]]], path: Path) -> None:

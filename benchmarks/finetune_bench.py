@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -143,16 +142,6 @@ def run_side(side: str, args, seed: int) -> dict:
         return json.loads(output.stdout.strip().splitlines()[-1])
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", choices=["peer", "unmask", "probe"])
@@ -189,6 +178,8 @@ def main() -> None:
                 flush=True,
             )
     probes = [run_side("probe", args, 0) for _ in range(2)]
+    from unmask.hardware import cpu_name
+
     rate = {side: [r["examples"] / r["seconds"] for r in runs[side]] for side in runs}
     lines = [
         "",

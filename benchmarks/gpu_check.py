@@ -89,30 +89,17 @@ def main() -> None:
     # 1. The CLI end to end on the device.
     store = work / "store"
     unmask("prepare", "sample:pydocs", "--out", str(store), "--doc-per", "blank-line", "--val-fraction", "0.1")
-    common = [
-        "--data",
-        str(store),
-        "--from-scratch",
-        "mini",
-        "--seq-len",
-        "128",
-        "--batch-size",
-        "32",
-        "--device",
-        device,
-        "--eval-every",
-        "0",
-        "--progress",
-        "none",
-        "--lr",
-        "1e-3",
-        "--warmup-steps",
-        "2",
-        "--dropout",
-        "0.1",
-    ]
+    # Where every run reads and runs; the short runs' schedule; then each section's shape.
+    where = ["--data", str(store), "--device", device, "--progress", "none", "--eval-every", "0"]
+    short = [*where, "--lr", "1e-3", "--warmup-steps", "2"]
+    common = [*short, "--from-scratch", "mini", "--seq-len", "128", "--batch-size", "32", "--dropout", "0.1"]
+
+    def mini_run(out: Path, *extra: str) -> list[str]:
+        """`unmask train` of the mini model for `steps` steps, a checkpoint half way."""
+        return ["train", *common, *extra, "--out", str(out), "--max-steps", str(steps), "--checkpoint-every", str(steps // 2)]
+
     e2e = time.time()
-    unmask("train", *common, "--out", str(work / "e2e"), "--max-steps", str(steps), "--checkpoint-every", str(steps // 2))
+    unmask(*mini_run(work / "e2e"))
     unmask("eval", str(work / "e2e"), "--data", str(store), "--device", device, "--json")
     unmask("fill", str(work / "e2e"), "def [MASK](self):", "--device", device)
     unmask(
@@ -126,26 +113,11 @@ def main() -> None:
         for number in range(2):
             out = work / f"det-{label}-{number}"
             began = time.time()
-            unmask("train", *common, *flag, "--out", str(out), "--max-steps", str(steps), "--checkpoint-every", str(steps // 2))
+            unmask(*mini_run(out, *flag))
             runs.append((out, time.time() - began))
         killed = work / f"det-{label}-killed"
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "unmask",
-                "train",
-                *common,
-                *flag,
-                "--out",
-                str(killed),
-                "--max-steps",
-                str(steps),
-                "--checkpoint-every",
-                str(steps // 2),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            [sys.executable, "-m", "unmask", *mini_run(killed, *flag)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         while process.poll() is None and not list((killed / "checkpoints").glob("step-*")):
             time.sleep(0.05)
@@ -165,26 +137,7 @@ def main() -> None:
 
     flash = importlib.util.find_spec("flash_attn") is not None
     seq, longer = ("64", "256") if args.dry_run else ("512", "2048")
-    arch_common = [
-        "--data",
-        str(store),
-        "--seq-len",
-        seq,
-        "--batch-size",
-        "8" if args.dry_run else "32",
-        "--device",
-        device,
-        "--eval-every",
-        "0",
-        "--progress",
-        "none",
-        "--lr",
-        "1e-3",
-        "--warmup-steps",
-        "2",
-        "--log-every",
-        "2",
-    ]
+    arch_common = [*short, "--seq-len", seq, "--batch-size", "8" if args.dry_run else "32", "--log-every", "2"]
     for arch in ("bert", "roberta", "modernbert", "deberta-v2"):
         for apart in ([], ["--no-attention-across-docs"]) if arch == "modernbert" else ([],):
             out = work / f"arch-{arch}{'-apart' if apart else ''}"
@@ -195,25 +148,9 @@ def main() -> None:
     extended = work / "modernbert-long"
     unmask(
         "train",
-        *arch_common[:2],
-        "--model",
-        str(work / "arch-modernbert"),
-        "--seq-len",
-        longer,
-        "--rope-theta",
-        "160000",
-        "--batch-size",
-        "2" if args.dry_run else "8",
-        "--device",
-        device,
-        "--progress",
-        "none",
-        "--eval-every",
-        "0",
-        "--max-steps",
-        str(steps),
-        "--out",
-        str(extended),
+        *where,
+        *("--model", str(work / "arch-modernbert"), "--seq-len", longer, "--rope-theta", "160000"),
+        *("--batch-size", "2" if args.dry_run else "8", "--max-steps", str(steps), "--out", str(extended)),
     )
     summary = json.loads((extended / "summary.json").read_text())
     rows.append(

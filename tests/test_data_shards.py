@@ -66,6 +66,9 @@ def test_an_appended_source_is_a_new_shard_and_the_old_files_stay_untouched(line
     make(corpus_dir, tmp_path / "store", tokenizer_dir, append=True)
     assert (tmp_path / "store" / "train.tokens").read_bytes() == before
     assert [p.name for _, _, _, p in StoreDir(tmp_path / "store").shards()] == ["shard-001-00000-of-00001"]
+    with pytest.raises(UnmaskError, match=r"--val-fraction 0.2: \S*/store\S* was prepared with 0.1"):
+        make(corpus_dir, tmp_path / "store", tokenizer_dir, append=True, val_fraction=0.2)
+    assert [p.name for _, _, _, p in StoreDir(tmp_path / "store").shards()] == ["shard-001-00000-of-00001"], "nothing added"
     # One prepare of both sources, in that order, numbers and holds out the documents the same way.
     prepare(
         PrepareConfig(

@@ -344,7 +344,6 @@ SCRATCH_CLASSES = {
     "modernbert": "ModernBertForMaskedLM",
     "deberta-v2": "DebertaV2ForMaskedLM",
 }
-SCRATCH_NAMES = {cls: name for name, cls in SCRATCH_CLASSES.items()}
 # Head names of architectures outside the table, for the fresh-head report only.
 GENERIC_HEAD_PARTS = ("cls.", "lm_head", "vocab_", "decoder", "head.")
 

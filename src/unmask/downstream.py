@@ -85,14 +85,9 @@ def run_targets(run: RunDir, steps: str) -> list[Target]:
 
 def tokens_per_step(run: RunDir, newest: Path | None) -> int | None:
     """Training tokens a step of the run: its global batch (from a checkpoint) times its window length."""
-    import yaml
-
     from unmask.checkpoint import read_info
 
-    try:
-        seq_len = (yaml.safe_load(run.config.read_text(encoding="utf-8")) or {}).get("seq_len")
-    except (OSError, yaml.YAMLError):
-        return None
+    seq_len = run.read_settings().get("seq_len")
     info = read_info(newest) if newest is not None else None
     return info.global_batch * seq_len if info is not None and info.global_batch and seq_len else None
 

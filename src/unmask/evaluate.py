@@ -229,11 +229,18 @@ def split_from_texts(tokenizer, texts: list[str]) -> Split:
     return Split(np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64), offsets)
 
 
+def _names_a_store(entry: str) -> bool:
+    """A store's metadata or shards are there: opened as a store (which names what is wrong
+    with it), never read as text."""
+    folder = StoreDir(entry)
+    return folder.meta.is_file() or bool(folder.shards())
+
+
 def held_out_windows(data: list[str], tokenizer, seq_len: int, split: str = "val") -> Windows:
     """Evaluation windows (ragged tail kept) of a store's split, whose tokenizer must be the
     model's, or of text sources tokenized here with the model's tokenizer."""
     vocab = Vocabulary.from_tokenizer(tokenizer)
-    if len(data) == 1 and (StoreDir(data[0]).meta.is_file() or StoreDir(data[0]).shards()):
+    if len(data) == 1 and _names_a_store(data[0]):
         store = TokenStore.open(data[0])
         store.require_tokenizer(
             tokenizer, "this model's", "pass the text files instead and they are tokenized with the model's own tokenizer"
@@ -258,6 +265,6 @@ def held_out_sets(data: list[str], tokenizer, seq_len: int, split: str = "val") 
     from unmask.config import parse_sources
 
     named = any("=" in entry for entry in data)
-    if named or (len(data) > 1 and all(StoreDir(entry).meta.is_file() or StoreDir(entry).shards() for entry in data)):
+    if named or (len(data) > 1 and all(_names_a_store(entry) for entry in data)):
         return {name: held_out_windows([path], tokenizer, seq_len, split) for name, path in parse_sources(data)}
     return {"": held_out_windows(data, tokenizer, seq_len, split)}

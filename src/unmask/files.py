@@ -130,13 +130,14 @@ def is_disk_full(error: BaseException) -> bool:
     return "no space left" in text or "disk quota exceeded" in text
 
 
-def _megabytes(count: int) -> str:
-    """A size people read at a glance: 12 bytes, 3.4 KB, 51.0 MB."""
+def readable_size(count: float) -> str:
+    """A size people read at a glance: 12 bytes, 3.4 KB, 51.0 MB, 2.1 GB."""
     if count < 1024:
-        return f"{count} byte{'s' if count != 1 else ''}"
-    if count < 2**20:
-        return f"{count / 1024:,.1f} KB"
-    return f"{count / 2**20:,.1f} MB"
+        return f"{count:,.0f} byte{'s' if count != 1 else ''}"
+    for unit, scale in (("GB", 2**30), ("MB", 2**20)):
+        if count >= scale:
+            return f"{count / scale:,.1f} {unit}"
+    return f"{count / 1024:,.1f} KB"
 
 
 @contextmanager
@@ -151,9 +152,9 @@ def disk_full_guard(path: Path, what: str, needed_bytes: int | None = None) -> I
         while not place.exists() and place != place.parent:
             place = place.parent
         free = shutil.disk_usage(place).free if place.exists() else 0
-        need = f"it needs about {_megabytes(needed_bytes)}, " if needed_bytes else ""
+        need = f"it needs about {readable_size(needed_bytes)}, " if needed_bytes else ""
         raise UnmaskError(
-            f"{path}: disk full while writing {what} ({need}{_megabytes(free)} free there); nothing half-written was kept"
+            f"{path}: disk full while writing {what} ({need}{readable_size(free)} free there); nothing half-written was kept"
         ) from None
 
 

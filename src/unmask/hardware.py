@@ -52,26 +52,25 @@ class Precision:
         return "bf16" if self.dtype is not None else "fp32"
 
 
-def cpu_name() -> str:
+def _cpuinfo(field: str) -> str | None:
+    """The first `field` line's value in /proc/cpuinfo (None where there is none: not Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return None
+
+
+def cpu_name() -> str:
     import platform
 
-    return platform.processor() or "unknown CPU"
+    return _cpuinfo("model name") or platform.processor() or "unknown CPU"
 
 
 def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set((_cpuinfo("flags") or "").split())
 
 
 def cpu_bf16_hardware() -> str | None:

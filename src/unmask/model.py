@@ -24,7 +24,6 @@ from unmask.architectures import (
     ARCHITECTURES,
     GENERIC_HEAD_PARTS,
     SCRATCH_CLASSES,
-    SCRATCH_NAMES,
     Architecture,
     Picks,
     architecture_for_type,
@@ -35,6 +34,7 @@ from unmask.architectures import (
     rows_at,
 )
 from unmask.errors import UnmaskError
+from unmask.files import readable_size
 from unmask.hub import ModelSource, describe_failure, go_offline_if_unreachable, quiet_transformers, resolve_model, where
 from unmask.masking import IGNORE_INDEX
 from unmask.tokenizer import Vocabulary
@@ -269,12 +269,7 @@ def check_context(config, seq_len: int | None, rope_theta: float | None, name: s
     positions and a --seq-len longer than a model can be extended to."""
     family = architecture_for_type(config.model_type)
     kind = family.positions if family is not None else None
-    if rope_theta is not None and kind != "rotary":
-        rotary = ", ".join(SCRATCH_NAMES[n] for n, a in ARCHITECTURES.items() if a.positions == "rotary" and n in SCRATCH_NAMES)
-        raise UnmaskError(
-            f"--rope-theta {rope_theta:g}: '{name}' ({config.model_type}) has {kind or 'unknown'} positions, not rotary ones; "
-            f"a RoPE base applies to {rotary}"
-        )
+    _refuse_rope_theta(rope_theta, kind, f"'{name}' ({config.model_type})")
     if seq_len is None:
         return
     reserved = family.reserved_positions(config) if family is not None else 0
@@ -285,6 +280,15 @@ def check_context(config, seq_len: int | None, rope_theta: float | None, name: s
         raise UnmaskError(
             f"--seq-len {seq_len}: '{name}' ({config.model_type}) embeds at most {limit - reserved} positions, "
             "and unmask does not know how to extend its position table"
+        )
+
+
+def _refuse_rope_theta(rope_theta: float | None, kind: str | None, what: str) -> None:
+    """A RoPE base given for a family (`what`) whose positions (`kind`) are not rotary."""
+    if rope_theta is not None and kind != "rotary":
+        rotary = ", ".join(name for name, cls in SCRATCH_CLASSES.items() if ARCHITECTURES[cls].positions == "rotary")
+        raise UnmaskError(
+            f"--rope-theta {rope_theta:g}: {what} has {kind or 'unknown'} positions, not rotary ones; a RoPE base applies to {rotary}"
         )
 
 
@@ -505,10 +509,7 @@ def build_config(arch: str, size: str, vocab: Vocabulary, seq_len: int, rope_the
 
 def check_scratch(arch: str, rope_theta: float | None) -> None:
     """Refuse a --rope-theta for a --from-scratch family without rotary positions."""
-    family = ARCHITECTURES[SCRATCH_CLASSES[arch]]
-    if rope_theta is not None and family.positions != "rotary":
-        rotary = ", ".join(name for name, cls in SCRATCH_CLASSES.items() if ARCHITECTURES[cls].positions == "rotary")
-        raise UnmaskError(f"--rope-theta {rope_theta:g}: --arch {arch} has {family.positions} positions, not rotary ones ({rotary} has)")
+    _refuse_rope_theta(rope_theta, ARCHITECTURES[SCRATCH_CLASSES[arch]].positions, f"--arch {arch}")
 
 
 def check_model_settings(name: str, seq_len: int, rope_theta: float | None, trust_remote_code: bool = False) -> None:
@@ -545,13 +546,6 @@ def max_positions(model: MaskedLM) -> int:
     return limit - (model.architecture.reserved_positions(model.config) if model.architecture else 0)
 
 
-def _size(count: float) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if count >= scale:
-            return f"{count / scale:,.1f} {unit}"
-    return f"{count:,.0f} B"
-
-
 def window_memory(config, seq_len: int, batch_size: int, dtype: torch.dtype | None, documents_apart: bool = False) -> str:
     """What a training window costs in activations kept for the backward pass, by Korthikanti
     et al.'s (2022) count per layer and token: 34 bytes per hidden unit at 16 bits, plus 5
@@ -564,10 +558,10 @@ def window_memory(config, seq_len: int, batch_size: int, dtype: torch.dtype | No
     fused = layers * seq_len * hidden * 34 * scale
     scores = layers * 5 * heads * seq_len * seq_len * scale
     line = (
-        f"memory: a window of {seq_len:,} tokens keeps about {_size(fused)} of activations for the backward pass "
-        f"({layers} layers, fused attention) or {_size(fused + scores)} where attention scores are materialised; "
-        f"a micro-batch of {batch_size}: {_size(fused * batch_size)} or {_size((fused + scores) * batch_size)}"
+        f"memory: a window of {seq_len:,} tokens keeps about {readable_size(fused)} of activations for the backward pass "
+        f"({layers} layers, fused attention) or {readable_size(fused + scores)} where attention scores are materialised; "
+        f"a micro-batch of {batch_size}: {readable_size(fused * batch_size)} or {readable_size((fused + scores) * batch_size)}"
     )
     if documents_apart:
-        line += f"; keeping documents apart adds a {seq_len:,} x {seq_len:,} mask, {_size(seq_len * seq_len * batch_size)} a micro-batch"
+        line += f"; keeping documents apart adds a {seq_len:,} x {seq_len:,} mask, {readable_size(seq_len * seq_len * batch_size)} a micro-batch"
     return line

@@ -35,7 +35,7 @@ from unmask.persist import full_state
 from unmask.preemption import StopSignals
 from unmask.progress import MetricsLog, Progress
 from unmask.rundir import RunDir
-from unmask.schedule import learning_rate, learning_rate_at, mask_rate, run_progress
+from unmask.schedule import learning_rate, learning_rate_at, mask_rate, run_progress, warming_up
 
 
 def dropout_seed(seed: int, step: int, rank: int) -> int:
@@ -186,7 +186,7 @@ class Run:
         if self.budget is None:
             lr = learning_rate(self.step, self.total_steps, self.warmup_steps, c.lr, c.schedule, **shape)
         elif self.step < self.warmup_steps:
-            lr = c.lr * (c.warmup_start_ratio + (1.0 - c.warmup_start_ratio) * (self.step + 1) / self.warmup_steps)
+            lr = c.lr * warming_up((self.step + 1) / self.warmup_steps, c.warmup_start_ratio)
         else:
             warmup_share = 0.0 if c.warmup_steps is not None else c.warmup_fraction
             lr = learning_rate_at(self.progress(), warmup_share, c.lr, c.schedule, **shape)

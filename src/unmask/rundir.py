@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from unmask.files import read_json_lines
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -103,6 +105,15 @@ class RunDir:
         if not self.path.is_dir():
             return False
         return self.checkpoints.is_dir() or (self.config.is_file() and (self.metrics.is_file() or self.base.is_dir()))
+
+    def read_settings(self) -> dict:
+        """config.yaml as written, untyped ({} when it is missing or unreadable): for a glance at
+        a run's settings; `--config` and `--resume` read it typed and checked instead."""
+        try:
+            values = yaml.safe_load(self.config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return {}
+        return values if isinstance(values, dict) else {}
 
     def read_metrics(self, after: int = 0, strict: bool = False) -> tuple[list[dict], int]:
         """Records of metrics.jsonl from line `after` on, and the number of complete lines

@@ -42,6 +42,11 @@ def after_warmup(share: float, schedule: str, decay_fraction: float, min_ratio: 
     return min_ratio + (1.0 - min_ratio) * decay_shape(share, schedule)
 
 
+def warming_up(done: float, warmup_start: float) -> float:
+    """The share of the peak at `done` (0 to 1) of a linear warmup that begins at `warmup_start`."""
+    return warmup_start + (1.0 - warmup_start) * done
+
+
 def learning_rate(
     step: int,
     total_steps: int,
@@ -55,7 +60,7 @@ def learning_rate(
     """Linear warmup from `warmup_start * peak` to `peak` over steps, then the decay of `schedule`
     to `min_ratio * peak`."""
     if step < warmup_steps:
-        return peak * (warmup_start + (1.0 - warmup_start) * (step + 1) / warmup_steps)
+        return peak * warming_up((step + 1) / warmup_steps, warmup_start)
     decay_steps = max(1, total_steps - warmup_steps)
     # For wsd the decay is a share of the whole run, so it does not shrink with a long warmup.
     fraction = min(1.0, decay_fraction * total_steps / decay_steps)
@@ -73,7 +78,7 @@ def learning_rate_at(
 ) -> float:
     """The same schedule over a share of the run (a time budget) instead of steps."""
     if progress < warmup_share:
-        return peak * (warmup_start + (1.0 - warmup_start) * progress / warmup_share)
+        return peak * warming_up(progress / warmup_share, warmup_start)
     rest = max(1.0 - warmup_share, 1e-12)
     return peak * after_warmup((progress - warmup_share) / rest, schedule, min(1.0, decay_fraction / rest), min_ratio)
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from unmask import checkpoint, distributed
 from unmask.checkpoint import CheckpointInfo
@@ -60,9 +59,9 @@ from unmask.tracking import Trackers
 def _trained_length(source: ModelSource, lm: MaskedLM) -> int | None:
     """The window length a model was trained at: its run's --seq-len when it comes from an
     unmask run, else the positions a learned table holds (None: unknown)."""
-    run_config = RunDir(Path(source.folder).parent).config
-    if run_config.is_file():
-        return (yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}).get("seq_len")
+    run = RunDir(Path(source.folder).parent)
+    if run.config.is_file():
+        return run.read_settings().get("seq_len")
     if lm.architecture is not None and lm.architecture.positions == "learned":
         return max_positions(lm)
     return None
@@ -129,8 +128,7 @@ def setup(config: TrainConfig, echo: Callable[[str], None] = print) -> Run:
     """Join the process group, check the run folder, load the data and the model, wrap it,
     build the optimizer and the sampler, and restore the newest checkpoint when resuming."""
     # Stores, then settings only a model's config can refuse, before the run folder is touched.
-    for _, path in parse_sources(config.data):
-        TokenStore.open(path)
+    stores = [(name, TokenStore.open(path)) for name, path in parse_sources(config.data)]
     if config.from_scratch is not None:
         check_scratch(config.scratch_architecture(), config.rope_theta)
     else:
@@ -148,7 +146,7 @@ def setup(config: TrainConfig, echo: Callable[[str], None] = print) -> Run:
         lock.acquire()
         checkpoint.clean_up(run_dir)
     try:
-        return _setup(config, echo, world, device, run_dir, lock)
+        return _setup(config, stores, echo, world, device, run_dir, lock)
     except BaseException:
         if lock is not None:
             lock.release()
@@ -156,11 +154,16 @@ def setup(config: TrainConfig, echo: Callable[[str], None] = print) -> Run:
 
 
 def _setup(
-    config: TrainConfig, echo: Callable[[str], None], world: World, device: torch.device, run_dir: RunDir, lock: RunLock | None
+    config: TrainConfig,
+    stores: list[tuple[str, TokenStore]],
+    echo: Callable[[str], None],
+    world: World,
+    device: torch.device,
+    run_dir: RunDir,
+    lock: RunLock | None,
 ) -> Run:
     config = config.with_global_batch(world.size)
     check_run_folder(run_dir, config, echo)
-    stores = [(name, TokenStore.open(path)) for name, path in parse_sources(config.data)]
     store = stores[0][1]
     for _, other in stores[1:]:
         if other.fingerprint != store.fingerprint:
@@ -180,10 +183,10 @@ def _setup(
     tokenizer, lm, trained_length = _load_model_and_tokenizer(config, store, vocab, device, echo)
     if not config.attention_across_docs:
         lm.require_documents_apart()
-    eval_lengths = sorted(set(config.eval_seq_len) | ({trained_length} if trained_length and trained_length < config.seq_len else set()))
-    eval_lengths = [length for length in eval_lengths if length != config.seq_len]
-    if trained_length and trained_length < config.seq_len and trained_length not in config.eval_seq_len:
-        echo(f"note: training at {config.seq_len} tokens a window, longer than the {trained_length} the model had: evaluating at both")
+    extended_from = trained_length if trained_length and trained_length < config.seq_len else None
+    eval_lengths = sorted({*config.eval_seq_len, *([extended_from] if extended_from else [])} - {config.seq_len})
+    if extended_from and extended_from not in config.eval_seq_len:
+        echo(f"note: training at {config.seq_len} tokens a window, longer than the {extended_from} the model had: evaluating at both")
     if config.dropout is not None:
         set_dropout(lm, config.dropout)
     strategy = distributed.resolve_strategy(config.strategy, world)

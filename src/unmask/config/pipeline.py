@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -184,7 +185,8 @@ def parse_weights(text: str, names: list[str], flag: str = "--mix") -> list[floa
 
 
 SIZES = ("tiny", "mini", "small", "base", "large")
-ARCHITECTURE_NAMES = ("bert", "roberta", "modernbert", "deberta-v2")
+ArchitectureName = Literal["bert", "roberta", "modernbert", "deberta-v2"]
+ARCHITECTURE_NAMES: tuple[str, ...] = typing.get_args(ArchitectureName)
 PRESETS = SIZES + tuple(f"{arch}-{size}" for arch in ARCHITECTURE_NAMES for size in SIZES)
 MAX_CONTEXT = 8192
 
@@ -214,7 +216,7 @@ class TrainConfig:
     """Hub id, local folder or alias (`minilm-l6`) of a masked LM to continue pretraining."""
     from_scratch: str | None = None
     """Build a fresh model instead of loading --model: a size (tiny, mini, small, base, large) of --arch, or ARCH-SIZE (modernbert-base, roberta-small, deberta-v2-mini)."""
-    arch: Literal["bert", "roberta", "modernbert", "deberta-v2"] | None = None
+    arch: ArchitectureName | None = None
     """Architecture of --from-scratch when its name carries none: bert (default, or the one --recipe names), roberta, modernbert, deberta-v2."""
     recipe: str | None = None
     """Start from a published recipe's settings instead of unmask's defaults (modernbert, mosaicbert, roberta, cramming, neobert, mmbert); --config and flags override them."""

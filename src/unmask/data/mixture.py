@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from unmask.config import parse_sources, parse_weights  # noqa: F401  (the settings parse them)
 from unmask.data.windows import DataPosition, Windows, WindowSampler
+from unmask.masking import mix32
 from unmask.schedule import decay_shape
 
 _MASK32 = 0xFFFFFFFF
@@ -48,19 +48,11 @@ class MixSchedule:
         return weights / weights.sum()
 
 
-def _mix32(x: np.ndarray) -> np.ndarray:
-    x = x ^ (x >> np.uint64(16))
-    x = (x * np.uint64(0x7FEB352D)) & np.uint64(_MASK32)
-    x = x ^ (x >> np.uint64(15))
-    x = (x * np.uint64(0x846CA68B)) & np.uint64(_MASK32)
-    return x ^ (x >> np.uint64(16))
-
-
 def slot_uniforms(seed: int, step: int, count: int) -> np.ndarray:
     """A uniform in [0, 1) per slot of a step: a hash of (seed, step, slot)."""
-    key = _mix32(_mix32(np.uint64((seed & _MASK32) ^ 0x51ED270B)) ^ np.uint64(step & _MASK32))
+    key = mix32(mix32(np.uint64((seed & _MASK32) ^ 0x51ED270B)) ^ np.uint64(step & _MASK32))
     slots = np.arange(count, dtype=np.uint64)
-    return (_mix32(_mix32(slots ^ key) ^ np.uint64(0x2545F491)) >> np.uint64(8)).astype(np.float64) / float(1 << 24)
+    return (mix32(mix32(slots ^ key) ^ np.uint64(0x2545F491)) >> np.uint64(8)).astype(np.float64) / float(1 << 24)
 
 
 def sources_of(weights: np.ndarray, uniforms: np.ndarray) -> np.ndarray:

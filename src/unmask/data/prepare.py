@@ -196,10 +196,6 @@ def _plan(config: PrepareConfig, out: Path) -> Plan:
     existing = TokenStore.open(out)
     records = existing.meta.get("shards") or [{"group": 0, "documents_read": sum(s["documents"] for s in existing.meta["splits"].values())}]
     group = max(r["group"] for r in records) + 1
-    if existing.meta.get("val_fraction") != config.val_fraction:
-        raise UnmaskError(
-            f"--val-fraction {config.val_fraction}: {out} holds out {existing.meta.get('val_fraction')}; an appended shard must hold out the same"
-        )
     base = sum(r["documents_read"] for r in records)
     return Plan(folder.shard(group, index, count), group, index, count, base)
 
@@ -208,15 +204,17 @@ def _prepare(config: PrepareConfig, plan: Plan, progress: bool) -> dict:
     _check_out(plan.target, [s for s in config.sources if not s.startswith("hf:")], config.overwrite)
     sources = expand_sources(config.sources)
     tokenizer = load_tokenizer(config.tokenizer, config.trust_remote_code)
-    if plan.group > 0 or plan.index > 0:  # a shard of a store must speak the store's tokenizer
-        _check_same_tokenizer(plan, tokenizer, config)
+    if plan.group > 0 or plan.index > 0:  # a shard must speak the store's tokenizer and hold out as it does
+        _check_matches_store(plan, tokenizer, config)
     vocab = Vocabulary.from_tokenizer(tokenizer)
     dtype = token_dtype(vocab.size)
     with building(plan.target, "the token store", tag="building") as folder:
         return _fill(config, plan, StoreDir(folder), sources, tokenizer, vocab, dtype, progress)
 
 
-def _check_same_tokenizer(plan: Plan, tokenizer, config: PrepareConfig) -> None:
+def _check_matches_store(plan: Plan, tokenizer, config: PrepareConfig) -> None:
+    """Refuse a shard (appended, or one of N) whose tokenizer or --val-fraction differs from
+    the store's other shards'."""
     from unmask.data.store import TokenStore
 
     store = plan.target.parent

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 
-import yaml
-
 from unmask.checkpoint import read_info
 from unmask.files import RunLock
 from unmask.rundir import RunDir
@@ -67,14 +65,6 @@ def read_metrics(path: Path, after: int = 0) -> tuple[list[dict], int]:
     return RunDir(path).read_metrics(after)
 
 
-def _yaml(path: Path) -> dict:
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return values if isinstance(values, dict) else {}
-    except (OSError, yaml.YAMLError):
-        return {}
-
-
 def _json(path: Path) -> dict:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
@@ -100,7 +90,7 @@ def describe(run: RunFolder, detail: bool = False) -> dict:
     """What the runs page shows of a run: state, step, tokens, last held-out numbers."""
     folder = run.dir
     records, lines = folder.read_metrics()
-    config = _yaml(folder.config)
+    config = folder.read_settings()
     summary = _json(folder.summary)
     steps = [r for r in records if "loss" in r]
     evals = [r for r in records if r.get("eval_loss") is not None]
