@@ -173,7 +173,7 @@ def ttq_machine() -> str:
 
     import torch
 
-    from unmask.hardware import cpu_name
+    from unmask.runtime.hardware import cpu_name
 
     return f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}"
 

@@ -38,7 +38,7 @@ def peak_rss_mb() -> float:
 
 
 def tokenizer_path() -> str:
-    from unmask.hub import starter_path
+    from unmask.storage.hub import starter_path
 
     return starter_path()
 
@@ -104,7 +104,7 @@ def worker_tokenizer(args) -> dict:
     from transformers import AutoTokenizer
 
     from unmask.config import TokenizerConfig
-    from unmask.tokenizer_training import train_tokenizer
+    from unmask.data.tokenizer_training import train_tokenizer
 
     files = sorted(p for p in Path(args.corpus).rglob("*") if p.is_file())
     held_out = files[::20]
@@ -178,9 +178,9 @@ def worker_train_unmask(args) -> dict:
     windows, so the global batch is the peer's."""
     import torch
 
-    from unmask import distributed
     from unmask.config import TrainConfig
-    from unmask.train import train
+    from unmask.pretrain.train import train
+    from unmask.runtime import distributed
 
     times = []
 
@@ -324,10 +324,10 @@ def worker_profile(args) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from unmask.config import TrainConfig
-    from unmask.masking import Masker
-    from unmask.model import load_mlm
-    from unmask.tokenizer import Vocabulary, load_tokenizer
-    from unmask.train import build_optimizer
+    from unmask.data.masking import Masker
+    from unmask.data.tokenizer import Vocabulary, load_tokenizer
+    from unmask.models.masked_lm import load_mlm
+    from unmask.pretrain.train import build_optimizer
 
     device = torch.device("cuda" if on_gpu() else "cpu")
     lm = load_mlm(args.model, echo=lambda _: None).to(device)
@@ -418,7 +418,7 @@ def resolved_precision(precision: str) -> str:
         return precision
     import torch
 
-    from unmask.hardware import choose_precision
+    from unmask.runtime.hardware import choose_precision
 
     return "bf16" if choose_precision(torch.device("cpu"), "auto").dtype is not None else "fp32"
 
@@ -426,7 +426,7 @@ def resolved_precision(precision: str) -> str:
 def machine() -> str:
     import torch
 
-    from unmask.hardware import cpu_name
+    from unmask.runtime.hardware import cpu_name
 
     return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
 

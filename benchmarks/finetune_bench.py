@@ -94,7 +94,7 @@ def worker_unmask(args) -> dict:
     import torch
 
     from unmask.config import FinetuneConfig
-    from unmask.finetune import finetune
+    from unmask.tasks.finetune import finetune
 
     torch.set_num_threads(args.threads)
     config = FinetuneConfig(
@@ -124,7 +124,7 @@ def worker_unmask(args) -> dict:
 
 def worker_probe(args) -> dict:
     from unmask.config import ProbeConfig
-    from unmask.probe import probe
+    from unmask.tasks.probe import probe
 
     started = time.perf_counter()
     result = probe(ProbeConfig(model=args.model, train=args.train, eval=args.eval, device="auto"), echo=lambda _: None)
@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
     args = parser.parse_args()
     if not args.model:
-        from unmask.hub import starter_path
+        from unmask.storage.hub import starter_path
 
         args.model = starter_path()
     if args.worker:
@@ -178,7 +178,7 @@ def main() -> None:
                 flush=True,
             )
     probes = [run_side("probe", args, 0) for _ in range(2)]
-    from unmask.hardware import cpu_name
+    from unmask.runtime.hardware import cpu_name
 
     rate = {side: [r["examples"] / r["seconds"] for r in runs[side]] for side in runs}
     lines = [

@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--workers", default=f"1,{os.cpu_count()}")
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
     args = parser.parse_args()
-    from unmask.hardware import cpu_name
+    from unmask.runtime.hardware import cpu_name
 
     work = Path(tempfile.mkdtemp(prefix="unmask-prepare-workers-"))
     corpus = work / "corpus"

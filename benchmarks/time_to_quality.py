@@ -47,7 +47,7 @@ SAMPLE_PREFIXES = ("faq_", "howto_", "tutorial_", "glossary")
 
 
 def starter() -> str:
-    from unmask.hub import starter_path
+    from unmask.storage.hub import starter_path
 
     return starter_path()
 
@@ -69,7 +69,7 @@ def split_corpus(corpus: Path, work: Path) -> tuple[Path, Path]:
 def worker_unmask(args) -> None:
     """A budgeted unmask run; checkpoints at `points` evenly spaced times are exported afterwards."""
     from unmask.config import TrainConfig
-    from unmask.train import train
+    from unmask.pretrain.train import train
 
     # The settings may replace the model (`{"model": null, "from_scratch": "modernbert-tiny"}`).
     settings = {"model": starter(), "seq_len": 128, "batch_size": 32, **json.loads(args.settings)}
@@ -87,7 +87,7 @@ def worker_unmask(args) -> None:
         **settings,
     )
     marks = [budget * k / args.points for k in range(1, args.points)]
-    import unmask.train as training
+    import unmask.pretrain.train as training
 
     # Keep hold of the Run that train() sets up, to checkpoint it at each time mark. on_step
     # runs between steps, so the checkpoints are not counted in the budget; the last point is
@@ -310,16 +310,16 @@ def downstream(model: Path, mode: str, cache: Path) -> dict:
 def pydocs_finetune() -> dict:
     """The bundled pydocs suite's fine-tuning settings (one owner: the suite file)."""
     from unmask.config import load_suite
-    from unmask.downstream import resolve_suite
+    from unmask.tasks.suites import resolve_suite
 
     return load_suite(resolve_suite("pydocs")).tasks[0].finetune
 
 
 def unmask_points(run: Path, work: Path) -> list[tuple[float, Path]]:
     """(training minutes, model folder) of every checkpoint of a budgeted unmask run."""
-    from unmask.checkpoint import read_info
-    from unmask.commands import export_checkpoint
-    from unmask.rundir import RunDir
+    from unmask.runtime.persist import export_checkpoint
+    from unmask.storage.checkpoint import read_info
+    from unmask.storage.rundir import RunDir
 
     points = []
     for step, path in RunDir(run).checkpoint_steps():
@@ -368,7 +368,7 @@ def winners(finals: dict[str, dict], key: str) -> str:
 
 
 def main() -> None:
-    from unmask.rundir import RunDir
+    from unmask.storage.rundir import RunDir
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", default=str(HERE.parent.parent / "shared" / "corpus" / "pydocs"))

@@ -168,7 +168,7 @@ def served(tmp_path_factory, store_dir, tiny_model_dir):
     import shutil
 
     from unmask.config import TrainConfig
-    from unmask.train import train
+    from unmask.pretrain.train import train
 
     root = tmp_path_factory.mktemp("served") / "runs"
     train(

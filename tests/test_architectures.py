@@ -8,14 +8,14 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from unmask.architectures import ARCHITECTURES, SCRATCH_CLASSES, document_ids, document_mask, document_positions
-from unmask.cli import main
+from unmask.cli.main import main
 from unmask.config import ARCHITECTURE_NAMES, TrainConfig
+from unmask.data.masking import IGNORE_INDEX
+from unmask.data.tokenizer import Vocabulary
 from unmask.errors import UnmaskError
-from unmask.masking import IGNORE_INDEX
-from unmask.model import build_config, build_mlm, extend_positions, load_mlm
-from unmask.tokenizer import Vocabulary
-from unmask.train import train
+from unmask.models.architectures import ARCHITECTURES, SCRATCH_CLASSES, document_ids, document_mask, document_positions
+from unmask.models.masked_lm import build_config, build_mlm, extend_positions, load_mlm
+from unmask.pretrain.train import train
 
 ARCHS = list(SCRATCH_CLASSES)
 
@@ -88,7 +88,7 @@ def test_documents_apart_see_exactly_what_each_document_alone_sees(arch, vocab):
 @pytest.mark.parametrize("arch", ["bert", "roberta"])
 def test_the_masked_only_last_layer_keeps_documents_apart_in_its_gradients(arch, vocab):
     lm = build_mlm("tiny", vocab, 64, seed=0, arch=arch).train()
-    from unmask.model import set_dropout
+    from unmask.models.masked_lm import set_dropout
 
     set_dropout(lm.model, 0.0)
     ids, _ = _packed(vocab, [9, 12, 6], seed=1)

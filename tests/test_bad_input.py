@@ -15,7 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from unmask.cli import COMMANDS, main
+from unmask.cli.main import COMMANDS, main
 
 MINIMAL = {
     "prepare": ["prepare", "x.txt", "--out", "o"],
@@ -145,7 +145,7 @@ CASES = [
     (["train", "--data", "d", "--out", "o", "--model", "m", "--masking", "spans"], 2, r"masking"),
     (["train", "--data", "d", "--out", "o", "--model", "m", "--batch-size", "many"], 2, r"batch_size|batch-size"),
     (["train", "--data", "d", "--out", "o", "--model", "m", "--no-such-flag", "1"], 2, r"no_such_flag|no-such-flag"),
-    (["embed", "m", "--file", "f", "--tokens", "t"], 1, r"--file: give --file F \(sentence embeddings\) or --tokens TEXT"),
+    (["embed", "m", "--file", "f", "--tokens", "t"], 1, r"--file: give --file F or --texts \(sentence embeddings\), or --tokens TEXT"),
     (["embed", "m", "--file", "f"], 1, r"--out: give the \.npy file"),
     # YAML
     (["train", "--config", "{in}/bad.yaml"], 1, r"bad\.yaml: unknown setting\(s\) learing_rate"),
@@ -336,8 +336,8 @@ VOCAB_SIZE = 50
     data=st.data(),
 )
 def test_masking_never_crashes_and_keeps_its_contract(rows, length, strategy, mask_prob, replace, seed, data):
-    from unmask.masking import IGNORE_INDEX, Masker
-    from unmask.tokenizer import Vocabulary
+    from unmask.data.masking import IGNORE_INDEX, Masker
+    from unmask.data.tokenizer import Vocabulary
 
     vocab = Vocabulary(
         size=VOCAB_SIZE, special_ids=(0, 1, 2, 3, 4), mask_id=4, opener_id=2, closer_id=3, pad_id=0, starts_word=np.ones(VOCAB_SIZE, bool)
@@ -365,8 +365,8 @@ def test_masking_never_crashes_and_keeps_its_contract(rows, length, strategy, ma
 )
 def test_windows_never_crash_and_frame_every_window(lengths, seq_len, packing):
     from unmask.data.store import Split
+    from unmask.data.tokenizer import Vocabulary
     from unmask.data.windows import Windows
-    from unmask.tokenizer import Vocabulary
 
     vocab = Vocabulary(size=30, special_ids=(0, 1, 2, 3), mask_id=1, opener_id=2, closer_id=3, pad_id=0, starts_word=np.ones(30, bool))
     documents = [np.r_[np.arange(5, 5 + n) % 25 + 5, 3] for n in lengths]

@@ -7,9 +7,9 @@ import torch
 from conftest import tiny_bert
 from safetensors.torch import load_file
 
-from unmask import checkpoint
 from unmask.config import UnmaskError
-from unmask.rundir import RunDir
+from unmask.storage import checkpoint
+from unmask.storage.rundir import RunDir
 
 
 def model_and_optimizer(seed: int = 0):

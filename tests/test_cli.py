@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from unmask.cli import COMMANDS, main, normalise_flags, parse
+from unmask.cli.main import COMMANDS, main, normalise_flags, parse
 from unmask.config import EvalConfig, FillConfig, TrainConfig, from_dict
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,7 +54,7 @@ def test_every_command_documents_every_setting_with_dashes(command, capsys):
         main([command, "--help"])
     help_text = capsys.readouterr().out
     settings = COMMANDS[command].settings
-    from unmask.cli import field_docs
+    from unmask.cli.main import field_docs
 
     docs = field_docs(settings)
     for field in [f.name for f in dataclasses.fields(settings)]:
@@ -151,7 +151,7 @@ def test_prepare_train_fill_and_inspect_from_the_command_line(tmp_path, corpus_d
 def test_eval_score_embed_compare_and_plot_commands(tmp_path, store_dir, corpus_dir, tiny_model_dir, capsys):
     import numpy as np
 
-    from unmask.train import train
+    from unmask.pretrain.train import train
 
     run = tmp_path / "run"
     train(

@@ -7,10 +7,10 @@ import math
 import pytest
 from conftest import quiet
 
-from unmask.charts import plot_run
-from unmask.compare import compare, metrics_table
 from unmask.config import UnmaskError
-from unmask.evaluate import EVAL_MASK_PROB, EVAL_SEED, MlmMetrics
+from unmask.evaluation.charts import plot_run
+from unmask.evaluation.compare import compare, metrics_table
+from unmask.evaluation.heldout import EVAL_MASK_PROB, EVAL_SEED, MlmMetrics
 from unmask.tables import text_table
 
 
@@ -36,11 +36,10 @@ def test_compare_without_matplotlib_still_writes_the_report_and_says_why_there_i
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    lines = []
-    compare(str(tiny_model_dir), str(tiny_model_dir), [str(store_dir)], tmp_path / "r", seq_len=32, echo=lines.append, device="cpu")
+    report = compare(str(tiny_model_dir), str(tiny_model_dir), [str(store_dir)], tmp_path / "r", seq_len=32, echo=quiet, device="cpu")
     assert (tmp_path / "r" / "report.json").is_file() and (tmp_path / "r" / "report.md").is_file()
     assert not (tmp_path / "r" / "chart.png").exists() and "chart.png" not in (tmp_path / "r" / "report.md").read_text()
-    assert "unmask[report]" in lines[-1]
+    assert "unmask[report]" in report["chart_note"]
 
 
 def test_metrics_table_shows_changes_and_no_change_for_counts():
@@ -82,5 +81,5 @@ def test_a_base_with_a_fresh_head_is_said_to_be_a_random_heads_numbers(tiny_mode
     lines = []
     report = compare(str(headless), str(tiny_model_dir), [str(store_dir)], tmp_path / "r", seq_len=32, echo=lines.append, device="cpu")
     assert len(report["notes"]) == 1 and report["notes"][0].startswith("base (") and "no trained MLM head" in report["notes"][0]
-    assert any(line.startswith("note: base (") for line in lines)
+    assert any(note.startswith("base (") for note in report["notes"])
     assert "Note: base (" in (tmp_path / "r" / "report.md").read_text()

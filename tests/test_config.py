@@ -33,7 +33,7 @@ def test_invalid_settings_name_their_flag(overrides, flag):
         (FillConfig, dict(model="m", top_k=0), "--top-k"),
         (EvalConfig, dict(model="m", data=["d"], seq_len=2), "--seq-len"),
         (EmbedConfig, dict(model="m"), "--file"),
-        (EmbedConfig, dict(model="m", file="f"), "--out"),
+        (EmbedConfig, dict(model="m", file="f", batch_size=0), "--batch-size"),
     ],
 )
 def test_use_command_settings_are_validated_too(cls, values, flag):

@@ -3,8 +3,8 @@ import torch
 from transformers import AutoModelForMaskedLM, BertConfig
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from unmask import cpu_dropout
-from unmask.cpu_dropout import CheapDropout, attention_forward, cheap_dropout, keep_mask
+from unmask.models import cpu_dropout
+from unmask.models.cpu_dropout import CheapDropout, attention_forward, cheap_dropout, keep_mask
 
 
 @pytest.mark.parametrize("keep", [0.9, 0.5, 0.25])
@@ -82,7 +82,7 @@ def test_install_keeps_weights_and_eval_outputs_and_saves_a_plain_config(tmp_pat
 def test_attention_is_only_switched_where_the_architecture_table_allows():
     from transformers import ModernBertConfig
 
-    from unmask.model import MaskedLM
+    from unmask.models.masked_lm import MaskedLM
 
     modern = MaskedLM(
         AutoModelForMaskedLM.from_config(

@@ -12,7 +12,7 @@ from unmask.data.mixture import MixSchedule, MixtureSampler, WindowMix, slot_uni
 from unmask.data.prepare import prepare
 from unmask.data.windows import DataPosition
 from unmask.errors import UnmaskError
-from unmask.train import train
+from unmask.pretrain.train import train
 
 
 class FakeWindows:
@@ -85,7 +85,7 @@ def second_store(tmp_path_factory, tokenizer_dir):
 def test_two_stores_train_together_and_each_held_out_split_is_scored_as_eval_scores_it(
     store_dir, second_store, tiny_model_dir, tmp_path, capsys
 ):
-    from unmask.cli import main
+    from unmask.cli.main import main
 
     out = tmp_path / "run"
     config = TrainConfig(
@@ -173,7 +173,7 @@ def test_stores_of_other_tokenizers_and_bad_weights_are_refused(store_dir, rober
 def test_a_tokenizer_learns_from_a_weighted_mixture_so_a_small_source_is_not_drowned(tmp_path):
     from transformers import AutoTokenizer
 
-    from unmask.tokenizer_training import train_tokenizer
+    from unmask.data.tokenizer_training import train_tokenizer
 
     big, small = tmp_path / "big", tmp_path / "small"
     big.mkdir()

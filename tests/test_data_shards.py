@@ -12,10 +12,10 @@ import pytest
 from conftest import make_documents
 
 from unmask.config import PrepareConfig
-from unmask.data.layout import StoreDir
 from unmask.data.prepare import prepare
 from unmask.data.store import TokenStore
 from unmask.errors import UnmaskError
+from unmask.storage.storedir import StoreDir
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from unmask import files
 from unmask.config import PrepareConfig, UnmaskError
 from unmask.data.prepare import is_validation_document, prepare
 from unmask.data.store import TokenStore
+from unmask.storage import files
 
 
 def test_validation_split_rule_holds_out_ceil_n_f_documents_the_first_always():
@@ -52,7 +52,7 @@ def test_prepare_refuses_to_overwrite_and_an_interrupted_prepare_leaves_no_store
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("unmask.files.publish_folder", crash)
+    monkeypatch.setattr("unmask.storage.files.publish_folder", crash)
     config.overwrite = True
     with pytest.raises(KeyboardInterrupt):
         prepare(config, progress=False)

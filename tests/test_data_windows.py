@@ -3,8 +3,8 @@
 import numpy as np
 
 from unmask.data.store import Split
+from unmask.data.tokenizer import Vocabulary
 from unmask.data.windows import DataPosition, Windows, WindowSampler, epoch_order, packed_windows, padded_windows, rank_share
-from unmask.tokenizer import Vocabulary
 
 VOCAB = Vocabulary(size=30, special_ids=(0, 1, 2, 3, 4), mask_id=4, opener_id=2, closer_id=3, pad_id=0, starts_word=np.ones(30, bool))
 

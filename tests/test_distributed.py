@@ -18,9 +18,9 @@ import pytest
 import torch
 from conftest import quiet
 
-from unmask import distributed
 from unmask.config import TrainConfig
-from unmask.train import train
+from unmask.pretrain.train import train
+from unmask.runtime import distributed
 
 STEPS = 6
 
@@ -61,7 +61,7 @@ def torchrun(*args: str, processes: int = 2, timeout: int = 240, command: str = 
 
 
 def single(*args: str) -> dict:
-    from unmask.cli import parse
+    from unmask.cli.main import parse
 
     _, config = parse(["train", *args])
     return train(config, progress=False, echo=quiet)
@@ -100,8 +100,8 @@ def test_two_processes_take_the_same_steps_as_one_with_gradient_accumulation(run
 def test_sharded_evaluation_equals_single_process_evaluation_of_the_same_weights(runs, strategy, store_dir):
     from unmask.data.store import TokenStore
     from unmask.data.windows import Windows
-    from unmask.evaluate import evaluate_model
-    from unmask.model import load_mlm
+    from unmask.evaluation.heldout import evaluate_model
+    from unmask.models.masked_lm import load_mlm
 
     store = TokenStore.open(store_dir)
     windows = Windows.build(store.split("val"), 32, store.vocabulary(), keep_partial=True)
@@ -168,12 +168,12 @@ def test_sigterm_to_the_launcher_leaves_a_checkpoint_to_continue_from(store_dir,
     stopped = [line for line in stderr.splitlines() if line.startswith("stopped at step")]
     assert len(stopped) == 1 and "by SIGTERM" in stopped[0] and "continue with --resume" in stopped[0], stderr[-2000:]
     step = int(stopped[0].split()[3])
-    from unmask import checkpoint
-    from unmask.rundir import RunDir
+    from unmask.storage import checkpoint
+    from unmask.storage.rundir import RunDir
 
     assert checkpoint.latest_checkpoint(RunDir(out)).name == f"step-{step:08d}"
     assert "\r" not in stderr, "a log gets plain lines, never a carriage-return bar"
-    from unmask.cli import parse
+    from unmask.cli.main import parse
 
     _, config = parse(["train", *args[:], "--grad-accum", "2", "--resume"])
     seen = []
@@ -190,7 +190,7 @@ def test_sigterm_to_the_launcher_leaves_a_checkpoint_to_continue_from(store_dir,
 def test_a_single_process_stops_at_a_step_boundary_on_a_signal(store_dir, tiny_model_dir, tmp_path):
     import os
 
-    from unmask.preemption import Stopped
+    from unmask.runtime.preemption import Stopped
 
     def interrupt_at_step_3(step: int) -> None:
         if step == 3:
@@ -245,7 +245,7 @@ def test_fine_tuning_on_two_processes_takes_the_steps_of_one_with_the_same_globa
     from test_tasks import classification_records, write_jsonl
 
     from unmask.config import FinetuneConfig
-    from unmask.finetune import finetune
+    from unmask.tasks.finetune import finetune
 
     train_data = write_jsonl(tmp_path / "t.jsonl", classification_records(40))
     eval_data = write_jsonl(tmp_path / "e.jsonl", classification_records(15, 9))

@@ -7,9 +7,9 @@ from conftest import quiet
 from test_tasks import classification_records, write_jsonl
 
 from unmask.config import DownstreamConfig, TrainConfig, load_suite
-from unmask.downstream import resolve_suite, run_suite
 from unmask.errors import UnmaskError
-from unmask.train import train
+from unmask.pretrain.train import train
+from unmask.tasks.suites import resolve_suite, run_suite
 
 
 @pytest.fixture(scope="module")

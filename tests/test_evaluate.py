@@ -10,10 +10,10 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from unmask.config import UnmaskError
 from unmask.data.store import TokenStore
+from unmask.data.tokenizer import Vocabulary, word_start_table
 from unmask.data.windows import Windows
-from unmask.evaluate import eval_masker, evaluate_model, held_out_windows, mask_windows, word_piece_mask
-from unmask.model import load_mlm
-from unmask.tokenizer import Vocabulary, word_start_table
+from unmask.evaluation.heldout import eval_masker, evaluate_model, held_out_windows, mask_windows, word_piece_mask
+from unmask.models.masked_lm import load_mlm
 
 
 @pytest.fixture(scope="module")

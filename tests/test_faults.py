@@ -16,12 +16,12 @@ import torch
 from conftest import quiet
 from safetensors.torch import load_file
 
-from unmask import checkpoint
 from unmask.config import PrepareConfig, TrainConfig, UnmaskError
 from unmask.data.prepare import prepare
 from unmask.data.store import TokenStore
-from unmask.rundir import RunDir
-from unmask.train import train
+from unmask.pretrain.train import train
+from unmask.storage import checkpoint
+from unmask.storage.rundir import RunDir
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "unmask"
 
@@ -198,7 +198,7 @@ def test_keeping_n_checkpoints_never_deletes_the_last_one_that_verifies(tmp_path
 
 
 def poison_from_call(monkeypatch, first_bad: int, last_bad: int = 10**9):
-    from unmask.model import MaskedLM
+    from unmask.models.masked_lm import MaskedLM
 
     real, calls = MaskedLM.loss_sum, {"n": 0}
 
@@ -404,7 +404,7 @@ def test_a_crafted_pickle_in_a_model_folder_never_runs(tmp_path):
 
     from transformers import BertConfig
 
-    from unmask.model import load_mlm
+    from unmask.models.masked_lm import load_mlm
 
     folder = tmp_path / "model"
     BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=1, intermediate_size=32).save_pretrained(folder)
@@ -424,7 +424,7 @@ def test_a_crafted_pickle_in_a_model_folder_never_runs(tmp_path):
 def test_remote_code_runs_only_when_asked(tmp_path):
     from transformers import BertConfig
 
-    from unmask.model import load_mlm
+    from unmask.models.masked_lm import load_mlm
 
     folder = tmp_path / "remote"
     config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=1, intermediate_size=32)

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from unmask import files
 from unmask.config import UnmaskError
-from unmask.files import RunLock, atomic_write_text, building_path, publish_folder, recover_folder
+from unmask.storage import files
+from unmask.storage.files import RunLock, atomic_write_text, building_path, publish_folder, recover_folder
 
 
 def test_atomic_write_replaces_whole_and_leaves_no_temporary(tmp_path):

@@ -10,13 +10,13 @@ from conftest import make_sentences, quiet
 from safetensors.torch import load_file
 from test_tasks import classification_records, tagging_records, write_jsonl
 
-from unmask.batching import length_grouped_batches, padding_share
 from unmask.config import FinetuneConfig
+from unmask.data.batching import length_grouped_batches, padding_share
 from unmask.data.sources import ReadOptions
 from unmask.errors import UnmaskError
-from unmask.finetune import finetune, loss_sum, make_batch, target_count
-from unmask.model import load_task_model
-from unmask.tasks import LabelSet, TaskSpec, encode, read_examples
+from unmask.models.masked_lm import load_task_model
+from unmask.tasks.finetune import finetune, loss_sum, make_batch, target_count
+from unmask.tasks.labelled import LabelSet, TaskSpec, encode, read_examples
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_one_batchs_loss_equals_transformers_own_loss(kind, collator, data, tiny
 
 
 def test_a_killed_fine_tuning_resumes_to_the_same_weights(data, tiny_model_dir, tmp_path, monkeypatch):
-    import unmask.finetune as module
+    import unmask.tasks.finetune as module
 
     straight = finetune(settings(tiny_model_dir, data, "classification", tmp_path / "straight", dropout=0.1), echo=quiet, progress=False)
     real = module._checkpoint

@@ -8,9 +8,9 @@ import torch
 from conftest import quiet
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from unmask import hardware
 from unmask.config import TrainConfig
-from unmask.train import setup, train
+from unmask.pretrain.train import setup, train
+from unmask.runtime import hardware
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@ import pytest
 import torch
 from conftest import quiet
 
-from unmask import hub
 from unmask.config import TrainConfig
+from unmask.data.tokenizer import load_tokenizer
 from unmask.errors import UnmaskError
-from unmask.hub import ModelSource, resolve_model, resolve_pretrained
-from unmask.model import load_mlm
-from unmask.tokenizer import load_tokenizer
-from unmask.train import train
+from unmask.models.masked_lm import load_mlm
+from unmask.pretrain.train import train
+from unmask.storage import hub
+from unmask.storage.hub import ModelSource, resolve_model, resolve_pretrained
 
 
 @pytest.fixture(scope="module")

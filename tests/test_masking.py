@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from unmask.config import UnmaskError
-from unmask.masking import (
+from unmask.data.masking import (
     IGNORE_INDEX,
     Masker,
     generator_draws,
@@ -14,7 +14,7 @@ from unmask.masking import (
     replacement_ids,
     seeded_generator,
 )
-from unmask.tokenizer import Vocabulary
+from unmask.data.tokenizer import Vocabulary
 
 VOCAB = 1000
 SPECIALS = [0, 1, 2, 3, 4]  # pad, unk, cls, sep, mask
@@ -234,7 +234,7 @@ def strategy_draw(strategy: str, ids, attention, starts, seed: int = 0, **probab
 
 
 def first_of_word(starts):
-    from unmask.masking import word_first_positions
+    from unmask.data.masking import word_first_positions
 
     return word_first_positions(starts)
 
@@ -307,7 +307,7 @@ def test_word_strategy_masks_are_a_function_of_seed_epoch_window_and_position(st
 
 
 def test_span_lengths_are_geometric_truncated_at_ten_with_spanberts_mean():
-    from unmask.masking import span_lengths, span_start_rate
+    from unmask.data.masking import span_lengths, span_start_rate
 
     lengths = span_lengths(torch.rand(200_000, generator=torch.Generator().manual_seed(0)))
     assert int(lengths.min()) == 1 and int(lengths.max()) == 10

@@ -12,9 +12,9 @@ from transformers import (
     RobertaConfig,
 )
 
-from unmask.architectures import BERT_SHAPES
-from unmask.masking import IGNORE_INDEX
-from unmask.model import MaskedLM, build_mlm, load_mlm, set_dropout
+from unmask.data.masking import IGNORE_INDEX
+from unmask.models.architectures import BERT_SHAPES
+from unmask.models.masked_lm import MaskedLM, build_mlm, load_mlm, set_dropout
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 
@@ -151,7 +151,7 @@ def test_missing_model_is_a_clear_error(tmp_path):
 def test_presets_build_tied_bert_for_the_tokenizer(preset, tokenizer_dir):
     from transformers import AutoTokenizer
 
-    from unmask.tokenizer import Vocabulary
+    from unmask.data.tokenizer import Vocabulary
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     vocab = Vocabulary.from_tokenizer(tokenizer)
@@ -186,7 +186,7 @@ def test_loading_or_building_a_model_leaves_the_callers_random_state_alone(tmp_p
 
 
 def test_every_table_entry_reaches_its_head_and_layers():
-    from unmask.architectures import ARCHITECTURES, architecture_of
+    from unmask.models.architectures import ARCHITECTURES, architecture_of
 
     for name, config in tiny_configs():
         model = AutoModelForMaskedLM.from_config(config)

@@ -5,10 +5,10 @@ import json
 import pytest
 from conftest import quiet, tiny_bert
 
-from unmask.cli import main
+from unmask.cli.main import main
 from unmask.config import PairsConfig, UnmaskError
+from unmask.evaluation.pairs import score_pairs
 from unmask.infer import Scorer
-from unmask.pairs import score_pairs
 
 PAIRS = [
     {"sentence_good": "the cat sees the door.", "sentence_bad": "the cat see the door.", "UID": "agreement"},

@@ -5,7 +5,7 @@ from conftest import make_sentences, quiet
 from test_tasks import classification_records, tagging_records, write_jsonl
 
 from unmask.config import ProbeConfig
-from unmask.probe import probe
+from unmask.tasks.probe import probe
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from unmask.cli import parse
+from unmask.cli.main import parse
 from unmask.config import TrainConfig, load_yaml, save_yaml
-from unmask.recipes import RECIPES, describe, recipe_values
+from unmask.config.recipes import RECIPES, describe, recipe_values
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

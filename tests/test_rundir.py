@@ -5,7 +5,7 @@ import json
 import pytest
 
 from unmask.errors import UnmaskError
-from unmask.rundir import RunDir, step_dir_name, step_of
+from unmask.storage.rundir import RunDir, step_dir_name, step_of
 
 
 def test_checkpoint_folders_are_listed_by_step_and_nothing_else(tmp_path):

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from unmask.schedule import decay_shape, learning_rate, learning_rate_at, mask_rate, parse_duration, run_progress
+from unmask.config.schedule import decay_shape, learning_rate, learning_rate_at, mask_rate, parse_duration, run_progress
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():

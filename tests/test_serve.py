@@ -149,7 +149,7 @@ def test_the_server_listens_on_this_machine_only_by_default():
 def test_a_port_in_use_is_refused_in_one_line_before_anything_is_announced(tmp_path, capsys):
     import socket
 
-    from unmask.cli import main
+    from unmask.cli.main import main
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -161,7 +161,7 @@ def test_a_port_in_use_is_refused_in_one_line_before_anything_is_announced(tmp_p
 
 
 def test_a_runs_folder_that_does_not_exist_is_refused(tmp_path, capsys):
-    from unmask.cli import main
+    from unmask.cli.main import main
 
     assert main(["serve", str(tmp_path / "runz")]) == 1
     assert "runz: no such folder of runs" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from conftest import make_sentences
 from unmask.data.records import read_records
 from unmask.data.sources import ReadOptions
 from unmask.errors import UnmaskError
-from unmask.tasks import IGNORE_INDEX, LabelSet, TaskSpec, compute_metrics, encode, read_examples
+from unmask.tasks.labelled import IGNORE_INDEX, LabelSet, TaskSpec, compute_metrics, encode, read_examples
 
 ANIMALS = ("cat", "dog", "bird")
 
@@ -57,7 +57,7 @@ def test_the_offline_task_holds_out_exactly_the_paragraphs_prepare_holds_out(tmp
     from unmask.config import PrepareConfig
     from unmask.data.prepare import prepare
     from unmask.data.store import TokenStore
-    from unmask.tokenizer import load_tokenizer
+    from unmask.data.tokenizer import load_tokenizer
 
     prepare(PrepareConfig(sources=["sample:pydocs"], out=str(tmp_path / "s"), doc_per="blank-line", val_fraction=0.1), progress=False)
     store = TokenStore.open(tmp_path / "s")

@@ -5,7 +5,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from unmask.config import UnmaskError
-from unmask.tokenizer import Vocabulary, fingerprint, load_tokenizer, raw_tokenizer, word_start_table
+from unmask.data.tokenizer import Vocabulary, fingerprint, load_tokenizer, raw_tokenizer, word_start_table
 
 
 def test_vocabulary_of_a_wordpiece_and_a_byte_level_bpe_tokenizer(tokenizer_dir, roberta_dir):

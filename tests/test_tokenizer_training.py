@@ -9,9 +9,9 @@ from transformers import AutoTokenizer, pipeline
 from unmask.config import PrepareConfig, TokenizerConfig, TrainConfig, UnmaskError
 from unmask.data.prepare import prepare
 from unmask.data.store import TokenStore
-from unmask.tokenizer import Vocabulary
-from unmask.tokenizer_training import train_tokenizer
-from unmask.train import train
+from unmask.data.tokenizer import Vocabulary
+from unmask.data.tokenizer_training import train_tokenizer
+from unmask.pretrain.train import train
 
 FRAMING = {
     "wordpiece": ("[CLS]", "[SEP]", "[MASK]", "[PAD]"),
@@ -84,7 +84,7 @@ def test_out_is_never_replaced_unless_it_is_a_tokenizer(corpus_dir, tmp_path):
 
 
 def test_the_tokenizer_command_prints_what_it_learned(corpus_dir, tmp_path, capsys):
-    from unmask.cli import main
+    from unmask.cli.main import main
 
     assert main(["tokenizer", str(corpus_dir), "--out", str(tmp_path / "tok"), "--kind", "bpe", "--vocab-size", "280"]) == 0
     assert "bpe, " in capsys.readouterr().out

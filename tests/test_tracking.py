@@ -6,7 +6,7 @@ import pytest
 from conftest import quiet
 
 from unmask.config import TrainConfig, UnmaskError
-from unmask.train import train
+from unmask.pretrain.train import train
 
 
 def run(store_dir, tiny_model_dir, out, report_to):

@@ -7,10 +7,10 @@ import torch
 from conftest import quiet
 from safetensors.torch import load_file
 
-from unmask import checkpoint
 from unmask.config import TrainConfig, UnmaskError
-from unmask.rundir import RunDir
-from unmask.train import build_optimizer, train
+from unmask.pretrain.train import build_optimizer, train
+from unmask.storage import checkpoint
+from unmask.storage.rundir import RunDir
 
 
 def config(store_dir, model_dir, out, **overrides) -> TrainConfig:
@@ -36,7 +36,7 @@ def run(cfg: TrainConfig, **kwargs) -> dict:
 
 
 def test_optimizer_never_decays_biases_or_layernorm(tiny_model_dir):
-    from unmask.model import load_mlm
+    from unmask.models.masked_lm import load_mlm
 
     lm = load_mlm(str(tiny_model_dir), echo=quiet)
     cfg = TrainConfig(data="x", out="y", model="m")
@@ -51,7 +51,7 @@ def test_optimizer_never_decays_biases_or_layernorm(tiny_model_dir):
 def test_fresh_head_weights_get_their_own_learning_rate_scale(tmp_path):
     from transformers import BertConfig, BertModel
 
-    from unmask.model import load_mlm
+    from unmask.models.masked_lm import load_mlm
 
     BertModel(BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(
         tmp_path
@@ -126,7 +126,7 @@ def test_existing_run_needs_resume_and_resume_refuses_changed_settings(store_dir
 
 
 def test_a_diverging_loss_stops_training_and_keeps_earlier_checkpoints(store_dir, tiny_model_dir, tmp_path, monkeypatch):
-    from unmask.model import MaskedLM
+    from unmask.models.masked_lm import MaskedLM
 
     real = MaskedLM.loss_sum
     calls = {"n": 0}
@@ -228,7 +228,7 @@ def test_roberta_and_distilbert_train_from_local_folders(architecture, request, 
 
 
 def test_dropout_override_applies_in_training_but_not_to_the_saved_config(store_dir, tiny_model_dir, tmp_path, monkeypatch):
-    import unmask.train as train_module
+    import unmask.pretrain.train as train_module
 
     seen = {}
     real = train_module.set_dropout
@@ -358,7 +358,7 @@ def test_export_turns_any_complete_checkpoint_into_a_model_folder(store_dir, tin
     from safetensors.torch import load_file
     from transformers import AutoModelForMaskedLM, pipeline
 
-    from unmask.commands import export_checkpoint
+    from unmask.runtime.persist import export_checkpoint
 
     out = tmp_path / "run"
 

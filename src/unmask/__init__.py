@@ -1,3 +1,31 @@
-"""unmask: train, evaluate and use masked language models."""
+"""unmask: train masked language models on your own text, then evaluate and use them.
+
+Every command is a function here with the command's settings as keyword arguments
+(`unmask.train(model="minilm-l6", data=["runs/store"], out="runs/demo", max_steps=100)`);
+see `unmask.api`. Bad input raises `unmask.UnmaskError` with the message the CLI prints.
+"""
 
 __version__ = "0.1.0"
+
+from unmask.api import (
+    compare,
+    downstream,
+    embed,
+    evaluate,
+    export,
+    fill,
+    finetune,
+    inspect,
+    pairs,
+    prepare,
+    probe,
+    score,
+    tokenizer,
+    train,
+)
+from unmask.errors import UnmaskError
+
+__all__ = [
+    "UnmaskError", "compare", "downstream", "embed", "evaluate", "export", "fill", "finetune", "inspect", "pairs", "prepare", "probe",
+    "score", "tokenizer", "train",
+]  # fmt: skip

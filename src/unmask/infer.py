@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from unmask.data.masking import Masker
+from unmask.data.tokenizer import Vocabulary, load_tokenizer, word_starts
 from unmask.errors import UnmaskError
-from unmask.hardware import autocast, autocast_dtype, resolve_device
-from unmask.hub import resolve_model
-from unmask.masking import Masker
-from unmask.model import MaskedLM, load_mlm, max_positions
-from unmask.tokenizer import Vocabulary, load_tokenizer, word_starts
+from unmask.models.masked_lm import MaskedLM, load_mlm, max_positions
+from unmask.runtime.hardware import autocast, reporting_dtype, resolve_device
+from unmask.storage.hub import resolve_model
 
 MASK_SPELLINGS = ("[MASK]", "<mask>")
 
@@ -73,13 +73,21 @@ def window_around_masks(ids: list[int], mask_id: int, max_len: int, label: str) 
 class LoadedModel:
     """A model and its tokenizer, loaded once for repeated calls (fill, score, embed)."""
 
-    def __init__(self, model: str, device: str = "auto", trust_remote_code: bool = False, echo=print, step: int | None = None):
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        trust_remote_code: bool = False,
+        echo=print,
+        step: int | None = None,
+        precision: str = "fp32",
+    ):
         source = resolve_model(model, step)  # once: the tokenizer and the weights come from the same place
         self.tokenizer = load_tokenizer(source, trust_remote_code)
         self.vocab = Vocabulary.from_tokenizer(self.tokenizer)
         self.vocab.require_mask(f"'{model}'")
         self.device = resolve_device(device)
-        self.dtype = autocast_dtype(self.device, "auto")  # bf16 where it is faster (GPUs, CPUs with AMX)
+        self.dtype = reporting_dtype(self.device, precision)  # fp32 unless asked: the numbers must not depend on the CPU
         self.lm: MaskedLM = load_mlm(source, trust_remote_code, echo=echo).to(self.device).eval()
         self.max_len = min(max_positions(self.lm), self.tokenizer.model_max_length or 10**9)
 

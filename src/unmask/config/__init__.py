@@ -8,7 +8,17 @@
 Each field's docstring is its `--help` text; the CLI is generated from these classes.
 """
 
-from unmask.config.base import UnmaskError, check_masking_probabilities, check_setting, flag, from_dict, load_yaml, save_yaml, to_dict
+from unmask.config.base import (
+    UnmaskError,
+    check_masking_probabilities,
+    check_setting,
+    flag,
+    from_dict,
+    load_partial_yaml,
+    load_yaml,
+    save_yaml,
+    to_dict,
+)
 from unmask.config.downstream import FINETUNE_RESUMABLE, DownstreamConfig, FinetuneConfig, ProbeConfig, Suite, SuiteTask, load_suite
 from unmask.config.pipeline import (
     ARCHITECTURE_NAMES,
@@ -39,7 +49,7 @@ from unmask.config.use import (
 )
 
 __all__ = [
-    "UnmaskError", "check_masking_probabilities", "check_setting", "flag", "from_dict", "load_yaml", "save_yaml", "to_dict",
+    "UnmaskError", "check_masking_probabilities", "check_setting", "flag", "from_dict", "load_partial_yaml", "load_yaml", "save_yaml", "to_dict",
     "ARCHITECTURE_NAMES", "MAX_CONTEXT", "PRESETS", "RESUMABLE_CHANGES", "length_changes", "parse_preset", "parse_sources", "parse_weights", "PrepareConfig", "SourceOptions", "TokenizerConfig", "TrainConfig", "refused_resume_changes",
     "FINETUNE_RESUMABLE", "DownstreamConfig", "FinetuneConfig", "ProbeConfig", "Suite", "SuiteTask", "load_suite",
     "CompareConfig", "EmbedConfig", "EvalConfig", "ExportConfig", "FillConfig", "InspectConfig", "PairsConfig", "PlotConfig", "ScoreConfig", "ServeConfig",

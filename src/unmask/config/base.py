@@ -12,9 +12,19 @@ from typing import Any
 import yaml
 
 from unmask.errors import UnmaskError
-from unmask.files import atomic_write_text
+from unmask.storage.files import atomic_write_text
 
-__all__ = ["UnmaskError", "check_masking_probabilities", "check_setting", "flag", "from_dict", "load_yaml", "save_yaml", "to_dict"]
+__all__ = [
+    "UnmaskError",
+    "check_masking_probabilities",
+    "check_setting",
+    "flag",
+    "from_dict",
+    "load_partial_yaml",
+    "load_yaml",
+    "save_yaml",
+    "to_dict",
+]
 
 
 def flag(name: str) -> str:
@@ -68,3 +78,12 @@ def load_yaml(cls: type, path: Path) -> Any:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise UnmaskError(f"{path}: cannot read config: {e}") from None
     return from_dict(cls, values, str(path))
+
+
+def load_partial_yaml(cls: type, path: Path | str) -> dict[str, Any]:
+    """The settings a YAML file gives for the settings class `cls`, by name, without the ones it
+    leaves unset: required fields may be missing (the command line or the caller may give them),
+    unknown keys are still refused, naming the file."""
+    fields = [(f.name, f.type, dataclasses.field(default=None)) for f in dataclasses.fields(cls)]
+    lenient = dataclasses.make_dataclass(f"{cls.__name__}FromFile", fields, kw_only=True)
+    return {key: value for key, value in dataclasses.asdict(load_yaml(lenient, Path(path))).items() if value is not None}

@@ -163,6 +163,8 @@ class ProbeConfig(ModelChoice, TaskOptions):
     """Print the result as JSON."""
     out: str | None = None
     """Also write the result to this JSON file."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """fp32 (the same features and score on every machine) or bf16 autocast (faster on GPUs and CPUs with AMX)."""
 
     def __post_init__(self) -> None:
         self._check_task_options()

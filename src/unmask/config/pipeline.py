@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from unmask.config.base import check_masking_probabilities, check_setting, flag
+from unmask.config.recipes import RECIPES, recipe_names
+from unmask.config.schedule import parse_duration
 from unmask.errors import UnmaskError, UsageError
-from unmask.recipes import RECIPES, recipe_names
-from unmask.schedule import parse_duration
 
 
 @dataclass(kw_only=True)

@@ -16,6 +16,8 @@ from unmask.config.base import check_masking_probabilities, check_setting
 class DeviceOptions:
     device: str = "auto"
     """`auto`, `cpu`, `cuda` or `cuda:N`."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """fp32 (the same numbers on every machine) or bf16 autocast (faster on GPUs and CPUs with AMX; the numbers move slightly)."""
 
 
 @dataclass(kw_only=True)
@@ -160,14 +162,14 @@ class EmbedConfig(ModelOptions):
     """Texts per forward pass (batches are formed by length)."""
     tokens: str | None = None
     """Show the contextual embedding of every token of this text."""
+    texts: list[str] = field(default_factory=list)
+    """Texts to embed, in order (instead of --file)."""
 
     def __post_init__(self) -> None:
         ModelOptions.__post_init__(self)
         check_setting(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
-        check_setting(
-            (self.file is None) != (self.tokens is None), "file", "give --file F (sentence embeddings) or --tokens TEXT (token embeddings)"
-        )
-        check_setting(self.tokens is not None or self.out is not None, "out", "give the .npy file to write the embeddings to")
+        given = (self.file is not None) + (self.tokens is not None) + bool(self.texts)
+        check_setting(given == 1, "file", "give --file F or --texts (sentence embeddings), or --tokens TEXT (token embeddings)")
 
 
 @dataclass(kw_only=True)

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from unmask.tokenizer import word_starts
+from unmask.data.tokenizer import word_starts
 
 Encoded = list[tuple[np.ndarray, np.ndarray]]
 """(ids int64, word-start flags bool) of each text of a batch."""

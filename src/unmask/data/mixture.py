@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from unmask.config.schedule import decay_shape
+from unmask.data.masking import mix32
 from unmask.data.windows import DataPosition, Windows, WindowSampler
-from unmask.masking import mix32
-from unmask.schedule import decay_shape
 
 _MASK32 = 0xFFFFFFFF
 

@@ -22,11 +22,11 @@ import numpy as np
 
 from unmask.config import PrepareConfig
 from unmask.data.encoding import encoded_batches
-from unmask.data.layout import BLOCK, FORMAT_VERSION, SPLITS, StoreDir, is_validation_document
 from unmask.data.sources import ReadOptions, ReadReport, Source, expand_sources, read_documents
+from unmask.data.tokenizer import Vocabulary, fingerprint, load_tokenizer, raw_tokenizer
 from unmask.errors import UnmaskError
-from unmask.files import RunLock, atomic_write_text, building, recover_folder, remove_stale_building
-from unmask.tokenizer import Vocabulary, fingerprint, load_tokenizer, raw_tokenizer
+from unmask.storage.files import RunLock, atomic_write_text, building, recover_folder, remove_stale_building
+from unmask.storage.storedir import BLOCK, FORMAT_VERSION, SPLITS, StoreDir, is_validation_document
 
 _TEXTS_PER_BATCH = 256
 _TOKENS_PER_WRITE = 1 << 20

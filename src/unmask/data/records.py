@@ -20,9 +20,9 @@ from fractions import Fraction
 from pathlib import Path
 
 from unmask.data import formats
-from unmask.data.layout import is_validation_document
 from unmask.data.sources import SAMPLE_ALIAS, TABLE_SUFFIXES, ReadOptions, ReadReport, Source, expand_sources, open_binary, read_documents
 from unmask.errors import UnmaskError
+from unmask.storage.storedir import is_validation_document
 
 SAMPLE_TASK = "sample:pydocs-sections"
 SAMPLE_TASK_VAL_FRACTION = Fraction("0.1")

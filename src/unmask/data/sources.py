@@ -29,9 +29,9 @@ from typing import IO, Literal
 
 from unmask.data import formats
 from unmask.data.formats import BadFile
-from unmask.data.layout import StoreDir
 from unmask.errors import UnmaskError
-from unmask.rundir import RunDir
+from unmask.storage.rundir import RunDir
+from unmask.storage.storedir import StoreDir
 
 SAMPLE_ALIAS = "sample:pydocs"
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_corpus" / "pydocs"

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from unmask.data.layout import READABLE_VERSIONS, SPLITS, StoreDir, shard_name
+from unmask.data.tokenizer import Vocabulary, fingerprint, load_tokenizer
 from unmask.errors import UnmaskError
-from unmask.files import recover_folder
-from unmask.hub import no_such_folder
-from unmask.tokenizer import Vocabulary, fingerprint, load_tokenizer
+from unmask.storage.files import recover_folder
+from unmask.storage.hub import no_such_folder
+from unmask.storage.storedir import READABLE_VERSIONS, SPLITS, StoreDir, shard_name
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 
 from unmask.data.store import Split
-from unmask.tokenizer import Vocabulary
+from unmask.data.tokenizer import Vocabulary
 
 
 def packed_windows(total_tokens: int, body_len: int, keep_partial: bool) -> tuple[np.ndarray, np.ndarray]:

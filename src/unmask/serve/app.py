@@ -24,9 +24,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from unmask.config import ServeConfig, parse_sources
-from unmask.data.layout import StoreDir
 from unmask.errors import UnmaskError, optional_import
 from unmask.serve import runs as run_folders
+from unmask.storage.storedir import StoreDir
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_TEXT = 1000
@@ -67,7 +67,13 @@ class Models:
         with self.loading:
             if model_id not in self.loaded:
                 trusted = self.config.trust_remote_code and model_id in self.config.models
-                self.loaded[model_id] = Filler(offered[model_id], device=self.config.device, trust_remote_code=trusted, echo=lambda _: None)
+                self.loaded[model_id] = Filler(
+                    offered[model_id],
+                    device=self.config.device,
+                    trust_remote_code=trusted,
+                    echo=lambda _: None,
+                    precision=self.config.precision,
+                )
                 self.locks[model_id] = threading.Lock()
         return self.loaded[model_id], self.locks[model_id]
 
@@ -178,7 +184,7 @@ def create_app(config: ServeConfig) -> Starlette:
             return walkthrough(filler, text, seed, mask_prob, masking)
 
     def compare(request: Request, body: dict) -> dict:
-        from unmask.compare import compare as compare_models
+        from unmask.evaluation.compare import compare as compare_models
 
         base, trained = body.get("base"), body.get("trained")
         offered = models.available()

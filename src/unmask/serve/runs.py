@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 
-from unmask.checkpoint import read_info
-from unmask.files import RunLock
-from unmask.rundir import RunDir
+from unmask.storage.checkpoint import read_info
+from unmask.storage.files import RunLock
+from unmask.storage.rundir import RunDir
 
 
 @dataclass
@@ -97,7 +97,6 @@ def describe(run: RunFolder, detail: bool = False) -> dict:
     finished = bool(summary) and folder.has_model()
     state = "training" if is_training(run.path) else "finished" if finished else "stopped" if steps else "new"
     step = steps[-1]["step"] if steps else 0
-    tokens_per_step = summary.get("tokens_per_step") or config.get("batch_size", 0) * config.get("grad_accum", 1) * config.get("seq_len", 0)
     described = {
         "id": run.id,
         "label": run.label,
@@ -105,7 +104,7 @@ def describe(run: RunFolder, detail: bool = False) -> dict:
         "step": step,
         "max_steps": config.get("max_steps"),
         "time_budget": config.get("time_budget"),
-        "tokens": step * tokens_per_step,
+        "tokens": (steps[-1].get("train_tokens") or 0) if steps else 0,  # counted by the run, all processes included
         "has_model": folder.has_model(),
         "last_eval": {k: evals[-1].get(f"eval_{k}") for k in ("loss", "accuracy", "top5_accuracy")} | {"step": evals[-1]["step"]}
         if evals
@@ -119,7 +118,7 @@ def describe(run: RunFolder, detail: bool = False) -> dict:
 
 def downstream(path: Path) -> dict[str, dict]:
     """The run's downstream scores per task: its metric and [step, median over seeds] points."""
-    from unmask.downstream import read_run_results
+    from unmask.tasks.suites import read_run_results
 
     by_task: dict[str, dict] = {}
     for record in read_run_results(RunDir(path)):

@@ -9,8 +9,8 @@ from dataclasses import asdict
 import torch
 
 from unmask.errors import UnmaskError
-from unmask.hardware import autocast
 from unmask.infer import Filler, inspected_rows, mask_sentence
+from unmask.runtime.hardware import autocast
 
 
 @torch.no_grad()

@@ -1,0 +1,433 @@
+"""The Python API: one function per command, taking the same settings as the command.
+
+    import unmask
+    store = unmask.prepare(sources=["sample:pydocs"], out="runs/pydocs", tokenizer="minilm-l6")
+    run = unmask.train(model="minilm-l6", data=[str(store.path)], out="runs/demo", max_steps=20)
+    unmask.fill(run.path, texts=["The [MASK] statement leaves a loop early."])[0].best_guess()
+
+Each function takes its command's settings as keyword arguments (their names are the flags'
+with underscores: `--batch-size` is `batch_size`) or as the typed settings object
+(`unmask.config.TrainConfig`, ...), with the same defaults and checks, recipe resolution
+included, and raises `UnmaskError` with the one-line message the CLI prints. It returns a
+typed result and prints nothing unless `verbose=True` (notes to stderr, progress bars).
+The `unmask` command is a table over these functions (`unmask.cli`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from unmask import config as settings
+from unmask.errors import UnmaskError
+from unmask.storage.rundir import RunDir
+
+Settings = TypeVar("Settings")
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _echo(verbose: bool) -> Callable[[str], None]:
+    return (lambda line: print(line, file=sys.stderr)) if verbose else _quiet
+
+
+def build_settings(cls: type[Settings], given: Settings | None, values: dict[str, Any]) -> Settings:
+    """The settings object of a call: `given` (a settings object) with `values` (keyword
+    arguments) on top, or `values` alone. Unknown names are refused as the CLI refuses them."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], sorted(names), n=1, cutoff=0.6)
+        raise UnmaskError(f"unknown setting '{unknown[0]}' for {cls.__name__}" + (f"; did you mean '{close[0]}'?" if close else ""))
+    if given is not None:
+        if not isinstance(given, cls):
+            raise UnmaskError(f"expected a {cls.__name__}, got {type(given).__name__}")
+        return dataclasses.replace(given, **values) if values else given
+    try:
+        return cls(**values)
+    except TypeError as e:  # a required setting left out
+        missing = str(e).partition("argument")[2].strip(": ")
+        raise UnmaskError(f"{cls.__name__}: required: {missing or e}") from None
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    found = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            found[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            found[f.name] = f.default_factory()
+    return found
+
+
+def train_settings(config: settings.TrainConfig | None = None, echo: Callable[[str], None] = _quiet, **values) -> settings.TrainConfig:
+    """TrainConfig for a call, as the CLI resolves it: `out=RUN, resume=True` alone reads the
+    run's own config.yaml, and a recipe's values stand in for the defaults (what the caller gave,
+    as keyword arguments or as settings that differ from the defaults, wins, with a note)."""
+    from unmask.config.recipes import RECIPES, with_recipe
+
+    from_file: dict[str, Any] = {}
+    if config is None and values.get("resume") and values.get("out") and RunDir(values["out"]).config.is_file():
+        from_file = settings.load_partial_yaml(settings.TrainConfig, RunDir(values["out"]).config)
+    if config is not None:
+        defaults = _defaults(settings.TrainConfig)
+        given_values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        given = {name for name, value in given_values.items() if name not in defaults or defaults[name] != value} | set(values)
+        merged = {**given_values, **values}
+    else:
+        given = set(values)
+        merged = {**_defaults(settings.TrainConfig), **from_file, **values}
+    if merged.get("recipe") in RECIPES:
+        merged, notes = with_recipe(merged, given, from_file)
+        for note in notes:
+            echo(note)
+    if isinstance(merged.get("data"), str):  # one store
+        merged["data"] = [merged["data"]]
+    return build_settings(settings.TrainConfig, None, merged)
+
+
+@dataclass
+class Store:
+    """A token store written by `prepare`."""
+
+    path: Path
+    meta: dict
+    """Its meta.json: splits with their documents and tokens, the tokenizer, what was skipped."""
+
+
+@dataclass
+class Tokenizer:
+    """A vocabulary trained by `tokenizer`."""
+
+    path: Path
+    summary: dict
+
+
+@dataclass
+class TrainedRun:
+    """A training run: its folder, its summary (summary.json) and its final model."""
+
+    path: Path
+    summary: dict
+
+    @property
+    def model(self) -> Path:
+        """The save_pretrained folder (loads with plain transformers)."""
+        return RunDir(self.path).model
+
+    @property
+    def metrics(self) -> list[dict]:
+        """Every line of metrics.jsonl: training steps and evaluations."""
+        return RunDir(self.path).read_metrics()[0]
+
+
+@dataclass
+class Evaluation:
+    """Held-out masked-token metrics of one model (`metrics`), and of each store when several were given."""
+
+    model: str
+    data: list[str]
+    windows: int
+    metrics: Any
+    """An `evaluate.heldout.MlmMetrics`: loss, perplexity, accuracy, top-5, whole words, word pieces."""
+    sources: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        per = {name: m.as_dict() for name, m in self.sources.items()} if len(self.sources) > 1 else None
+        return {
+            "model": self.model,
+            "data": self.data,
+            "windows": self.windows,
+            **self.metrics.as_dict(),
+            **({"sources": per} if per else {}),
+        }
+
+
+@dataclass
+class Embeddings:
+    """Sentence embeddings (one row per text), or the token embeddings of one text (`tokens` set)."""
+
+    vectors: Any
+    """A numpy array: texts x dimensions, or tokens x dimensions."""
+    tokens: list[str] | None = None
+    token_ids: list[int] | None = None
+    saved: Path | None = None
+
+
+def prepare(config: settings.PrepareConfig | None = None, *, verbose: bool = False, **values) -> Store:
+    """`unmask prepare`: text sources to a token store."""
+    from unmask.data.prepare import prepare as prepare_store
+
+    config = build_settings(settings.PrepareConfig, config, values)
+    meta = prepare_store(config, progress=verbose)
+    return Store(Path(config.merge or config.out), meta)
+
+
+def tokenizer(config: settings.TokenizerConfig | None = None, *, verbose: bool = False, **values) -> Tokenizer:
+    """`unmask tokenizer`: train a vocabulary of your own."""
+    from unmask.data.tokenizer_training import train_tokenizer
+
+    config = build_settings(settings.TokenizerConfig, config, values)
+    return Tokenizer(Path(config.out), train_tokenizer(config, progress=verbose))
+
+
+def train(config: settings.TrainConfig | None = None, *, verbose: bool = False, **values) -> TrainedRun:
+    """`unmask train`: train or continue pretraining; returns the run. Under torchrun every
+    process calls it; rank 0's summary is the run's. A SIGTERM or Ctrl-C raises
+    `runtime.preemption.Stopped` after the checkpoint is written."""
+    from unmask.pretrain.train import train as run_training
+
+    echo = _echo(verbose)
+    config = train_settings(config, echo, **values)
+    hook = None
+    if config.downstream:
+        from unmask.tasks.suites import checkpoint_scorer
+
+        hook = checkpoint_scorer(config)
+    summary = run_training(config, progress=verbose, echo=echo, score_checkpoint=hook)
+    return TrainedRun(Path(config.out), summary)
+
+
+def read_texts(texts: list[str], file: str | None, purpose: str = "fill") -> tuple[list[str], list[str]]:
+    """Texts and a label naming where each came from (file:line), for error messages; `-` reads stdin."""
+    if file is not None:
+        try:
+            lines = Path(file).read_text(encoding="utf-8").split("\n")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UnmaskError(f"--file {file}: cannot read: {e}") from None
+        pairs = [(line.rstrip("\r"), f"{file}:{n}") for n, line in enumerate(lines, 1) if line.strip()]
+    elif texts == ["-"]:
+        pairs = [(line.rstrip("\r\n"), f"stdin:{n}") for n, line in enumerate(sys.stdin, 1) if line.strip()]
+    elif texts:
+        pairs = [(text, f"text {n}") for n, text in enumerate(texts, 1)]
+    else:
+        raise UnmaskError("give texts, --file F, or pipe texts on stdin")
+    if not pairs:
+        raise UnmaskError(f"no texts to {purpose}" + (f": {file} has no non-blank line" if file is not None else ""))
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _model_and_texts(values: dict, model, texts) -> dict:
+    """Let `fill(run, ["a [MASK]."])` and `fill(run, "a [MASK].")` stand for model=, texts=."""
+    if model is not None:
+        values["model"] = str(model)
+    if texts is not None:
+        values["texts"] = [texts] if isinstance(texts, str) else list(texts)
+    return values
+
+
+def fill(model=None, texts=None, /, config: settings.FillConfig | None = None, *, verbose: bool = False, **values) -> list:
+    """`unmask fill`: the top-k candidates of every mask; a list of `infer.FillResult`, one per
+    text (with `against`, a second list is not returned: call fill again with that model)."""
+    from unmask.infer import Filler
+
+    config = build_settings(settings.FillConfig, config, _model_and_texts(values, model, texts))
+    texts, labels = read_texts(config.texts, config.file)
+    echo = _echo(verbose)
+    filler = Filler(config.model, config.device, config.trust_remote_code, echo=echo, step=config.step, precision=config.precision)
+    return filler.fill(texts, top_k=config.top_k, batch_size=config.batch_size, labels=labels)
+
+
+def inspect(text=None, /, config: settings.InspectConfig | None = None, **values) -> list:
+    """`unmask inspect`: one masking draw on a sentence, as `infer.InspectedToken` rows."""
+    from unmask.infer import inspect_masking
+
+    if text is not None:
+        values["text"] = text
+    c = build_settings(settings.InspectConfig, config, values)
+    return inspect_masking(
+        c.text,
+        c.model,
+        c.seed,
+        c.mask_prob,
+        c.mask_replace_prob,
+        c.random_replace_prob,
+        trust_remote_code=c.trust_remote_code,
+        masking=c.masking,
+    )
+
+
+def evaluate(model=None, /, config: settings.EvalConfig | None = None, *, verbose: bool = False, **values) -> Evaluation:
+    """`unmask eval`: held-out loss, perplexity and accuracy on fixed masked positions (fp32 unless precision='bf16')."""
+    from unmask.evaluation.heldout import combine, evaluate_model, held_out_sets
+    from unmask.infer import LoadedModel
+
+    c = build_settings(settings.EvalConfig, config, _model_and_texts(values, model, None))
+    loaded = LoadedModel(c.model, c.device, c.trust_remote_code, echo=_echo(verbose), step=c.step, precision=c.precision)
+    sets = held_out_sets(c.data, loaded.tokenizer, min(c.seq_len, loaded.max_len), c.split)
+    results = {
+        name: evaluate_model(
+            loaded.lm,
+            windows,
+            batch_size=c.batch_size,
+            device=loaded.device,
+            dtype=loaded.dtype,
+            max_batches=c.max_batches,
+            progress=verbose,
+            documents_apart=not c.attention_across_docs,
+        )[0]
+        for name, windows in sets.items()
+    }
+    return Evaluation(c.model, list(c.data), sum(len(w) for w in sets.values()), combine(list(results.values())), results)
+
+
+def score(model=None, texts=None, /, config: settings.ScoreConfig | None = None, *, verbose: bool = False, **values) -> list:
+    """`unmask score`: pseudo-log-likelihoods, a list of `infer.SentenceScore`."""
+    from unmask.infer import Scorer
+
+    c = build_settings(settings.ScoreConfig, config, _model_and_texts(values, model, texts))
+    texts, labels = read_texts(c.texts, c.file, purpose="score")
+    scorer = Scorer(c.model, c.device, c.trust_remote_code, echo=_echo(verbose), step=c.step, precision=c.precision)
+    return scorer.score(texts, batch_size=c.batch_size, labels=labels)
+
+
+def embed(model=None, texts=None, /, config: settings.EmbedConfig | None = None, *, verbose: bool = False, **values) -> Embeddings:
+    """`unmask embed`: sentence embeddings of `texts` (or of `file`, a line each), or with
+    `tokens="..."` the token embeddings of one text; also saved to `out` when given."""
+    from unmask.infer import Embedder
+
+    c = build_settings(settings.EmbedConfig, config, _model_and_texts(values, model, texts))
+    if c.out is not None:
+        check_output_file(c.out, "out")
+    echo = _echo(verbose)
+    embedder = Embedder(c.model, c.device, c.trust_remote_code, echo=echo, step=c.step, precision=c.precision)
+    if c.tokens is not None:
+        tokens, ids, vectors = embedder.token_embeddings(c.tokens)
+        return Embeddings(vectors, tokens, ids, save_array(c.out, vectors) if c.out else None)
+    texts = c.texts or _lines_of(c.file)
+    vectors = embedder.embed(texts, pooling=c.pooling, batch_size=c.batch_size, normalize=c.normalize, progress=verbose, echo=echo)
+    return Embeddings(vectors, saved=save_array(c.out, vectors) if c.out else None)
+
+
+def _lines_of(file: str) -> list[str]:
+    try:
+        lines = Path(file).read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UnmaskError(f"--file {file}: cannot read: {e}") from None
+    texts = [line.rstrip("\r") for line in (lines[:-1] if lines[-1] == "" else lines)]  # row i is line i, blank lines too
+    if not texts:
+        raise UnmaskError(f"--file {file}: empty, no text to embed")
+    return texts
+
+
+def check_output_file(path: str, flag: str) -> None:
+    """Refuse an output path that cannot be written before any work is done."""
+    import os
+
+    target = Path(path)
+    if target.is_dir():
+        raise UnmaskError(f"--{flag} {path}: is a folder, not a file")
+    if not target.parent.is_dir():
+        raise UnmaskError(f"--{flag} {path}: the folder {target.parent} does not exist")
+    if not os.access(target.parent, os.W_OK):
+        raise UnmaskError(f"--{flag} {path}: cannot write into {target.parent}")
+
+
+def save_array(path: str, array) -> Path:
+    """np.save, but atomic: a crash never leaves half an array. `.npz` writes an npz archive
+    with the array under `embeddings`; any other name gets `.npy` added, as np.save adds it."""
+    import io
+
+    import numpy as np
+
+    from unmask.storage.files import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    if path.endswith(".npz"):
+        target = Path(path)
+        np.savez(buffer, embeddings=array)
+    else:
+        target = Path(path if path.endswith(".npy") else f"{path}.npy")
+        np.save(buffer, array)
+    atomic_write_bytes(target, buffer.getvalue())
+    return target
+
+
+def pairs(config: settings.PairsConfig | None = None, *, verbose: bool = False, **values) -> dict:
+    """`unmask pairs`: minimal-pair accuracy of each model; the report also written to `out` when given."""
+    import json
+
+    from unmask.evaluation.pairs import as_json, score_pairs
+    from unmask.storage.files import atomic_write_text
+
+    c = build_settings(settings.PairsConfig, config, values)
+    if c.out is not None:
+        check_output_file(c.out, "out")
+    results = score_pairs(c, echo=_echo(verbose))
+    report = as_json(c, results)
+    if c.out is not None:
+        atomic_write_text(Path(c.out), json.dumps(report, indent=2))
+    return report
+
+
+def compare(config: settings.CompareConfig | None = None, *, verbose: bool = False, **values) -> dict:
+    """`unmask compare`: a base and a trained model on the same masked positions; report.md,
+    report.json and chart.png in `out`; returns the report."""
+    from unmask.evaluation.compare import compare as compare_models
+
+    c = build_settings(settings.CompareConfig, config, values)
+    out = Path(c.out)
+    if out.exists() and not out.is_dir():
+        raise UnmaskError(f"--out {c.out}: is a file; give a folder for report.md, report.json and chart.png")
+    return compare_models(
+        c.base,
+        c.trained,
+        c.data,
+        out,
+        seq_len=c.seq_len,
+        batch_size=c.batch_size,
+        max_batches=c.max_batches,
+        examples=c.examples,
+        device=c.device,
+        precision=c.precision,
+        echo=_echo(verbose),
+        progress=verbose,
+    )
+
+
+def export(config: settings.ExportConfig | None = None, *, verbose: bool = False, **values) -> Path:
+    """`unmask export`: a complete checkpoint of a run as a save_pretrained folder; returns the checkpoint exported."""
+    from unmask.runtime.persist import export_checkpoint
+
+    c = build_settings(settings.ExportConfig, config, values)
+    return export_checkpoint(Path(c.run), Path(c.out), c.step, echo=_echo(verbose))
+
+
+def finetune(config: settings.FinetuneConfig | None = None, *, verbose: bool = False, **values) -> dict:
+    """`unmask finetune`: an encoder with a fresh task head; the summary (metrics over seeds)."""
+    from unmask.tasks.finetune import finetune as run_finetune
+
+    c = build_settings(settings.FinetuneConfig, config, values)
+    return run_finetune(c, echo=_echo(verbose), progress=verbose)
+
+
+def probe(config: settings.ProbeConfig | None = None, *, verbose: bool = False, **values) -> dict:
+    """`unmask probe`: a linear model on frozen embeddings; the result, also written to `out` when given."""
+    import json
+
+    from unmask.storage.files import atomic_write_text
+    from unmask.tasks.probe import probe as run_probe
+
+    c = build_settings(settings.ProbeConfig, config, values)
+    if c.out is not None:
+        check_output_file(c.out, "out")
+    result = run_probe(c, echo=_echo(verbose))
+    if c.out is not None:
+        atomic_write_text(Path(c.out), json.dumps(result, indent=2))
+    return result
+
+
+def downstream(config: settings.DownstreamConfig | None = None, *, verbose: bool = False, **values) -> dict:
+    """`unmask downstream`: a suite over models or a run's checkpoints; the report."""
+    from unmask.tasks.suites import run_suite
+
+    c = build_settings(settings.DownstreamConfig, config, values)
+    return run_suite(c, echo=_echo(verbose))

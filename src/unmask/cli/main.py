@@ -1,0 +1,370 @@
+"""The `unmask` command: a table from subcommand names to (settings class, function).
+
+Every subcommand's options are generated from its typed settings dataclass (`unmask.config`):
+each field is a flag, its docstring the help text, the fields a class lists in `POSITIONAL`
+are given without a flag, and booleans are switches (`--json`, `--no-json`). Flags are
+written with dashes (`--batch-size`); underscores work too. Every subcommand also reads a
+YAML file (`--config run.yaml`, e.g. a run's own config.yaml); flags after it override it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import sys
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import docstring_parser
+from jsonargparse import ActionYesNo, ArgumentParser, DefaultHelpFormatter, set_parsing_settings
+
+from unmask import config as settings
+from unmask.cli import commands
+from unmask.config import flag, load_partial_yaml
+from unmask.config.recipes import RECIPES, with_recipe
+from unmask.errors import UnmaskError, UsageError
+from unmask.storage.rundir import RunDir
+
+set_parsing_settings(docstring_parse_attribute_docstrings=True)
+
+_FLAG = re.compile(r"^--([a-z][a-z0-9_-]*)(=.*)?$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Command:
+    settings: type
+    function: Callable[..., int]
+    """Takes the settings, returns the exit code; what it needs is imported when it runs."""
+    summary: str
+    description: str
+
+
+COMMANDS: dict[str, Command] = {
+    "prepare": Command(settings.PrepareConfig, commands.run_prepare, "Tokenize text into a token store.",
+                       "Tokenize text files into a token store for training."),
+    "tokenizer": Command(settings.TokenizerConfig, commands.run_tokenizer, "Train a vocabulary of your own.",
+                         "Train a WordPiece, byte-level BPE or unigram vocabulary on text sources (for --from-scratch)."),
+    "train": Command(settings.TrainConfig, commands.run_train, "Train a masked language model.",
+                     "Train (or continue pretraining) a masked language model on a token store."),
+    "fill": Command(settings.FillConfig, commands.run_fill, "Fill in [MASK]s with a model.",
+                    "Fill in the masks of texts with a model's top-k candidates."),
+    "inspect": Command(settings.InspectConfig, commands.run_inspect, "Show one masking draw on a sentence.",
+                       "Show what one masking draw does to a sentence: tokens, ids, picks, replacements, labels."),
+    "eval": Command(settings.EvalConfig, commands.run_eval, "Held-out loss, perplexity and accuracy of a model.",
+                    "Held-out MLM loss, perplexity, top-1/top-5 accuracy (whole words and word pieces), on fixed masked positions."),
+    "score": Command(settings.ScoreConfig, commands.run_score, "Pseudo-log-likelihood of sentences.",
+                     "Pseudo-log-likelihood and pseudo-perplexity of sentences (plain and word-aware PLL-word-l2r)."),
+    "pairs": Command(settings.PairsConfig, commands.run_pairs, "Minimal-pair accuracy (BLiMP) of one or more models.",
+                     "Minimal-pair accuracy: a pair is right when the good sentence's pseudo-log-likelihood is strictly higher."),
+    "embed": Command(settings.EmbedConfig, commands.run_embed, "Sentence or token embeddings.",
+                     "Sentence embeddings of a file of texts (one per line) to .npy, or token embeddings of one text."),
+    "compare": Command(settings.CompareConfig, commands.run_compare, "Base vs trained report with chart.",
+                       "Compare a base and a trained model on the same masked positions: table, Markdown report and PNG chart."),
+    "export": Command(settings.ExportConfig, commands.run_export, "A checkpoint as a model folder.",
+                      "Write the save_pretrained folder (weights and tokenizer) of any complete checkpoint of a run."),
+    "finetune": Command(settings.FinetuneConfig, commands.run_finetune, "Fine-tune a model on a labelled task.",
+                        "Fine-tune an encoder with a fresh task head (classes, pairs, numbers, token tags); metrics over seeds."),
+    "probe": Command(settings.ProbeConfig, commands.run_probe, "Score a model with a linear probe, in seconds.",
+                     "A logistic or ridge regression on frozen embeddings: a quick downstream signal for any checkpoint."),
+    "downstream": Command(settings.DownstreamConfig, commands.run_downstream, "Run a task suite over models or a run's checkpoints.",
+                          "Fine-tune or probe every model, or every checkpoint of a run, on every task of a suite: table and chart."),
+    "serve": Command(settings.ServeConfig, commands.run_serve, "A local web page for runs and models.",
+                     "A local web page: live runs and their curves, fill-mask, the masking walkthrough, base-vs-trained comparison."),
+    "plot": Command(settings.PlotConfig, commands.run_plot, "Training curves of a run as a PNG.",
+                    "Plot a run's training loss and evaluation curves to a PNG."),
+}  # fmt: skip
+
+
+def normalise_flags(argv: list[str]) -> list[str]:
+    """`--batch-size 8` -> `--batch_size 8`; values are never touched."""
+    return [f"--{m.group(1).replace('-', '_')}{m.group(2) or ''}" if (m := _FLAG.match(a)) else a for a in argv]
+
+
+class _DashedHelp(DefaultHelpFormatter):
+    """Show flags as users type them: with dashes."""
+
+    def _format_action_invocation(self, action) -> str:
+        text = super()._format_action_invocation(action)
+        return re.sub(r"--\w+", lambda m: m.group(0).replace("_", "-"), text) if action.option_strings else text
+
+    def _format_usage(self, *args, **kwargs) -> str:
+        return re.sub(r"--\w+", lambda m: m.group(0).replace("_", "-"), super()._format_usage(*args, **kwargs))
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's docstring, base classes first so that a subclass's own text wins."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass) and klass is not object:
+            docs.update({p.arg_name: p.description for p in docstring_parser.parse_from_object(klass).params if p.description})
+    return docs
+
+
+def add_settings(parser: ArgumentParser, cls: type, defaults: dict | None = None) -> None:
+    """One argument per field of the settings dataclass `cls`; `defaults` (from a --config
+    YAML file) stand in for what the command line does not give.
+
+    Nothing is required at the parser: a setting given neither way is named by the check
+    in `parse`, which also knows the YAML file could have given it.
+    """
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    defaults = defaults or {}
+    positional = getattr(cls, "POSITIONAL", ())
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for field in [fields[name] for name in positional] + [f for f in fields.values() if f.name not in positional]:
+        name, hint, doc = field.name, hints[field.name], docs.get(field.name)
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        default = None if required else (field.default if field.default is not dataclasses.MISSING else field.default_factory())
+        default = defaults.get(name, default)
+        is_list = typing.get_origin(hint) is list
+        if is_list and default is not None and not isinstance(default, list):  # `data: store` in a YAML file means one store
+            default = [default]
+        if required and name not in defaults:
+            doc = f"{doc} (required)" if doc else "(required)"
+        if name in positional:
+            nargs = ("+" if required and name not in defaults else "*") if is_list else (None if required and name not in defaults else "?")
+            parser.add_argument(name, nargs=nargs, help=doc, **({"default": default} if nargs in ("*", "?") else {}))
+        elif hint is bool:
+            parser.add_argument(f"--{name}", action=ActionYesNo, default=default, help=doc)
+        elif is_list:
+            parser.add_argument(f"--{name}", nargs="+", type=typing.get_args(hint)[0], default=default, help=doc)
+        else:
+            parser.add_argument(f"--{name}", type=(hint | None) if required else hint, default=default, help=doc)
+
+
+def _choices_and_kind(hint) -> tuple[tuple | None, type | None]:
+    """A field's Literal choices, or its scalar kind (int, float), through Optional."""
+    members = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) in (typing.Union, _UNION) else [hint]
+    if len(members) == 1 and typing.get_origin(members[0]) is typing.Literal:
+        return typing.get_args(members[0]), None
+    if len(members) == 1 and members[0] in (int, float):
+        return None, members[0]
+    return None, None
+
+
+_UNION = type(int | None)
+
+
+def check_value(cls: type, name: str, value) -> None:
+    """Refuse a value that is not one of a Literal field's choices, or not a number for a number field."""
+    choices, kind = _choices_and_kind(typing.get_type_hints(cls)[name])
+    if value is None:
+        return
+    if choices is not None and value not in choices:
+        raise UsageError(f"{flag(name)}: '{value}' is not one of {', '.join(map(str, choices))}")
+    if kind is not None and not isinstance(value, (int, float)):
+        try:
+            kind(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"{flag(name)}: '{value}' is not {'a whole number' if kind is int else 'a number'}") from None
+
+
+def check_command_line(cls: type, argv: list[str], typed: list[str]) -> None:
+    """Before the parser sees it: every flag must be a setting of the command, spelled out in
+    full, and choices and numbers must be valid; each problem is one line naming the flag as
+    the user typed it. `argv` is normalised (`--batch_size`), `typed` what the user wrote."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    switches = {f"no_{name}" for name, hint in hints.items() if hint is bool}
+    known = set(fields) | switches | {"config", "help"}
+    for index, (arg, original) in enumerate(zip(argv, typed)):
+        match = _FLAG.match(arg)
+        if match is None:
+            continue
+        name = match.group(1)
+        if name not in known:
+            spelled = original.split("=", 1)[0]
+            close = difflib.get_close_matches(name, sorted(fields), n=1, cutoff=0.6)
+            hint = f"; did you mean {flag(close[0])}?" if close else f" (see unmask {_command_of(argv)} --help)"
+            raise UsageError(f"unrecognized option {spelled}{hint}")
+        if name in fields and typing.get_origin(hints[name]) is list and typing.get_args(hints[name])[0] in (int, float):
+            kind = typing.get_args(hints[name])[0]
+            for value in _list_values(argv, index, match):
+                try:
+                    kind(value)
+                except ValueError:
+                    raise UsageError(f"{flag(name)}: '{value}' is not {'a whole number' if kind is int else 'a number'}") from None
+        elif name in fields and hints[name] is not bool and typing.get_origin(hints[name]) is not list:
+            value = match.group(2)[1:] if match.group(2) else (argv[index + 1] if index + 1 < len(argv) else None)
+            check_value(cls, name, value)
+
+
+def _list_values(argv: list[str], index: int, match: re.Match) -> list[str]:
+    """The values of a list flag: `--flag=V`, or the arguments after it up to the next flag."""
+    if match.group(2):
+        return [match.group(2)[1:]]
+    values = []
+    for arg in argv[index + 1 :]:
+        if _FLAG.match(arg):
+            break
+        values.append(arg)
+    return values
+
+
+def positionals_first(cls: type, argv: list[str]) -> list[str]:
+    """Move the positional arguments ahead of the options, in the order the settings name
+    them, so that `fill RUN --top-k 3 "a [MASK]."` works as `fill RUN "a [MASK]." --top-k 3`
+    (argparse alone takes positionals in one run only), and a positional setting may also be
+    given as a flag (`finetune --model M`). Knows from the settings which flags take a value."""
+    hints = typing.get_type_hints(cls)
+    order = getattr(cls, "POSITIONAL", ())
+    command = _command_of(argv)
+    head, rest = argv[: argv.index(command) + 1], argv[argv.index(command) + 1 :]
+    loose, options, flagged = [], [], {}
+    index = 0
+    while index < len(rest):
+        arg = rest[index]
+        match = _FLAG.match(arg)
+        index += 1
+        if match is None or arg in ("-h", "--help"):
+            (options if arg in ("-h", "--help") else loose).append(arg)
+            continue
+        name = match.group(1)
+        taken = [match.group(2)[1:]] if match.group(2) else []
+        if not taken and not name.startswith("no_") and hints.get(name) is not bool:
+            if typing.get_origin(hints.get(name)) is list:  # every value up to the next flag
+                while index < len(rest) and _FLAG.match(rest[index]) is None:
+                    taken.append(rest[index])
+                    index += 1
+            elif index < len(rest):
+                taken.append(rest[index])
+                index += 1
+        if name in order:
+            flagged[name] = taken
+        else:
+            options.append(f"--{name}" if match.group(2) is None else arg)
+            options.extend(taken if match.group(2) is None else [])
+    positional = []
+    for name in order:
+        if name in flagged:
+            positional += flagged[name]
+        elif typing.get_origin(hints[name]) is list:
+            positional, loose = positional + loose, []
+        elif loose:
+            positional.append(loose.pop(0))
+    return head + positional + loose + options
+
+
+def _command_of(argv: list[str]) -> str:
+    return next((a for a in argv if a in COMMANDS), "")
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+    """The value given to `--name` in normalised argv (the last one wins, as in the parser)."""
+    value = None
+    for index, arg in enumerate(argv):
+        if arg == f"--{name}" and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _resuming(argv: list[str]) -> bool:
+    switches = [a for a in argv if a in ("--resume", "--no_resume")]
+    return bool(switches) and switches[-1] == "--resume"
+
+
+def build_parser(defaults: dict[str, dict] | None = None) -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="unmask", description="Train and use masked language models.", formatter_class=_DashedHelp, allow_abbrev=False
+    )
+    subcommands = parser.add_subcommands(dest="command", required=True)
+    for name, command in COMMANDS.items():
+        sub = ArgumentParser(description=command.description, formatter_class=_DashedHelp, exit_on_error=True, allow_abbrev=False)
+        sub.add_argument(
+            "--config", type=str | None, default=None, help="YAML file of settings (a run's config.yaml works); flags override it."
+        )
+        add_settings(sub, command.settings, (defaults or {}).get(name))
+        subcommands.add_subcommand(name, sub, help=command.summary)
+    return parser
+
+
+def _config_file(argv: list[str]) -> str | None:
+    for index, arg in enumerate(argv):
+        if arg == "--config" and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _given_as_flag(argv: list[str], name: str) -> bool:
+    spelled = {f"--{name}", f"--{name.replace('_', '-')}"}
+    return any(arg in spelled or arg.split("=", 1)[0] in spelled for arg in argv)
+
+
+def parse(argv: list[str], echo: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> tuple[str, object]:
+    """The subcommand's name and its validated settings (UnmaskError for a bad value).
+
+    `unmask train --out RUN --resume` reads RUN/config.yaml as if it were given with
+    --config, so a requeued job needs nothing else; flags still override it.
+    """
+    typed, argv = list(argv), normalise_flags(argv)
+    command = _command_of(argv)
+    if command:
+        check_command_line(COMMANDS[command].settings, argv, typed)
+        argv = positionals_first(COMMANDS[command].settings, argv)
+    path = _config_file(argv)
+    if command == "train" and path is None and _resuming(argv) and _flag_value(argv, "out"):
+        saved = RunDir(_flag_value(argv, "out")).config
+        path = str(saved) if saved.is_file() else None
+    defaults = {}
+    if command and path is not None:
+        defaults = {command: load_partial_yaml(COMMANDS[command].settings, path)}
+    args = build_parser(defaults).parse_args(argv)
+    name = args.command
+    values = args[name].as_dict()
+    values.pop("config", None)
+    if values.get("recipe") in RECIPES:  # an unknown name is refused by the settings class, with the list
+        given = {key for key in values if _given_as_flag(argv, key)}
+        values, notes = with_recipe(values, given, defaults.get(name, {}))
+        for note in notes:
+            echo(note)
+    cls = COMMANDS[name].settings
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if values.get(f.name) is None and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        shown = [f.name if f.name in getattr(cls, "POSITIONAL", ()) else flag(f.name) for f in dataclasses.fields(cls) if f.name in missing]
+        raise UnmaskError(f"{', '.join(shown)}: required (give {'them' if len(shown) > 1 else 'it'} on the command line or in --config)")
+    for key, value in values.items():  # a YAML file's values have not been through the command-line check
+        try:
+            check_value(cls, key, value)
+        except UsageError as e:
+            raise UnmaskError(f"{path}: {e}" if path else str(e)) from None
+    return name, cls(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if a in COMMANDS), "")
+    try:
+        command, config = parse(argv)
+        return COMMANDS[command].function(config)
+    except UnmaskError as e:
+        # Under torchrun every process may fail alike; name the rank of any but the first.
+        rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
+        print(f"unmask {command}: error: {'' if rank == '0' else f'[rank {rank}] '}{e}", file=sys.stderr)
+        return 2 if isinstance(e, UsageError) else 1
+    except BrokenPipeError:
+        # The reader went away (`| head -1`, `| grep -q`): stop quietly, as Unix tools do. Point
+        # stdout at /dev/null so that the interpreter's last flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except PermissionError as e:  # wherever it comes from, the path is what the user needs
+        print(f"unmask {command}: error: {e.filename or e}: permission denied (check who owns it, or choose another path)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"unmask {command}: interrupted; finished files and checkpoints are intact", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

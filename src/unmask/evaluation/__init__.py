@@ -1,0 +1,1 @@
+"""Held-out metrics, base against trained, minimal pairs, charts."""

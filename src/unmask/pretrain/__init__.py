@@ -1,0 +1,1 @@
+"""Pretraining: setup, the step, the loop."""

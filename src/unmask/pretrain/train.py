@@ -1,0 +1,366 @@
+"""Training: `setup` builds everything a run needs into a `Run` (`unmask.pretrain.step`); `train` is the loop.
+
+Per step, top to bottom: set the learning rate, draw and mask the step's micro-batches,
+forward and backward each (loss normalised by the masked tokens of the whole step, over all
+processes), clip, check, step, log, evaluate, checkpoint. Everything a resumed run needs
+(weights, optimizer state, data position) is in the checkpoint, and the random numbers are
+functions of (seed, step, window, position), so an interrupted and resumed run ends with
+the same weights as one that ran straight through.
+
+Under torchrun every process runs this same loop on its own share of each global batch
+(`data.windows.rank_share`); `distributed` holds the process-group plumbing.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unmask.config import TrainConfig, parse_preset, parse_sources, parse_weights, save_yaml, to_dict
+from unmask.data.masking import Masker
+from unmask.data.mixture import MixSchedule, MixtureSampler, WindowMix, temperature_weights
+from unmask.data.store import TokenStore
+from unmask.data.tokenizer import Vocabulary, load_tokenizer
+from unmask.data.windows import DataPosition, Windows
+from unmask.errors import UnmaskError
+from unmask.models.masked_lm import (
+    MaskedLM,
+    build_mlm,
+    check_model_settings,
+    check_scratch,
+    extend_positions,
+    flash_attention_available,
+    load_mlm,
+    max_positions,
+    set_dropout,
+    window_memory,
+)
+from unmask.pretrain.step import Run, build_optimizer
+from unmask.runtime import distributed
+from unmask.runtime.distributed import World
+from unmask.runtime.hardware import choose_precision, make_deterministic
+from unmask.runtime.persist import check_run_folder, restore, save_base, save_final_model
+from unmask.runtime.preemption import Stopped, StopSignals
+from unmask.runtime.progress import MetricsLog, Progress, Throughput
+from unmask.runtime.tracking import Trackers
+from unmask.storage import checkpoint
+from unmask.storage.checkpoint import CheckpointInfo
+from unmask.storage.files import RunLock, atomic_write_text
+from unmask.storage.hub import ModelSource, resolve_model
+from unmask.storage.rundir import RunDir
+
+
+def _trained_length(source: ModelSource, lm: MaskedLM) -> int | None:
+    """The window length a model was trained at: its run's --seq-len when it comes from an
+    unmask run, else the positions a learned table holds (None: unknown)."""
+    run = RunDir(Path(source.folder).parent)
+    if run.config.is_file():
+        return run.read_settings().get("seq_len")
+    if lm.architecture is not None and lm.architecture.positions == "learned":
+        return max_positions(lm)
+    return None
+
+
+def _load_model_and_tokenizer(config: TrainConfig, store: TokenStore, vocab: Vocabulary, device: torch.device, echo: Callable[[str], None]):
+    """The model and its tokenizer, and the window length the model had before this run
+    (None for a fresh model); positions extended to --seq-len where needed."""
+    flash = flash_attention_available(device)
+    trained_length = None
+    if config.model is not None:
+        source = resolve_model(config.model)  # once, so that the tokenizer and the weights come from the same folder
+        tokenizer = load_tokenizer(source, config.trust_remote_code)
+        lm = load_mlm(
+            source,
+            config.trust_remote_code,
+            echo=echo,
+            init_seed=config.seed,
+            seq_len=config.seq_len,
+            rope_theta=config.rope_theta,
+            flash=flash,
+        )
+        trained_length = _trained_length(source, lm)
+        used_by, remedy = f"the model '{config.model}'", config.model
+    else:
+        tokenizer = load_tokenizer(config.tokenizer or str(store.tokenizer_path), config.trust_remote_code)
+        _, size = parse_preset(config.from_scratch)
+        lm = build_mlm(size, vocab, config.seq_len, config.seed, config.scratch_architecture(), config.rope_theta, flash)
+        used_by, remedy = f"the tokenizer '{config.tokenizer or store.tokenizer_name}'", config.tokenizer
+    store.require_tokenizer(tokenizer, used_by, f"run `unmask prepare ... --tokenizer {remedy}` first")
+    extended = extend_positions(lm, config.seq_len)
+    if extended:
+        echo(f"note: {extended}")
+    return tokenizer, lm, trained_length
+
+
+def mix_schedule(config: TrainConfig, parts: list[Windows]) -> MixSchedule:
+    """The stores' weights over the run: --mix, --mix-temperature, or by size."""
+    names = [name for name, _ in parse_sources(config.data)]
+    if config.mix:
+        start = np.asarray(parse_weights(config.mix, names))
+    else:
+        start = temperature_weights([len(p) for p in parts], config.mix_temperature or 1.0)
+    end = np.asarray(parse_weights(config.mix_end, names, "--mix-end")) if config.mix_end else None
+    return MixSchedule(start, end, config.mix_schedule, config.mix_switch)
+
+
+def _warn_about_repeats(run: Run, echo: Callable[[str], None]) -> None:
+    windows, per_step = len(run.train_windows), run.global_batch
+    if per_step > windows:
+        echo(
+            f"warning: a step takes {per_step} windows but the store has only {windows} training windows, so every step "
+            f"sees each window {per_step / windows:.1f} times; add text or lower --batch-size / --grad-accum / --seq-len"
+        )
+    if len(run.train_windows.parts) > 1 and run.total_steps:
+        for name, epochs in zip(run.train_windows.names, run.sampler.expected_epochs(run.total_steps, per_step)):
+            if epochs > 1:
+                echo(
+                    f"note: --data {name} will be seen {epochs:.1f} times over the run (its windows repeat); the others' weights or its size decide that"
+                )
+
+
+def setup(config: TrainConfig, echo: Callable[[str], None] = print, score_checkpoint: Callable[[int, int, str], str] | None = None) -> Run:
+    """Join the process group, check the run folder, load the data and the model, wrap it,
+    build the optimizer and the sampler, and restore the newest checkpoint when resuming.
+    `score_checkpoint` is the --downstream hook (see `Run.score_checkpoint`)."""
+    # Stores, then settings only a model's config can refuse, before the run folder is touched.
+    stores = [(name, TokenStore.open(path)) for name, path in parse_sources(config.data)]
+    if config.from_scratch is not None:
+        check_scratch(config.scratch_architecture(), config.rope_theta)
+    else:
+        check_model_settings(config.model, config.seq_len, config.rope_theta, config.trust_remote_code)
+    if config.downstream and score_checkpoint is None:
+        raise UnmaskError(
+            "--downstream: scoring checkpoints during training needs the hook that unmask.train builds (call unmask.train, not unmask.pretrain.train)"
+        )
+    if config.deterministic:
+        make_deterministic()  # before the first CUDA call: cuBLAS reads its workspace setting then
+    world, device = distributed.join(config.device)
+    echo = echo if world.is_main else (lambda _: None)
+    run_dir = RunDir(Path(config.out))
+    if run_dir.path.exists() and not run_dir.path.is_dir():
+        raise UnmaskError(f"--out {run_dir.path}: is a file, not a run folder")
+    lock = None
+    if world.is_main:  # one run at a time in a folder; the lock dies with the process that holds it
+        lock = RunLock(run_dir.lock, f"unmask train{' --resume' if config.resume else ''}")
+        lock.acquire()
+        checkpoint.clean_up(run_dir)
+    try:
+        return _setup(config, stores, echo, world, device, run_dir, lock, score_checkpoint)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _setup(
+    config: TrainConfig,
+    stores: list[tuple[str, TokenStore]],
+    echo: Callable[[str], None],
+    world: World,
+    device: torch.device,
+    run_dir: RunDir,
+    lock: RunLock | None,
+    score_checkpoint: Callable[[int, int, str], str] | None,
+) -> Run:
+    config = config.with_global_batch(world.size)
+    check_run_folder(run_dir, config, echo)
+    store = stores[0][1]
+    for _, other in stores[1:]:
+        if other.fingerprint != store.fingerprint:
+            raise UnmaskError(
+                f"--data: {other.path} was made with tokenizer '{other.tokenizer_name}' and {store.path} with '{store.tokenizer_name}', "
+                "which map text to other ids; the stores of one run must share a tokenizer"
+            )
+    vocab = store.vocabulary()
+    vocab.require_mask(f"--data {store.path}")
+    for _, each in stores:
+        if config.masking != "token" and not each.has_word_starts:
+            raise UnmaskError(
+                f"--masking {config.masking}: {each.path} was made before unmask recorded word boundaries; "
+                f"prepare it again (`unmask prepare ... --out {each.path} --overwrite`) or use --masking token"
+            )
+    tokenizer, lm, trained_length = _load_model_and_tokenizer(config, store, vocab, device, echo)
+    if not config.attention_across_docs:
+        lm.require_documents_apart()
+    extended_from = trained_length if trained_length and trained_length < config.seq_len else None
+    eval_lengths = sorted({*config.eval_seq_len, *([extended_from] if extended_from else [])} - {config.seq_len})
+    if extended_from and extended_from not in config.eval_seq_len:
+        echo(f"note: training at {config.seq_len} tokens a window, longer than the {extended_from} the model had: evaluating at both")
+    if config.dropout is not None:
+        set_dropout(lm, config.dropout)
+    strategy = distributed.resolve_strategy(config.strategy, world)
+    precision = choose_precision(device, config.precision)
+    echo(f"precision: {precision.reason}")
+    lm.to(device).train()
+    if config.activation_checkpointing:
+        lm.enable_activation_checkpointing()
+    if config.compile:
+        lm.compile_encoder()
+    model = distributed.parallelize(lm, strategy, device, precision.dtype)
+    optimizer = build_optimizer(lm, config, device)
+
+    parts = [Windows.build(each.split("train"), config.seq_len, vocab, packing=config.packing) for _, each in stores]
+    for (_, each), part in zip(stores, parts):
+        if len(part) == 0:
+            raise UnmaskError(
+                f"--data {each.path}: {each.meta['splits']['train']['tokens']} training tokens make no window of --seq-len {config.seq_len}"
+            )
+    train_windows = WindowMix([name for name, _ in stores], parts)
+    val_windows = {
+        name: Windows.build(each.split("val"), config.seq_len, vocab, packing=config.packing, keep_partial=True) for name, each in stores
+    }
+    other_lengths = {
+        length: {name: Windows.build(each.split("val"), length, vocab, packing=config.packing, keep_partial=True) for name, each in stores}
+        for length in eval_lengths
+    }
+    total_steps = config.total_steps(len(train_windows), world.size)
+    masker = Masker(  # on the host: masks are hashes, and the host must know where they fall (`Run.draw_step`)
+        vocab,
+        seed=config.seed,
+        strategy=config.masking,
+        mask_prob=config.mask_prob,
+        mask_replace_prob=config.mask_replace_prob,
+        random_replace_prob=config.random_replace_prob,
+    )
+    resumed = restore(run_dir, config, lm, optimizer, strategy, world, device, echo) if config.resume else None
+    resumed = resumed or CheckpointInfo(step=0)
+    distributed.barrier(world)  # every process has checked the folder before rank 0 writes into it
+    if world.is_main:
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+        save_base(lm, tokenizer, run_dir)
+        save_yaml(config, run_dir.config)
+    trackers = Trackers(config.report_to, run_dir, to_dict(config), resumed.step, enabled=world.is_main) if config.report_to else None
+    run = Run(
+        config=config,
+        run_dir=run_dir,
+        world=world,
+        strategy=strategy,
+        device=device,
+        dtype=precision.dtype,
+        precision=precision,
+        tokenizer=tokenizer,
+        lm=lm,
+        model=model,
+        optimizer=optimizer,
+        masker=masker,
+        sampler=MixtureSampler(
+            train_windows, config.seed, mix_schedule(config, parts), [DataPosition(*where) for where in resumed.data_positions()]
+        ),
+        train_windows=train_windows,
+        val_windows=val_windows,
+        other_lengths=other_lengths,
+        total_steps=total_steps,
+        warmup_steps=config.warmup(total_steps),
+        metrics=MetricsLog(run_dir, resume_step=resumed.step, enabled=world.is_main, trackers=trackers),
+        lock=lock,
+        score_checkpoint=score_checkpoint,
+        budget=config.budget_seconds(),
+        step=resumed.step,
+        spent=resumed.train_seconds,
+        spent_here=resumed.train_seconds,
+        skipped=resumed.skipped_steps,
+    )
+    _warn_about_repeats(run, echo)
+    echo(window_memory(lm.config, config.seq_len, config.batch_size, precision.dtype, documents_apart=not config.attention_across_docs))
+    processes = f" on {world.size} processes ({strategy})" if world.distributed else ""
+    length = f"{total_steps} steps" if total_steps else f"{config.time_budget} of training"
+    length += f" (or {config.time_budget}, whichever ends first)" if total_steps and config.time_budget else ""
+    echo(
+        f"training {type(lm.model).__name__} ({sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M parameters) on {device}{processes}"
+        f"{' with bf16' if precision.dtype else ' in fp32'}: {length} of {run.global_batch} x {config.seq_len} tokens,"
+        f" {len(train_windows)} training windows, {sum(len(v) for v in val_windows.values())} held-out windows"
+    )
+    return run
+
+
+def train(
+    config: TrainConfig,
+    *,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+    on_step: Callable[[int], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    score_checkpoint: Callable[[int, int, str], str] | None = None,
+) -> dict:
+    """Run (or resume) training as `config` says; returns the summary also saved as summary.json.
+
+    `clock` measures the training time a --time-budget counts (tests pass a fake one).
+    """
+    run = setup(config, echo, score_checkpoint)
+    try:
+        display = Progress(config.progress if progress else "none", run.total_steps, run.step, echo, enabled=run.world.is_main)
+        speed = Throughput()
+        last_eval: dict = {}
+        with StopSignals() as signals:
+            while not run.finished():
+                began = clock()
+                lr = run.set_learning_rate()
+                drawn = run.draw_step()  # the step's windows, masked on the host, copied to the device
+                run.update(run.forward_backward(drawn))  # forward, backward, clip, step: nothing reads the device
+                run.count(drawn, signals)
+                logged = None
+                if run.due_to_settle():  # the one wait for the device: a log line, evaluation, checkpoint or the end
+                    numbers = run.settle(signals)
+                    logged = {
+                        "step": run.step,
+                        "lr": lr,
+                        **numbers,
+                        "mask_prob": run.last_mask_prob,
+                        "tokens_per_s": speed.rate_and_restart(numbers.pop("tokens")),
+                        "epoch": run.sampler.position.epoch,
+                    }
+                run.spend(clock() - began)
+                if logged is not None:
+                    run.metrics.write({**logged, "train_seconds": run.spent})
+                display.step(run.step, logged, run.progress())
+                with speed.paused():
+                    if config.eval_every and run.step % config.eval_every == 0 and not run.finished():
+                        last_eval = run.evaluate(display) or last_eval
+                    if run.signal or config.checkpoint_every and run.step % config.checkpoint_every == 0 and not run.finished():
+                        saved = run.save_checkpoint()
+                        run.score_downstream(display)
+                    if run.signal:
+                        display.close()
+                        raise Stopped(run.signal, run.step, saved)
+                if on_step is not None:
+                    on_step(run.step)
+        display.close()
+        return finish(run, last_eval, display)
+    finally:
+        run.metrics.close()
+        if run.lock is not None:
+            run.lock.release()
+
+
+def finish(run: Run, last_eval: dict, display: Progress) -> dict:
+    """Final evaluation, checkpoint, model and summary. A finished run resumed (to redo a
+    final model save that a crash interrupted) keeps the evaluation it already logged."""
+    last_eval = run.metrics.eval_at(run.step) or run.evaluate(display) or last_eval
+    run.save_checkpoint()
+    save_final_model(run.lm, run.tokenizer, run.strategy, run.world, run.run_dir.model)
+    run.score_downstream(display)
+    summary = {
+        "steps": run.step,
+        "tokens_per_step": run.global_batch * run.config.seq_len,
+        "train_tokens": run.tokens_seen(),
+        **{k: v for k, v in last_eval.items() if k != "step"},
+        "device": str(run.device),
+        "processes": run.world.size,
+        "strategy": run.strategy,
+        "precision": run.precision.name,
+        "precision_reason": run.precision.reason,
+        "deterministic": run.config.deterministic,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    if run.world.is_main:
+        atomic_write_text(run.run_dir.summary, json.dumps(summary, indent=2))
+    display.echo(f"model saved to {run.run_dir.model} (loads with transformers' from_pretrained)")
+    distributed.barrier(run.world)
+    return summary

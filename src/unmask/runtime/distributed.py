@@ -1,0 +1,155 @@
+"""Many processes: joining torchrun's process group, DDP / FSDP2 wrapping, rank-aware helpers.
+
+unmask launches nothing itself: `torchrun` (torch.distributed elastic) starts the processes
+and sets WORLD_SIZE, RANK and LOCAL_RANK; `join` finds them and joins the group (NCCL on
+CUDA, gloo on CPU). A single process started without torchrun has a `World` of one, and
+every helper here does nothing for it, so one-process training is exactly what it was.
+
+Under FSDP2 (`fully_shard`) a module's parameters are gathered by hooks on its `forward`.
+The masked-positions-only last layer and the sparse head call submodules directly, not
+through a forward, so they belong to the root group: the encoder layers before the last
+are sharded one by one, and the last layer, the embeddings and the head are sharded with
+the root, whose forward (`MaskedLM.forward`) gathers them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from unmask.errors import UnmaskError
+from unmask.models.masked_lm import MaskedLM
+from unmask.runtime.hardware import resolve_device
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among all the processes of a run."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+SINGLE_PROCESS = World()
+
+
+def launched_by_torchrun() -> bool:
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def join(device_request: str) -> tuple[World, torch.device]:
+    """Join torchrun's process group if there is one, and choose this process's device."""
+    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+        return World(), resolve_device(device_request)
+    world = World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
+    wants_cuda = device_request == "auto" and torch.cuda.is_available() or device_request.startswith("cuda")
+    if wants_cuda:
+        if not torch.cuda.is_available():
+            raise UnmaskError(f"--device: '{device_request}' asked for, but no CUDA GPU is available")
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        # A generous timeout: one rank may spend minutes writing a checkpoint while the others wait.
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=30))
+    return world, device
+
+
+def leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def sum_across(values: list[float], world: World, device: torch.device) -> list[float]:
+    """Each value summed over all processes (float64, so counts stay exact)."""
+    if not world.distributed:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def sum_on_device(value: float | torch.Tensor, world: World, device: torch.device) -> torch.Tensor:
+    """A number summed over all processes, as a tensor on the device: nothing waits for it
+    (an all-reduce the device runs in order, NCCL on GPUs)."""
+    tensor = value.to(device=device, dtype=torch.float32) if isinstance(value, torch.Tensor) else torch.tensor(float(value), device=device)
+    if world.distributed:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def max_across(values: list[float], world: World, device: torch.device) -> list[float]:
+    if not world.distributed:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
+
+
+def gather_objects(items: list, world: World) -> list:
+    """Every process's `items`, concatenated in rank order, on every process."""
+    if not world.distributed:
+        return list(items)
+    gathered: list = [None] * world.size
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+def resolve_strategy(strategy: str, world: World) -> str:
+    """`auto`: DDP when there is more than one process. One process needs no wrapper."""
+    if not world.distributed:
+        return "none"
+    return "ddp" if strategy == "auto" else strategy
+
+
+def parallelize(lm: MaskedLM, strategy: str, device: torch.device, param_dtype: torch.dtype | None) -> nn.Module:
+    """The module the training step calls: `lm` itself, DDP around it, or `lm` sharded in place by FSDP2."""
+    if strategy == "none":
+        return lm
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(lm, device_ids=[device.index] if device.type == "cuda" else None)
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    # bf16 compute with fp32 gradient reduction on GPUs that support it; fp32 on CPU.
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else MixedPrecisionPolicy()
+    for layer in lm.separately_shardable_layers():
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(lm, mp_policy=policy)
+    return lm
+
+
+def set_gradient_sync(model: nn.Module, strategy: str, enabled: bool):
+    """A context in which the backward pass does (or does not yet) reduce gradients across processes.
+
+    Gradient accumulation reduces once, on the step's last micro-batch.
+    """
+    import contextlib
+
+    if strategy == "ddp" and not enabled:
+        return model.no_sync()
+    if strategy == "fsdp":
+        model.set_requires_gradient_sync(enabled)
+    return contextlib.nullcontext()

@@ -1,0 +1,208 @@
+"""The machine a command runs on: which device, which precision to compute in there, and
+whether to make a GPU's arithmetic reproducible.
+
+`--precision auto` takes bf16 autocast where it is faster: on GPUs that support it, and on
+CPUs with AMX or AVX512-BF16, where a bf16 matrix product runs several times faster than
+fp32. On a CPU the choice is confirmed by a short calibration (a bf16 and an fp32 matrix
+product timed against each other) and cached per machine, CPU model, torch version and
+thread count; elsewhere (AVX2 CPUs) fp32. Weights and optimizer state stay fp32 either way:
+autocast computes in bf16, it does not store in it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from unmask.errors import UnmaskError
+
+CALIBRATION_SIZE = 1024
+CALIBRATION_GAIN = 1.3
+"""bf16 must be at least this much faster than fp32 to be chosen."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` (a CUDA GPU when there is one, else the CPU), `cpu`, `cuda` or `cuda:N`."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UnmaskError(f"--device: '{device}' is not a device (auto, cpu, cuda, cuda:N)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UnmaskError(f"--device: '{device}' asked for, but no CUDA GPU is available")
+    return resolved
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What a command computes in, and why (one line for the log and summary.json)."""
+
+    dtype: torch.dtype | None
+    """torch.bfloat16 for bf16 autocast; None for fp32."""
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return "bf16" if self.dtype is not None else "fp32"
+
+
+def _cpuinfo(field: str) -> str | None:
+    """The first `field` line's value in /proc/cpuinfo (None where there is none: not Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_name() -> str:
+    import platform
+
+    return _cpuinfo("model name") or platform.processor() or "unknown CPU"
+
+
+def _cpu_flags() -> set[str]:
+    return set((_cpuinfo("flags") or "").split())
+
+
+def cpu_bf16_hardware() -> str | None:
+    """`AMX` or `AVX512-BF16` when this CPU has bf16 matrix instructions torch can use, else None.
+
+    Asked of torch first (it initialises AMX tiles, which also needs the kernel's
+    permission), then of the CPU's flags."""
+    init_amx = getattr(getattr(torch._C, "_cpu", None), "_init_amx", None)
+    if init_amx is not None:
+        try:
+            if init_amx():
+                return "AMX"
+        except RuntimeError:
+            pass
+    flags = _cpu_flags()
+    if "amx_bf16" in flags and init_amx is None:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX512-BF16"
+    return None
+
+
+def calibrate(size: int = CALIBRATION_SIZE, repeats: int = 5) -> float:
+    """How many times faster a bf16 (size x size) matrix product runs than an fp32 one here."""
+
+    def best(dtype: torch.dtype) -> float:
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        torch.matmul(a, b)  # warm up: the first call pays for allocation and kernel choice
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            torch.matmul(a, b)
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    return best(torch.float32) / max(best(torch.bfloat16), 1e-9)
+
+
+def _cache_path() -> Path:
+    root = Path(os.environ.get("UNMASK_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "unmask")
+    return root / "cpu-precision.json"
+
+
+def _cached_gain(key: str) -> float:
+    """The calibrated gain for `key`, measured once and kept in the cache file."""
+    path = _cache_path()
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    if isinstance(known.get(key), (int, float)):
+        return float(known[key])
+    gain = calibrate()
+    try:  # a cache that cannot be written only means calibrating again next time
+        from unmask.storage.files import atomic_write_text
+
+        atomic_write_text(path, json.dumps({**known, key: gain}, indent=1))
+    except OSError:
+        pass
+    return gain
+
+
+FORCE_CPU_PRECISION = "UNMASK_CPU_PRECISION"
+"""Environment variable: `bf16` or `fp32` makes `--precision auto` on a CPU choose that, without
+detection (so that the test suite can run with either choice on any CPU)."""
+
+
+def cpu_precision() -> Precision:
+    """bf16 autocast on a CPU where it is faster, confirmed by calibration; fp32 elsewhere."""
+    forced = os.environ.get(FORCE_CPU_PRECISION, "")
+    if forced in ("bf16", "fp32"):
+        return Precision(torch.bfloat16 if forced == "bf16" else None, f"{forced}: {FORCE_CPU_PRECISION}={forced}")
+    if forced:
+        raise UnmaskError(f"{FORCE_CPU_PRECISION}={forced}: give bf16 or fp32 (or unset it)")
+    hardware = cpu_bf16_hardware()
+    if hardware is None:
+        return Precision(None, "fp32: this CPU has neither AMX nor AVX512-BF16, so bf16 matrix products would be slower")
+    key = f"{cpu_name()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    gain = _cached_gain(key)
+    if gain >= CALIBRATION_GAIN:
+        return Precision(
+            torch.bfloat16, f"bf16 autocast: this CPU has {hardware}, and a bf16 matrix product ran {gain:.1f}x as fast as fp32"
+        )
+    return Precision(None, f"fp32: this CPU has {hardware}, but a bf16 matrix product ran only {gain:.1f}x as fast as fp32 here")
+
+
+def choose_precision(device: torch.device, precision: str) -> Precision:
+    """`--precision auto|fp32|bf16` on `device`, with the reason."""
+    if precision == "fp32":
+        return Precision(None, "fp32: --precision fp32")
+    if precision == "bf16":
+        return Precision(torch.bfloat16, "bf16 autocast: --precision bf16")
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return Precision(torch.bfloat16, f"bf16 autocast: {torch.cuda.get_device_name(device)} supports it")
+        return Precision(None, f"fp32: {torch.cuda.get_device_name(device)} has no bf16")
+    if device.type == "cpu":
+        return cpu_precision()
+    return Precision(None, f"fp32: bf16 autocast is not chosen automatically on {device.type}")
+
+
+def reporting_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype for numbers a user reports (held-out metrics, scores, fill
+    probabilities, embeddings, probes): fp32 unless bf16 is asked for by name, so that the same
+    command gives the same number on any machine. `auto` here means fp32, not "what is fastest"."""
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype of `choose_precision` (None for fp32)."""
+    return choose_precision(device, precision).dtype
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """The autocast context for `dtype` on `device`; does nothing for fp32 (`dtype` None)."""
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def make_deterministic() -> None:
+    """Bit-identical arithmetic from run to run on the same GPU: deterministic algorithms
+    (an op without one raises instead of silently varying), cuBLAS's fixed workspace (set
+    before the first CUDA call), cuDNN without autotuning, no TF32, and SDPA without the
+    memory-efficient kernel, whose backward adds in whatever order its threads finish."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.enable_mem_efficient_sdp(False)

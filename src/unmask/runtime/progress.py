@@ -1,0 +1,149 @@
+"""What a run shows and records as it goes: the progress display, tokens per second, metrics.jsonl
+(read back through `RunDir.read_metrics`, the one reader of it).
+
+In a terminal the display is a tqdm bar; where stderr is not a terminal (SLURM, nohup, CI)
+it is one plain line every `--log-every` steps, because a carriage-return bar turns into
+lines thousands of characters long in a log file. Only rank 0 shows or writes anything.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+from unmask.storage.files import atomic_write_text, disk_full_guard
+from unmask.storage.rundir import RunDir
+
+ProgressMode = Literal["auto", "bar", "lines", "none"]
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def _loss(logged: dict, pattern: str) -> str:
+    return pattern.format(logged["loss"]) if logged.get("loss") is not None else "non-finite (update skipped)"
+
+
+class Progress:
+    """The training display; `echo` prints a line without gluing it onto the bar."""
+
+    def __init__(
+        self,
+        mode: ProgressMode,
+        total: int | None,
+        initial: int,
+        echo: Callable[[str], None],
+        enabled: bool = True,
+        rate: tuple[str, str] = ("tokens_per_s", "tok/s"),
+    ):
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        self.mode = mode if enabled else "none"
+        self.total, self.initial = total, initial
+        self._echo = echo if enabled else (lambda _: None)
+        self.started = time.perf_counter()
+        self.rate_key, self.rate_unit = rate
+        """The logged speed to show, and its unit."""
+        self.bar = None
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def echo(self, line: str) -> None:
+        if self.bar is None:
+            self._echo(line)
+            return
+        with self.bar.external_write_mode(file=sys.stderr):
+            self._echo(line)
+
+    def eta(self, step: int, fraction: float | None) -> float:
+        """Seconds left, from this process's pace so far over the share of the run still to go."""
+        if fraction is None:
+            fraction = step / self.total if self.total else 0.0
+        done = fraction - (self.initial / self.total if self.total else 0.0)
+        return (time.perf_counter() - self.started) / done * (1.0 - fraction) if done > 0 else float("nan")
+
+    def step(self, step: int, logged: dict | None = None, fraction: float | None = None) -> None:
+        """Called once per step; `logged` holds the numbers of a step that writes a metrics line,
+        `fraction` how far along the run is (steps or time budget)."""
+        if self.bar is not None:
+            self.bar.update(1)
+            if logged:
+                self.bar.set_postfix_str(
+                    f"loss={_loss(logged, '{:.3f}')}, {logged[self.rate_key]:,.0f} {self.rate_unit}, lr={logged['lr']:.2e}"
+                )
+        elif self.mode == "lines" and logged:
+            eta = self.eta(step, fraction)
+            where = f"step {step}/{self.total}" if self.total else f"step {step}"
+            share = fraction if fraction is not None else (step / self.total if self.total else None)
+            self._echo(
+                f"{where}{f' ({share:.0%})' if share is not None else ''}  loss {_loss(logged, '{:.4f}')}  lr {logged['lr']:.2e}  "
+                f"{logged[self.rate_key]:,.0f} {self.rate_unit}  elapsed {format_duration(time.perf_counter() - self.started)}"
+                + (f"  ETA {format_duration(eta)}" if eta == eta else "")
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class Throughput:
+    """Tokens per second of training time only: evaluation and checkpoints are paused out."""
+
+    def __init__(self) -> None:
+        self.started, self.tokens = time.perf_counter(), 0
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.started += time.perf_counter() - began
+
+    def rate_and_restart(self, tokens: int | None = None) -> float:
+        """Tokens a second since the last call (`tokens`: the count to use, e.g. over all processes)."""
+        rate = (self.tokens if tokens is None else tokens) / max(time.perf_counter() - self.started, 1e-9)
+        self.started, self.tokens = time.perf_counter(), 0
+        return rate
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object a line; a resumed run drops lines past its checkpoint."""
+
+    def __init__(self, run_dir: RunDir, resume_step: int | None, enabled: bool = True, trackers=None):
+        self.path, self.enabled, self.trackers = run_dir.metrics, enabled, trackers
+        self.evals: dict[int, dict] = {}
+        if enabled and resume_step is not None and self.path.exists():
+            kept = [r for r in run_dir.read_metrics()[0] if isinstance(r.get("step"), int) and r["step"] <= resume_step]
+            self.evals = {r["step"]: r for r in kept if "eval_loss" in r}
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def eval_at(self, step: int) -> dict:
+        """The held-out record already logged at `step` ({} if none)."""
+        return self.evals.get(step, {})
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with disk_full_guard(self.path, "a metrics line"), open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            if self.trackers is not None:
+                self.trackers.log(record)
+
+    def close(self) -> None:
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None

@@ -1,0 +1,1 @@
+"""What a model does after pretraining: tasks, fine-tuning, probes, suites."""

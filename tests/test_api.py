@@ -1,0 +1,125 @@
+"""The Python API (`import unmask`): each command's function, driven both ways on a tiny
+model, gives what the command gives, with the same settings, checks and messages."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+import unmask
+from unmask.cli.main import main, parse
+from unmask.config import TrainConfig
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def cli_json(capsys, argv: list[str]):
+    assert main(argv) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    return [json.loads(line) for line in out.splitlines() if line.strip()] if "\n{" in out or out.startswith('{"') else json.loads(out)
+
+
+def test_prepare_both_ways_writes_the_same_store(corpus_dir, tokenizer_dir, tmp_path, capsys):
+    store = unmask.prepare(sources=[str(corpus_dir)], out=str(tmp_path / "api"), tokenizer=str(tokenizer_dir), val_fraction=0.1)
+    assert (
+        main(["prepare", str(corpus_dir), "--out", str(tmp_path / "cli"), "--tokenizer", str(tokenizer_dir), "--val-fraction", "0.1"]) == 0
+    )
+    capsys.readouterr()
+    assert store.path == tmp_path / "api" and store.meta["splits"]["train"]["tokens"] > 0
+    for name in sorted(p.name for p in (tmp_path / "cli").iterdir() if p.suffix in (".bin", ".npy")):
+        assert (tmp_path / "api" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes(), name
+
+
+TRAIN_FLAGS = ["--seq-len", "32", "--batch-size", "4", "--max-steps", "4", "--lr", "1e-3", "--eval-every", "2", "--log-every", "1",
+               "--checkpoint-every", "2", "--warmup-steps", "1", "--precision", "fp32", "--progress", "none"]  # fmt: skip
+
+
+def test_train_both_ways_gives_equal_runs_and_config_files(store_dir, tiny_model_dir, tmp_path, capsys):
+    settings = dict(seq_len=32, batch_size=4, max_steps=4, lr=1e-3, eval_every=2, log_every=1, checkpoint_every=2, warmup_steps=1)
+    run = unmask.train(
+        model=str(tiny_model_dir), data=str(store_dir), out=str(tmp_path / "api"), precision="fp32", progress="none", **settings
+    )
+    assert main(["train", "--model", str(tiny_model_dir), "--data", str(store_dir), "--out", str(tmp_path / "cli"), *TRAIN_FLAGS]) == 0
+    capsys.readouterr()
+    cli_summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    evaluated = {k: v for k, v in run.summary.items() if k.startswith("eval_")}
+    assert evaluated and evaluated == {k: v for k, v in cli_summary.items() if k.startswith("eval_")}
+    api_config = yaml.safe_load((tmp_path / "api" / "config.yaml").read_text())
+    cli_config = yaml.safe_load((tmp_path / "cli" / "config.yaml").read_text())
+    assert {**api_config, "out": None} == {**cli_config, "out": None}
+    assert run.model.joinpath("config.json").is_file()
+    assert [m["step"] for m in run.metrics if "loss" in m][:4] == [1, 2, 3, 4]
+
+
+def test_a_recipe_resolves_the_same_from_python_as_from_the_command_line(store_dir, tmp_path):
+    argv = ["train", "--from-scratch", "modernbert-tiny", "--recipe", "modernbert", "--data", str(store_dir), "--out", str(tmp_path / "r"),
+            "--global-batch", "8", "--lr", "2e-4"]  # fmt: skip
+    _, from_cli = parse(argv, echo=lambda _: None)
+    notes: list[str] = []
+    from_kwargs = unmask.api.train_settings(
+        from_scratch="modernbert-tiny",
+        recipe="modernbert",
+        data=[str(store_dir)],
+        out=str(tmp_path / "r"),
+        global_batch=8,
+        lr=2e-4,
+        echo=notes.append,
+    )
+    from_object = unmask.api.train_settings(
+        TrainConfig(
+            from_scratch="modernbert-tiny", recipe="modernbert", data=[str(store_dir)], out=str(tmp_path / "r"), global_batch=8, lr=2e-4
+        )
+    )
+    assert from_kwargs == from_cli == from_object
+    assert from_cli.lr == 2e-4 and from_cli.warmup_steps != TrainConfig(data=["x"], out="y", model="m").warmup_steps  # the recipe's warmup
+    assert any("--lr 0.0002 used instead of the recipe's" in note for note in notes)
+
+
+def test_fill_eval_score_and_embed_equal_the_commands(store_dir, tiny_model_dir, capsys):
+    model = str(tiny_model_dir)
+    texts = ["the [MASK] sat on the mat .", "a [MASK] of [MASK] ."]
+    filled = unmask.fill(model, texts, top_k=3)
+    from_cli = cli_json(capsys, ["fill", model, *texts, "--top-k", "3", "--json"])
+    assert [json.loads(json.dumps(r.__dict__, default=lambda o: o.__dict__)) for r in filled] == from_cli
+
+    evaluation = unmask.evaluate(model, data=[str(store_dir)], seq_len=32, batch_size=4)
+    assert evaluation.as_dict() == cli_json(
+        capsys, ["eval", model, "--data", str(store_dir), "--seq-len", "32", "--batch-size", "4", "--json"]
+    )
+
+    scored = unmask.score(model, "the cat sat on the mat .")
+    assert [s.__dict__ for s in scored] == cli_json(capsys, ["score", model, "the cat sat on the mat .", "--json"])
+
+    vectors = unmask.embed(model, ["the cat", "a dog"]).vectors
+    assert vectors.shape[0] == 2 and vectors.dtype.name == "float32"
+
+
+def test_bad_input_raises_the_message_the_command_prints(tiny_model_dir, capsys):
+    with pytest.raises(unmask.UnmaskError) as raised:
+        unmask.fill(str(tiny_model_dir), ["a [MASK] ."], top_k=0)
+    assert main(["fill", str(tiny_model_dir), "a [MASK] .", "--top-k", "0"]) == 1
+    assert str(raised.value) in capsys.readouterr().err
+    with pytest.raises(unmask.UnmaskError, match="unknown setting 'topk'.*did you mean 'top_k'"):
+        unmask.fill(str(tiny_model_dir), ["a [MASK] ."], topk=3)
+
+
+def test_a_library_call_prints_nothing(tiny_model_dir, capsys):
+    unmask.fill(str(tiny_model_dir), ["the [MASK] ."])
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_the_readme_python_example_runs(tmp_path, monkeypatch, tiny_model_dir, corpus_dir, tokenizer_dir):
+    """README's "Python" section, executed with the tiny model standing in for the starter."""
+    code = re.search(r"## Python\n.*?```python\n(.*?)```", README.read_text(), re.DOTALL).group(1)
+    code = code.replace('"minilm-l6"', repr(str(tiny_model_dir))).replace('"sample:pydocs"', repr(str(corpus_dir)))
+    code = code.replace("max_steps=100", "max_steps=3, seq_len=32, batch_size=4, eval_every=3, checkpoint_every=3")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert (tmp_path / "runs" / "demo" / "model" / "config.json").is_file()
+    assert namespace["run"].summary["eval_masked_tokens"] > 0
