@@ -49,7 +49,7 @@ def order(model, optimizer) -> list[str]:
 
 
 def restore(path, model, optimizer) -> checkpoint.Checkpoint:
-    saved = checkpoint.read_checkpoint(path, order(model, optimizer))
+    saved = checkpoint.read_checkpoint(path)
     state = dict(saved.model, **{alias: saved.model[name] for alias, name in aliases(model).items() if alias not in saved.model})
     model.load_state_dict(state, strict=True)
     optimizer.load_state_dict(checkpoint.indexed_optimizer_state(saved.optimizer, optimizer, names(model)))
@@ -104,36 +104,13 @@ def test_a_damaged_newest_checkpoint_is_named_and_passed_over(tmp_path, damage, 
     assert len(warnings) == 1 and str(newest) in warnings[0] and problem in warnings[0]
 
 
-def test_a_checkpoint_of_format_1_keyed_by_index_still_reads(tmp_path):
-    """Checkpoints written before format 2 keyed the optimizer by parameter index."""
-    from safetensors.torch import save_file, save_model
-
+def test_a_checkpoint_of_another_format_is_refused_by_name(tmp_path):
     model, optimizer = model_and_optimizer()
-    path = tmp_path / "checkpoints" / "step-00000004"
-    path.mkdir(parents=True)
-    save_model(model, str(path / "model.safetensors"))
-    state = optimizer.state_dict()
-    save_file({f"{i}.{k}": v for i, e in state["state"].items() for k, v in e.items()}, str(path / "optimizer.safetensors"))
-    save_file({"torch": torch.get_rng_state()}, str(path / "rng.safetensors"))
-    files = {n: checkpoint._sha256(path / n) for n in ("model.safetensors", "optimizer.safetensors", "rng.safetensors")}
-    (path / "state.json").write_text(
-        json.dumps(
-            {
-                "step": 4,
-                "data": {"epoch": 1, "position": 2},
-                "files": files,
-                "optimizer": {"param_groups": state["param_groups"], "scalars": {}},
-            }
-        )
-    )
-    assert checkpoint.verify(path) is None
-    fresh, fresh_optimizer = model_and_optimizer(seed=1)
-    saved = restore(path, fresh, fresh_optimizer)
-    assert saved.step == 4 and (saved.info.epoch, saved.info.position) == (1, 2)
-    for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
-        assert torch.equal(a, b), name
-    for index, entries in optimizer.state_dict()["state"].items():
-        assert torch.equal(entries["exp_avg"], fresh_optimizer.state_dict()["state"][index]["exp_avg"])
+    path = save(tmp_path, 4, model, optimizer)
+    state = json.loads((path / "state.json").read_text())
+    (path / "state.json").write_text(json.dumps({**state, "format": 1}))
+    with pytest.raises(UnmaskError, match=r"checkpoint format 1 is not one this unmask reads \(2\)"):
+        checkpoint.read_checkpoint(path)
 
 
 def test_a_damaged_or_foreign_checkpoint_is_refused_clearly(tmp_path):
@@ -144,6 +121,6 @@ def test_a_damaged_or_foreign_checkpoint_is_refused_clearly(tmp_path):
         restore(path, other, torch.optim.AdamW(other.parameters()))
     (path / "optimizer.safetensors").write_bytes(b"garbage")
     with pytest.raises(UnmaskError, match="cannot read checkpoint"):
-        checkpoint.read_checkpoint(path, order(model, optimizer))
+        checkpoint.read_checkpoint(path)
     state = json.loads((path / "state.json").read_text())
     assert set(state) == {"format", "step", "data", "optimizer", "info", "files"}

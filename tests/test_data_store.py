@@ -94,24 +94,14 @@ def test_overwrite_never_replaces_what_is_not_a_store(tmp_path, corpus_dir, toke
     assert single.read_text() == "x"
 
 
-def test_a_store_of_format_1_still_opens_with_the_same_vocabulary(store_dir, tmp_path):
+def test_a_store_of_another_format_is_refused_with_what_to_do(store_dir, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(store_dir, old)
     meta = json.loads((old / "meta.json").read_text())
-    vocab = meta.pop("vocabulary")
     meta["format_version"] = 1
-    meta["tokenizer"].update(
-        vocab_size=vocab["size"],
-        opener_id=vocab["opener_id"],
-        separator_id=vocab["closer_id"],
-        pad_id=vocab["pad_id"],
-        mask_id=vocab["mask_id"],
-        special_ids=vocab["special_ids"],
-    )
     (old / "meta.json").write_text(json.dumps(meta))
-    reopened = TokenStore.open(old).vocabulary()
-    current = TokenStore.open(store_dir).vocabulary()
-    assert reopened == current and np.array_equal(reopened.starts_word, current.starts_word)
+    with pytest.raises(UnmaskError, match=r"store format 1 is not one this unmask reads \(\(2,\)\); prepare it again"):
+        TokenStore.open(old)
 
 
 def test_a_store_with_a_damaged_split_or_metadata_is_named(store_dir, tmp_path):

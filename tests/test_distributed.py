@@ -40,6 +40,7 @@ def settings(store, model, out, **overrides) -> list[str]:
         checkpoint_every=3,
         dropout=0.0,
         progress="none",
+        precision="fp32",  # comparisons to 1e-5: bf16 (chosen by `auto` on AVX512-BF16 and AMX CPUs) earns looser ones, below
     )
     values.update(overrides)
     return [item for key, value in values.items() for item in (f"--{key.replace('_', '-')}", str(value))]
@@ -94,6 +95,30 @@ def test_two_processes_take_the_same_steps_as_one_with_gradient_accumulation(run
     assert mask_rates == pytest.approx(records(runs / "single", "mask_rate"), rel=1e-12), "the same masks, whatever the layout"
     summary = json.loads((runs / strategy / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["strategy"] == strategy
+
+
+BF16_TOLERANCE = 1e-3
+"""Relative: bf16 autocast keeps 8 bits of mantissa, so a sum taken in another order (FSDP's
+sharded reductions) moves a loss in the fourth or fifth digit. Measured on an AMD EPYC with
+AVX512-BF16, 3 steps: DDP 0 (bit-equal), FSDP2 9.7e-5; the bound leaves 10x room."""
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_bf16_two_processes_take_the_steps_of_one_within_what_bf16_earns(tmp_path, store_dir, tiny_model_dir, strategy):
+    """The same comparison under --precision bf16 (what `auto` picks on AVX512-BF16, AMX and
+    most GPUs): equal within bf16's rounding, and the same masks exactly."""
+    store, model = str(store_dir), str(tiny_model_dir)
+    single(*settings(store, model, tmp_path / "single", grad_accum=2, precision="bf16", max_steps=3, eval_every=0, checkpoint_every=0))
+    result = torchrun(
+        *settings(store, model, tmp_path / strategy, strategy=strategy, precision="bf16", max_steps=3, eval_every=0, checkpoint_every=0)
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = records(tmp_path / "single", "loss"), records(tmp_path / strategy, "loss")
+    assert sorted(one) == sorted(two) == [1, 2, 3]
+    worst = max(abs(two[s] - one[s]) / abs(one[s]) for s in one)
+    assert worst <= BF16_TOLERANCE, worst
+    assert records(tmp_path / strategy, "mask_rate") == records(tmp_path / "single", "mask_rate")
+    assert json.loads((tmp_path / strategy / "summary.json").read_text())["precision"] == "bf16"
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
@@ -249,7 +274,17 @@ def test_fine_tuning_on_two_processes_takes_the_steps_of_one_with_the_same_globa
 
     train_data = write_jsonl(tmp_path / "t.jsonl", classification_records(40))
     eval_data = write_jsonl(tmp_path / "e.jsonl", classification_records(15, 9))
-    common = dict(model=str(tiny_model_dir), train=train_data, eval=eval_data, epochs=2, lr=1e-3, dropout=0.0, log_every=1, progress="none")
+    common = dict(
+        model=str(tiny_model_dir),
+        train=train_data,
+        eval=eval_data,
+        epochs=2,
+        lr=1e-3,
+        dropout=0.0,
+        log_every=1,
+        progress="none",
+        precision="fp32",
+    )
     alone = finetune(FinetuneConfig(out=str(tmp_path / "one"), batch_size=8, device="cpu", **common), echo=quiet, progress=False)
     flags = [
         item

@@ -164,3 +164,47 @@ def test_length_grouped_batches_cover_every_example_once_in_a_seeded_order():
     assert [b.tolist() for b in batches] != [b.tolist() for b in length_grouped_batches(lengths, 16, seed=3, epoch=2)]
     random = [np.random.default_rng(0).permutation(1000)[i : i + 16] for i in range(0, 1000, 16)]
     assert padding_share(lengths, batches) < padding_share(lengths, random) / 4, "grouping by length cuts padding"
+
+
+def test_a_fine_tuning_step_that_logs_nothing_never_reads_the_device(data, tiny_model_dir, tmp_path, monkeypatch):
+    """Counted at the dispatcher, as for pretraining: between two updates that do not settle
+    (no log line, no evaluation, no checkpoint) the host reads nothing from the device."""
+    from test_hardware import DeviceReads
+
+    import unmask.tasks.finetune as module
+
+    reads = DeviceReads()
+    seen_at_update: list[int] = []
+    real = module.clipped_update
+
+    def counting(*args, **kwargs):
+        seen_at_update.append(len(reads.seen))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "clipped_update", counting)
+    config = settings(
+        tiny_model_dir, data, "classification", tmp_path / "quiet", log_every=1000, checkpoint_every=1000, eval_every_epoch=False
+    )
+    with reads:
+        finetune(config, echo=quiet, progress=False)
+    between = np.diff(seen_at_update)
+    steps_per_epoch = len(seen_at_update) // 2  # 2 epochs; the epoch's end settles
+    quiet_steps = [k for k in range(len(between)) if k + 1 != steps_per_epoch]
+    assert len(seen_at_update) >= 4 and all(between[k] == 0 for k in quiet_steps), list(between)
+
+
+def test_a_non_finite_gradient_stops_fine_tuning_naming_the_step_and_keeps_no_model(data, tiny_model_dir, tmp_path, monkeypatch):
+    import unmask.tasks.finetune as module
+
+    real = module.loss_sum
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(module, "loss_sum", poisoned)
+    with pytest.raises(UnmaskError, match=r"step 3: the gradient norm is not finite; stopped"):
+        finetune(settings(tiny_model_dir, data, "classification", tmp_path / "nan", log_every=1000), echo=quiet, progress=False)
+    assert not (tmp_path / "nan" / "model").exists()

@@ -16,7 +16,35 @@ from unmask.runtime import hardware
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("UNMASK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(hardware.FORCE_CPU_PRECISION, raising=False)  # these tests stub the detection itself
     return tmp_path / "cache" / "cpu-precision.json"
+
+
+def test_the_cpu_choice_can_be_forced_for_a_test_run_and_a_bad_value_is_named(monkeypatch):
+    monkeypatch.setenv(hardware.FORCE_CPU_PRECISION, "bf16")
+    monkeypatch.setattr(hardware, "cpu_bf16_hardware", lambda: None)  # even where detection would say fp32
+    assert hardware.choose_precision(torch.device("cpu"), "auto").dtype is torch.bfloat16
+    assert hardware.choose_precision(torch.device("cpu"), "fp32").dtype is None, "a choice by name still wins"
+    monkeypatch.setenv(hardware.FORCE_CPU_PRECISION, "fp32")
+    assert hardware.choose_precision(torch.device("cpu"), "auto").dtype is None
+    monkeypatch.setenv(hardware.FORCE_CPU_PRECISION, "fp16")
+    with pytest.raises(hardware.UnmaskError, match="UNMASK_CPU_PRECISION=fp16: give bf16 or fp32"):
+        hardware.choose_precision(torch.device("cpu"), "auto")
+
+
+def test_reported_numbers_are_fp32_whatever_auto_would_pick_for_training(monkeypatch, tiny_model_dir):
+    """fill probabilities (and eval, score, embed: one LoadedModel) do not move with the CPU:
+    with `auto` forced to bf16 they equal the fp32 ones bit for bit, unless bf16 is asked by name."""
+    import unmask
+
+    text = ["the [MASK] sat on the [MASK] ."]
+    monkeypatch.setenv(hardware.FORCE_CPU_PRECISION, "fp32")
+    fp32 = unmask.fill(str(tiny_model_dir), text, top_k=5)
+    monkeypatch.setenv(hardware.FORCE_CPU_PRECISION, "bf16")
+    assert unmask.fill(str(tiny_model_dir), text, top_k=5) == fp32
+    asked = unmask.fill(str(tiny_model_dir), text, top_k=5, precision="bf16")
+    assert [c.score for c in asked[0].masks[0].candidates] != [c.score for c in fp32[0].masks[0].candidates]
+    assert hardware.reporting_dtype(torch.device("cpu"), "fp32") is None
 
 
 def test_a_cpu_without_bf16_units_trains_in_fp32(monkeypatch, cache):

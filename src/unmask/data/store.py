@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unmask.data.tokenizer import Vocabulary, fingerprint, load_tokenizer
+from unmask.data.tokenizer import Vocabulary, fingerprint
 from unmask.errors import UnmaskError
 from unmask.storage.files import recover_folder
 from unmask.storage.hub import no_such_folder
@@ -161,21 +161,7 @@ class TokenStore:
         return self.meta["tokenizer"]["fingerprint"]
 
     def vocabulary(self) -> Vocabulary:
-        if "vocabulary" in self.meta:
-            return Vocabulary.from_meta(self.meta["vocabulary"])
-        # Format 1 kept the ids under "tokenizer" and no word-start table: rebuild the record
-        # from the tokenizer the store carries, keeping the ids it recorded.
-        old = self.meta["tokenizer"]
-        rebuilt = Vocabulary.from_tokenizer(load_tokenizer(str(self.tokenizer_path)))
-        return Vocabulary(
-            size=old["vocab_size"],
-            special_ids=tuple(old["special_ids"]),
-            mask_id=old["mask_id"],
-            opener_id=old["opener_id"],
-            closer_id=old["separator_id"],
-            pad_id=old["pad_id"] if old["pad_id"] is not None else 0,
-            starts_word=rebuilt.starts_word,
-        )
+        return Vocabulary.from_meta(self.meta["vocabulary"])
 
     def require_tokenizer(self, tokenizer, used_by: str, hint: str) -> None:
         """Refuse to pair this store with a tokenizer that maps text to other ids."""

@@ -40,6 +40,23 @@ from unmask.storage import checkpoint
 from unmask.storage.files import readable_size
 from unmask.storage.hub import ModelSource, describe_failure, go_offline_if_unreachable, quiet_transformers, resolve_model, where
 
+PREPARED_MASK_TYPES = ("bert", "roberta")
+"""Model types whose encoder takes a prepared 4-D boolean mask as transformers' own sdpa mask
+builder would make it (others keep the 2-D mask: ModernBERT unpads with it)."""
+
+
+def prepared_attention_mask(model: nn.Module, attention_mask: torch.Tensor) -> torch.Tensor | None:
+    """The attention mask to hand a task model for a batch padded on the host, so that the
+    model never asks the device whether the batch has padding: transformers' mask builder
+    reads `mask.all()` back, a wait for the device every step. None without padding (what the
+    builder itself would decide), a 4-D boolean mask for BERT and RoBERTa under sdpa
+    attention, and the 2-D mask otherwise."""
+    if attention_mask.numpy().all():  # the host's tensor: nothing waits
+        return None
+    if model.config.model_type in PREPARED_MASK_TYPES and model.config._attn_implementation in ("sdpa", cpu_dropout.ATTENTION_NAME):
+        return attention_mask.bool()[:, None, None, :].expand(-1, 1, attention_mask.shape[1], -1)
+    return attention_mask
+
 
 def _final_layer_function(model: nn.Module, architecture: Architecture) -> Callable | None:
     """(input_ids, attention_mask, picks, documents) -> last hidden states (N, H) at the

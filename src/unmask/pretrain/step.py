@@ -20,7 +20,7 @@ from torch import nn
 
 from unmask.config import TrainConfig
 from unmask.config.schedule import learning_rate, learning_rate_at, mask_rate, run_progress, warming_up
-from unmask.data.masking import IGNORE_INDEX, Masker, mix32
+from unmask.data.masking import IGNORE_INDEX, Masker
 from unmask.data.mixture import MixtureSampler, WindowMix
 from unmask.data.windows import Windows, rank_share
 from unmask.errors import UnmaskError
@@ -34,16 +34,11 @@ from unmask.runtime.optimizer import adamw, decay_groups, set_learning_rate
 from unmask.runtime.persist import full_state
 from unmask.runtime.preemption import StopSignals
 from unmask.runtime.progress import MetricsLog, Progress
+from unmask.runtime.stepping import PRETRAINING, clipped_update, step_seed
 from unmask.storage import checkpoint
 from unmask.storage.checkpoint import CheckpointInfo
 from unmask.storage.files import RunLock
 from unmask.storage.rundir import RunDir
-
-
-def dropout_seed(seed: int, step: int, rank: int) -> int:
-    """The torch seed of one step on one process: dropout is a function of (seed, step, rank),
-    so a checkpoint needs no random-number state."""
-    return mix32(mix32(mix32((seed & 0xFFFFFFFF) ^ 0x3C6EF372) ^ step) ^ rank)
 
 
 def build_optimizer(lm: MaskedLM, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -184,7 +179,8 @@ class Run:
     def finished(self) -> bool:
         return (self.total_steps is not None and self.step >= self.total_steps) or (self.budget is not None and self.spent >= self.budget)
 
-    def set_learning_rate(self) -> float:
+    def begin_step(self) -> float:
+        """Before a step: set its learning rate (returned) and reseed dropout from (seed, step, rank)."""
         c = self.config
         shape = {"min_ratio": c.min_lr_ratio, "decay_fraction": c.decay_fraction, "warmup_start": c.warmup_start_ratio}
         if self.budget is None:
@@ -195,7 +191,7 @@ class Run:
             warmup_share = 0.0 if c.warmup_steps is not None else c.warmup_fraction
             lr = learning_rate_at(self.progress(), warmup_share, c.lr, c.schedule, **shape)
         set_learning_rate(self.optimizer, lr)
-        torch.manual_seed(dropout_seed(c.seed, self.step, self.world.rank))
+        torch.manual_seed(step_seed(c.seed, self.step, self.world.rank, PRETRAINING))
         return lr
 
     def mask_prob(self) -> float:
@@ -270,13 +266,10 @@ class Run:
         a step is dropped on the device (`skip_on_device`), so nothing waits for the device to
         know; `settle` reads what happened."""
         max_norm = self.config.clip_grad_norm if self.config.clip_grad_norm > 0 else float("inf")
-        norm = total_norm(torch.nn.utils.clip_grad_norm_(self.lm.parameters(), max_norm))
-        bad = (~torch.isfinite(norm) | ~torch.isfinite(mean_loss)).to(torch.float32)
-        skip_on_device(self.optimizer, bad)
-        self.optimizer.zero_grad(set_to_none=True)
+        norm, bad = clipped_update(self.optimizer, self.lm.parameters(), max_norm, mean_loss)
         self.tally.add(self.step, mean_loss.detach().to(torch.float64), norm.detach().to(torch.float64), bad.to(torch.float64))
 
-    def count(self, drawn: Drawn, signals: StopSignals) -> None:
+    def finish_step(self, drawn: Drawn, signals: StopSignals) -> None:
         """After a step: its counts; one process also takes any signal now (several agree on
         it when they settle)."""
         self.tally.picked += drawn.picked
@@ -413,22 +406,3 @@ class Run:
             checkpoint.save_checkpoint(self.run_dir, info, weights, named, keep=self.config.keep_checkpoints)
         distributed.barrier(self.world)
         return self.run_dir.checkpoint(self.step)
-
-
-def total_norm(norm: torch.Tensor) -> torch.Tensor:
-    """A gradient norm as a plain tensor (under FSDP it is a replicated DTensor)."""
-    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-
-
-def skip_on_device(optimizer: torch.optim.Optimizer, bad: torch.Tensor) -> None:
-    """optimizer.step(), dropped on the device where `bad` is 1: the fused AdamW reads
-    `found_inf` (as GradScaler sets it) and leaves weights, moments and step counts alone.
-    An optimizer that cannot (not fused) asks the host instead."""
-    if all(group.get("fused") for group in optimizer.param_groups):
-        optimizer.found_inf = bad
-        try:
-            optimizer.step()
-        finally:
-            optimizer.found_inf = None
-    elif not bool(bad):
-        optimizer.step()

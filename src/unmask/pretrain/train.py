@@ -300,10 +300,10 @@ def train(
         with StopSignals() as signals:
             while not run.finished():
                 began = clock()
-                lr = run.set_learning_rate()
+                lr = run.begin_step()  # the learning rate, and dropout reseeded from (seed, step, rank)
                 drawn = run.draw_step()  # the step's windows, masked on the host, copied to the device
                 run.update(run.forward_backward(drawn))  # forward, backward, clip, step: nothing reads the device
-                run.count(drawn, signals)
+                run.finish_step(drawn, signals)  # count it; take a signal
                 logged = None
                 if run.due_to_settle():  # the one wait for the device: a log line, evaluation, checkpoint or the end
                     numbers = run.settle(signals)

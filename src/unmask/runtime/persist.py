@@ -143,8 +143,7 @@ def restore(
             )
         return None
     path = run_dir.checkpoint(int(step))
-    by_id = parameter_names(lm)
-    saved = checkpoint.read_checkpoint(path, [by_id[id(p)] for group in optimizer.param_groups for p in group["params"]])
+    saved = checkpoint.read_checkpoint(path)
     info = saved.info
     if info.device_type is not None and info.device_type != device.type:
         raise UnmaskError(

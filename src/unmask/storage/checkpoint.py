@@ -167,22 +167,6 @@ def _join_optimizer_state(tensors: dict[str, torch.Tensor], saved: dict[str, Any
     return {"state": state, "param_groups": groups}
 
 
-def _format1_optimizer_state(tensors: dict[str, torch.Tensor], saved: dict[str, Any], names_in_order: list[str]) -> NamedOptimizerState:
-    """Checkpoints before format 2 keyed the optimizer by parameter index; translate to names."""
-    state: dict[str, dict[str, Any]] = {}
-    for key, value in list(tensors.items()) + list(saved["scalars"].items()):
-        index, entry = key.split(".", 1)
-        state.setdefault(names_in_order[int(index)], {})[entry] = value
-    groups = [
-        {
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in g.items() if k != "params"},
-            "params": [names_in_order[i] for i in g["params"]],
-        }
-        for g in saved["param_groups"]
-    ]
-    return {"state": state, "param_groups": groups}
-
-
 def save_checkpoint(
     run_dir: RunDir, info: CheckpointInfo, model: dict[str, torch.Tensor], optimizer: NamedOptimizerState, keep: int
 ) -> Path:
@@ -264,20 +248,15 @@ def latest_checkpoint(run_dir: RunDir, warn: Callable[[str], None] = print) -> P
     return None
 
 
-def read_checkpoint(path: Path, names_in_order: list[str]) -> Checkpoint:
-    """Load a verified checkpoint's contents onto the CPU.
-
-    `names_in_order` (the optimizer's parameters, group by group) translates the
-    index-keyed optimizer state of checkpoints written before format 2.
-    """
+def read_checkpoint(path: Path) -> Checkpoint:
+    """Load a verified checkpoint's contents onto the CPU (this format only: 0.1.0 has no older checkpoints to read)."""
     try:
         state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
         model = load_file(str(path / MODEL_FILE))
         tensors = load_file(str(path / OPTIMIZER_FILE))
-        if state.get("format", 1) >= 2:
-            optimizer = _join_optimizer_state(tensors, state["optimizer"])
-        else:
-            optimizer = _format1_optimizer_state(tensors, state["optimizer"], names_in_order)
+        if state.get("format") != FORMAT:
+            raise UnmaskError(f"{path}: checkpoint format {state.get('format')} is not one this unmask reads ({FORMAT})")
+        optimizer = _join_optimizer_state(tensors, state["optimizer"])
     except (OSError, KeyError, ValueError, IndexError, RuntimeError, SafetensorError) as e:
         raise UnmaskError(f"{path}: cannot read checkpoint: {e}") from None
     return Checkpoint(info=CheckpointInfo.from_state(state), model=model, optimizer=optimizer)

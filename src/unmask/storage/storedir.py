@@ -37,7 +37,7 @@ from fractions import Fraction
 from pathlib import Path
 
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # format 1 kept its ids loose under "tokenizer"; it still opens
+READABLE_VERSIONS = (FORMAT_VERSION,)
 SPLITS = ("train", "val")
 BLOCK = 256
 """Documents dealt out to one shard at a time."""

@@ -33,15 +33,15 @@ from torch import nn
 from unmask.config import FINETUNE_RESUMABLE, FinetuneConfig, load_yaml, refused_resume_changes, save_yaml, to_dict
 from unmask.config.schedule import learning_rate
 from unmask.data.batching import length_grouped_batches, padded, sorted_batches
-from unmask.data.masking import mix32
 from unmask.data.tokenizer import load_tokenizer
 from unmask.errors import UnmaskError
-from unmask.models.masked_lm import load_task_model, set_dropout
+from unmask.models.masked_lm import load_task_model, prepared_attention_mask, set_dropout
 from unmask.runtime import distributed
 from unmask.runtime.distributed import World
 from unmask.runtime.hardware import autocast, choose_precision, make_deterministic
 from unmask.runtime.optimizer import adamw, decay_groups, set_learning_rate
 from unmask.runtime.progress import MetricsLog, Progress
+from unmask.runtime.stepping import FINE_TUNING, clipped_update, step_seed
 from unmask.storage import checkpoint
 from unmask.storage.checkpoint import CheckpointInfo
 from unmask.storage.files import RunLock, atomic_write_text, building
@@ -53,11 +53,6 @@ from unmask.tasks.labelled import IGNORE_INDEX, Encoded, TaskData, compute_metri
 def seed_dir(out: RunDir, seed: int, seeds: list[int]) -> RunDir:
     """Where one seed's run lives: OUT itself for a single seed, OUT/seed-N for several."""
     return out if len(seeds) == 1 else RunDir(out.path / f"seed-{seed}")
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """The torch seed of a step on a process (dropout): a function of (seed, step, rank)."""
-    return mix32(mix32(mix32((seed & 0xFFFFFFFF) ^ 0x7F4A7C15) ^ step) ^ rank)
 
 
 # ---------------------------------------------------------------- one batch
@@ -202,8 +197,7 @@ def _restore(run: RunDir, seed: int, model: nn.Module, optimizer: torch.optim.Op
     latest = checkpoint.latest_checkpoint(run, warn=echo)
     if latest is None:
         return None
-    names = {id(p): n for n, p in model.named_parameters()}
-    saved = checkpoint.read_checkpoint(latest, [names[id(p)] for g in optimizer.param_groups for p in g["params"]])
+    saved = checkpoint.read_checkpoint(latest)
     weights = dict(saved.model)
     current = model.state_dict()
     for alias in tied_aliases(model):
@@ -212,6 +206,7 @@ def _restore(run: RunDir, seed: int, model: nn.Module, optimizer: torch.optim.Op
         model.load_state_dict(weights, strict=True)
     except RuntimeError as e:
         raise UnmaskError(f"{latest}: does not fit this model: {str(e).splitlines()[0]}") from None
+    names = {id(p): n for n, p in model.named_parameters()}
     optimizer.load_state_dict(checkpoint.indexed_optimizer_state(saved.optimizer, optimizer, names))
     echo(f"seed {seed}: resumed from {latest} at step {saved.info.step}")
     return saved.info
@@ -273,13 +268,14 @@ def _fit(
         config.progress if progress else "none", fit.total_steps, fit.step, echo, enabled=world.is_main, rate=("examples_per_s", "ex/s")
     )
     window_loss, window_count, window_examples = torch.zeros((), device=device), 0, 0
+    first_bad = torch.full((), -1.0, device=device)  # the first step whose gradient norm was not finite, read when the loop settles
     window_started = time.perf_counter()
     evaluations = []
     while fit.step < fit.total_steps:
         began = time.perf_counter()
         lr = learning_rate(fit.step, fit.total_steps, fit.warmup_steps, config.lr, "linear")
         set_learning_rate(fit.optimizer, lr)
-        torch.manual_seed(step_seed(seed, fit.step, world.rank))
+        torch.manual_seed(step_seed(seed, fit.step, world.rank, FINE_TUNING))
 
         # The global batch, this process's share of it, and the count the loss is a mean over.
         indices = fit.batch_indices(task, config, world)
@@ -287,15 +283,15 @@ def _fit(
         share = indices[world.rank :: world.size]
         weight = 1.0 if len(share) else 0.0  # a process with no example this step still joins DDP's reduction
         input_ids, attention_mask, targets = make_batch(task.train_encoded, share if len(share) else indices[:1], pad_id, regression)
+        mask = prepared_attention_mask(fit.inner, attention_mask)
         with autocast(device, dtype):
-            logits = fit.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+            logits = fit.model(input_ids=input_ids.to(device), attention_mask=None if mask is None else mask.to(device)).logits
         loss = loss_sum(logits, targets.to(device), regression) * weight
         (loss * world.size / max(count, 1)).backward()
-        norm = torch.nn.utils.clip_grad_norm_(fit.inner.parameters(), max_norm)
-        if not math.isfinite(float(norm)):
-            raise UnmaskError(f"seed {seed}, step {fit.step + 1}: the gradient norm is {float(norm)}; stopped (try a lower --lr)")
-        fit.optimizer.step()
-        fit.optimizer.zero_grad(set_to_none=True)
+        # A non-finite update is dropped on the device, and so is every one after it until the
+        # loop settles and stops the run: nothing waits for the device in a quiet step.
+        norm, bad = clipped_update(fit.optimizer, fit.inner.parameters(), max_norm, skip=first_bad >= 0)
+        first_bad = torch.where((bad > 0) & (first_bad < 0), torch.tensor(float(fit.step + 1), device=device), first_bad)
         fit.step += 1
         fit.spent += time.perf_counter() - began
         window_loss += loss.detach()
@@ -303,8 +299,18 @@ def _fit(
         window_examples += len(indices)
 
         logged = None
+        epoch_end = fit.step % fit.steps_per_epoch == 0 and fit.step < fit.total_steps
+        due_checkpoint = fit.step % checkpoint_every == 0 and fit.step < fit.total_steps
+        if fit.step % config.log_every == 0 or fit.step == fit.total_steps or epoch_end or due_checkpoint:
+            # The only wait for the device: a log line, an evaluation, a checkpoint or the end.
+            (summed,) = distributed.sum_across([float(window_loss)], world, device)
+            stopped_at = float(first_bad)  # the same on every process: DDP's gradients, so their norm, are shared
+            if stopped_at > 0:
+                raise UnmaskError(
+                    f"seed {seed}, step {int(stopped_at)}: the gradient norm is not finite; stopped, its update and any after it "
+                    "dropped; earlier checkpoints kept (try a lower --lr or --precision fp32)"
+                )
         if fit.step % config.log_every == 0 or fit.step == fit.total_steps:
-            (summed,) = distributed.sum_across([float(window_loss)], world, device)  # the only wait for the device
             elapsed = max(time.perf_counter() - window_started, 1e-9)
             logged = {
                 "seed": seed,
@@ -317,12 +323,11 @@ def _fit(
             fit.metrics.write(logged)
             window_loss, window_count, window_examples, window_started = torch.zeros((), device=device), 0, 0, time.perf_counter()
         display.step(fit.step, logged)
-        epoch_end = fit.step % fit.steps_per_epoch == 0 and fit.step < fit.total_steps
         if config.eval_every_epoch and epoch_end:
             result = evaluate(fit.inner, task, config, device, dtype, pad_id, world)
             evaluations.append({"step": fit.step, **result["metrics"]})
             fit.metrics.write({"seed": seed, "step": fit.step, **{f"eval_{k}": v for k, v in result["metrics"].items()}})
-        if fit.step % checkpoint_every == 0 and fit.step < fit.total_steps:
+        if due_checkpoint:
             _checkpoint(fit, config, world, device)
     display.close()
     result = evaluate(fit.inner, task, config, device, dtype, pad_id, world)

@@ -16,19 +16,19 @@ macro-F1, binary F1, Matthews correlation, Pearson and Spearman correlation, and
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
+from unmask.config.downstream import TaskKind
+from unmask.data.masking import IGNORE_INDEX
 from unmask.data.records import class_names, read_records
 from unmask.data.sources import ReadOptions
 from unmask.errors import UnmaskError, optional_import
 
-TaskKind = Literal["classification", "pair-classification", "regression", "token-classification"]
-TASK_KINDS = ("classification", "pair-classification", "regression", "token-classification")
-IGNORE_INDEX = -100
+TASK_KINDS: tuple[TaskKind, ...] = typing.get_args(TaskKind)
 
 DEFAULT_FIELDS = {  # (text, text pair, label)
     "classification": ("text", None, "label"),
