@@ -97,6 +97,18 @@ def test_two_processes_take_the_same_steps_as_one_with_gradient_accumulation(run
     assert summary["processes"] == 2 and summary["strategy"] == strategy
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_the_run_page_counts_the_tokens_of_every_process(runs, strategy):
+    """Tokens seen = steps x global batch (batch 4 x 2 processes) x window, counted by the run
+    itself: the page used to work it out from batch_size x grad_accum and showed half."""
+    from unmask.serve.runs import RunFolder, describe
+
+    path = runs / strategy
+    described = describe(RunFolder("r", path, "r"))
+    assert described["tokens"] == STEPS * 4 * 2 * 32
+    assert records(path, "train_tokens")[3] == 3 * 4 * 2 * 32
+
+
 BF16_TOLERANCE = 1e-3
 """Relative: bf16 autocast keeps 8 bits of mantissa, so a sum taken in another order (FSDP's
 sharded reductions) moves a loss in the fourth or fifth digit. Measured on an AMD EPYC with

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,62 @@ def check_setting(condition: bool, argument: str, message: str) -> None:
     """Refuse a setting, naming the flag it came from."""
     if not condition:
         raise UnmaskError(f"{flag(argument)}: {message}")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A numeric field's allowed range, checked by `check_fields`; None (an unset optional) passes."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    wording: str = ""
+
+    def problem(self, value) -> str | None:
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        return f"must {self.wording}, got {value}" if too_low or too_high else None
+
+
+def at_least(low: int) -> Bound:
+    return Bound(low=low, wording=f"be at least {low}")
+
+
+def positive() -> Bound:
+    return Bound(low=0, low_open=True, wording="be positive")
+
+
+def not_negative() -> Bound:
+    return Bound(low=0, wording="not be negative")
+
+
+def in_range(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Bound:
+    """[low, high] by default; `low_open`/`high_open` leave an end out, as the message then says."""
+    wording = f"be in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    return Bound(low, high, low_open, high_open, wording)
+
+
+def check_fields(settings: Any, bounds: dict[str, Bound]) -> None:
+    """Refuse the first field outside its bound, naming its flag (`--lr: must be positive, got 0`)."""
+    for name, bound in bounds.items():
+        value = getattr(settings, name)
+        if value is not None and (problem := bound.problem(value)) is not None:
+            raise UnmaskError(f"{flag(name)}: {problem}")
+
+
+ADAMW_BOUNDS = {
+    "lr": positive(),
+    "weight_decay": not_negative(),
+    "beta1": in_range(0, 1, high_open=True),
+    "beta2": in_range(0, 1, high_open=True),
+    "adam_eps": positive(),
+    "clip_grad_norm": not_negative(),
+    "warmup_fraction": in_range(0, 1, high_open=True),
+    "dropout": in_range(0, 1, high_open=True),
+    "seed": not_negative(),
+}
+"""The optimizer's settings, the same in pretraining and fine-tuning."""
 
 
 def check_masking_probabilities(mask_prob: float, mask_replace_prob: float, random_replace_prob: float, name: str = "mask_prob") -> None:

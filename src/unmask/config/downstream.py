@@ -15,7 +15,8 @@ from typing import ClassVar, Literal
 
 import yaml
 
-from unmask.config.base import check_setting
+from unmask.config.base import ADAMW_BOUNDS, Bound, at_least, check_fields, check_setting, not_negative, positive
+from unmask.config.use import ModelOptions
 from unmask.errors import UnmaskError
 
 TaskKind = Literal["classification", "pair-classification", "regression", "token-classification"]
@@ -63,20 +64,11 @@ class TaskOptions:
 
 
 @dataclass(kw_only=True)
-class ModelChoice:
+class FinetuneConfig(ModelOptions, TaskOptions):
+    """Settings of `unmask finetune`: an encoder with a fresh task head, trained on labelled data."""
+
     model: str
     """Run folder, model folder, checkpoint folder, hub id or alias (minilm-l6); a fresh task head is put on its encoder."""
-    step: int | None = None
-    """With a run folder as the model: its checkpoint of this step instead of its final model."""
-    device: str = "auto"
-    """`auto`, `cpu`, `cuda` or `cuda:N`."""
-    trust_remote_code: bool = False
-    """Allow a hub model to run its own code."""
-
-
-@dataclass(kw_only=True)
-class FinetuneConfig(ModelChoice, TaskOptions):
-    """Settings of `unmask finetune`: an encoder with a fresh task head, trained on labelled data."""
 
     POSITIONAL: ClassVar[tuple[str, ...]] = ("model",)
     out: str
@@ -126,22 +118,17 @@ class FinetuneConfig(ModelChoice, TaskOptions):
     log_every: int = 10
     """Write a metrics line every N steps."""
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "step": not_negative(),
+        "epochs": positive(),
+        **{name: at_least(1) for name in ("batch_size", "eval_batch_size", "seeds", "log_every")},
+        **ADAMW_BOUNDS,
+        "checkpoint_every": not_negative(),
+    }
+
     def __post_init__(self) -> None:
         self._check_task_options()
-        check_setting(self.step is None or self.step >= 0, "step", f"must not be negative, got {self.step}")
-        check_setting(self.lr > 0, "lr", f"must be positive, got {self.lr}")
-        check_setting(self.epochs > 0, "epochs", f"must be positive, got {self.epochs}")
-        for name in ("batch_size", "eval_batch_size", "seeds", "log_every"):
-            check_setting(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
-        check_setting(0 <= self.warmup_fraction < 1, "warmup_fraction", f"must be in [0, 1), got {self.warmup_fraction}")
-        check_setting(self.weight_decay >= 0, "weight_decay", f"must not be negative, got {self.weight_decay}")
-        check_setting(0 <= self.beta1 < 1, "beta1", f"must be in [0, 1), got {self.beta1}")
-        check_setting(0 <= self.beta2 < 1, "beta2", f"must be in [0, 1), got {self.beta2}")
-        check_setting(self.adam_eps > 0, "adam_eps", f"must be positive, got {self.adam_eps}")
-        check_setting(self.clip_grad_norm >= 0, "clip_grad_norm", "must not be negative")
-        check_setting(self.dropout is None or 0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
-        check_setting(self.seed >= 0, "seed", f"must not be negative, got {self.seed}")
-        check_setting(self.checkpoint_every >= 0, "checkpoint_every", "must not be negative (0: every epoch)")
+        check_fields(self, self.BOUNDS)
 
 
 # What may change when a fine-tuning is resumed: nothing that changes its arithmetic.
@@ -149,8 +136,11 @@ FINETUNE_RESUMABLE = frozenset({"out", "resume", "device", "progress", "log_ever
 
 
 @dataclass(kw_only=True)
-class ProbeConfig(ModelChoice, TaskOptions):
+class ProbeConfig(ModelOptions, TaskOptions):
     """Settings of `unmask probe`: a linear model on frozen embeddings, a checkpoint's score in seconds."""
+
+    model: str
+    """Run folder, model folder, checkpoint folder, hub id or alias (minilm-l6): its frozen encoder's features are probed."""
 
     POSITIONAL: ClassVar[tuple[str, ...]] = ("model",)
     pooling: Literal["mean", "cls"] = "mean"
@@ -163,8 +153,6 @@ class ProbeConfig(ModelChoice, TaskOptions):
     """Print the result as JSON."""
     out: str | None = None
     """Also write the result to this JSON file."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """fp32 (the same features and score on every machine) or bf16 autocast (faster on GPUs and CPUs with AMX)."""
 
     def __post_init__(self) -> None:
         self._check_task_options()
@@ -200,23 +188,11 @@ class DownstreamConfig:
 
 
 @dataclass(kw_only=True)
-class SuiteTask:
-    """One task of a suite file."""
+class SuiteTask(TaskOptions):
+    """One task of a suite file: the task's data and scoring (`TaskOptions`, the same fields as
+    `unmask finetune`'s and `unmask probe`'s), how it is run, and settings for that run."""
 
     name: str
-    task: TaskKind = "classification"
-    train: str
-    eval: str
-    text_field: str | None = None
-    text_pair_field: str | None = None
-    label_field: str | None = None
-    metric: list[str] = field(default_factory=list)
-    hf_config: str | None = None
-    hf_split: str = "train"
-    hf_eval_split: list[str] = field(default_factory=lambda: ["validation"])
-    max_train_examples: int | None = None
-    max_eval_examples: int | None = None
-    max_length: int = 128
     mode: Literal["finetune", "probe"] = "finetune"
     seeds: int | list[int] = 1
     finetune: dict = field(default_factory=dict)

@@ -14,7 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from unmask.config.base import check_masking_probabilities, check_setting, flag
+from unmask.config.base import (
+    ADAMW_BOUNDS,
+    Bound,
+    at_least,
+    check_fields,
+    check_masking_probabilities,
+    check_setting,
+    flag,
+    in_range,
+    not_negative,
+    positive,
+)
 from unmask.config.recipes import RECIPES, recipe_names
 from unmask.config.schedule import parse_duration
 from unmask.errors import UnmaskError, UsageError
@@ -337,14 +348,37 @@ class TrainConfig:
     downstream_mode: Literal["probe", "suite"] = "probe"
     """`probe`: every task by a linear probe, seconds a checkpoint; `suite`: as the suite file says (fine-tuning costs minutes)."""
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "seq_len": at_least(8),
+        "batch_size": at_least(1),
+        "grad_accum": at_least(1),
+        "global_batch": at_least(1),
+        "max_steps": at_least(1),
+        "epochs": positive(),
+        **ADAMW_BOUNDS,
+        "fresh_lr_scale": positive(),
+        "warmup_steps": not_negative(),
+        "warmup_start_ratio": in_range(0, 1),
+        "min_lr_ratio": in_range(0, 1),
+        "decay_fraction": in_range(0, 1, low_open=True),
+        "max_nonfinite": at_least(1),
+        "rope_theta": positive(),
+        "eval_every": not_negative(),
+        "checkpoint_every": not_negative(),
+        "log_every": at_least(1),
+        "keep_checkpoints": at_least(1),
+        "eval_max_batches": at_least(1),
+        "downstream_every": not_negative(),
+        "mix_temperature": positive(),
+        "mix_switch": in_range(0, 1, low_open=True, high_open=True),
+    }
+
     def __post_init__(self) -> None:
-        if isinstance(self.data, str):  # a config.yaml written before several stores could be given
+        if isinstance(self.data, str):  # one store, given from Python or a YAML scalar
             self.data = [self.data]
         check_setting(len(self.data) > 0, "data", "give the token store(s) to train on")
+        check_fields(self, self.BOUNDS)
         names = [name for name, _ in parse_sources(self.data)]
-        check_setting(
-            self.mix_temperature is None or self.mix_temperature > 0, "mix_temperature", f"must be positive, got {self.mix_temperature}"
-        )
         for name in ("mix", "mix_end", "mix_temperature"):
             check_setting(len(names) > 1 or not getattr(self, name), name, "mixes several --data stores; one was given")
         check_setting(not (self.mix and self.mix_temperature), "mix_temperature", "give --mix or --mix-temperature, not both")
@@ -356,7 +390,6 @@ class TrainConfig:
             "mix_end",
             f"--mix-schedule {self.mix_schedule} needs the weights to end at",
         )
-        check_setting(0 < self.mix_switch < 1, "mix_switch", f"must be between 0 and 1, got {self.mix_switch}")
         check_setting((self.model is None) != (self.from_scratch is None), "model", "give exactly one of --model or --from-scratch")
         if self.recipe is not None:
             check_setting(self.recipe in RECIPES, "recipe", f"no recipe '{self.recipe}' (choose from {recipe_names()})")
@@ -370,36 +403,14 @@ class TrainConfig:
         check_setting(
             self.arch is None or self.from_scratch is not None, "arch", "chooses the architecture of --from-scratch; --model has its own"
         )
-        check_setting(self.rope_theta is None or self.rope_theta > 0, "rope_theta", f"must be positive, got {self.rope_theta}")
-        check_setting(self.global_batch is None or self.global_batch >= 1, "global_batch", f"must be at least 1, got {self.global_batch}")
-        check_setting(0 < self.decay_fraction <= 1, "decay_fraction", f"must be in (0, 1], got {self.decay_fraction}")
-        check_setting(0 <= self.warmup_start_ratio <= 1, "warmup_start_ratio", f"must be in [0, 1], got {self.warmup_start_ratio}")
         for length in self.eval_seq_len:
             check_setting(8 <= length <= MAX_CONTEXT, "eval_seq_len", f"{length}: must be between 8 and {MAX_CONTEXT}")
-        check_setting(self.seq_len >= 8, "seq_len", f"must be at least 8, got {self.seq_len}")
-        check_setting(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
-        check_setting(self.grad_accum >= 1, "grad_accum", f"must be at least 1, got {self.grad_accum}")
-        check_setting(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be at least 1, got {self.max_steps}")
-        check_setting(self.epochs is None or self.epochs > 0, "epochs", f"must be positive, got {self.epochs}")
-        check_setting(self.lr > 0, "lr", f"must be positive, got {self.lr}")
-        check_setting(self.fresh_lr_scale > 0, "fresh_lr_scale", f"must be positive, got {self.fresh_lr_scale}")
-        check_setting(self.weight_decay >= 0, "weight_decay", f"must not be negative, got {self.weight_decay}")
-        check_setting(0 <= self.beta1 < 1, "beta1", f"must be in [0, 1), got {self.beta1}")
-        check_setting(0 <= self.beta2 < 1, "beta2", f"must be in [0, 1), got {self.beta2}")
-        check_setting(0 <= self.warmup_fraction < 1, "warmup_fraction", f"must be in [0, 1), got {self.warmup_fraction}")
-        check_setting(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps", "must not be negative")
-        check_setting(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-        check_setting(self.clip_grad_norm >= 0, "clip_grad_norm", "must not be negative")
-        check_setting(self.max_nonfinite >= 1, "max_nonfinite", f"must be at least 1, got {self.max_nonfinite}")
-        check_setting(self.adam_eps > 0, "adam_eps", f"must be positive, got {self.adam_eps}")
-        check_setting(self.seed >= 0, "seed", f"must not be negative, got {self.seed}")
         check_setting(
             self.seq_len <= MAX_CONTEXT,
             "seq_len",
             f"{self.seq_len} is more than the {MAX_CONTEXT} tokens unmask trains at (ModernBERT's context); attention over it would take "
             f"about {self.batch_size * 16 * self.seq_len**2 * 4 / 2**30:,.0f} GiB a layer for a batch of {self.batch_size} where it is materialised",
         )
-        check_setting(self.dropout is None or 0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
         check_masking_probabilities(self.mask_prob, self.mask_replace_prob, self.random_replace_prob)
         if self.mask_prob_end is not None:
             check_setting(0.0 < self.mask_prob_end < 1.0, "mask_prob_end", f"must be strictly between 0 and 1, got {self.mask_prob_end}")
@@ -413,14 +424,8 @@ class TrainConfig:
                 parse_duration(self.time_budget)
             except ValueError as e:
                 check_setting(False, "time_budget", str(e))
-        for name in ("eval_every", "checkpoint_every"):
-            check_setting(getattr(self, name) >= 0, name, f"must not be negative (0 turns it off), got {getattr(self, name)}")
-        check_setting(self.log_every >= 1, "log_every", f"must be at least 1, got {self.log_every}")
         unknown = sorted(set(self.report_to) - {"tensorboard", "wandb"})
         check_setting(not unknown, "report_to", f"{', '.join(unknown)}: choose from tensorboard, wandb")
-        check_setting(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
-        check_setting(self.eval_max_batches is None or self.eval_max_batches >= 1, "eval_max_batches", "must be at least 1")
-        check_setting(self.downstream_every >= 0, "downstream_every", f"must not be negative, got {self.downstream_every}")
         check_setting(
             not self.downstream_every or self.downstream is not None, "downstream_every", "give the suite to score with --downstream"
         )
