@@ -40,6 +40,20 @@ from unmask.storage import checkpoint
 from unmask.storage.files import readable_size
 from unmask.storage.hub import ModelSource, describe_failure, go_offline_if_unreachable, quiet_transformers, resolve_model, where
 
+
+def tied_aliases(model: nn.Module) -> dict[str, str]:
+    """State-dict names that are another parameter under a second name (a decoder tied to the
+    embeddings): alias -> the name `named_parameters` reports. Checkpoints keep each tensor once."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        if id(parameter) in first:
+            aliases[name] = first[id(parameter)]
+        else:
+            first[id(parameter)] = name
+    return aliases
+
+
 PREPARED_MASK_TYPES = ("bert", "roberta")
 """Model types whose encoder takes a prepared 4-D boolean mask as transformers' own sdpa mask
 builder would make it (others keep the 2-D mask: ModernBERT unpads with it)."""
@@ -149,16 +163,8 @@ class MaskedLM(nn.Module):
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
 
     def tied_aliases(self) -> dict[str, str]:
-        """State-dict names that are another parameter under a second name (a decoder tied to
-        the embeddings): alias -> the name `named_parameters` reports."""
-        first: dict[int, str] = {}
-        aliases = {}
-        for name, parameter in self.model.named_parameters(remove_duplicate=False):
-            if id(parameter) in first:
-                aliases[name] = first[id(parameter)]
-            else:
-                first[id(parameter)] = name
-        return aliases
+        """The wrapped model's `tied_aliases`."""
+        return tied_aliases(self.model)
 
     def masked_logits(
         self,

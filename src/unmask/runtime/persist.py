@@ -14,10 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from unmask.config import TrainConfig, length_changes, load_yaml, refused_resume_changes, to_dict
 from unmask.errors import UnmaskError
-from unmask.models.masked_lm import MaskedLM
+from unmask.models.masked_lm import MaskedLM, tied_aliases
 from unmask.runtime import distributed
 from unmask.runtime.distributed import World
 from unmask.storage import checkpoint
@@ -65,11 +66,6 @@ def check_run_folder(run_dir: RunDir, config: TrainConfig, echo: Callable[[str],
         )
 
 
-def parameter_names(lm: MaskedLM) -> dict[int, str]:
-    """id(parameter) -> its Hugging Face name."""
-    return {id(p): name for name, p in lm.model.named_parameters()}
-
-
 def _strip(state: dict) -> dict:
     return {(k[len(_HF_PREFIX) :] if k.startswith(_HF_PREFIX) else k): v for k, v in state.items()}
 
@@ -90,34 +86,54 @@ def full_state(
             groups = [{**g, "params": list(_strip(dict.fromkeys(g["params"])))} for g in named["param_groups"]]
             named = {"state": _strip(named["state"]), "param_groups": groups}
     else:
-        weights = lm.model.state_dict()
-        named = checkpoint.named_optimizer_state(optimizer, parameter_names(lm)) if optimizer is not None else {}
+        return module_state(lm.model, optimizer)
     tied = lm.tied_aliases()
     return {k: v for k, v in weights.items() if k not in tied}, named
 
 
-def load_into(lm: MaskedLM, optimizer: torch.optim.Optimizer, strategy: str, saved: checkpoint.Checkpoint) -> None:
+def module_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None
+) -> tuple[dict[str, torch.Tensor], checkpoint.NamedOptimizerState]:
+    """A whole (unsharded) model's weights, tied aliases once, and its optimizer's state by
+    parameter name: what a checkpoint keeps, for pretraining and fine-tuning alike."""
+    tied = tied_aliases(model)
+    weights = {k: v for k, v in model.state_dict().items() if k not in tied}
+    names = {id(p): n for n, p in model.named_parameters()}
+    return weights, (checkpoint.named_optimizer_state(optimizer, names) if optimizer is not None else {})
+
+
+def load_module_state(model: nn.Module, optimizer: torch.optim.Optimizer, saved: checkpoint.Checkpoint, source: Path) -> None:
+    """Put a checkpoint's weights (tied aliases filled back in) and optimizer state into a whole model."""
+    weights = dict(saved.model)
+    for alias, name in tied_aliases(model).items():
+        if alias not in weights and name in weights:
+            weights[alias] = weights[name]
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise UnmaskError(f"{source}: does not fit this model: {str(e).splitlines()[0]}") from None
+    names = {id(p): n for n, p in model.named_parameters()}
+    optimizer.load_state_dict(checkpoint.indexed_optimizer_state(saved.optimizer, optimizer, names))
+
+
+def load_into(lm: MaskedLM, optimizer: torch.optim.Optimizer, strategy: str, saved: checkpoint.Checkpoint, source: Path) -> None:
     """Put a checkpoint's weights and optimizer state into the (possibly sharded) model."""
+    if strategy != "fsdp":
+        load_module_state(lm.model, optimizer, saved, source)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
     weights = dict(saved.model)
     for alias, name in lm.tied_aliases().items():
         if alias not in weights and name in weights:
             weights[alias] = weights[name]
-    if strategy == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
-
-        options = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(lm, {_HF_PREFIX + k: v for k, v in weights.items()}, options=options)
-        prefixed = {
-            "state": {_HF_PREFIX + k: v for k, v in saved.optimizer["state"].items()},
-            "param_groups": [{**g, "params": [_HF_PREFIX + n for n in g["params"]]} for g in saved.optimizer["param_groups"]],
-        }
-        set_optimizer_state_dict(lm, optimizer, prefixed, options=options)
-    else:
-        try:
-            lm.model.load_state_dict(weights, strict=True)
-        except RuntimeError as e:
-            raise UnmaskError(f"the checkpoint does not fit this model: {str(e).splitlines()[0]}") from None
-        optimizer.load_state_dict(checkpoint.indexed_optimizer_state(saved.optimizer, optimizer, parameter_names(lm)))
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(lm, {_HF_PREFIX + k: v for k, v in weights.items()}, options=options)
+    prefixed = {
+        "state": {_HF_PREFIX + k: v for k, v in saved.optimizer["state"].items()},
+        "param_groups": [{**g, "params": [_HF_PREFIX + n for n in g["params"]]} for g in saved.optimizer["param_groups"]],
+    }
+    set_optimizer_state_dict(lm, optimizer, prefixed, options=options)
 
 
 def restore(
@@ -157,7 +173,7 @@ def restore(
             f"take {global_batch}; keep the global batch, e.g. --grad-accum {max(1, info.global_batch // (config.batch_size * world.size))} "
             f"with --batch-size {config.batch_size} on {world.size} process(es)"
         )
-    load_into(lm, optimizer, strategy, saved)
+    load_into(lm, optimizer, strategy, saved, path)
     echo(f"resumed from {path} at step {info.step}")
     return info
 

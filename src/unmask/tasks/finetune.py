@@ -40,6 +40,7 @@ from unmask.runtime import distributed
 from unmask.runtime.distributed import World
 from unmask.runtime.hardware import autocast, choose_precision, make_deterministic
 from unmask.runtime.optimizer import adamw, decay_groups, set_learning_rate
+from unmask.runtime.persist import load_module_state, module_state
 from unmask.runtime.progress import MetricsLog, Progress
 from unmask.runtime.stepping import FINE_TUNING, clipped_update, step_seed
 from unmask.storage import checkpoint
@@ -174,40 +175,13 @@ def _steps_per_epoch(examples: int, config: FinetuneConfig, world: World) -> int
     return -(-examples // (config.batch_size * world.size))
 
 
-def tied_aliases(model: nn.Module) -> set[str]:
-    """State-dict names that are another parameter under a second name (a decoder tied to the embeddings)."""
-    first: dict[int, str] = {}
-    aliases = set()
-    for name, parameter in model.named_parameters(remove_duplicate=False):
-        if id(parameter) in first:
-            aliases.add(name)
-        first.setdefault(id(parameter), name)
-    return aliases
-
-
-def _state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    names = {id(p): n for n, p in model.named_parameters()}
-    aliases = tied_aliases(model)
-    weights = {k: v for k, v in model.state_dict().items() if k not in aliases}
-    return weights, checkpoint.named_optimizer_state(optimizer, names)
-
-
 def _restore(run: RunDir, seed: int, model: nn.Module, optimizer: torch.optim.Optimizer, echo) -> CheckpointInfo | None:
     """Load the seed's newest checkpoint that verifies into the model and optimizer; its record, or None."""
     latest = checkpoint.latest_checkpoint(run, warn=echo)
     if latest is None:
         return None
     saved = checkpoint.read_checkpoint(latest)
-    weights = dict(saved.model)
-    current = model.state_dict()
-    for alias in tied_aliases(model):
-        weights.setdefault(alias, current[alias])
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as e:
-        raise UnmaskError(f"{latest}: does not fit this model: {str(e).splitlines()[0]}") from None
-    names = {id(p): n for n, p in model.named_parameters()}
-    optimizer.load_state_dict(checkpoint.indexed_optimizer_state(saved.optimizer, optimizer, names))
+    load_module_state(model, optimizer, saved, latest)
     echo(f"seed {seed}: resumed from {latest} at step {saved.info.step}")
     return saved.info
 
@@ -354,7 +328,7 @@ def _fit(
 
 def _checkpoint(fit: Fit, config: FinetuneConfig, world: World, device) -> None:
     if world.is_main:
-        weights, named = _state(fit.inner, fit.optimizer)
+        weights, named = module_state(fit.inner, fit.optimizer)
         info = CheckpointInfo(
             step=fit.step,
             train_seconds=fit.spent,
