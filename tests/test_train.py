@@ -437,3 +437,24 @@ def test_a_run_folder_is_a_model_to_continue_from(store_dir, tiny_model_dir, tmp
     run(config(store_dir, tiny_model_dir, first, max_steps=2, eval_every=0))
     summary = run(config(store_dir, first, tmp_path / "second", max_steps=2, eval_every=0))
     assert summary["steps"] == 2
+
+
+def test_a_run_config_describes_the_run_so_reusing_it_never_resumes_by_itself(store_dir, tiny_model_dir, tmp_path, capsys):
+    """Issue 26, item 2: config.yaml of a resumed run used to say `resume: true`, so
+    `train --config RUN/config.yaml` silently resumed and rewrote the run."""
+    import yaml
+
+    from unmask.cli.main import main
+
+    out = tmp_path / "run"
+    run(config(store_dir, tiny_model_dir, out, max_steps=2, eval_every=0, checkpoint_every=2))
+    run(config(store_dir, tiny_model_dir, out, max_steps=3, eval_every=0, checkpoint_every=2, resume=True))
+    assert yaml.safe_load((out / "config.yaml").read_text())["resume"] is False
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "model").iterdir()} | {"summary": (out / "summary.json").stat().st_mtime_ns}
+    assert main(["train", "--config", str(out / "config.yaml"), "--max-steps", "4", "--progress", "none"]) == 1
+    assert "already holds a run" in capsys.readouterr().err
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "model").iterdir()} | {"summary": (out / "summary.json").stat().st_mtime_ns}
+    assert after == before, "nothing existing is rewritten without --resume"
+    assert main(["train", "--out", str(out), "--resume", "--max-steps", "4", "--progress", "none"]) == 0  # a requeued job still continues
+    capsys.readouterr()
+    assert json.loads((out / "summary.json").read_text())["steps"] == 4

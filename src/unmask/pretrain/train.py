@@ -13,6 +13,7 @@ Under torchrun every process runs this same loop on its own share of each global
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -234,7 +235,7 @@ def _setup(
     if world.is_main:
         run_dir.path.mkdir(parents=True, exist_ok=True)
         save_base(lm, tokenizer, run_dir)
-        save_yaml(config, run_dir.config)
+        save_yaml(dataclasses.replace(config, resume=False), run_dir.config)  # what the run is, not how it was last launched
     trackers = Trackers(config.report_to, run_dir, to_dict(config), resumed.step, enabled=world.is_main) if config.report_to else None
     run = Run(
         config=config,

@@ -16,6 +16,7 @@ epoch is a function of (seed, epoch), dropout of (seed, step, rank).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import platform
@@ -407,7 +408,7 @@ def finetune(config: FinetuneConfig, echo: Callable[[str], None] = print, progre
     try:
         if world.is_main:
             out.path.mkdir(parents=True, exist_ok=True)
-            save_yaml(config, out.config)
+            save_yaml(dataclasses.replace(config, resume=False), out.config)  # what the run is, not how it was last launched
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         seeds = list(range(config.seed, config.seed + config.seeds))
         echo(
