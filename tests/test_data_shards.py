@@ -135,8 +135,12 @@ def test_a_killed_parallel_prepare_leaves_no_store_and_no_worker(lines, tokenize
     deadline = time.time() + 60
     while time.time() < deadline and not list(tmp_path.glob(".store.building-*")):
         time.sleep(0.05)
-    time.sleep(1.0)  # the workers are tokenizing now
-    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    children: list[str] = []
+    while time.time() < deadline and not children:  # under a loaded machine the workers take a while to start
+        time.sleep(0.1)
+        children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    time.sleep(0.5)  # the workers are tokenizing now
+    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split() or children
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     time.sleep(1.0)
