@@ -187,3 +187,10 @@ def test_the_other_commands_both_ways(tiny_model_dir, tokenizer_dir, store_dir, 
     assert tuned["metrics"] == json.loads((tmp_path / "ft-cli" / "summary.json").read_text())["metrics"]
     api_config = yaml.safe_load((tmp_path / "ft-api" / "config.yaml").read_text())
     assert {**api_config, "out": None} == {**yaml.safe_load((tmp_path / "ft-cli" / "config.yaml").read_text()), "out": None}
+
+
+def test_one_store_given_as_a_string_counts_as_one_store_for_a_recipe(store_dir, tmp_path):
+    """mmBERT's recipe sets a mixing temperature only for several stores: `data="STORE"` is one."""
+    as_string = unmask.api.train_settings(from_scratch="tiny", recipe="mmbert", data=str(store_dir), out=str(tmp_path / "r"))
+    as_list = unmask.api.train_settings(from_scratch="tiny", recipe="mmbert", data=[str(store_dir)], out=str(tmp_path / "r"))
+    assert as_string == as_list and as_string.data == [str(store_dir)] and as_string.mix_temperature is None

@@ -260,6 +260,15 @@ def test_a_bad_choice_in_a_yaml_file_is_refused_too(tmp_path, capsys):
     assert "run.yaml: --masking: 'words' is not one of token, whole-word, span" in capsys.readouterr().err
 
 
+def test_fill_against_reads_piped_texts_once_for_both_models(tiny_model_dir, distilbert_dir, capsys, monkeypatch):
+    """stdin can be read once: both models must fill the texts that one read gave."""
+    monkeypatch.setattr("sys.stdin", io.StringIO("the cat [MASK] the door.\na [MASK] of tea.\n"))
+    assert main(["fill", str(tiny_model_dir), "--against", str(distilbert_dir), "--json"]) == 0, capsys.readouterr().err
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in records] == ["the cat [MASK] the door.", "a [MASK] of tea."]
+    assert all(r["against"]["text"] == r["text"] and r["against"]["masks"] for r in records)
+
+
 def test_fill_against_a_second_model_prints_both_side_by_side(tiny_model_dir, distilbert_dir, capsys):
     assert main(["fill", str(tiny_model_dir), "the cat [MASK] the door.", "--against", str(distilbert_dir), "--top-k", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()

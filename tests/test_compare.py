@@ -39,7 +39,7 @@ def test_compare_without_matplotlib_still_writes_the_report_and_says_why_there_i
     report = compare(str(tiny_model_dir), str(tiny_model_dir), [str(store_dir)], tmp_path / "r", seq_len=32, echo=quiet, device="cpu")
     assert (tmp_path / "r" / "report.json").is_file() and (tmp_path / "r" / "report.md").is_file()
     assert not (tmp_path / "r" / "chart.png").exists() and "chart.png" not in (tmp_path / "r" / "report.md").read_text()
-    assert "unmask[report]" in report["chart_note"]
+    assert report["chart"] is None and "unmask[report]" in report["no_chart"]
 
 
 def test_metrics_table_shows_changes_and_no_change_for_counts():

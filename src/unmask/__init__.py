@@ -14,6 +14,7 @@ from unmask.api import (
     evaluate,
     export,
     fill,
+    fill_against,
     finetune,
     inspect,
     pairs,
@@ -26,6 +27,6 @@ from unmask.api import (
 from unmask.errors import UnmaskError
 
 __all__ = [
-    "UnmaskError", "compare", "downstream", "embed", "evaluate", "export", "fill", "finetune", "inspect", "pairs", "prepare", "probe",
+    "UnmaskError", "compare", "downstream", "embed", "evaluate", "export", "fill", "fill_against", "finetune", "inspect", "pairs", "prepare", "probe",
     "score", "tokenizer", "train",
 ]  # fmt: skip

@@ -85,12 +85,12 @@ def train_settings(config: settings.TrainConfig | None = None, echo: Callable[[s
     else:
         given = set(values)
         merged = {**_defaults(settings.TrainConfig), **from_file, **values}
+    if isinstance(merged.get("data"), str):  # one store; before the recipe counts the stores
+        merged["data"] = [merged["data"]]
     if merged.get("recipe") in RECIPES:
         merged, notes = with_recipe(merged, given, from_file)
         for note in notes:
             echo(note)
-    if isinstance(merged.get("data"), str):  # one store
-        merged["data"] = [merged["data"]]
     return build_settings(settings.TrainConfig, None, merged)
 
 
@@ -226,14 +226,31 @@ def _model_and_texts(values: dict, model, texts) -> dict:
 
 def fill(model=None, texts=None, /, config: settings.FillConfig | None = None, *, verbose: bool = False, **values) -> list:
     """`unmask fill`: the top-k candidates of every mask; a list of `infer.FillResult`, one per
-    text (with `against`, a second list is not returned: call fill again with that model)."""
+    text. With `against` set, `fill_against` gives both models' fills of the same texts."""
+    config = build_settings(settings.FillConfig, config, _model_and_texts(values, model, texts))
+    return _fills(config, *read_texts(config.texts, config.file), _echo(verbose))[0]
+
+
+def fill_against(
+    model=None, texts=None, /, config: settings.FillConfig | None = None, *, verbose: bool = False, **values
+) -> tuple[list, list]:
+    """`unmask fill --against`: the same masks filled by `model` and by `against`, the texts read
+    once (so stdin serves both)."""
+    config = build_settings(settings.FillConfig, config, _model_and_texts(values, model, texts))
+    if config.against is None:
+        raise UnmaskError("--against: give the second model to fill the same masks with")
+    return _fills(config, *read_texts(config.texts, config.file), _echo(verbose))
+
+
+def _fills(config: settings.FillConfig, texts: list[str], labels: list[str], echo: Callable[[str], None]) -> tuple[list, list | None]:
+    """The fills of `config.model` and, when set, of `config.against` (its final model, not --step)."""
     from unmask.infer import Filler
 
-    config = build_settings(settings.FillConfig, config, _model_and_texts(values, model, texts))
-    texts, labels = read_texts(config.texts, config.file)
-    echo = _echo(verbose)
-    filler = Filler(config.model, config.device, config.trust_remote_code, echo=echo, step=config.step, precision=config.precision)
-    return filler.fill(texts, top_k=config.top_k, batch_size=config.batch_size, labels=labels)
+    filled = []
+    for name, step in ((config.model, config.step), *(((config.against, None),) if config.against is not None else ())):
+        filler = Filler(name, config.device, config.trust_remote_code, echo=echo, step=step, precision=config.precision)
+        filled.append(filler.fill(texts, top_k=config.top_k, batch_size=config.batch_size, labels=labels))
+    return filled[0], (filled[1] if len(filled) > 1 else None)
 
 
 def inspect(text=None, /, config: settings.InspectConfig | None = None, **values) -> list:

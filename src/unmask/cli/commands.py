@@ -101,10 +101,10 @@ def run_fill(config: FillConfig) -> int:
     from unmask.tables import text_table
 
     config = with_stdin(config)
-    results = api.fill(config=config, verbose=True)
-    other = None
-    if config.against is not None:
-        other = api.fill(config=replace(config, model=config.against, step=None), verbose=True)
+    if config.against is None:
+        results, other = api.fill(config=config, verbose=True), None
+    else:
+        results, other = api.fill_against(config=config, verbose=True)
     shown = lambda c: f"{c.token.strip() or repr(c.token)} ({c.score:.1%})"
     for number, result in enumerate(results):
         if config.json:
@@ -234,7 +234,8 @@ def run_compare(config: CompareConfig) -> int:
         print("\nwhere their top-1 predictions differ (true / base / trained):")
         for d in report["disagreements"]:
             print(f"  {d['context']}\n      {d['truth']} / {d['base']} / {d['trained']}")
-    print(f"\nreport: {Path(config.out) / 'report.md'}{report.get('chart_note', '')}")
+    chart = f", chart: {report['chart']}" if report["chart"] else f"\nno chart.png: {report['no_chart']}"
+    print(f"\nreport: {Path(config.out) / 'report.md'}{chart}")
     return 0
 
 

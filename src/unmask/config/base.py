@@ -81,7 +81,7 @@ def check_fields(settings: Any, bounds: dict[str, Bound]) -> None:
             raise UnmaskError(f"{flag(name)}: {problem}")
 
 
-ADAMW_BOUNDS = {
+OPTIMIZATION_BOUNDS = {
     "lr": positive(),
     "weight_decay": not_negative(),
     "beta1": in_range(0, 1, high_open=True),
@@ -92,7 +92,7 @@ ADAMW_BOUNDS = {
     "dropout": in_range(0, 1, high_open=True),
     "seed": not_negative(),
 }
-"""The optimizer's settings, the same in pretraining and fine-tuning."""
+"""The optimization settings both training loops have (AdamW, clipping, warmup, dropout, the seed), checked alike."""
 
 
 def check_masking_probabilities(mask_prob: float, mask_replace_prob: float, random_replace_prob: float, name: str = "mask_prob") -> None:

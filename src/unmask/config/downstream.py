@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 
 import yaml
 
-from unmask.config.base import ADAMW_BOUNDS, Bound, at_least, check_fields, check_setting, not_negative, positive
+from unmask.config.base import OPTIMIZATION_BOUNDS, Bound, at_least, check_fields, check_setting, not_negative, positive
 from unmask.config.use import ModelOptions
 from unmask.errors import UnmaskError
 
@@ -122,7 +122,7 @@ class FinetuneConfig(ModelOptions, TaskOptions):
         "step": not_negative(),
         "epochs": positive(),
         **{name: at_least(1) for name in ("batch_size", "eval_batch_size", "seeds", "log_every")},
-        **ADAMW_BOUNDS,
+        **OPTIMIZATION_BOUNDS,
         "checkpoint_every": not_negative(),
     }
 

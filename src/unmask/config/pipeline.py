@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from unmask.config.base import (
-    ADAMW_BOUNDS,
+    OPTIMIZATION_BOUNDS,
     Bound,
     at_least,
     check_fields,
@@ -355,7 +355,7 @@ class TrainConfig:
         "global_batch": at_least(1),
         "max_steps": at_least(1),
         "epochs": positive(),
-        **ADAMW_BOUNDS,
+        **OPTIMIZATION_BOUNDS,
         "fresh_lr_scale": positive(),
         "warmup_steps": not_negative(),
         "warmup_start_ratio": in_range(0, 1),

@@ -136,9 +136,9 @@ def compare(
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     try:
         compare_chart(results, out / "chart.png")
-        chart, image = f", chart: {out / 'chart.png'}", ["![metrics](chart.png)", ""]
+        report["chart"], report["no_chart"], image = str(out / "chart.png"), None, ["![metrics](chart.png)", ""]
     except UnmaskError as e:
-        chart, image = f"\nno chart.png: {e}", []
+        report["chart"], report["no_chart"], image = None, str(e), []
     markdown = [
         "# Base vs trained",
         "",
@@ -160,6 +160,5 @@ def compare(
         *image,
     ]
     atomic_write_text(out / "report.md", "\n".join(markdown))
-    report["chart_note"] = chart
 
     return report

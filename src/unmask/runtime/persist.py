@@ -102,12 +102,14 @@ def module_state(
     return weights, (checkpoint.named_optimizer_state(optimizer, names) if optimizer is not None else {})
 
 
+def with_tied_aliases(weights: dict[str, torch.Tensor], aliases: dict[str, str]) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights (each tied tensor once) with every alias of `aliases` filled back in."""
+    return {**weights, **{alias: weights[name] for alias, name in aliases.items() if alias not in weights and name in weights}}
+
+
 def load_module_state(model: nn.Module, optimizer: torch.optim.Optimizer, saved: checkpoint.Checkpoint, source: Path) -> None:
     """Put a checkpoint's weights (tied aliases filled back in) and optimizer state into a whole model."""
-    weights = dict(saved.model)
-    for alias, name in tied_aliases(model).items():
-        if alias not in weights and name in weights:
-            weights[alias] = weights[name]
+    weights = with_tied_aliases(saved.model, tied_aliases(model))
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as e:
@@ -123,10 +125,7 @@ def load_into(lm: MaskedLM, optimizer: torch.optim.Optimizer, strategy: str, sav
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
-    weights = dict(saved.model)
-    for alias, name in lm.tied_aliases().items():
-        if alias not in weights and name in weights:
-            weights[alias] = weights[name]
+    weights = with_tied_aliases(saved.model, lm.tied_aliases())
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(lm, {_HF_PREFIX + k: v for k, v in weights.items()}, options=options)
     prefixed = {

@@ -265,8 +265,9 @@ def _fit(
         (loss * world.size / max(count, 1)).backward()
         # A non-finite update is dropped on the device, and so is every one after it until the
         # loop settles and stops the run: nothing waits for the device in a quiet step.
-        norm, bad = clipped_update(fit.optimizer, fit.inner.parameters(), max_norm, skip=first_bad >= 0)
-        first_bad = torch.where((bad > 0) & (first_bad < 0), torch.tensor(float(fit.step + 1), device=device), first_bad)
+        _, bad = clipped_update(fit.optimizer, fit.inner.parameters(), max_norm, skip=first_bad >= 0)
+        # full_like fills on the device; a tensor made from a host number would be a copy each step.
+        first_bad = torch.where((bad > 0) & (first_bad < 0), torch.full_like(first_bad, fit.step + 1), first_bad)
         fit.step += 1
         fit.spent += time.perf_counter() - began
         window_loss += loss.detach()
@@ -276,7 +277,8 @@ def _fit(
         logged = None
         epoch_end = fit.step % fit.steps_per_epoch == 0 and fit.step < fit.total_steps
         due_checkpoint = fit.step % checkpoint_every == 0 and fit.step < fit.total_steps
-        if fit.step % config.log_every == 0 or fit.step == fit.total_steps or epoch_end or due_checkpoint:
+        due_log = fit.step % config.log_every == 0 or fit.step == fit.total_steps
+        if due_log or epoch_end or due_checkpoint:
             # The only wait for the device: a log line, an evaluation, a checkpoint or the end.
             (summed,) = distributed.sum_across([float(window_loss)], world, device)
             stopped_at = float(first_bad)  # the same on every process: DDP's gradients, so their norm, are shared
@@ -285,7 +287,7 @@ def _fit(
                     f"seed {seed}, step {int(stopped_at)}: the gradient norm is not finite; stopped, its update and any after it "
                     "dropped; earlier checkpoints kept (try a lower --lr or --precision fp32)"
                 )
-        if fit.step % config.log_every == 0 or fit.step == fit.total_steps:
+        if due_log:
             elapsed = max(time.perf_counter() - window_started, 1e-9)
             logged = {
                 "seed": seed,
