@@ -8,6 +8,7 @@ SIGTERM to the launcher leaves a checkpoint to continue from.
 
 import dataclasses
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -222,6 +223,80 @@ def test_sigterm_to_the_launcher_leaves_a_checkpoint_to_continue_from(store_dir,
     with pytest.raises(KeyboardInterrupt):
         train(config, progress=False, echo=quiet, on_step=first_step_then_stop)
     assert seen == [step + 1], "one process continues where the two stopped"
+
+
+def start_two_workers(out, args) -> tuple[subprocess.Popen, list[int]]:
+    """torchrun with two workers, once they have logged step 10; returns the launcher and the workers' pids."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "unmask", "train", *args]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not (out / "metrics.jsonl").exists() or '"step": 10' not in (out / "metrics.jsonl").read_text():
+        assert time.time() < deadline and launcher.poll() is None, "training never got going"
+        time.sleep(0.2)
+    found = subprocess.run(["ps", "-o", "pid=", "--ppid", str(launcher.pid)], capture_output=True, text=True).stdout.split()
+    workers = [int(pid) for pid in found]
+    assert len(workers) == 2, found
+    return launcher, workers
+
+
+def wait_gone(pids: list[int], seconds: float) -> list[int]:
+    """The pids still running (and not zombies) after up to `seconds`."""
+    deadline = time.time() + seconds
+    while True:
+        alive = [pid for pid in pids if _running(pid)]
+        if not alive or time.time() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][0] not in "ZX"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_launcher_killed_alone_takes_its_workers_with_it_after_a_checkpoint(store_dir, tiny_model_dir, tmp_path):
+    """kill -9 of torchrun's agent, not its group: the workers (each in a session of its own)
+    hear SIGTERM from the kernel and stop as on a preemption, with a checkpoint."""
+    out = tmp_path / "run"
+    args = settings(str(store_dir), str(tiny_model_dir), out, max_steps=100_000, eval_every=0, checkpoint_every=0, log_every=5)
+    launcher, workers = start_two_workers(out, args)
+    launcher.kill()
+    alive = wait_gone(workers, 60)
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    _, stderr = launcher.communicate(timeout=30)
+    assert alive == [], "workers outlived their launcher"
+    stopped = [line for line in stderr.splitlines() if line.startswith("stopped at step")]
+    assert len(stopped) == 1 and "by SIGTERM" in stopped[0], stderr[-2000:]
+    from unmask.storage import checkpoint
+    from unmask.storage.rundir import RunDir
+
+    assert checkpoint.latest_checkpoint(RunDir(out)).name == f"step-{int(stopped[0].split()[3]):08d}"
+
+
+def test_a_hung_worker_ends_the_others_after_the_collective_timeout_in_one_line(store_dir, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    args = settings(str(store_dir), str(tiny_model_dir), out, max_steps=100_000, eval_every=0, checkpoint_every=0, log_every=5)
+    launcher, workers = start_two_workers(out, [*args, "--collective-timeout", "0.1"])
+    hung, other = workers
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        alive = wait_gone([other], 60)
+    finally:
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        launcher.kill()
+    _, stderr = launcher.communicate(timeout=30)
+    assert alive == [], "the waiting worker never gave up"
+    lines = [line for line in stderr.splitlines() if "--collective-timeout" in line]
+    assert lines and "error:" in lines[0] and "sent nothing for 0.1 min" in lines[0], stderr[-3000:]
+    assert "Traceback" not in stderr.split(lines[0])[0][-2000:], "the timeout is one line, not a traceback"
 
 
 def test_a_single_process_stops_at_a_step_boundary_on_a_signal(store_dir, tiny_model_dir, tmp_path):

@@ -11,6 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from unmask.config import TrainConfig
 from unmask.pretrain.train import setup, train
 from unmask.runtime import hardware
+from unmask.runtime.preemption import StopSignals
 
 
 @pytest.fixture
@@ -132,13 +133,14 @@ class DeviceReads(TorchDispatchMode):
 def test_a_step_that_logs_nothing_never_reads_the_device(store_dir, tiny_model_dir, tmp_path, masking):
     run = setup(tiny_config(store_dir, tiny_model_dir, tmp_path / "run", masking=masking, dropout=0.1), echo=quiet)
     try:
+        no_signal = StopSignals()  # not entered: never receives one
         for _ in range(3):
-            drawn = run.draw_step()  # the host's part: masks and where they fall
+            drawn = run.draw_step(no_signal)  # the host's part: masks and where they fall
             with DeviceReads() as reads:  # the device's part: forward, backward, clip, step
-                run.update(run.forward_backward(drawn))
+                run.update(run.forward_backward(drawn, no_signal))
             assert reads.seen == [], reads.seen
             run.step += 1
-        assert run.settle(signals=type("S", (), {"received": None})())["loss"] > 0
+        assert run.settle(no_signal)["loss"] > 0
         # The detector catches what it looks for: the labels-based path the host's plan replaced
         # finds its positions on the device, and a logged number is a read.
         batch = drawn.micro_batches[0]

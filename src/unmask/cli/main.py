@@ -361,9 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     except PermissionError as e:  # wherever it comes from, the path is what the user needs
         print(f"unmask {command}: error: {e.filename or e}: permission denied (check who owns it, or choose another path)", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or a second stop signal during training (`preemption.StopNow`)
         print(f"unmask {command}: interrupted; finished files and checkpoints are intact", file=sys.stderr)
-        return 130
+        return getattr(e, "exit_code", 130)
 
 
 if __name__ == "__main__":

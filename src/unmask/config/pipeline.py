@@ -311,6 +311,8 @@ class TrainConfig:
     """torch.compile the encoder layers that run on every token (off: on a 2-core CPU it cost 15-35 s of compiling and ran no faster)."""
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     """Under torchrun: `ddp` replicates the model on every process, `fsdp` shards weights, gradients and optimizer state (FSDP2); `auto` is DDP. One process ignores it."""
+    collective_timeout: float = 30.0
+    """Under torchrun: minutes a process waits in a collective for the others before it gives up with an error (a process died or hung); long enough for a checkpoint write."""
     activation_checkpointing: bool = False
     """Recompute each encoder layer's activations in the backward pass instead of storing them: less memory for long sequences, about a third more compute."""
     report_to: list[str] = field(default_factory=list)
@@ -370,6 +372,7 @@ class TrainConfig:
         "eval_max_batches": at_least(1),
         "downstream_every": not_negative(),
         "mix_temperature": positive(),
+        "collective_timeout": positive(),
         "mix_switch": in_range(0, 1, low_open=True, high_open=True),
     }
 
@@ -483,7 +486,7 @@ class TrainConfig:
 # change with the number of processes as long as their product with it stays the same).
 RESUMABLE_CHANGES = frozenset({
     "out", "resume", "device", "compile", "eval_every", "eval_max_batches", "log_every", "checkpoint_every", "keep_checkpoints",
-    "strategy", "activation_checkpointing", "progress", "batch_size", "grad_accum", "global_batch", "on_nonfinite", "max_nonfinite", "report_to",
+    "strategy", "collective_timeout", "activation_checkpointing", "progress", "batch_size", "grad_accum", "global_batch", "on_nonfinite", "max_nonfinite", "report_to",
     "eval_seq_len",
     *("max_steps", "epochs", "time_budget"),  # a run may be extended; `length_changes` says what that does to the schedule
     *("downstream", "downstream_every", "downstream_mode"),

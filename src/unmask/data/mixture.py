@@ -115,6 +115,15 @@ class MixtureSampler:
         """The first source's position (the epoch a metrics line shows)."""
         return self.samplers[0].position
 
+    def mark(self) -> list[DataPosition]:
+        """A copy of every source's position, to `rewind` to (the positions themselves move as windows are taken)."""
+        return [DataPosition(p.epoch, p.position) for p in self.positions]
+
+    def rewind(self, positions: list[DataPosition]) -> None:
+        """Go back to where `mark` was called: a dropped step's windows are taken again on resume."""
+        for sampler, where in zip(self.samplers, positions):
+            sampler.position = DataPosition(where.epoch, where.position)
+
     def take(self, count: int, step: int, progress: float) -> tuple[np.ndarray, np.ndarray]:
         """The step's `count` global window numbers and each one's epoch (of its source)."""
         chosen = sources_of(self.schedule.at(progress), slot_uniforms(self.seed, step, count))

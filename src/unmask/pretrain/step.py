@@ -22,7 +22,7 @@ from unmask.config import TrainConfig
 from unmask.config.schedule import learning_rate, learning_rate_at, mask_rate, run_progress, warming_up
 from unmask.data.masking import IGNORE_INDEX, Masker
 from unmask.data.mixture import MixtureSampler, WindowMix
-from unmask.data.windows import Windows, rank_share
+from unmask.data.windows import DataPosition, Windows, rank_share
 from unmask.errors import UnmaskError
 from unmask.evaluation.heldout import combine, evaluate_model
 from unmask.models.architectures import Picks, document_ids, picks_of
@@ -32,7 +32,7 @@ from unmask.runtime.distributed import World
 from unmask.runtime.hardware import Precision, autocast, reporting_dtype
 from unmask.runtime.optimizer import adamw, decay_groups, set_learning_rate
 from unmask.runtime.persist import full_state
-from unmask.runtime.preemption import StopSignals
+from unmask.runtime.preemption import StepDropped, Stopped, StopSignals
 from unmask.runtime.progress import MetricsLog, Progress
 from unmask.runtime.stepping import PRETRAINING, clipped_update, step_seed
 from unmask.storage import checkpoint
@@ -48,6 +48,11 @@ def build_optimizer(lm: MaskedLM, config: TrainConfig, device: torch.device) -> 
     groups = decay_groups([(n, p) for n, p in named if n not in lm.fresh_parameters], config.weight_decay)
     groups += decay_groups([(n, p) for n, p in named if n in lm.fresh_parameters], config.weight_decay, config.fresh_lr_scale)
     return adamw(groups, config.lr, (config.beta1, config.beta2), config.adam_eps, device)
+
+
+DRAW_CHECK_EVERY = 16
+"""Micro-batches drawn between two checks for a stop (a check under torchrun is an all-reduce;
+drawing one is far quicker than computing it)."""
 
 
 class MicroBatch(NamedTuple):
@@ -72,6 +77,8 @@ class Drawn:
     picked: int
     maskable: int
     tokens: int
+    positions_before: list[DataPosition]
+    """Where the data stood before the step drew its windows (to rewind to if it is dropped)."""
 
 
 class Tally:
@@ -198,19 +205,23 @@ class Run:
         c = self.config
         return mask_rate(self.progress(), c.mask_prob, c.mask_prob_end, c.mask_schedule)
 
-    def draw_step(self) -> Drawn:
+    def draw_step(self, signals: StopSignals) -> Drawn:
         """This process's micro-batches of the step, masked on the host and copied over.
 
         Every process draws the whole global batch's window indices (cheap) and keeps its
         share. Masks are hashes of (seed, epoch, window, position), the same wherever they are
         computed; drawing them on the host means the host also knows how many positions are
         picked, and where, so the step never has to ask the device. Copies are pinned and
-        asynchronous on a GPU.
+        asynchronous on a GPU. A stop asked for while a long step is drawn drops it (every
+        `DRAW_CHECK_EVERY` micro-batches, as `stop_if_asked` says).
         """
+        before = self.sampler.mark()
         indices, epochs = self.sampler.take(self.global_batch, self.step, self.progress())
         rate = self.last_mask_prob = self.mask_prob()
-        drawn = Drawn([], 0, 0, 0)
-        for part in rank_share(self.world.rank, self.config.batch_size, self.config.grad_accum):
+        drawn = Drawn([], 0, 0, 0, before)
+        for number, part in enumerate(rank_share(self.world.rank, self.config.batch_size, self.config.grad_accum)):
+            if number and number % DRAW_CHECK_EVERY == 0:
+                self.stop_if_asked(drawn, signals)
             window = self.train_windows.batch(indices[part])
             attention_mask = torch.from_numpy(window.attention_mask)
             starts = torch.from_numpy(window.word_starts) if window.word_starts is not None and self.config.masking != "token" else None
@@ -243,23 +254,54 @@ class Run:
             drawn.tokens += int(attention_mask.sum())
         return drawn
 
-    def forward_backward(self, drawn: Drawn) -> torch.Tensor:
+    def forward_backward(self, drawn: Drawn, signals: StopSignals, within_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Forward and backward every micro-batch; the step's mean loss over the masked tokens
         of all processes, on the device.
 
         The loss is normalised by the masked tokens of the whole step on all processes rather
         than averaged over micro-batch means; DDP and FSDP average gradients over processes,
-        hence the factor `world.size`.
+        hence the factor `world.size`. Before each micro-batch after the first, the processes
+        agree on whether a stop was asked for: then the partial step is dropped
+        (`StepDropped`), so that a stop never waits for a long step to end. `within_step`
+        hears (micro-batches done, of) for a progress display.
         """
         picked = distributed.sum_on_device(float(drawn.picked), self.world, self.device).clamp_min(1.0)
         loss_sum = torch.zeros((), device=self.device)
+        count = len(drawn.micro_batches)
         for number, batch in enumerate(drawn.micro_batches, 1):
-            last = number == len(drawn.micro_batches)
+            if number > 1:
+                if within_step is not None:
+                    within_step(number - 1, count)
+                self.stop_if_asked(drawn, signals)
+            last = number == count
             with distributed.set_gradient_sync(self.model, self.strategy, last), autocast(self.device, self.dtype):
                 loss, _ = self.model(batch.input_ids, batch.attention_mask, batch.targets, batch.picks, batch.documents)
                 (loss * self.world.size / picked).backward()
             loss_sum += loss.detach()
         return distributed.sum_on_device(loss_sum, self.world, self.device) / picked
+
+    def stop_if_asked(self, drawn: Drawn, signals: StopSignals) -> None:
+        """Drop the step in progress when a stop signal reached any process: its gradients are
+        cleared and the data rewound to where the step began, so the checkpoint written next
+        is of the last whole step and a resumed run redoes this one exactly."""
+        signum = int(distributed.agree_max(float(signals.received or 0), self.world))
+        if signum:
+            self.signal = signum
+            self.optimizer.zero_grad(set_to_none=True)
+            self.sampler.rewind(drawn.positions_before)
+            raise StepDropped
+
+    def stop_after_dropped_step(self, signals: StopSignals) -> Stopped:
+        """After `StepDropped`: read and agree on what the whole steps before it did, write the
+        checkpoint of the last of them (unless it is on disk already, or none ran), and return
+        the `Stopped` to raise."""
+        self.settle(signals)
+        have = distributed.max_across([float(self.world.is_main and self.run_dir.checkpoint(self.step).is_dir())], self.world, self.device)[
+            0
+        ]
+        started_fresh = self.step == 0
+        saved = None if started_fresh else self.run_dir.checkpoint(self.step) if have else self.save_checkpoint()
+        return Stopped(self.signal, self.step, saved)
 
     def update(self, mean_loss: torch.Tensor) -> None:
         """Clip, and apply the update unless the loss or the gradient norm is not finite: such

@@ -47,7 +47,7 @@ from unmask.runtime import distributed
 from unmask.runtime.distributed import World
 from unmask.runtime.hardware import choose_precision, make_deterministic
 from unmask.runtime.persist import check_run_folder, restore, save_base, save_final_model
-from unmask.runtime.preemption import Stopped, StopSignals
+from unmask.runtime.preemption import StepDropped, Stopped, StopSignals
 from unmask.runtime.progress import MetricsLog, Progress, Throughput
 from unmask.runtime.tracking import Trackers
 from unmask.storage import checkpoint
@@ -141,7 +141,7 @@ def setup(config: TrainConfig, echo: Callable[[str], None] = print, score_checkp
         )
     if config.deterministic:
         make_deterministic()  # before the first CUDA call: cuBLAS reads its workspace setting then
-    world, device = distributed.join(config.device)
+    world, device = distributed.join(config.device, config.collective_timeout)
     echo = echo if world.is_main else (lambda _: None)
     run_dir = RunDir(Path(config.out))
     if run_dir.path.exists() and not run_dir.path.is_dir():
@@ -293,44 +293,55 @@ def train(
 
     `clock` measures the training time a --time-budget counts (tests pass a fake one).
     """
+    with distributed.timeouts_as_errors(config.collective_timeout):
+        return _train(config, progress, echo, on_step, clock, score_checkpoint)
+
+
+def _train(config: TrainConfig, progress: bool, echo, on_step, clock, score_checkpoint) -> dict:
     run = setup(config, echo, score_checkpoint)
     try:
         display = Progress(config.progress if progress else "none", run.total_steps, run.step, echo, enabled=run.world.is_main)
         speed = Throughput()
         last_eval: dict = {}
-        with StopSignals() as signals:
-            while not run.finished():
-                began = clock()
-                lr = run.begin_step()  # the learning rate, and dropout reseeded from (seed, step, rank)
-                drawn = run.draw_step()  # the step's windows, masked on the host, copied to the device
-                run.update(run.forward_backward(drawn))  # forward, backward, clip, step: nothing reads the device
-                run.finish_step(drawn, signals)  # count it; take a signal
-                logged = None
-                if run.due_to_settle():  # the one wait for the device: a log line, evaluation, checkpoint or the end
-                    numbers = run.settle(signals)
-                    logged = {
-                        "step": run.step,
-                        "lr": lr,
-                        **numbers,
-                        "mask_prob": run.last_mask_prob,
-                        "tokens_per_s": speed.rate_and_restart(numbers.pop("tokens")),
-                        "epoch": run.sampler.position.epoch,
-                    }
-                run.spend(clock() - began)
-                if logged is not None:
-                    run.metrics.write({**logged, "train_seconds": run.spent})
-                display.step(run.step, logged, run.progress())
-                with speed.paused():
-                    if config.eval_every and run.step % config.eval_every == 0 and not run.finished():
-                        last_eval = run.evaluate(display) or last_eval
-                    if run.signal or config.checkpoint_every and run.step % config.checkpoint_every == 0 and not run.finished():
-                        saved = run.save_checkpoint()
-                        run.score_downstream(display)
-                    if run.signal:
-                        display.close()
-                        raise Stopped(run.signal, run.step, saved)
-                if on_step is not None:
-                    on_step(run.step)
+        with StopSignals(announce=run.world.is_main) as signals:
+            try:
+                while not run.finished():
+                    began = clock()
+                    lr = run.begin_step()  # the learning rate, and dropout reseeded from (seed, step, rank)
+                    drawn = run.draw_step(signals)  # the step's windows, masked on the host, copied to the device
+                    run.update(
+                        run.forward_backward(drawn, signals, display.within_step)
+                    )  # forward, backward, clip, step: nothing reads the device
+                    run.finish_step(drawn, signals)  # count it; take a signal
+                    logged = None
+                    if run.due_to_settle():  # the one wait for the device: a log line, evaluation, checkpoint or the end
+                        numbers = run.settle(signals)
+                        logged = {
+                            "step": run.step,
+                            "lr": lr,
+                            **numbers,
+                            "mask_prob": run.last_mask_prob,
+                            "tokens_per_s": speed.rate_and_restart(numbers.pop("tokens")),
+                            "epoch": run.sampler.position.epoch,
+                        }
+                    run.spend(clock() - began)
+                    if logged is not None:
+                        run.metrics.write({**logged, "train_seconds": run.spent})
+                    display.step(run.step, logged, run.progress())
+                    with speed.paused():
+                        if config.eval_every and run.step % config.eval_every == 0 and not run.finished():
+                            last_eval = run.evaluate(display) or last_eval
+                        if run.signal or config.checkpoint_every and run.step % config.checkpoint_every == 0 and not run.finished():
+                            saved = run.save_checkpoint()
+                            run.score_downstream(display)
+                        if run.signal:
+                            display.close()
+                            raise Stopped(run.signal, run.step, saved)
+                    if on_step is not None:
+                        on_step(run.step)
+            except StepDropped:  # a stop signal mid-step: its partial gradients are gone, the data rewound
+                display.close()
+                raise run.stop_after_dropped_step(signals) from None
         display.close()
         return finish(run, last_eval, display)
     finally:

@@ -14,8 +14,12 @@ the root, whose forward (`MaskedLM.forward`) gathers them.
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -51,10 +55,55 @@ def launched_by_torchrun() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
-def join(device_request: str) -> tuple[World, torch.device]:
-    """Join torchrun's process group if there is one, and choose this process's device."""
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_control_group = None
+"""A gloo group beside NCCL's, for the host-side agreements of every micro-batch (a stop
+request): a CPU all-reduce there never waits for the GPU. None: the default group is gloo."""
+
+
+def die_with_launcher() -> None:
+    """Ask the kernel to send this process SIGTERM when its parent (torchrun's agent) dies.
+
+    torchrun starts each worker in a session of its own, so a launcher killed with -9 (not
+    its group) would otherwise leave the workers running, waiting in a collective for a
+    partner that may never come. With SIGTERM they stop as on a preemption, with a checkpoint.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: nothing to ask
+        return
+    if os.getppid() == 1:  # the launcher died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def is_collective_timeout(error: BaseException) -> bool:
+    """Whether `error` is a collective (gloo) giving up on a process that never came."""
+    return isinstance(error, RuntimeError) and "timed out" in str(error).lower()
+
+
+@contextmanager
+def timeouts_as_errors(minutes: float) -> Iterator[None]:
+    """A collective that gave up waiting (`join`'s timeout) as one line naming the setting.
+    (NCCL's watchdog ends the process itself, with its own message.)"""
+    try:
+        yield
+    except RuntimeError as e:
+        if not is_collective_timeout(e):
+            raise
+        raise UnmaskError(
+            f"another process of this run sent nothing for {minutes:g} min (--collective-timeout): it died or hangs; "
+            "stopped (the checkpoints written so far are intact; continue with --resume)"
+        ) from None
+
+
+def join(device_request: str, timeout_minutes: float = 30.0) -> tuple[World, torch.device]:
+    """Join torchrun's process group if there is one, and choose this process's device. A
+    collective that waits longer than `timeout_minutes` for another process fails."""
+    global _control_group
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
         return World(), resolve_device(device_request)
+    die_with_launcher()
     world = World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
     wants_cuda = device_request == "auto" and torch.cuda.is_available() or device_request.startswith("cuda")
     if wants_cuda:
@@ -65,9 +114,21 @@ def join(device_request: str) -> tuple[World, torch.device]:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        # A generous timeout: one rank may spend minutes writing a checkpoint while the others wait.
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=30))
+        # The default is generous: one rank may spend minutes writing a checkpoint while the others wait.
+        timeout = datetime.timedelta(minutes=timeout_minutes)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+        _control_group = dist.new_group(backend="gloo", timeout=timeout) if device.type == "cuda" else None
     return world, device
+
+
+def agree_max(value: float, world: World) -> float:
+    """The largest of every process's `value`, by a host-side all-reduce that never waits for
+    a GPU (the control group; gloo on CPU)."""
+    if not world.distributed:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=_control_group)
+    return float(tensor.item())
 
 
 def leave() -> None:

@@ -48,11 +48,16 @@ class Progress:
             mode = "bar" if sys.stderr.isatty() else "lines"
         self.mode = mode if enabled else "none"
         self.total, self.initial = total, initial
+        self.shown_step = initial
+        """The last step shown."""
         self._echo = echo if enabled else (lambda _: None)
         self.started = time.perf_counter()
         self.rate_key, self.rate_unit = rate
         """The logged speed to show, and its unit."""
         self.bar = None
+        self.last_line = time.perf_counter()
+        self.within_every = 30.0
+        """Seconds between the plain lines that show a long step's micro-batches."""
         if self.mode == "bar":
             from tqdm import tqdm
 
@@ -75,7 +80,9 @@ class Progress:
     def step(self, step: int, logged: dict | None = None, fraction: float | None = None) -> None:
         """Called once per step; `logged` holds the numbers of a step that writes a metrics line,
         `fraction` how far along the run is (steps or time budget)."""
+        self.shown_step, self.last_line = step, time.perf_counter()
         if self.bar is not None:
+            self.bar.set_description_str("train")
             self.bar.update(1)
             if logged:
                 self.bar.set_postfix_str(
@@ -90,6 +97,15 @@ class Progress:
                 f"{logged[self.rate_key]:,.0f} {self.rate_unit}  elapsed {format_duration(time.perf_counter() - self.started)}"
                 + (f"  ETA {format_duration(eta)}" if eta == eta else "")
             )
+
+    def within_step(self, done: int, of: int) -> None:
+        """Micro-batches done in a step of many (gradient accumulation): on the bar at once, as
+        a plain line at most every `within_every` seconds, so that a step of minutes shows it moves."""
+        if self.bar is not None:
+            self.bar.set_description_str(f"train (micro-batch {done}/{of})" if done < of else "train")
+        elif self.mode == "lines" and time.perf_counter() - self.last_line >= self.within_every:
+            self.last_line = time.perf_counter()
+            self._echo(f"step {self.shown_step + 1}{f'/{self.total}' if self.total else ''}: micro-batch {done}/{of}")
 
     def close(self) -> None:
         if self.bar is not None:
