@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from unmask.config import TrainConfig
 from unmask.pretrain.step import Run
 from unmask.pretrain.train import train
-from unmask.runtime.preemption import Stopped, StopNow, StopSignals
+from unmask.runtime.preemption import StopNow, Stopped, StopSignals
 
 
 @pytest.mark.parametrize(
