@@ -345,6 +345,37 @@ def test_a_full_disk_while_training_is_one_line_and_earlier_checkpoints_stay_who
     assert not (out / "model").exists() and not list(out.glob(".*partial*")) and not list((out / "checkpoints").glob(".step-*"))
 
 
+def limited_file_size(limit_bytes: int):
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+
+@pytest.mark.parametrize("command", ["prepare", "train"])
+def test_a_file_size_limit_is_one_line_like_a_full_disk(command, corpus_dir, tokenizer_dir, store_dir, tiny_model_dir, tmp_path):
+    """`(ulimit -f N; unmask ...)`: the write that passes the limit fails with EFBIG (Python
+    ignores SIGXFSZ), which is said in one line, with nothing half-written left behind."""
+    out = tmp_path / "out"
+    if command == "prepare":
+        args = ["prepare", str(corpus_dir), "--out", str(out), "--tokenizer", str(tokenizer_dir)]
+        limit = 4096
+    else:
+        args = ["train", "--model", str(tiny_model_dir), "--data", str(store_dir), "--out", str(out), "--seq-len", "32"]
+        args += ["--batch-size", "4", "--max-steps", "2", "--progress", "none"]
+        limit = 64 * 1024
+    result = subprocess.run(
+        [sys.executable, "-m", "unmask", *args], capture_output=True, text=True, preexec_fn=limited_file_size(limit), timeout=300
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert re.search(
+        r"error: .*the file-size limit \(ulimit -f\) reached while writing .*may write files of up to .*nothing half-written was kept", last
+    )
+    half = [p for p in out.rglob("*") if ".partial-" in str(p) or ".building-" in str(p) or p.name.endswith(".tmp")] if out.exists() else []
+    assert half == [], half
+
+
 def test_a_second_train_into_a_live_run_refuses_and_a_killed_run_leaves_no_stuck_lock(store_dir, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     args = settings(str(store_dir), str(tiny_model_dir), out, max_steps=100_000, checkpoint_every=50, eval_every=0)

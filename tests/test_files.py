@@ -129,3 +129,29 @@ def test_a_lock_is_held_while_its_named_process_lives(tmp_path):
     (tmp_path / ".lock").write_text("unmask train (pid 1 on another-machine)")
     assert RunLock.is_held(tmp_path / ".lock"), "another machine's note is trusted"
     assert not RunLock.is_held(tmp_path / "missing.lock")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_published_folders_and_atomic_files_follow_the_umask(tmp_path, umask):
+    """safetensors (and mkstemp) write 0600; what unmask publishes is as readable as the umask allows."""
+    import tempfile
+
+    from safetensors.torch import save_file
+    from torch import zeros
+
+    previous = os.umask(umask)
+    try:
+        with files.building(tmp_path / "model", "a model") as folder:
+            save_file({"w": zeros(2)}, str(folder / "model.safetensors"))
+            (folder / "sub").mkdir()
+            fd, private = tempfile.mkstemp(dir=folder / "sub")
+            os.close(fd)
+        atomic_write_text(tmp_path / "summary.json", "{}")
+    finally:
+        os.umask(previous)
+    assert files.current_umask() == previous
+    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in tmp_path.rglob("*")}
+    for name, mode in modes.items():
+        expected = (0o777 if (tmp_path / name).is_dir() else 0o666) & ~umask
+        assert mode == expected, f"{name}: {mode:o}, the umask {umask:03o} says {expected:o}"
+    assert len(modes) == 5  # model/, its weights, sub/, the private file, summary.json

@@ -58,6 +58,34 @@ def fsync_tree(folder: Path) -> None:
         fsync_dir(Path(root))
 
 
+def current_umask() -> int:
+    """This process's umask, read without changing it (os.umask can only be read by setting it,
+    which would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(folder: Path) -> None:
+    """Give every file and folder below `folder` the modes a plain `open` would have: libraries
+    that write through a private temporary file (safetensors) leave 0600, which another user
+    of a shared folder cannot read."""
+    mask = current_umask()
+    for root, folders, files in os.walk(folder):
+        for name in files:
+            os.chmod(Path(root) / name, 0o666 & ~mask)
+        for name in folders:
+            os.chmod(Path(root) / name, 0o777 & ~mask)
+    os.chmod(folder, 0o777 & ~mask)
+
+
 def _write_atomically(path: Path, data: bytes, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with disk_full_guard(path, path.name, len(data)):
@@ -67,7 +95,7 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(tmp, mode)  # mkstemp creates 0600; results are meant to be shared
+            os.chmod(tmp, mode & ~current_umask())  # mkstemp creates 0600; results are meant to be shared, as the umask says
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -77,11 +105,11 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write through a temporary file, fsync, rename: a crash never leaves half a file."""
-    _write_atomically(Path(path), text.encode("utf-8"), 0o644)
+    _write_atomically(Path(path), text.encode("utf-8"), 0o666)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    _write_atomically(Path(path), data, 0o644)
+    _write_atomically(Path(path), data, 0o666)
 
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
@@ -122,12 +150,20 @@ def remove_stale_building(folder: Path) -> list[Path]:
     return removed
 
 
-def is_disk_full(error: BaseException) -> bool:
-    """ENOSPC or EDQUOT, also when a library wraps it in an exception of its own."""
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
+_NO_ROOM = {
+    errno.ENOSPC: ("no space left", "disk full"),
+    errno.EDQUOT: ("disk quota exceeded", "disk quota exceeded"),
+    errno.EFBIG: ("file too large", "the file-size limit (ulimit -f) reached"),
+}
+
+
+def out_of_room(error: BaseException) -> str | None:
+    """Why a write found no room (a full disk, a quota, this process's file-size limit), also
+    when a library wraps the error in an exception of its own; None for any other error."""
+    if isinstance(error, OSError) and error.errno in _NO_ROOM:
+        return _NO_ROOM[error.errno][1]
     text = str(error).lower()
-    return "no space left" in text or "disk quota exceeded" in text
+    return next((reason for needle, reason in _NO_ROOM.values() if needle in text), None)
 
 
 def readable_size(count: float) -> str:
@@ -142,20 +178,30 @@ def readable_size(count: float) -> str:
 
 @contextmanager
 def disk_full_guard(path: Path, what: str, needed_bytes: int | None = None) -> Iterator[None]:
-    """Turn a full disk while writing `what` at `path` into one clear line (an UnmaskError)."""
+    """Turn a full disk (or quota, or file-size limit) while writing `what` at `path` into one clear line (an UnmaskError)."""
     try:
         yield
     except BaseException as e:
-        if not is_disk_full(e):
+        reason = out_of_room(e)
+        if reason is None:
             raise
-        place = Path(path)
-        while not place.exists() and place != place.parent:
-            place = place.parent
-        free = shutil.disk_usage(place).free if place.exists() else 0
         need = f"it needs about {readable_size(needed_bytes)}, " if needed_bytes else ""
         raise UnmaskError(
-            f"{path}: disk full while writing {what} ({need}{readable_size(free)} free there); nothing half-written was kept"
+            f"{path}: {reason} while writing {what} ({need}{_room_left(path, reason)}); nothing half-written was kept"
         ) from None
+
+
+def _room_left(path: Path, reason: str) -> str:
+    """What the limit that was hit leaves: this process's file-size limit, or the free space there."""
+    if "ulimit" in reason:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        return f"this process may write files of up to {readable_size(limit)}"
+    place = Path(path)
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    return f"{readable_size(shutil.disk_usage(place).free if place.exists() else 0)} free there"
 
 
 class RunLock:
@@ -272,6 +318,7 @@ def publish_folder(building: Path, target: Path) -> None:
     the old or the new folder is whole under one of the two names (`recover_folder` puts an
     old one back if a crash fell between the two renames).
     """
+    follow_umask(building)
     fsync_tree(building)
     if target.exists():
         retired = building_path(target, "replaced")
