@@ -79,10 +79,12 @@ def test_a_suite_over_two_checkpoints_resumes_a_half_done_results_file(run_with_
     assert keys == {(t, f"step {s}", seed) for s in (2, 4) for t, seed in [("animals", 0), ("animals", 1), ("animals-probe", 0)]}
     assert len(records) == 6 and records[0] == done, "the result already there is kept, not recomputed"
     assert not any("animals / step 2: finetune, seed 0" in line for line in lines)
-    assert report["tasks"]["animals"]["step 2"]["seeds"] == 2 and report["tasks"]["animals"]["step 2"]["min"] == 0.125
-    assert set(report["average"]) == {"step 2", "step 4"} and report["table"][0] == ["task (metric)", "step 2", "step 4"]
+    fine_tuned = report["tasks"]["animals"]["finetune"]
+    assert fine_tuned["step 2"]["seeds"] == 2 and fine_tuned["step 2"]["min"] == 0.125
+    assert set(report["average"]) == {"suite"} and set(report["average"]["suite"]) == {"step 2", "step 4"}
+    assert report["table"][0] == ["task (metric), mode", "step 2", "step 4"]
     assert (run_with_checkpoints / "downstream" / "chart.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| animals (score) | 0." in (run_with_checkpoints / "downstream" / "report.md").read_text()
+    assert "| animals (score), finetune | 0." in (run_with_checkpoints / "downstream" / "report.md").read_text()
     lines.clear()
     run_suite(DownstreamConfig(suite=suite, run=str(run_with_checkpoints), device="cpu"), echo=lines.append)
     assert lines == [], "a finished suite costs nothing to report again"
@@ -92,7 +94,39 @@ def test_the_web_page_gets_the_runs_downstream_curve(run_with_checkpoints, tmp_p
     from unmask.serve.runs import downstream
 
     curves = downstream(run_with_checkpoints)
-    assert set(curves) >= {"animals", "animals-probe"} and [p[0] for p in curves["animals"]["points"]] == [2, 4]
+    assert set(curves) >= {"animals, finetune", "animals-probe, probe"} and [p[0] for p in curves["animals, finetune"]["points"]] == [2, 4]
+
+
+def test_probes_and_fine_tunings_of_one_checkpoint_are_reported_apart_and_other_settings_left_out(run_with_checkpoints, tmp_path):
+    """The issue's case: probe the checkpoints, fine-tune them, probe again: step 2's cell is
+    never the median of a probe and a fine-tuning shown as two seeds."""
+
+    train_data = write_jsonl(tmp_path / "t.jsonl", classification_records(48))
+    eval_data = write_jsonl(tmp_path / "e.jsonl", classification_records(16, 9))
+    suite = tmp_path / "one.yaml"
+    one_task = f"name: one\ntasks:\n  - {{name: pets, train: {train_data}, eval: {eval_data}, mode: finetune, max_length: 32, "
+    suite.write_text(one_task + "finetune: {epochs: 1, batch_size: 16, lr: 1.0e-3}}\n")
+    out = tmp_path / "scores"
+    common = dict(suite=str(suite), run=str(run_with_checkpoints), steps="2", device="cpu", out=str(out))
+    run_suite(DownstreamConfig(mode="probe", **common), echo=quiet)
+    run_suite(DownstreamConfig(mode="finetune", **common), echo=quiet)
+    report = run_suite(DownstreamConfig(mode="probe", **common), echo=quiet)
+    cells = report["tasks"]["pets"]
+    assert cells["probe"]["step 2"]["seeds"] == 1 and cells["finetune"]["step 2"]["seeds"] == 1
+    assert [row[0] for row in report["table"][1:]] == [
+        "pets (score), finetune",
+        "pets (score), probe",
+        "average, finetune",
+        "average, probe",
+    ]
+    assert report["average"]["probe"]["step 2"] == cells["probe"]["step 2"]["median"]
+
+    suite.write_text(one_task + "finetune: {epochs: 1, batch_size: 16, lr: 2.0e-3}}\n")  # the suite edited: another lr
+    lines = []
+    report = run_suite(DownstreamConfig(mode="finetune", **common), echo=lines.append)
+    assert any("pets / step 2: finetune, seed 0" in line for line in lines), "other settings are not a result already there"
+    assert report["left_out"] == 1 and report["tasks"]["pets"]["finetune"]["step 2"]["seeds"] == 1
+    assert "1 result(s) in results.jsonl were made with other settings" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize(

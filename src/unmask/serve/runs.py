@@ -117,16 +117,29 @@ def describe(run: RunFolder, detail: bool = False) -> dict:
 
 
 def downstream(path: Path) -> dict[str, dict]:
-    """The run's downstream scores per task: its metric and [step, median over seeds] points."""
+    """The run's downstream scores per task and mode ("sst2, probe"): its metric and [step,
+    median over seeds] points. A probe and a fine-tuning of one checkpoint are separate
+    curves, and so are results of a task's other settings (a suite edited since)."""
     from unmask.tasks.suites import read_run_results
 
-    by_task: dict[str, dict] = {}
-    for record in read_run_results(RunDir(path)):
-        if record.get("step") is None or "score" not in record:
-            continue
-        task = by_task.setdefault(record["task"], {"metric": record.get("score_metric"), "scores": {}})
-        task["scores"].setdefault(record["step"], []).append(record["score"])
-    return {
-        name: {"metric": task["metric"], "points": [[step, float(median(scores))] for step, scores in sorted(task["scores"].items())]}
-        for name, task in by_task.items()
-    }
+    records = [r for r in read_run_results(RunDir(path)) if r.get("step") is not None and "score" in r]
+    recorded: dict[tuple, set] = {}
+    for record in records:
+        recorded.setdefault((record["task"], record.get("mode", "finetune")), set()).add(record.get("settings"))
+    groups: dict[tuple, dict] = {}
+    for record in records:
+        task_mode = (record["task"], record.get("mode", "finetune"))
+        known = recorded[task_mode] - {None}
+        # A line from before settings were recorded joins the one set of settings there is.
+        settings = record.get("settings") or (next(iter(known)) if len(known) == 1 else None)
+        key = (*task_mode, settings)
+        group = groups.setdefault(key, {"metric": record.get("score_metric"), "scores": {}})
+        group["scores"].setdefault(record["step"], []).append(record["score"])
+    settings_per_task = {}
+    for task, mode, settings in groups:
+        settings_per_task.setdefault((task, mode), set()).add(settings)
+    curves = {}
+    for (task, mode, settings), group in groups.items():
+        name = f"{task}, {mode}" + (f" [settings {settings}]" if len(settings_per_task[(task, mode)]) > 1 else "")
+        curves[name] = {"metric": group["metric"], "points": [[step, float(median(s))] for step, s in sorted(group["scores"].items())]}
+    return curves

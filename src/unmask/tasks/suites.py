@@ -15,6 +15,7 @@ A run's results live in RUN/downstream/, where `unmask serve` finds them, and tr
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import shutil
@@ -92,25 +93,48 @@ def tokens_per_step(run: RunDir, newest: Path | None) -> int | None:
     return info.global_batch * seq_len if info is not None and info.global_batch and seq_len else None
 
 
-def _key(task: str, target: Target, mode: str, seed: int) -> tuple:
-    return (task, target.label, mode, seed)
+def settings_key(task: SuiteTask, mode: str) -> str:
+    """A short fingerprint of what decides a task's score in a mode: its data and scoring and
+    the probe's or fine-tuning's settings. Results of other settings (a suite file edited since)
+    are neither skipped as done nor mixed into the report."""
+    settings = {"task": task.task_options(), mode: task.probe if mode == "probe" else task.finetune}
+    if mode == "finetune":
+        settings["seeds"] = task.seed_list()
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _key(task: str, target: str, mode: str, seed: int, settings: str | None) -> tuple:
+    return (task, target, mode, seed, settings)
+
+
+def _record_key(record: dict) -> tuple:
+    # A line written before settings were recorded counts as made with today's settings.
+    return _key(record["task"], record["target"], record["mode"], record["seed"], record.get("settings"))
 
 
 class Results:
-    """results.jsonl: one line a (task, target, mode, seed), appended as each is known."""
+    """results.jsonl: one line a (task, target, mode, seed, settings), appended as each is known."""
 
     def __init__(self, folder: Path):
         self.path = folder / RESULTS
-        self.records, _ = read_json_lines(self.path)
-        self.known = {(r["task"], r["target"], r["mode"], r["seed"]) for r in self.records if {"task", "target", "mode", "seed"} <= set(r)}
+        records, _ = read_json_lines(self.path)
+        self.records = [r for r in records if {"task", "target", "mode", "seed", "score"} <= set(r)]
+        self.known = {_record_key(r) for r in self.records}
 
     def has(self, key: tuple) -> bool:
-        return key in self.known
+        return key in self.known or (*key[:4], None) in self.known
 
     def add(self, record: dict) -> None:
         append_json_line(self.path, record)
         self.records.append(record)
-        self.known.add((record["task"], record["target"], record["mode"], record["seed"]))
+        self.known.add(_record_key(record))
+
+    def current(self, suite: Suite) -> tuple[list[dict], int]:
+        """The records made with the suite's present settings of their task and mode, and how
+        many others were left out (other settings, or a task no longer in the suite)."""
+        keys = {(t.name, mode): settings_key(t, mode) for t in suite.tasks for mode in ("probe", "finetune")}
+        kept = [r for r in self.records if (r["task"], r["mode"]) in keys and r.get("settings") in (None, keys[(r["task"], r["mode"])])]
+        return kept, len(self.records) - len(kept)
 
 
 def _slug(text: str) -> str:
@@ -158,6 +182,7 @@ def score_one(task: SuiteTask, target: Target, mode: str, seed: int, work: Path,
         "step": target.step,
         "tokens": target.tokens,
         "mode": mode,
+        "settings": settings_key(task, mode),
         "seed": seed,
         "metrics": metrics,
         "score_metric": score_metric,
@@ -173,7 +198,7 @@ def score_targets(suite: Suite, targets: list[Target], out: Path, mode: str, dev
         for task in suite.tasks:
             task_mode = task.mode if mode == "suite" else mode
             for seed in task.seed_list() if task_mode == "finetune" else [0]:
-                key = _key(task.name, target, task_mode, seed)
+                key = _key(task.name, target.label, task_mode, seed, settings_key(task, task_mode))
                 if results.has(key):
                     continue
                 echo(f"{task.name} / {target.label}: {task_mode}{f', seed {seed}' if task_mode == 'finetune' else ''}")
@@ -186,26 +211,36 @@ def score_targets(suite: Suite, targets: list[Target], out: Path, mode: str, dev
 # ---------------------------------------------------------------- the report
 
 
+MODES = ("finetune", "probe")
+
+
 def aggregate(records: list[dict], suite: Suite, targets: list[Target]) -> dict:
-    """Per task and target: the median score over seeds, its spread and the seed count; the
-    suite average per target (the mean of its task medians, where every task has one)."""
-    table: dict[str, dict[str, dict]] = {}
+    """Per task, mode and target: the median score over seeds, its spread and the seed count
+    (a probe and a fine-tuning of one checkpoint are never mixed); the averages per target (the
+    mean of the task medians, where every task has one): one per mode, and `suite` (each task
+    in its own mode) where the suite's tasks differ in mode."""
+    table: dict[str, dict[str, dict[str, dict]]] = {}
     for task in suite.tasks:
+        for mode in MODES:
+            for target in targets:
+                scores = [r["score"] for r in records if r["task"] == task.name and r["mode"] == mode and r["target"] == target.label]
+                if scores:
+                    table.setdefault(task.name, {}).setdefault(mode, {})[target.label] = {
+                        "median": statistics.median(scores),
+                        "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                        "min": min(scores),
+                        "max": max(scores),
+                        "seeds": len(scores),
+                    }
+    choices = {mode: {t.name: mode for t in suite.tasks} for mode in MODES}
+    if len({t.mode for t in suite.tasks}) > 1:
+        choices["suite"] = {t.name: t.mode for t in suite.tasks}
+    average: dict[str, dict[str, float]] = {}
+    for label, modes in choices.items():
         for target in targets:
-            scores = [r["score"] for r in records if r["task"] == task.name and r["target"] == target.label]
-            if scores:
-                table.setdefault(task.name, {})[target.label] = {
-                    "median": statistics.median(scores),
-                    "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
-                    "min": min(scores),
-                    "max": max(scores),
-                    "seeds": len(scores),
-                }
-    average = {}
-    for target in targets:
-        medians = [table[t.name][target.label]["median"] for t in suite.tasks if target.label in table.get(t.name, {})]
-        if len(medians) == len(suite.tasks):
-            average[target.label] = statistics.fmean(medians)
+            medians = [table.get(name, {}).get(mode, {}).get(target.label, {}).get("median") for name, mode in modes.items()]
+            if all(m is not None for m in medians):
+                average.setdefault(label, {})[target.label] = statistics.fmean(medians)
     return {"tasks": table, "average": average}
 
 
@@ -216,17 +251,30 @@ def _cell(entry: dict | None) -> str:
     return f"{entry['median']:.4f}{spread}"
 
 
+def report_rows(summary: dict, suite: Suite) -> list[tuple[str, str]]:
+    """The (task, mode) pairs that have results, in suite order, each task's own mode first."""
+    return [
+        (task.name, mode)
+        for task in suite.tasks
+        for mode in sorted(MODES, key=lambda m: m != task.mode)
+        if mode in summary["tasks"].get(task.name, {})
+    ]
+
+
 def report_table(summary: dict, suite: Suite, targets: list[Target]) -> list[list[str]]:
     metric = {t.name: (t.metric[0] if t.metric else "score") for t in suite.tasks}
-    rows = [["task (metric)", *(t.label for t in targets)]]
-    for task in suite.tasks:
-        rows.append([f"{task.name} ({metric[task.name]})", *(_cell(summary["tasks"].get(task.name, {}).get(t.label)) for t in targets)])
-    rows.append(["average", *(f"{summary['average'][t.label]:.4f}" if t.label in summary["average"] else "n/a" for t in targets)])
+    rows = [["task (metric), mode", *(t.label for t in targets)]]
+    for name, mode in report_rows(summary, suite):
+        entries = summary["tasks"][name][mode]
+        rows.append([f"{name} ({metric[name]}), {mode}", *(_cell(entries.get(t.label)) for t in targets)])
+    for label, values in summary["average"].items():
+        rows.append([f"average, {label}", *(f"{values[t.label]:.4f}" if t.label in values else "n/a" for t in targets)])
     return rows
 
 
 def chart(summary: dict, suite: Suite, targets: list[Target], path: Path, title: str) -> Path | None:
-    """Scores against the pretraining step (a run) or per model; None when matplotlib is missing."""
+    """Scores against the pretraining step (a run) or per model, one line per task and mode;
+    None when matplotlib is missing."""
     from unmask.evaluation.charts import pyplot
 
     try:
@@ -236,14 +284,15 @@ def chart(summary: dict, suite: Suite, targets: list[Target], path: Path, title:
     figure, axis = plt.subplots(figsize=(7.5, 4.2))
     by_step = all(t.step is not None for t in targets)
     xs = [t.step for t in targets] if by_step else list(range(len(targets)))
-    for task in suite.tasks:
-        points = [(x, summary["tasks"].get(task.name, {}).get(t.label)) for x, t in zip(xs, targets)]
-        points = [(x, e["median"]) for x, e in points if e]
+    for name, mode in report_rows(summary, suite):
+        entries = summary["tasks"][name][mode]
+        points = [(x, entries[t.label]["median"]) for x, t in zip(xs, targets) if t.label in entries]
         if points:
-            axis.plot(*zip(*points), "o-", label=task.name, alpha=0.8)
-    average = [(x, summary["average"][t.label]) for x, t in zip(xs, targets) if t.label in summary["average"]]
-    if average:
-        axis.plot(*zip(*average), "s--", color="black", label="average", linewidth=2)
+            axis.plot(*zip(*points), "o-" if mode == "finetune" else "^:", label=f"{name}, {mode}", alpha=0.8)
+    for label, values in summary["average"].items():
+        average = [(x, values[t.label]) for x, t in zip(xs, targets) if t.label in values]
+        if average:
+            axis.plot(*zip(*average), "s--", color="black", label=f"average, {label}", linewidth=2)
     if by_step:
         axis.set_xlabel("pretraining step")
     else:
@@ -267,14 +316,20 @@ def scored_targets(records: list[dict], targets: list[Target]) -> list[Target]:
 
 
 def write_report(results: Results, suite: Suite, targets: list[Target], out: Path) -> dict:
-    targets = scored_targets(results.records, targets)
-    summary = aggregate(results.records, suite, targets)
+    records, left_out = results.current(suite)
+    targets = scored_targets(records, targets)
+    summary = aggregate(records, suite, targets)
     rows = report_table(summary, suite, targets)
-    report = {"suite": suite.name, "targets": [dataclasses.asdict(t) for t in targets], **summary, "table": rows}
+    report = {"suite": suite.name, "targets": [dataclasses.asdict(t) for t in targets], **summary, "table": rows, "left_out": left_out}
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     drawn = chart(summary, suite, targets, out / "chart.png", f"{suite.name}: downstream scores")
     lines = [f"# {suite.name}: downstream scores", "", suite.description, "", markdown_table(rows), ""]
     lines += ["Cells: the median score over seeds, ± the standard deviation (seeds); average: the mean of the task medians.", ""]
+    if left_out:
+        lines += [
+            f"{left_out} result(s) in {RESULTS} were made with other settings of their task (or a task no longer here) and are left out.",
+            "",
+        ]
     if drawn:
         lines.append("![scores](chart.png)")
     atomic_write_text(out / "report.md", "\n".join(lines))
@@ -315,7 +370,7 @@ def checkpoint_scorer(config: TrainConfig) -> Callable[[int, int, str], str]:
             suite, [target], run_dir.downstream, config.downstream_mode, device, config.trust_remote_code, lambda _: None
         )
         write_report(results, suite, [target], run_dir.downstream)
-        mine = [r for r in results.records if r["target"] == target.label]
-        return "downstream " + ", ".join(f"{r['task']} {r['score_metric']} {r['score']:.4f}" for r in mine)
+        mine = [r for r in results.current(suite)[0] if r["target"] == target.label]
+        return "downstream " + ", ".join(f"{r['task']} ({r['mode']}) {r['score_metric']} {r['score']:.4f}" for r in mine)
 
     return score
