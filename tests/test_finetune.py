@@ -208,3 +208,21 @@ def test_a_non_finite_gradient_stops_fine_tuning_naming_the_step_and_keeps_no_mo
     with pytest.raises(UnmaskError, match=r"step 3: the gradient norm is not finite; stopped"):
         finetune(settings(tiny_model_dir, data, "classification", tmp_path / "nan", log_every=1000), echo=quiet, progress=False)
     assert not (tmp_path / "nan" / "model").exists()
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_out_pointed_at_a_pretraining_run_says_what_the_folder_is(data, tiny_model_dir, store_dir, tmp_path, resume):
+    from unmask.config import TrainConfig
+    from unmask.pretrain.train import train
+
+    run = tmp_path / "pretrained"
+    train(
+        TrainConfig(data=str(store_dir), model=str(tiny_model_dir), out=str(run), seq_len=32, batch_size=4, max_steps=1),
+        progress=False,
+        echo=quiet,
+    )
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(UnmaskError, match=r"holds a pretraining run \(`unmask train`\); fine-tuning writes a folder of its own") as refused:
+        finetune(settings(tiny_model_dir, data, "classification", run, resume=resume), echo=quiet, progress=False)
+    assert "--resume" not in str(refused.value) and "unknown" not in str(refused.value)
+    assert sorted(p.name for p in run.iterdir()) == before, "the run is left as it was"

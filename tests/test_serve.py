@@ -165,3 +165,33 @@ def test_a_runs_folder_that_does_not_exist_is_refused(tmp_path, capsys):
 
     assert main(["serve", str(tmp_path / "runz")]) == 1
     assert "runz: no such folder of runs" in capsys.readouterr().err
+
+
+def test_fine_tuning_folders_are_not_offered_as_mlm_runs(served, tiny_model_dir, tmp_path, capsys):
+    """A fine-tuning output has config.yaml, metrics and checkpoints like a run, but its loss
+    is a task's and its head is not an MLM head: the page leaves it out and says so."""
+    import shutil
+
+    from starlette.testclient import TestClient
+    from test_tasks import classification_records, write_jsonl
+
+    from unmask.config import FinetuneConfig
+    from unmask.serve.app import create_app
+    from unmask.tasks.finetune import finetune
+
+    root = tmp_path / "runs"
+    shutil.copytree(served / "finished", root / "finished")
+    data = write_jsonl(tmp_path / "t.jsonl", classification_records(24))
+    for name, seeds in (("tickets", 1), ("tickets-seeds", 2)):
+        finetune(
+            FinetuneConfig(
+                model=str(tiny_model_dir), train=data, eval=data, out=str(root / name), epochs=1, seeds=seeds, progress="none", device="cpu"
+            ),
+            echo=lambda _: None,
+            progress=False,
+        )
+    client = TestClient(create_app(ServeConfig(paths=[str(root)], models=[str(tiny_model_dir)], device="cpu")))
+    listed = client.get("/api/runs").json()
+    assert [r["id"] for r in listed["runs"]] == ["finished"], "neither a fine-tuning nor one of its seeds is an MLM run"
+    assert sorted(listed["fine_tuning"]) == ["tickets", "tickets-seeds"]
+    assert client.get("/api/runs/tickets").status_code == 404

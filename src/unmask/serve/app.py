@@ -138,7 +138,10 @@ def create_app(config: ServeConfig) -> Starlette:
         return found
 
     def list_runs(request: Request, body: dict) -> dict:
-        return {"runs": [run_folders.describe(run) for run in run_folders.discover(config.paths).values()]}
+        return {
+            "runs": [run_folders.describe(run) for run in run_folders.discover(config.paths).values()],
+            "fine_tuning": [path.name for path in run_folders.fine_tuning_folders(config.paths)],
+        }
 
     def one_run(request: Request, body: dict) -> dict:
         return run_folders.describe(find_run(request.path_params["run_id"]), detail=True)
@@ -272,6 +275,15 @@ def serve(config: ServeConfig) -> None:
     check_paths(config.paths)
     sock = listening_socket(config.host, config.port)
     found = run_folders.discover(config.paths)
-    print(f"unmask serve: {len(found)} run(s) under {', '.join(config.paths)}; open http://{config.host}:{config.port}/", flush=True)
+    fine_tunings = run_folders.fine_tuning_folders(config.paths)
+    left_out = (
+        f" (left out {len(fine_tunings)} fine-tuning folder(s), which are not MLM runs: {', '.join(p.name for p in fine_tunings[:3])}"
+        f"{', ...' if len(fine_tunings) > 3 else ''}; their results are in their summary.json)"
+        if fine_tunings
+        else ""
+    )
+    print(
+        f"unmask serve: {len(found)} run(s) under {', '.join(config.paths)}{left_out}; open http://{config.host}:{config.port}/", flush=True
+    )
     server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning"))
     server.run(sockets=[sock])

@@ -14,7 +14,7 @@ from statistics import median
 
 from unmask.storage.checkpoint import read_info
 from unmask.storage.files import RunLock
-from unmask.storage.rundir import RunDir
+from unmask.storage.rundir import FINE_TUNING_RUN, RunDir
 
 
 @dataclass
@@ -29,11 +29,27 @@ class RunFolder:
 
 
 def is_run(path: Path) -> bool:
-    return RunDir(path).is_run()
+    """A pretraining run: what the page shows (loss curves of MLM, fill-mask, compare)."""
+    run = RunDir(path)
+    return run.is_run() and run.kind() != FINE_TUNING_RUN
+
+
+def fine_tuning_folders(roots: list[str]) -> list[Path]:
+    """Fine-tuning outputs under `roots` (the same depth as `discover`), which the page leaves out:
+    their loss is a task's, their head is not an MLM head."""
+    found = []
+    for root in roots:
+        base = Path(root).resolve()
+        candidates = [base] if base.is_dir() else []
+        for child in sorted(base.iterdir()) if base.is_dir() else []:
+            if child.is_dir() and not child.name.startswith("."):
+                candidates += [child, *(g for g in sorted(child.iterdir()) if g.is_dir() and not g.name.startswith("."))]
+        found += [c for c in candidates if not c.name.startswith("seed-") and RunDir(c).kind() == FINE_TUNING_RUN]
+    return list(dict.fromkeys(found))
 
 
 def discover(roots: list[str]) -> dict[str, RunFolder]:
-    """Runs under `roots` (a run folder itself, or up to two levels below), by a stable id."""
+    """Pretraining runs under `roots` (a run folder itself, or up to two levels below), by a stable id."""
     found: list[tuple[Path, Path]] = []
     for root in roots:
         base = Path(root).resolve()

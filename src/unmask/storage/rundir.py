@@ -25,6 +25,8 @@ import yaml
 from unmask.storage.files import read_json_lines
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+PRETRAINING_RUN, FINE_TUNING_RUN = "pretraining", "fine-tuning"
+"""What `RunDir.kind` tells apart."""
 
 
 def step_dir_name(step: int) -> str:
@@ -105,6 +107,17 @@ class RunDir:
         if not self.path.is_dir():
             return False
         return self.checkpoints.is_dir() or (self.config.is_file() and (self.metrics.is_file() or self.base.is_dir()))
+
+    def kind(self) -> str | None:
+        """What trained in the folder, from its config.yaml (or, for one seed of several, its
+        parent's): `pretraining` (`unmask train`, with its --data stores), `fine-tuning`
+        (`unmask finetune`, with its --train data and --task), or None for neither."""
+        for settings in (self.read_settings(), RunDir(self.path.parent).read_settings() if self.path.name.startswith("seed-") else {}):
+            if "train" in settings and "task" in settings:
+                return FINE_TUNING_RUN
+            if "data" in settings:
+                return PRETRAINING_RUN
+        return None
 
     def read_settings(self) -> dict:
         """config.yaml as written, untyped ({} when it is missing or unreadable): for a glance at

@@ -48,7 +48,7 @@ from unmask.storage import checkpoint
 from unmask.storage.checkpoint import CheckpointInfo
 from unmask.storage.files import RunLock, atomic_write_text, building
 from unmask.storage.hub import resolve_model
-from unmask.storage.rundir import RunDir
+from unmask.storage.rundir import FINE_TUNING_RUN, PRETRAINING_RUN, RunDir
 from unmask.tasks.labelled import IGNORE_INDEX, Encoded, TaskData, compute_metrics, load_task, score, word_predictions
 
 
@@ -383,6 +383,12 @@ def _check_out(out: RunDir, config: FinetuneConfig) -> None:
     if out.path.exists() and not out.path.is_dir():
         raise UnmaskError(f"--out {out.path}: is a file, not a folder")
     started = out.config.is_file()
+    kind = out.kind()
+    if started and kind != FINE_TUNING_RUN:
+        what = "a pretraining run (`unmask train`)" if kind == PRETRAINING_RUN else f"a {out.config.name} that is not a fine-tuning's"
+        raise UnmaskError(
+            f"--out {out.path}: holds {what}; fine-tuning writes a folder of its own: choose another --out (a new folder, e.g. {out.path}-finetuned)"
+        )
     if started and not config.resume:
         raise UnmaskError(f"--out {out.path}: already holds a fine-tuning (pass --resume to continue it, or choose another --out)")
     if started:

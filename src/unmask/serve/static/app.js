@@ -87,12 +87,15 @@ async function runsPage() {
   const box = document.getElementById("runs");
   const refresh = async () => {
     try {
-      const { runs } = await api("/api/runs");
+      const { runs, fine_tuning = [] } = await api("/api/runs");
+      const leftOut = fine_tuning.length ? `<p class="muted" data-testid="fine-tuning-left-out">Not shown: ${fine_tuning.length} fine-tuning
+        folder(s) (${fine_tuning.map(esc).join(", ")}), whose loss is a task's and whose head is not an MLM head; their results are in their
+        <code>summary.json</code>.</p>` : "";
       if (!runs.length) {
-        box.innerHTML = `<p class="muted">No runs under the folders this server was given. Start one with <code>unmask train</code>.</p>`;
+        box.innerHTML = `<p class="muted">No runs under the folders this server was given. Start one with <code>unmask train</code>.</p>${leftOut}`;
         return;
       }
-      box.innerHTML = `<table data-testid="runs-table"><thead><tr><th>run</th><th>state</th><th>step</th><th>tokens</th>
+      box.innerHTML = leftOut + `<table data-testid="runs-table"><thead><tr><th>run</th><th>state</th><th>step</th><th>tokens</th>
         <th>held-out loss</th><th>top-1</th><th>top-5</th></tr></thead><tbody>${runs.map((r) => `
         <tr class="clickable" data-run="${esc(r.id)}" onclick="location.hash='#/run/${encodeURIComponent(r.id)}'">
           <td>${esc(r.label)}</td><td><span class="state ${esc(r.state)}">${esc(r.state)}</span></td>
