@@ -63,6 +63,21 @@ def test_every_command_documents_every_setting_with_dashes(command, capsys):
         assert field in docs, f"{command}: {field} has no docstring, so no help"
         assert docs[field].split()[0] in help_text, field
     assert "_" not in "".join(w for w in help_text.split() if w.startswith("--"))
+    flat = " ".join(help_text.split())
+    assert "(required) (required)" not in flat and "(required) (type" not in flat, "required once, and no default for what has none"
+    assert flat.count("(required)") == sum(
+        f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in dataclasses.fields(settings)
+    )
+
+
+def test_version_and_a_stray_positional(capsys):
+    from unmask import __version__
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.strip() == f"unmask {__version__}"
+    assert main(["eval", "model", "extra", "--data", "s"]) == 2
+    assert capsys.readouterr().err.strip() == "unmask eval: error: unexpected argument 'extra' (see unmask eval --help)"
 
 
 def test_yaml_config_with_flag_overrides(tmp_path):
@@ -238,8 +253,12 @@ def test_a_reader_that_goes_away_gets_a_quiet_exit_not_a_traceback(tiny_model_di
         (["--bach_size", "3"], r"unrecognized option --bach_size; did you mean --batch-size\?"),
         (["--masking", "words"], r"--masking: 'words' is not one of token, whole-word, span$"),
         (["--lr=fast"], r"--lr: 'fast' is not a number$"),
+        (
+            ["--time-budget", "5", "min"],
+            r"unexpected argument 'min' after --time-budget 5: a value with spaces needs quotes \(--time-budget '5 min'\)",
+        ),
     ],
-    ids=["prefix", "typo", "choice", "number"],
+    ids=["prefix", "typo", "choice", "number", "unquoted-space"],
 )
 def test_the_parser_takes_no_abbreviations_and_answers_in_one_line(argv, message, capsys):
     import re

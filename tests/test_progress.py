@@ -60,3 +60,17 @@ def test_a_resumed_metrics_log_drops_later_and_torn_lines(tmp_path):
 
 def test_durations_read_like_a_person_writes_them():
     assert [format_duration(s) for s in (5, 65, 3725)] == ["5s", "1m 05s", "1h 02m"]
+
+
+def test_a_long_step_shows_its_micro_batches_in_a_log_at_most_every_few_seconds():
+    lines = []
+    display = Progress("lines", total=10, initial=2, echo=lines.append)
+    display.within_every = 0.0
+    display.within_step(3, 8)
+    display.within_every = 3600.0
+    display.within_step(4, 8)  # too soon after the last line
+    assert lines == ["step 3/10: micro-batch 3/8"]
+    quiet_bar = Progress("none", total=10, initial=0, echo=lines.append)
+    quiet_bar.within_every = 0.0
+    quiet_bar.within_step(1, 8)
+    assert lines == ["step 3/10: micro-batch 3/8"]

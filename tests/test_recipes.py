@@ -46,15 +46,17 @@ def test_flags_override_a_recipe_and_say_so():
     notes: list[str] = []
     config = resolved("--recipe", "modernbert", "--lr", "3e-4", "--seq-len", "256", notes=notes)
     assert config.lr == 3e-4 and config.seq_len == 256 and config.mask_prob == 0.30
-    assert notes == [
+    assert notes[:2] == [
         "note: --recipe modernbert: --lr 0.0003 used instead of the recipe's 0.0008",
         "note: --recipe modernbert: --seq-len 256 used instead of the recipe's 1024",
     ]
+    assert len(notes) == 3 and notes[2].startswith("note: --recipe modernbert does not reproduce: StableAdamW"), notes
     notes.clear()
     config = resolved("--recipe", "roberta", "--warmup-fraction", "0.1", "--grad-accum", "2", notes=notes)
     assert config.warmup_steps is None and config.warmup_fraction == 0.1, "a warmup share given replaces the recipe's warmup steps"
     assert config.global_batch is None and config.grad_accum == 2
     assert len(notes) == 2 and "--warmup-steps 24000 is not used" in notes[0]
+    assert RECIPES["roberta"].not_reproduced == (), "a recipe that reproduces everything gets no such note"
 
 
 def test_a_config_file_overrides_a_recipe_and_a_saved_run_resolves_to_itself(tmp_path):
@@ -80,3 +82,12 @@ def test_global_batch_sets_the_accumulation_for_any_number_of_processes():
     assert config.with_global_batch(4).windows_per_step(4) == 64
     with pytest.raises(Exception, match="--global-batch 64: not a multiple of --batch-size 8 x 3 process"):
         config.with_global_batch(3)
+
+
+def test_train_help_says_what_every_recipe_cannot_reproduce(capsys):
+    with pytest.raises(SystemExit):
+        parse(["train", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for recipe in RECIPES.values():
+        for item in recipe.not_reproduced:
+            assert f"{recipe.name}:" in shown and " ".join(item.split()) in shown

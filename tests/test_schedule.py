@@ -4,7 +4,15 @@ import math
 
 import pytest
 
-from unmask.config.schedule import decay_shape, learning_rate, learning_rate_at, mask_rate, parse_duration, run_progress
+from unmask.config.schedule import (
+    decay_shape,
+    learning_rate,
+    learning_rate_at,
+    mask_rate,
+    parse_duration,
+    run_progress,
+    warmup_warnings,
+)
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():
@@ -37,7 +45,8 @@ def test_masking_rate_moves_from_start_to_end(schedule, middle):
 
 def test_durations():
     assert [parse_duration(t) for t in ("30m", "2h", "1d", "90s", "1h30m", "0.5h", "2H")] == [1800, 7200, 86400, 90, 5400, 1800, 7200]
-    for bad in ("30", "m", "1y", "-5m", "0m", "30 minutes", ""):
+    assert [parse_duration(t) for t in ("5 min", "30 minutes", "2 hours", "1hr 30mins", "45 sec")] == [300, 1800, 7200, 5400, 45]
+    for bad in ("30", "m", "1y", "-5m", "0m", "5 mins later", "5 mn", ""):
         with pytest.raises(ValueError):
             parse_duration(bad)
 
@@ -69,3 +78,13 @@ def test_a_warmup_may_start_above_zero_as_crammings_triangle_does():
     assert learning_rate(74, 100, 75, 1.0, "linear", warmup_start=0.25) == pytest.approx(1.0)
     assert learning_rate(100, 100, 75, 1.0, "linear", warmup_start=0.25) == pytest.approx(0.0)
     assert learning_rate_at(0.0, 0.75, 1.0, "linear", warmup_start=0.25) == pytest.approx(0.25)
+
+
+def test_a_warmup_that_does_not_fit_the_run_is_said_with_the_peak_it_reaches():
+    """The issue's case: ModernBERT's 636 warmup steps in a 60-step run reach 7.55e-05 of the 8e-4 peak."""
+    (outlasts,) = warmup_warnings(60, 636, 8e-4, "wsd")
+    assert "outlasts the run's 60" in outlasts and "never passes 7.55e-05 (9.4% of the 0.0008 peak)" in outlasts
+    assert learning_rate(59, 60, 636, 8e-4, "wsd") == pytest.approx(7.547e-05, rel=1e-3)
+    (most,) = warmup_warnings(100, 70, 1e-3, "linear")
+    assert "70% of the run's 100: 30 steps are left to decay in" in most
+    assert warmup_warnings(100, 6, 1e-3, "linear") == [] and warmup_warnings(None, 600, 1e-3, "linear") == []

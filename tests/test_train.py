@@ -458,3 +458,18 @@ def test_a_run_config_describes_the_run_so_reusing_it_never_resumes_by_itself(st
     assert main(["train", "--out", str(out), "--resume", "--max-steps", "4", "--progress", "none"]) == 0  # a requeued job still continues
     capsys.readouterr()
     assert json.loads((out / "summary.json").read_text())["steps"] == 4
+
+
+def test_the_start_says_how_a_step_is_made_up_and_warns_of_a_warmup_that_outlasts_the_run(store_dir, tiny_model_dir, tmp_path):
+    lines = []
+    train(
+        config(store_dir, tiny_model_dir, tmp_path / "run", grad_accum=2, warmup_steps=10, max_steps=3), progress=False, echo=lines.append
+    )
+    start = next(line for line in lines if line.startswith("training "))
+    assert "3 steps of 8 x 32 tokens (8 windows = 4 x 2 micro-batches)" in start, start
+    warned = [line for line in lines if line.startswith("warning: warmup of 10 steps outlasts the run's 3")]
+    assert len(warned) == 1 and "never passes 0.0003 (30.0% of the 0.001 peak)" in warned[0], lines
+    lines.clear()
+    train(config(store_dir, tiny_model_dir, tmp_path / "plain", max_steps=3), progress=False, echo=lines.append)
+    start = next(line for line in lines if line.startswith("training "))
+    assert "windows =" not in start and not any(line.startswith("warning: warmup") for line in lines), lines

@@ -24,7 +24,7 @@ from jsonargparse import ActionYesNo, ArgumentParser, DefaultHelpFormatter, set_
 from unmask import config as settings
 from unmask.cli import commands
 from unmask.config import flag, load_partial_yaml
-from unmask.config.recipes import RECIPES, with_recipe
+from unmask.config.recipes import RECIPES, not_reproduced_text, with_recipe
 from unmask.errors import UnmaskError, UsageError
 from unmask.storage.rundir import RunDir
 
@@ -40,6 +40,8 @@ class Command:
     """Takes the settings, returns the exit code; what it needs is imported when it runs."""
     summary: str
     description: str
+    epilog: Callable[[], str] | None = None
+    """More text at the end of --help."""
 
 
 COMMANDS: dict[str, Command] = {
@@ -48,7 +50,7 @@ COMMANDS: dict[str, Command] = {
     "tokenizer": Command(settings.TokenizerConfig, commands.run_tokenizer, "Train a vocabulary of your own.",
                          "Train a WordPiece, byte-level BPE or unigram vocabulary on text sources (for --from-scratch)."),
     "train": Command(settings.TrainConfig, commands.run_train, "Train a masked language model.",
-                     "Train (or continue pretraining) a masked language model on a token store."),
+                     "Train (or continue pretraining) a masked language model on a token store.", not_reproduced_text),
     "fill": Command(settings.FillConfig, commands.run_fill, "Fill in [MASK]s with a model.",
                     "Fill in the masks of texts with a model's top-k candidates."),
     "inspect": Command(settings.InspectConfig, commands.run_inspect, "Show one masking draw on a sentence.",
@@ -93,6 +95,21 @@ class _DashedHelp(DefaultHelpFormatter):
     def _format_usage(self, *args, **kwargs) -> str:
         return re.sub(r"--\w+", lambda m: m.group(0).replace("_", "-"), super()._format_usage(*args, **kwargs))
 
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        """Each line of a description or epilog wrapped on its own, so that a list stays a list."""
+        import textwrap
+
+        return "\n".join(
+            textwrap.fill(
+                line,
+                width,
+                initial_indent=indent,
+                subsequent_indent=indent + " " * (len(line) - len(line.lstrip()) + 2),
+                break_on_hyphens=False,
+            )
+            for line in text.splitlines()
+        )
+
 
 def field_docs(cls: type) -> dict[str, str]:
     """Each field's docstring, base classes first so that a subclass's own text wins."""
@@ -123,17 +140,19 @@ def add_settings(parser: ArgumentParser, cls: type, defaults: dict | None = None
         is_list = typing.get_origin(hint) is list
         if is_list and default is not None and not isinstance(default, list):  # `data: store` in a YAML file means one store
             default = [default]
-        if required and name not in defaults:
-            doc = f"{doc} (required)" if doc else "(required)"
+        must_give = required and name not in defaults
         if name in positional:
-            nargs = ("+" if required and name not in defaults else "*") if is_list else (None if required and name not in defaults else "?")
-            parser.add_argument(name, nargs=nargs, help=doc, **({"default": default} if nargs in ("*", "?") else {}))
+            nargs = ("+" if must_give else "*") if is_list else (None if must_give else "?")
+            action = parser.add_argument(name, nargs=nargs, help=doc, **({"default": default} if nargs in ("*", "?") else {}))
         elif hint is bool:
-            parser.add_argument(f"--{name}", action=ActionYesNo, default=default, help=doc)
+            action = parser.add_argument(f"--{name}", action=ActionYesNo, default=default, help=doc)
         elif is_list:
-            parser.add_argument(f"--{name}", nargs="+", type=typing.get_args(hint)[0], default=default, help=doc)
+            action = parser.add_argument(f"--{name}", nargs="+", type=typing.get_args(hint)[0], default=default, help=doc)
         else:
-            parser.add_argument(f"--{name}", type=(hint | None) if required else hint, default=default, help=doc)
+            action = parser.add_argument(f"--{name}", type=(hint | None) if required else hint, default=default, help=doc)
+        if must_give:  # "(required)" once, and no "default: null" for what has none
+            action.help = f"{doc} (required)" if doc else "(required)"
+            action._jsonargparse_preexpanded_help = True
 
 
 def _choices_and_kind(hint) -> tuple[tuple | None, type | None]:
@@ -215,13 +234,18 @@ def positionals_first(cls: type, argv: list[str]) -> list[str]:
     command = _command_of(argv)
     head, rest = argv[: argv.index(command) + 1], argv[argv.index(command) + 1 :]
     loose, options, flagged = [], [], {}
+    after: dict[int, tuple[str, str] | str] = {}  # a loose argument -> the (flag, value) just before it, for the message
+    previous = ""
     index = 0
     while index < len(rest):
         arg = rest[index]
         match = _FLAG.match(arg)
         index += 1
         if match is None or arg in ("-h", "--help"):
+            if arg not in ("-h", "--help"):
+                after[len(loose)] = previous
             (options if arg in ("-h", "--help") else loose).append(arg)
+            previous = ""
             continue
         name = match.group(1)
         taken = [match.group(2)[1:]] if match.group(2) else []
@@ -233,19 +257,26 @@ def positionals_first(cls: type, argv: list[str]) -> list[str]:
             elif index < len(rest):
                 taken.append(rest[index])
                 index += 1
+        previous = (f"--{name.replace('_', '-')}", " ".join(taken)) if taken and match.group(2) is None else ""
         if name in order:
             flagged[name] = taken
         else:
             options.append(f"--{name}" if match.group(2) is None else arg)
             options.extend(taken if match.group(2) is None else [])
     positional = []
+    taken_count = 0
     for name in order:
         if name in flagged:
             positional += flagged[name]
         elif typing.get_origin(hints[name]) is list:
-            positional, loose = positional + loose, []
+            positional, loose, taken_count = positional + loose, [], taken_count + len(loose)
         elif loose:
             positional.append(loose.pop(0))
+            taken_count += 1
+    if loose:
+        stray, before = loose[0], after.get(taken_count, "")
+        hint = f" after {before[0]} {before[1]}: a value with spaces needs quotes ({before[0]} '{before[1]} {stray}')" if before else ""
+        raise UsageError(f"unexpected argument '{stray}'{hint} (see unmask {command} --help)")
     return head + positional + loose + options
 
 
@@ -270,12 +301,21 @@ def _resuming(argv: list[str]) -> bool:
 
 
 def build_parser(defaults: dict[str, dict] | None = None) -> ArgumentParser:
+    from unmask import __version__
+
     parser = ArgumentParser(
         prog="unmask", description="Train and use masked language models.", formatter_class=_DashedHelp, allow_abbrev=False
     )
+    parser.add_argument("--version", action="version", version=f"unmask {__version__}")
     subcommands = parser.add_subcommands(dest="command", required=True)
     for name, command in COMMANDS.items():
-        sub = ArgumentParser(description=command.description, formatter_class=_DashedHelp, exit_on_error=True, allow_abbrev=False)
+        sub = ArgumentParser(
+            description=command.description,
+            epilog=command.epilog() if command.epilog else None,
+            formatter_class=_DashedHelp,
+            exit_on_error=True,
+            allow_abbrev=False,
+        )
         sub.add_argument(
             "--config", type=str | None, default=None, help="YAML file of settings (a run's config.yaml works); flags override it."
         )

@@ -235,6 +235,15 @@ def describe(name: str) -> str:
     return "\n".join(lines)
 
 
+def not_reproduced_text() -> str:
+    """What each recipe cannot reproduce, for `unmask train --help`."""
+    lines = ["What each --recipe cannot reproduce (the rest of its settings are the paper's):"]
+    for recipe in RECIPES.values():
+        if recipe.not_reproduced:
+            lines.append(f"  {recipe.name}: {'; '.join(recipe.not_reproduced)}.")
+    return "\n".join(lines)
+
+
 # A setting the user gives -> the recipe setting that would otherwise override it.
 TAKES_OVER = {"warmup_fraction": "warmup_steps", "grad_accum": "global_batch"}
 
@@ -257,4 +266,6 @@ def with_recipe(values: dict[str, Any], given: set[str], from_file: dict[str, An
     for name, value in published.items():
         if name in chosen and chosen[name] != value:
             notes.append(f"note: --recipe {recipe}: {flag(name)} {chosen[name]} used instead of the recipe's {value}")
+    if RECIPES[recipe].not_reproduced:
+        notes.append(f"note: --recipe {recipe} does not reproduce: {'; '.join(RECIPES[recipe].not_reproduced)}")
     return {**values, **published, **{k: v for k, v in chosen.items() if k in published}}, notes

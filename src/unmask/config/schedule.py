@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import re
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])", re.IGNORECASE)
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h|days?|d)", re.IGNORECASE)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+"""By the unit's first letter: 90s, 30m (30min, 30 minutes), 2h (2 hours), 1d."""
 
 
 def decay_shape(progress: float, schedule: str) -> float:
@@ -67,6 +68,26 @@ def learning_rate(
     return peak * after_warmup((step - warmup_steps) / decay_steps, schedule, fraction, min_ratio)
 
 
+def warmup_warnings(total_steps: int | None, warmup_steps: int, peak: float, schedule: str, **shape) -> list[str]:
+    """What a user should hear when the warmup does not fit the run: one that outlasts it (the
+    peak is never reached, nothing decays), or one that leaves less of the run to decay than it
+    takes. `shape`: `learning_rate`'s min_ratio, decay_fraction, warmup_start."""
+    if not total_steps or not warmup_steps:
+        return []
+    if warmup_steps >= total_steps:
+        highest = learning_rate(total_steps - 1, total_steps, warmup_steps, peak, schedule, **shape)
+        return [
+            f"warmup of {warmup_steps:,} steps outlasts the run's {total_steps:,}: the learning rate never passes {highest:.3g} "
+            f"({highest / peak:.1%} of the {peak:g} peak) and never decays; lower --warmup-steps or use --warmup-fraction"
+        ]
+    if warmup_steps > total_steps / 2:
+        return [
+            f"warmup of {warmup_steps:,} steps is {warmup_steps / total_steps:.0%} of the run's {total_steps:,}: "
+            f"{total_steps - warmup_steps:,} steps are left to decay in"
+        ]
+    return []
+
+
 def learning_rate_at(
     progress: float,
     warmup_share: float,
@@ -96,7 +117,7 @@ def parse_duration(text: str) -> float:
     parts = _DURATION.findall(cleaned)
     if not parts or "".join(number + unit for number, unit in parts).lower() != cleaned.lower():
         raise ValueError(f"'{text}' is not a duration like 30m, 2h, 1d or 1h30m")
-    seconds = sum(float(number) * _UNITS[unit.lower()] for number, unit in parts)
+    seconds = sum(float(number) * _UNITS[unit[0].lower()] for number, unit in parts)
     if seconds <= 0:
         raise ValueError(f"'{text}' is not a positive duration")
     return seconds

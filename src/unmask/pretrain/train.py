@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from unmask.config import TrainConfig, parse_preset, parse_sources, parse_weights, save_yaml, to_dict
+from unmask.config.schedule import warmup_warnings
 from unmask.data.masking import Masker
 from unmask.data.mixture import MixSchedule, MixtureSampler, WindowMix, temperature_weights
 from unmask.data.store import TokenStore
@@ -123,6 +124,15 @@ def _warn_about_repeats(run: Run, echo: Callable[[str], None]) -> None:
                 echo(
                     f"note: --data {name} will be seen {epochs:.1f} times over the run (its windows repeat); the others' weights or its size decide that"
                 )
+
+
+def _accumulation(run: Run) -> str:
+    """How a step's windows are made up, where it is more than one micro-batch."""
+    c, world = run.config, run.world
+    if c.grad_accum == 1 and not world.distributed:
+        return ""
+    processes = f" x {world.size} processes" if world.distributed else ""
+    return f" ({run.global_batch} windows = {c.batch_size} x {c.grad_accum} micro-batch{'es' if c.grad_accum > 1 else ''}{processes})"
 
 
 def setup(config: TrainConfig, echo: Callable[[str], None] = print, score_checkpoint: Callable[[int, int, str], str] | None = None) -> Run:
@@ -268,13 +278,16 @@ def _setup(
         skipped=resumed.skipped_steps,
     )
     _warn_about_repeats(run, echo)
+    shape = {"min_ratio": config.min_lr_ratio, "decay_fraction": config.decay_fraction, "warmup_start": config.warmup_start_ratio}
+    for warning in warmup_warnings(total_steps, run.warmup_steps, config.lr, config.schedule, **shape):
+        echo(f"warning: {warning}" + (f" (--recipe {config.recipe} sets its warmup for the paper's run length)" if config.recipe else ""))
     echo(window_memory(lm.config, config.seq_len, config.batch_size, precision.dtype, documents_apart=not config.attention_across_docs))
     processes = f" on {world.size} processes ({strategy})" if world.distributed else ""
     length = f"{total_steps} steps" if total_steps else f"{config.time_budget} of training"
     length += f" (or {config.time_budget}, whichever ends first)" if total_steps and config.time_budget else ""
     echo(
         f"training {type(lm.model).__name__} ({sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M parameters) on {device}{processes}"
-        f"{' with bf16' if precision.dtype else ' in fp32'}: {length} of {run.global_batch} x {config.seq_len} tokens,"
+        f"{' with bf16' if precision.dtype else ' in fp32'}: {length} of {run.global_batch} x {config.seq_len} tokens{_accumulation(run)},"
         f" {len(train_windows)} training windows, {sum(len(v) for v in val_windows.values())} held-out windows"
     )
     return run
