@@ -306,3 +306,28 @@ def test_positional_arguments_may_follow_the_options():
     assert (serve.paths, serve.models, serve.port) == (["runs"], ["a", "b"], 9000)
     _, inspect = parse(["inspect", "--seed", "3", "--no-json", "the text"])
     assert (inspect.text, inspect.seed) == ("the text", 3)
+
+
+def test_fill_from_a_checkpoint_names_the_step_it_used(served, tiny_model_dir, capsys):
+    run = served / "finished"
+    sentence = "the cat [MASK] the door."
+    assert main(["fill", str(run), "--step", "3", sentence, "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"{sentence}  [{run}, checkpoint of step 3]"
+    assert main(["fill", str(run), "--step", "3", sentence, "--against", str(tiny_model_dir), "--device", "cpu"]) == 0
+    header = capsys.readouterr().out.splitlines()[1].split()
+    assert header == [str(run), "(step", "3)", str(tiny_model_dir)], header
+
+
+def test_an_interrupted_command_says_what_it_keeps(monkeypatch, capsys):
+    cli = sys.modules["unmask.cli.main"]
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "prepare", dataclasses.replace(cli.COMMANDS["prepare"], function=interrupted))
+    monkeypatch.setitem(cli.COMMANDS, "train", dataclasses.replace(cli.COMMANDS["train"], function=interrupted))
+    assert main(["prepare", "corpus", "--out", "store", "--tokenizer", "t"]) == 130
+    said = capsys.readouterr().err
+    assert "checkpoints" not in said and "nothing half-written was kept" in said
+    assert main(["train", "--data", "d", "--out", "o", "--model", "m"]) == 130
+    assert "checkpoints are intact; continue with --resume" in capsys.readouterr().err

@@ -83,3 +83,18 @@ def test_a_base_with_a_fresh_head_is_said_to_be_a_random_heads_numbers(tiny_mode
     assert len(report["notes"]) == 1 and report["notes"][0].startswith("base (") and "no trained MLM head" in report["notes"][0]
     assert any(note.startswith("base (") for note in report["notes"])
     assert "Note: base (" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_the_accuracy_axis_keeps_the_decimals_its_ticks_need(tmp_path, monkeypatch):
+    from unmask.evaluation import charts
+
+    assert [charts.percent_label(v) for v in (0.375, 0.4, 0.0, 0.1234, 1.0)] == ["37.5%", "40%", "0%", "12.34%", "100%"]
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [{"step": 1, "loss": 5.0}, *({"step": s, "eval_loss": 4.0, "eval_accuracy": a} for s, a in ((1, 0.37), (2, 0.38)))]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    drawn = []
+    real = charts.percent_label
+    monkeypatch.setattr(charts, "percent_label", lambda v: drawn.append(real(v)) or drawn[-1])
+    plot_run(run)
+    assert any("." in label for label in drawn), f"ticks between 37% and 38% need a decimal: {drawn}"

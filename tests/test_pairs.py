@@ -66,3 +66,14 @@ def test_bad_pairs_files_are_named_by_line(tiny_model_dir, tmp_path):
     with pytest.raises(UnmaskError, match=r"bad\.jsonl:1: invalid JSON"):
         score_pairs(PairsConfig(model=str(tiny_model_dir), pairs=str(path)), echo=quiet)
     assert main(["pairs", str(tiny_model_dir), str(path), "--out", str(tmp_path / "no" / "dir.json")]) == 1
+
+
+def test_a_model_without_a_trained_head_gets_the_chance_note(tiny_model_dir, pairs_file, tmp_path, tokenizer_dir, capsys):
+    from transformers import AutoTokenizer, BertModel
+
+    headless = tmp_path / "encoder-only"
+    BertModel(tiny_bert(len(AutoTokenizer.from_pretrained(tokenizer_dir))).config).save_pretrained(headless)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(headless)
+    assert main(["pairs", str(tiny_model_dir), str(pairs_file), str(headless), "--device", "cpu"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ") and "no trained MLM head" in line]
+    assert len(notes) == 1 and notes[0].startswith(f"note: {headless} has no trained MLM head") and "(chance: 50%)" in notes[0]

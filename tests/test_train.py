@@ -473,3 +473,20 @@ def test_the_start_says_how_a_step_is_made_up_and_warns_of_a_warmup_that_outlast
     train(config(store_dir, tiny_model_dir, tmp_path / "plain", max_steps=3), progress=False, echo=lines.append)
     start = next(line for line in lines if line.startswith("training "))
     assert "windows =" not in start and not any(line.startswith("warning: warmup") for line in lines), lines
+
+
+def test_resuming_does_not_claim_a_fresh_head_that_comes_from_the_checkpoint(store_dir, tokenizer_dir, tmp_path):
+    from conftest import tiny_bert
+    from transformers import AutoTokenizer, BertModel
+
+    headless = tmp_path / "encoder-only"
+    BertModel(tiny_bert(len(AutoTokenizer.from_pretrained(tokenizer_dir))).config).save_pretrained(headless)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(headless)
+    first = []
+    cfg = config(store_dir, headless, tmp_path / "run", max_steps=2, checkpoint_every=1)
+    train(cfg, progress=False, echo=first.append)
+    assert any("has no MLM head; initialised a fresh one" in line for line in first)
+    again = []
+    train(dataclasses.replace(cfg, resume=True, max_steps=3), progress=False, echo=again.append)
+    assert not any("MLM head" in line for line in again), again
+    assert any("resumed" in line.lower() for line in again), again

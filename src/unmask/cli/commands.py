@@ -111,13 +111,13 @@ def run_fill(config: FillConfig) -> int:
             record = asdict(result) | ({"against": {"model": config.against, **asdict(other[number])}} if other else {})
             print(json.dumps(record, ensure_ascii=False))
             continue
-        print(result.text)
+        print(result.text + (f"  [{config.model}, checkpoint of step {config.step}]" if config.step is not None and other is None else ""))
         if other is None:
             for index, mask in enumerate(result.masks, 1):
                 print(f"  mask {index}: {'  '.join(shown(c) for c in mask.candidates)}")
             print(f"  -> {result.best_guess()}")
             continue
-        rows = [["", config.model, config.against]]
+        rows = [["", config.model + (f" (step {config.step})" if config.step is not None else ""), config.against]]
         for index, (mine, theirs) in enumerate(zip(result.masks, other[number].masks), 1):
             for rank, (a, b) in enumerate(zip(mine.candidates, theirs.candidates)):
                 rows.append([f"mask {index}" if rank == 0 else "", shown(a), shown(b)])
@@ -191,7 +191,7 @@ def run_score(config: ScoreConfig) -> int:
 
 
 def run_pairs(config: PairsConfig) -> int:
-    from unmask.evaluation.pairs import table
+    from unmask.evaluation.pairs import fresh_head_notes, table
     from unmask.tables import text_table
 
     report = api.pairs(config, verbose=True)
@@ -200,6 +200,8 @@ def run_pairs(config: PairsConfig) -> int:
     else:
         print(text_table(table(report)))
         print(f"\n{config.scoring} scores; a pair is right when the good sentence scores strictly higher")
+    for note in fresh_head_notes(report):
+        echo_stderr(note)
     return 0
 
 

@@ -382,6 +382,14 @@ def parse(argv: list[str], echo: Callable[[str], None] = lambda line: print(line
     return name, cls(**values)
 
 
+CHECKPOINTED = {
+    "train": "finished files and checkpoints are intact; continue with --resume",
+    "finetune": "finished files and checkpoints are intact; continue with --resume",
+    "downstream": "the results written so far are kept; the same command continues",
+}
+"""What an interrupted command that keeps checkpoints (or results) leaves, for the Ctrl-C line."""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if a in COMMANDS), "")
@@ -402,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unmask {command}: error: {e.filename or e}: permission denied (check who owns it, or choose another path)", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:  # Ctrl-C, or a second stop signal during training (`preemption.StopNow`)
-        print(f"unmask {command}: interrupted; finished files and checkpoints are intact", file=sys.stderr)
+        kept = CHECKPOINTED.get(command, "files already finished are intact, and nothing half-written was kept")
+        print(f"unmask {command}: interrupted; {kept}", file=sys.stderr)
         return getattr(e, "exit_code", 130)
 
 

@@ -9,6 +9,12 @@ from unmask.errors import UnmaskError, optional_import
 from unmask.storage.rundir import RunDir
 
 
+def percent_label(share: float) -> str:
+    """An axis label for a share: as many decimals as the tick needs, up to two (37.5%, not 38%)."""
+    text = f"{share * 100:.2f}".rstrip("0").rstrip(".")
+    return f"{'0' if text in ('-0', '') else text}%"
+
+
 def pyplot():
     """matplotlib's pyplot on the file-only Agg backend; one clear line when it is not installed."""
     optional_import("matplotlib", "drawing charts", "report").use("Agg")
@@ -53,7 +59,7 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
         right.legend()
     left.set(title="MLM loss", xlabel="step")
     right.set(title="held-out masked-token accuracy", xlabel="step")
-    right.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    right.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: percent_label(v)))
     left.legend()
     figure.suptitle(run_dir.name)
     figure.tight_layout()

@@ -35,6 +35,8 @@ class ModelResult:
     total: int = 0
     groups: dict[str, list[int]] = field(default_factory=dict)  # group -> [right, total]
     scores: list[tuple[float, float]] = field(default_factory=list)  # (good, bad) per pair
+    fresh_head: bool = False
+    """The model had no trained MLM head: its scores are a random head's."""
 
     @property
     def accuracy(self) -> float:
@@ -85,7 +87,7 @@ def score_pairs(config: PairsConfig, echo=print) -> list[ModelResult]:
         for sentence in tqdm(sentences, desc=f"pairs {name}", unit="sentence", file=sys.stderr, leave=False):
             [result] = scorer.score([sentence], batch_size=config.batch_size, labels=[labels[sentence]])
             scored[sentence] = result.pll_word_l2r if config.scoring == "pll-word-l2r" else result.pll
-        outcome = ModelResult(name)
+        outcome = ModelResult(name, fresh_head=scorer.lm.has_fresh_head())
         for pair in pairs:
             good, bad = scored[pair.good], scored[pair.bad]
             right = int(good > bad)  # a tie is wrong
@@ -109,6 +111,7 @@ def as_json(config: PairsConfig, results: list[ModelResult]) -> dict:
                 "accuracy": r.accuracy,
                 "right": r.right,
                 "pairs": r.total,
+                "fresh_head": r.fresh_head,
                 "groups": {g: {"accuracy": c[0] / c[1], "right": c[0], "pairs": c[1]} for g, c in sorted(r.groups.items())},
                 "scores": [{"good": g, "bad": b, "right": g > b} for g, b in r.scores],
             }
@@ -126,3 +129,14 @@ def table(report: dict) -> list[list[str]]:
         for group in groups:
             rows.append([group, *(f"{m['groups'][group]['accuracy']:.1%} ({m['groups'][group]['pairs']})" for m in models)])
     return rows
+
+
+def fresh_head_notes(report: dict) -> list[str]:
+    """A line for each model whose scores come from a fresh, random MLM head: its accuracy says
+    nothing of what the model knows, however far from the 50% of a coin it lands."""
+    return [
+        f"note: {m['model']} has no trained MLM head: its scores are those of a fresh, randomly initialised head (seeded, so "
+        f"repeatable); its {m['accuracy']:.1%} is a random head's ranking of the sentences, not what the model knows (chance: 50%)"
+        for m in report["models"]
+        if m.get("fresh_head")
+    ]

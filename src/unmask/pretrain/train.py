@@ -196,7 +196,10 @@ def _setup(
                 f"--masking {config.masking}: {each.path} was made before unmask recorded word boundaries; "
                 f"prepare it again (`unmask prepare ... --out {each.path} --overwrite`) or use --masking token"
             )
-    tokenizer, lm, trained_length = _load_model_and_tokenizer(config, store, vocab, device, echo)
+    # Resuming, the weights come from the checkpoint: what loading the model says of the weights
+    # it lacked (a fresh MLM head) is held back, and said only if there is no checkpoint yet.
+    held: list[str] = []
+    tokenizer, lm, trained_length = _load_model_and_tokenizer(config, store, vocab, device, held.append if config.resume else echo)
     if not config.attention_across_docs:
         lm.require_documents_apart()
     extended_from = trained_length if trained_length and trained_length < config.seq_len else None
@@ -240,6 +243,8 @@ def _setup(
         random_replace_prob=config.random_replace_prob,
     )
     resumed = restore(run_dir, config, lm, optimizer, strategy, world, device, echo) if config.resume else None
+    for line in held if resumed is None else []:
+        echo(line)
     resumed = resumed or CheckpointInfo(step=0)
     distributed.barrier(world)  # every process has checked the folder before rank 0 writes into it
     if world.is_main:
