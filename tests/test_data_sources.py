@@ -93,3 +93,25 @@ def test_a_folder_source_skips_token_stores_and_runs_inside_it(tmp_path, store_d
     (tmp_path / "run" / "model" / "vocab.txt").write_text("[PAD]\n[UNK]\n")
     (tmp_path / "text.txt").write_text("the text to learn from")
     assert [Path(s.location).name for s in expand_sources([str(tmp_path)])] == ["text.txt"]
+
+
+def test_an_hf_dataset_with_the_hub_unreachable_fails_at_once_without_retries(monkeypatch, capfd):
+    """Offline, `datasets` retried for half a minute ("Retrying in Ns") before the same error;
+    now the reachability check (as for models) switches it to the local cache first."""
+    pytest.importorskip("datasets")
+    import datasets.config
+    from huggingface_hub import constants
+
+    from unmask.data import formats
+    from unmask.storage import hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=2.0: False)
+    with pytest.raises(
+        UnmaskError, match=r"hf:someone/no-such-dataset: cannot load .*the hub did not answer, so only a copy in the local cache"
+    ):
+        next(formats.hub_records("someone/no-such-dataset", None, "train"))
+    assert datasets.config.HF_HUB_OFFLINE is True, "datasets' own copy of the setting is switched too"
+    assert "Retrying" not in capfd.readouterr().err

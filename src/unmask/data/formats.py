@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import IO
 
 from unmask.errors import UnmaskError, optional_import
+from unmask.storage.hub import go_offline_if_unreachable, hub_offline
 
 _DECOMPRESSION_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, lzma.LZMAError, ValueError)
 try:
@@ -228,11 +229,13 @@ def saved_dataset_records(path: str, columns: dict[str, str], split: str) -> Ite
 def hub_records(name: str, config: str | None, split: str) -> Iterator[tuple[str, dict]]:
     """A Hugging Face dataset, streamed: nothing is downloaded up front."""
     datasets = optional_import("datasets", f"reading hf:{name}", "datasets")
+    go_offline_if_unreachable(name)  # else a minute of "Retrying in Ns" before the same error
     try:
         stream = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as e:  # datasets raises many kinds (missing dataset, bad split or config, offline)
         message = " ".join(str(e).split())[:400]
-        raise UnmaskError(f"hf:{name}: cannot load (config {config!r}, split {split!r}): {type(e).__name__}: {message}") from None
+        offline = " (the hub did not answer, so only a copy in the local cache could load)" if hub_offline() else ""
+        raise UnmaskError(f"hf:{name}: cannot load (config {config!r}, split {split!r}){offline}: {type(e).__name__}: {message}") from None
     for number, record in enumerate(stream, 1):
         yield f"hf:{name} row {number}", record
 
@@ -247,6 +250,7 @@ def label_names(source_kind: str, location: str, column: str, config: str | None
             loaded = datasets.load_from_disk(location)
             features = (loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded).features
         else:
+            go_offline_if_unreachable(location)
             features = datasets.load_dataset_builder(location, config).info.features
     except Exception:  # the names are a nicety; the records themselves are read (and checked) anyway
         return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import socket
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,11 +92,19 @@ def go_offline() -> None:
     except ImportError:
         return
     constants.HF_HUB_OFFLINE = True  # read when huggingface_hub was imported, not at each request
+    datasets_config = sys.modules.get("datasets.config")  # `datasets` keeps its own copy, read at its import
+    if datasets_config is not None:
+        datasets_config.HF_HUB_OFFLINE = True
+
+
+def hub_offline() -> bool:
+    """Whether this process loads from the local cache only (HF_HUB_OFFLINE, or `go_offline`)."""
+    return os.environ.get("HF_HUB_OFFLINE") not in (None, "0", "")
 
 
 def go_offline_if_unreachable(name: str) -> None:
     """Before loading the hub id `name`: if the hub does not answer, go offline."""
-    if os.environ.get("HF_HUB_OFFLINE") not in (None, "0", "") or looks_like_path(name):
+    if hub_offline() or looks_like_path(name):
         return
     if not hub_reachable():
         go_offline()
