@@ -107,7 +107,7 @@ CASES = [
     ),
     (["prepare", "{in}/*.md", "--out", "{tmp}/s", "--tokenizer", "{tok}"], 1, r"\*\.md: glob matched no files"),
     (["prepare", "{in}/nothing", "--out", "{tmp}/s", "--tokenizer", "{tok}"], 1, r"nothing: folder holds no usable files"),
-    (["prepare", "{in}/missing.txt", "--out", "{tmp}/s", "--tokenizer", "{tok}"], 1, r"missing\.txt: no such file or folder"),
+    (["prepare", "{in}/missing.txt", "--out", "{tmp}/s", "--tokenizer", "{tok}"], 1, r"missing\.txt': no such file or folder"),
     (["prepare", "{in}/bad.jsonl", "--out", "{tmp}/s", "--tokenizer", "{tok}"], 1, r"bad\.jsonl:2: invalid JSON"),
     (
         ["prepare", "{in}/nofield.jsonl", "--out", "{tmp}/s", "--tokenizer", "{tok}"],

@@ -69,6 +69,9 @@ def test_source_expansion_errors_and_skips(tmp_path):
         expand_sources([str(tmp_path / "*.jsonl")])
     with pytest.raises(UnmaskError, match="no such file or folder"):
         expand_sources([str(tmp_path / "missing.txt")])
+    (tmp_path / "corpus").mkdir()
+    with pytest.raises(UnmaskError, match=r"corpsu': no such file or folder; did you mean .*corpus\?"):
+        expand_sources([str(tmp_path / "corpsu")])
     (tmp_path / "nothing").mkdir()
     (tmp_path / "nothing" / "x.bin").write_bytes(b"1")
     with pytest.raises(UnmaskError, match="folder holds no usable files"):

@@ -102,3 +102,17 @@ def test_a_name_lookup_that_hangs_is_cut_off_at_the_timeout(monkeypatch):
     started = time.monotonic()
     assert hub.hub_reachable(timeout=0.5) is False
     assert time.monotonic() - started < 2
+
+
+def test_a_model_name_near_an_alias_or_a_local_folder_is_suggested(tmp_path, monkeypatch):
+    from unmask.data.tokenizer import load_tokenizer
+    from unmask.errors import UnmaskError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub id that is not cached fails at once
+    (tmp_path / "my-run").mkdir()
+    assert hub.did_you_mean("minilm-l5") == " (did you mean minilm-l6?)"
+    assert hub.did_you_mean("my-rn") == " (did you mean my-run?)"
+    assert hub.did_you_mean("bert-base-uncased") == "" and hub.did_you_mean("my-run") == ""
+    with pytest.raises(UnmaskError, match=r"cannot load a tokenizer from hub id 'minilm-l5' \(did you mean minilm-l6\?\): "):
+        load_tokenizer("minilm-l5")

@@ -30,6 +30,7 @@ from typing import IO, Literal
 from unmask.data import formats
 from unmask.data.formats import BadFile
 from unmask.errors import UnmaskError
+from unmask.storage.files import no_such_path
 from unmask.storage.rundir import RunDir
 from unmask.storage.storedir import StoreDir
 
@@ -161,7 +162,7 @@ def expand_sources(sources: list[str]) -> list[Source]:
         elif path.exists():
             raise UnmaskError(f"{source}: not a regular file or folder")
         else:
-            raise UnmaskError(f"{source}: no such file or folder")
+            raise UnmaskError(no_such_path(source, "file or folder"))
     unique = list(dict.fromkeys(found))
     for item in unique:
         if item.kind != "hub-dataset" and not os.access(item.location, os.R_OK):

@@ -18,8 +18,7 @@ import numpy as np
 
 from unmask.data.tokenizer import Vocabulary, fingerprint
 from unmask.errors import UnmaskError
-from unmask.storage.files import recover_folder
-from unmask.storage.hub import no_such_folder
+from unmask.storage.files import no_such_path, recover_folder
 from unmask.storage.storedir import READABLE_VERSIONS, SPLITS, StoreDir, shard_name
 
 
@@ -129,7 +128,7 @@ class TokenStore:
         path = Path(path)
         recover_folder(path)
         if not path.exists():
-            raise UnmaskError(f"--data {no_such_folder(str(path))}")
+            raise UnmaskError(f"--data {no_such_path(str(path))}")
         if StoreDir(path).shards():
             return open_sharded(path)
         return cls.open_one(path)

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from unmask.errors import UnmaskError
-from unmask.storage.hub import ModelSource, describe_failure, go_offline_if_unreachable, quiet_transformers, resolve_model, where
+from unmask.storage.hub import (
+    ModelSource,
+    cannot_load,
+    go_offline_if_unreachable,
+    quiet_transformers,
+    resolve_model,
+)
 from unmask.storage.storedir import StoreDir
 
 
@@ -33,7 +39,7 @@ def load_tokenizer(name: str | ModelSource, trust_remote_code: bool = False):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UnmaskError(f"cannot load a tokenizer from {where(path)} '{source.name}': {describe_failure(e)}") from None
+        raise UnmaskError(cannot_load("a tokenizer", source.name, path, e)) from None
     if not getattr(tokenizer, "is_fast", False):
         raise UnmaskError(f"tokenizer '{source.name}' has no fast (Rust) implementation; unmask needs one")
     return tokenizer

@@ -38,7 +38,13 @@ from unmask.models.architectures import (
 )
 from unmask.storage import checkpoint
 from unmask.storage.files import readable_size
-from unmask.storage.hub import ModelSource, describe_failure, go_offline_if_unreachable, quiet_transformers, resolve_model, where
+from unmask.storage.hub import (
+    ModelSource,
+    cannot_load,
+    go_offline_if_unreachable,
+    quiet_transformers,
+    resolve_model,
+)
 
 
 def tied_aliases(model: nn.Module) -> dict[str, str]:
@@ -362,7 +368,7 @@ def _model_config(source: ModelSource, trust_remote_code: bool, seq_len: int | N
     try:
         config = AutoConfig.from_pretrained(source.folder, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UnmaskError(f"cannot load a masked LM from {where(source.folder)} '{source.name}': {describe_failure(e)}") from None
+        raise UnmaskError(cannot_load("a masked LM", source.name, source.folder, e)) from None
     check_context(config, seq_len, rope_theta, source.name)
     if rope_theta is not None:
         _set_rope_theta(config, rope_theta)
@@ -413,7 +419,7 @@ def load_mlm(
                 "only safetensors and plain-tensor checkpoints load"
             ) from None
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise UnmaskError(f"cannot load a masked LM from {where(path)} '{source.name}': {describe_failure(e)}") from None
+            raise UnmaskError(cannot_load("a masked LM", source.name, path, e)) from None
     missing = set(info.get("missing_keys", ()))
     _report_fresh_head(source.name, model, missing, echo)
     return MaskedLM(model, frozenset(missing & {n for n, _ in model.named_parameters()}))
@@ -502,7 +508,7 @@ def load_task_model(
                 f"'{source.name}': refused to load pickled weights that do more than hold tensors (they could run code)"
             ) from None
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise UnmaskError(f"cannot load an encoder from {where(source.folder)} '{source.name}': {describe_failure(e)}") from None
+            raise UnmaskError(cannot_load("an encoder", source.name, source.folder, e)) from None
     encoder_missing = sorted(k for k in missing if any(part in k for part in _ENCODER_PARTS) and "pooler" not in k)
     if encoder_missing:
         echo(

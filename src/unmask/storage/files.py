@@ -9,6 +9,7 @@ either the old version or the new one at the real name, never half of one.
 from __future__ import annotations
 
 import ctypes
+import difflib
 import errno
 import fcntl
 import json
@@ -26,6 +27,22 @@ from unmask.errors import UnmaskError
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
+
+
+def no_such_path(name: str, kind: str = "folder") -> str:
+    """'NAME': no such folder (or `kind`), with the closest names in the nearest folder that exists."""
+    path = Path(name).expanduser()
+    parent = path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        siblings = sorted(p.name for p in parent.iterdir() if not p.name.startswith("."))
+    except OSError:
+        siblings = []
+    wanted = path.relative_to(parent).parts[0] if path.is_relative_to(parent) and path != parent else path.name
+    close = difflib.get_close_matches(wanted, siblings, n=3, cutoff=0.6)
+    shown = [str(parent / c) if str(parent) != "." else c for c in close]
+    return f"'{name}': no such {kind}" + (f"; did you mean {' or '.join(shown)}?" if shown else "")
 
 
 def fsync_file(path: Path) -> None:

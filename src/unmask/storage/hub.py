@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unmask.errors import UnmaskError
+from unmask.storage.files import no_such_path
 from unmask.storage.rundir import RunDir, step_of
 from unmask.storage.storedir import StoreDir
 
@@ -39,22 +40,6 @@ def looks_like_path(name: str) -> bool:
         return True
     first = Path(name).parts[0] if Path(name).parts else ""
     return "/" in name and Path(first).is_dir()
-
-
-def no_such_folder(name: str) -> str:
-    """'NAME': no such folder, with the closest names in the nearest folder that exists."""
-    path = Path(name).expanduser()
-    parent = path.parent
-    while not parent.is_dir() and parent != parent.parent:
-        parent = parent.parent
-    try:
-        siblings = sorted(p.name for p in parent.iterdir() if not p.name.startswith("."))
-    except OSError:
-        siblings = []
-    wanted = path.relative_to(parent).parts[0] if path.is_relative_to(parent) and path != parent else path.name
-    close = difflib.get_close_matches(wanted, siblings, n=3, cutoff=0.6)
-    shown = [str(parent / c) if str(parent) != "." else c for c in close]
-    return f"'{name}': no such folder" + (f"; did you mean {' or '.join(shown)}?" if shown else "")
 
 
 def hub_reachable(timeout: float = 2.0) -> bool:
@@ -170,7 +155,7 @@ def resolve_pretrained(name: str) -> str:
         return str(run.model)
     if looks_like_path(name):
         if not path.exists():
-            raise UnmaskError(no_such_folder(name))
+            raise UnmaskError(no_such_path(name))
         problem = not_a_model(name, path)
         if problem:
             raise UnmaskError(problem)
@@ -181,6 +166,22 @@ def resolve_pretrained(name: str) -> str:
 def where(name: str) -> str:
     """`folder` or `hub id`, for messages about a name that failed to load."""
     return "folder" if Path(name).exists() else "hub id"
+
+
+def did_you_mean(name: str) -> str:
+    """` (did you mean minilm-l6?)` for a name that is neither a folder here nor loadable from the
+    hub but is close to an alias or to a folder of the working directory; else ''."""
+    if Path(name).exists():
+        return ""
+    here = sorted(p.name for p in Path(".").iterdir() if p.is_dir() and not p.name.startswith(".")) if Path(".").is_dir() else []
+    close = difflib.get_close_matches(name, [STARTER_ALIAS, *here], n=2, cutoff=0.75)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def cannot_load(what: str, source_name: str, folder: str, error: BaseException) -> str:
+    """The one message for a model, tokenizer or encoder that failed to load: what, from where,
+    a near name where there is one, and the library's own reason."""
+    return f"cannot load {what} from {where(folder)} '{source_name}'{did_you_mean(source_name)}: {describe_failure(error)}"
 
 
 @dataclass(frozen=True)
