@@ -470,3 +470,20 @@ def test_remote_code_runs_only_when_asked(tmp_path):
     except UnmaskError:
         pass
     assert not marker.exists(), "custom code must not run without --trust-remote-code"
+
+
+def test_a_start_that_fails_leaves_no_run_folder_behind(store_dir, tiny_model_dir, tmp_path):
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    for f in broken.glob("*.bin"):
+        f.unlink()
+    cfg = TrainConfig(data=str(store_dir), model=str(broken), out=str(tmp_path / "new-run"), seq_len=32, batch_size=4, max_steps=2)
+    with pytest.raises(UnmaskError, match="cannot load"):
+        train(cfg, progress=False, echo=quiet)
+    assert not (tmp_path / "new-run").exists(), "a failed start leaves no folder holding only .lock"
+    mine = tmp_path / "my-folder"
+    mine.mkdir()
+    with pytest.raises(UnmaskError, match="cannot load"):
+        train(TrainConfig(**{**cfg.__dict__, "out": str(mine)}), progress=False, echo=quiet)
+    assert mine.is_dir(), "a folder that was there before is the user's: it stays"

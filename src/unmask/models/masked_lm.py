@@ -17,6 +17,7 @@ from pickle import UnpicklingError  # only to name torch's refusal of an unsafe 
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 
 from unmask.data.masking import IGNORE_INDEX
@@ -418,7 +419,7 @@ def load_mlm(
                 f"'{source.name}': refused to load pickled weights that do more than hold tensors (they could run code); "
                 "only safetensors and plain-tensor checkpoints load"
             ) from None
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
             raise UnmaskError(cannot_load("a masked LM", source.name, path, e)) from None
     missing = set(info.get("missing_keys", ()))
     _report_fresh_head(source.name, model, missing, echo)
@@ -507,7 +508,7 @@ def load_task_model(
             raise UnmaskError(
                 f"'{source.name}': refused to load pickled weights that do more than hold tensors (they could run code)"
             ) from None
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
             raise UnmaskError(cannot_load("an encoder", source.name, source.folder, e)) from None
     encoder_missing = sorted(k for k in missing if any(part in k for part in _ENCODER_PARTS) and "pooler" not in k)
     if encoder_missing:

@@ -165,7 +165,7 @@ def setup(config: TrainConfig, echo: Callable[[str], None] = print, score_checkp
         return _setup(config, stores, echo, world, device, run_dir, lock, score_checkpoint)
     except BaseException:
         if lock is not None:
-            lock.release()
+            lock.release_after_failed_start()
         raise
 
 

@@ -235,8 +235,10 @@ class RunLock:
         self.remove_when_done = remove_when_done  # for a lock file that sits among the user's own files
         self.handle = None
         self.unlocked = False  # True where the filesystem refused to lock
+        self.made_folder = False  # whether `acquire` made the folder the lock is in
 
     def acquire(self) -> None:
+        self.made_folder = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # A raw descriptor, not a buffered file: on a full disk a buffered file keeps the
         # unwritten note and raises again on close, long after the lock stopped mattering.
@@ -287,6 +289,18 @@ class RunLock:
                 fcntl.flock(self.handle, fcntl.LOCK_UN)
             os.close(self.handle)
             self.handle = None
+
+    def release_after_failed_start(self) -> None:
+        """Release, and remove the folder `acquire` made if nothing but the lock came to be in it:
+        a start that failed leaves no empty run folder behind."""
+        self.release()
+        folder = self.path.parent
+        if self.made_folder and folder.is_dir() and [p.name for p in folder.iterdir()] == [self.path.name]:
+            self.path.unlink(missing_ok=True)
+            try:
+                folder.rmdir()
+            except OSError:  # something appeared in it meanwhile: leave it
+                pass
 
     @staticmethod
     def is_held(path: Path) -> bool:

@@ -438,7 +438,10 @@ def finetune(config: FinetuneConfig, echo: Callable[[str], None] = print, progre
         summary = summarize(config, task, results, source)
         if world.is_main:
             atomic_write_text(out.summary, json.dumps(summary, indent=2))
-        return summary
-    finally:
+    except BaseException:
         if lock is not None:
-            lock.release()
+            lock.release_after_failed_start()
+        raise
+    if lock is not None:
+        lock.release()
+    return summary
