@@ -173,6 +173,11 @@ CASES = [
     (["score", "{model}", "--file", "{in}/blank.txt"], 1, r"no texts to score: .*blank\.txt has no non-blank line"),
     (["embed", "{model}", "--file", "{in}/empty.txt", "--out", "{tmp}/x.npy"], 1, r"empty\.txt: empty, no text to embed"),
     (
+        ["embed", "{model}", "--file", "{in}/blank.txt", "--out", "{tmp}/s.txt"],
+        1,
+        r"--out: .*s\.txt: embeddings are written as \.npy \(or \.npz\), not \.txt; name it .*s\.npy$",
+    ),
+    (
         ["embed", "{model}", "--file", "{in}/blank.txt", "--out", "{tmp}/no/such/dir/x.npy"],
         1,
         r"--out .*x\.npy: the folder .*dir does not exist",

@@ -98,3 +98,20 @@ def test_the_accuracy_axis_keeps_the_decimals_its_ticks_need(tmp_path, monkeypat
     monkeypatch.setattr(charts, "percent_label", lambda v: drawn.append(real(v)) or drawn[-1])
     plot_run(run)
     assert any("." in label for label in drawn), f"ticks between 37% and 38% need a decimal: {drawn}"
+
+
+def test_compare_writes_into_the_trained_runs_folder_by_default_and_asks_otherwise(
+    served, tiny_model_dir, store_dir, tmp_path, monkeypatch
+):
+    import shutil
+
+    import unmask
+
+    run = tmp_path / "run"
+    shutil.copytree(served / "finished", run)
+    monkeypatch.chdir(tmp_path)
+    report = unmask.compare(base=str(tiny_model_dir), trained=str(run), data=[str(store_dir)], seq_len=32, max_batches=1, device="cpu")
+    assert report["folder"] == str(run / "compare") and (run / "compare" / "report.md").is_file()
+    assert not (tmp_path / "compare").exists(), "nothing lands in the working directory"
+    with pytest.raises(UnmaskError, match=r"--out: .* is not a run folder to write the report into"):
+        unmask.compare(base=str(tiny_model_dir), trained=str(tiny_model_dir), data=[str(store_dir)], seq_len=32, device="cpu")

@@ -350,7 +350,8 @@ def check_output_file(path: str, flag: str) -> None:
 
 def save_array(path: str, array) -> Path:
     """np.save, but atomic: a crash never leaves half an array. `.npz` writes an npz archive
-    with the array under `embeddings`; any other name gets `.npy` added, as np.save adds it."""
+    with the array under `embeddings`; a name without `.npy` gets it added, as np.save adds it
+    (`EmbedConfig` refuses any other extension, so the command writes what was named)."""
     import io
 
     import numpy as np
@@ -387,14 +388,19 @@ def pairs(config: settings.PairsConfig | None = None, *, verbose: bool = False, 
 
 def compare(config: settings.CompareConfig | None = None, *, verbose: bool = False, **values) -> dict:
     """`unmask compare`: a base and a trained model on the same masked positions; report.md,
-    report.json and chart.png in `out`; returns the report."""
+    report.json and chart.png in `out` (default: the trained run's compare/); returns the
+    report, with the folder it is in as `folder`."""
     from unmask.evaluation.compare import compare as compare_models
 
     c = build_settings(settings.CompareConfig, config, values)
-    out = Path(c.out)
+    if c.out is None and not RunDir(c.trained).is_run():
+        raise UnmaskError(
+            f"--out: {c.trained} is not a run folder to write the report into; give the folder for report.md, report.json and chart.png"
+        )
+    out = Path(c.out) if c.out is not None else RunDir(c.trained).compare
     if out.exists() and not out.is_dir():
-        raise UnmaskError(f"--out {c.out}: is a file; give a folder for report.md, report.json and chart.png")
-    return compare_models(
+        raise UnmaskError(f"--out {out}: is a file; give a folder for report.md, report.json and chart.png")
+    report = compare_models(
         c.base,
         c.trained,
         c.data,
@@ -408,6 +414,7 @@ def compare(config: settings.CompareConfig | None = None, *, verbose: bool = Fal
         echo=_echo(verbose),
         progress=verbose,
     )
+    return {**report, "folder": str(out)}
 
 
 def export(config: settings.ExportConfig | None = None, *, verbose: bool = False, **values) -> Path:

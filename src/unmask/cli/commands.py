@@ -237,7 +237,7 @@ def run_compare(config: CompareConfig) -> int:
         for d in report["disagreements"]:
             print(f"  {d['context']}\n      {d['truth']} / {d['base']} / {d['trained']}")
     chart = f", chart: {report['chart']}" if report["chart"] else f"\nno chart.png: {report['no_chart']}"
-    print(f"\nreport: {Path(config.out) / 'report.md'}{chart}")
+    print(f"\nreport: {Path(report['folder']) / 'report.md'}{chart}")
     return 0
 
 

@@ -7,6 +7,7 @@ fields given without a flag.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from unmask.config.base import check_masking_probabilities, check_setting
@@ -153,7 +154,7 @@ class EmbedConfig(ModelOptions):
     file: str | None = None
     """File of texts, one per line; row i of the output is line i."""
     out: str | None = None
-    """Where to save the array (.npy)."""
+    """Where to save the array: a .npy file (or .npz, the array under `embeddings`), written as named."""
     pooling: Literal["mean", "cls"] = "mean"
     """mean (over the attention mask) or cls."""
     normalize: bool = False
@@ -170,6 +171,14 @@ class EmbedConfig(ModelOptions):
         check_setting(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
         given = (self.file is not None) + (self.tokens is not None) + bool(self.texts)
         check_setting(given == 1, "file", "give --file F or --texts (sentence embeddings), or --tokens TEXT (token embeddings)")
+        if self.out is not None:
+            suffix = Path(self.out).suffix
+            check_setting(
+                suffix in (".npy", ".npz"),
+                "out",
+                f"{self.out}: embeddings are written as .npy (or .npz), not {suffix or 'a file without an extension'}; "
+                f"name it {Path(self.out).with_suffix('.npy')}",
+            )
 
 
 @dataclass(kw_only=True)
@@ -181,8 +190,8 @@ class CompareConfig(DeviceOptions, HeldOutOptions):
     """The model before training."""
     trained: str
     """The model after training (a run folder works)."""
-    out: str = "compare"
-    """Folder for report.md, report.json and chart.png."""
+    out: str | None = None
+    """Folder for report.md, report.json and chart.png; default: TRAINED/compare where the trained model is a run folder (give it otherwise)."""
     examples: int = 8
     """Positions to show where the two top-1 predictions differ."""
 

@@ -10,6 +10,7 @@
       model/             the final model (save_pretrained), once the run finishes
       tensorboard/       event files with --report-to tensorboard
       downstream/        fine-tuning and probe results of the run's checkpoints
+      compare/           `unmask compare BASE RUN`'s report, chart and numbers
 
 Every other module asks a `RunDir` for these paths; none spells them itself.
 """
@@ -83,6 +84,10 @@ class RunDir:
     @property
     def downstream(self) -> Path:
         return self.path / "downstream"
+
+    @property
+    def compare(self) -> Path:
+        return self.path / "compare"
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / step_dir_name(step)
