@@ -142,8 +142,16 @@ def test_probes_and_fine_tunings_of_one_checkpoint_are_reported_apart_and_other_
         ("name: x\ntasks: []\n", r"a suite is a mapping with `name` and a non-empty list of `tasks`"),
         ("name: x\ntaks: []\n", r"a suite is a mapping"),
         ("name: x\ntasks:\n  - {name: a, train: t, eval: e, seeds: 0}\n", r"seeds must be a count"),
+        (
+            "name: x\ntasks:\n  - {name: a, train: t, eval: e, epochs: 1}\n",
+            r"task 'a': epochs: finetune setting\(s\), which go under `finetune:` \(finetune: \{epochs: \.\.\.\}\)$",
+        ),
+        (
+            "name: x\ntasks:\n  - {name: a, train: t, eval: e, pooling: cls}\n",
+            r"task 'a': pooling: probe setting\(s\), which go under `probe:`",
+        ),
     ],
-    ids=["unknown-key", "unknown-type", "unknown-setting", "no-train", "no-tasks", "typo", "zero-seeds"],
+    ids=["unknown-key", "unknown-type", "unknown-setting", "no-train", "no-tasks", "typo", "zero-seeds", "finetune-at-top", "probe-at-top"],
 )
 def test_a_bad_suite_is_one_line_naming_the_task_and_key(tmp_path, text, message):
     (tmp_path / "s.yaml").write_text(text)

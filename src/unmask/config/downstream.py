@@ -242,6 +242,26 @@ def _settings_of(values, cls: type, where: str) -> dict:
     return values
 
 
+def misplaced_keys(wrong: list[str]) -> str:
+    """What to say of a suite task's unknown keys: a fine-tuning or probe setting given at the
+    task's top level belongs under `finetune:` or `probe:`; the rest are unknown."""
+    per_mode = {
+        mode: {f.name for f in dataclasses.fields(cls)} - _NOT_PER_TASK
+        for mode, cls in (("finetune", FinetuneConfig), ("probe", ProbeConfig))
+    }
+    parts, placed = [], set()
+    for mode, names in per_mode.items():  # a setting of both modes is named under fine-tuning, the default mode
+        moved = [k for k in wrong if k in names and k not in placed]
+        placed.update(moved)
+        if moved:
+            example = ", ".join(f"{k}: ..." for k in moved)
+            parts.append(f"{', '.join(moved)}: {mode} setting(s), which go under `{mode}:` ({mode}: {{{example}}})")
+    unknown = [k for k in wrong if k not in placed]
+    if unknown:
+        parts.append(f"unknown key(s) {', '.join(unknown)}")
+    return "; ".join(parts)
+
+
 def load_suite(path: str | Path) -> Suite:
     """Read and check a suite file; every problem names the task and the key."""
     path = Path(path)
@@ -263,7 +283,7 @@ def load_suite(path: str | Path) -> Suite:
         where = f"{path}: task '{entry.get('name', number)}'"
         wrong = sorted(set(entry) - known)
         if wrong:
-            raise UnmaskError(f"{where}: unknown key(s) {', '.join(wrong)}")
+            raise UnmaskError(f"{where}: {misplaced_keys(wrong)}")
         missing = [k for k in ("name", "train", "eval") if not entry.get(k)]
         if missing:
             raise UnmaskError(f"{where}: needs {', '.join(missing)}")
