@@ -183,3 +183,14 @@ def test_the_bundled_suites_load_and_glue_cites_its_settings():
         [19, 8364, 717, 10536, 90166],
     )
     assert load_suite(resolve_suite("pydocs")).tasks[0].train == "sample:pydocs-sections:train"
+
+
+def test_the_score_axis_never_turns_a_small_gap_into_a_cliff():
+    from unmask.tasks.suites import score_limits
+
+    low, high = score_limits([0.7090, 0.7313])
+    assert high - low >= 0.1 and low < 0.7090 and high > 0.7313
+    assert score_limits([0.0, 0.02])[0] == 0.0 and score_limits([0.97, 1.0])[1] == 1.0
+    low, high = score_limits([0.2, 0.9])
+    assert low < 0.2 and high > 0.9 and high - low < 0.8
+    assert score_limits([-3.0, 40.0])[0] < -3.0, "scores beyond [0, 1] (a correlation of -1..1, an error) are not clipped"

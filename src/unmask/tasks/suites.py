@@ -272,6 +272,20 @@ def report_table(summary: dict, suite: Suite, targets: list[Target]) -> list[lis
     return rows
 
 
+def score_limits(values: list[float], least_span: float = 0.1) -> tuple[float, float]:
+    """The score axis: at least `least_span` high, so that a gap of 0.02 between two models is not
+    drawn as a cliff; kept within [0, 1] when the scores are shares."""
+    low, high = min(values), max(values)
+    pad = max(least_span - (high - low), 0.0) / 2 + 0.01
+    low, high = low - pad, high + pad
+    if min(values) >= 0 and max(values) <= 1:
+        if low < 0:
+            low, high = 0.0, high - low
+        if high > 1:
+            low, high = max(0.0, low - (high - 1)), 1.0
+    return low, high
+
+
 def chart(summary: dict, suite: Suite, targets: list[Target], path: Path, title: str) -> Path | None:
     """Scores against the pretraining step (a run) or per model, one line per task and mode;
     None when matplotlib is missing."""
@@ -284,20 +298,34 @@ def chart(summary: dict, suite: Suite, targets: list[Target], path: Path, title:
     figure, axis = plt.subplots(figsize=(7.5, 4.2))
     by_step = all(t.step is not None for t in targets)
     xs = [t.step for t in targets] if by_step else list(range(len(targets)))
-    for name, mode in report_rows(summary, suite):
+    rows = report_rows(summary, suite)
+    drawn: list[float] = []
+    for number, (name, mode) in enumerate(rows):
         entries = summary["tasks"][name][mode]
-        points = [(x, entries[t.label]["median"]) for x, t in zip(xs, targets) if t.label in entries]
+        # Models side by side are separate points (a line between two models means nothing),
+        # nudged apart so that their error bars do not hide each other; checkpoints are a curve.
+        nudge = 0.0 if by_step else (number - (len(rows) - 1) / 2) * 0.08
+        points = [(x + nudge, entries[t.label]) for x, t in zip(xs, targets) if t.label in entries]
         if points:
-            axis.plot(*zip(*points), "o-" if mode == "finetune" else "^:", label=f"{name}, {mode}", alpha=0.8)
-    for label, values in summary["average"].items():
+            where, cells = zip(*points)
+            medians = [c["median"] for c in cells]
+            spread = [c["std"] for c in cells]
+            style = ("o-" if mode == "finetune" else "^:") if by_step else ("o" if mode == "finetune" else "^")
+            axis.errorbar(where, medians, yerr=spread, fmt=style, capsize=3, label=f"{name}, {mode}", alpha=0.85)
+            drawn += [m + s for m, s in zip(medians, spread)] + [m - s for m, s in zip(medians, spread)]
+    for label, values in summary["average"].items() if len(suite.tasks) > 1 else ():  # one task: its average is itself
         average = [(x, values[t.label]) for x, t in zip(xs, targets) if t.label in values]
         if average:
-            axis.plot(*zip(*average), "s--", color="black", label=f"average, {label}", linewidth=2)
+            axis.plot(*zip(*average), "s--" if by_step else "s", color="black", label=f"average, {label}", linewidth=2)
+            drawn += [v for _, v in average]
     if by_step:
         axis.set_xlabel("pretraining step")
     else:
         axis.set_xticks(xs, [t.label for t in targets], rotation=15, ha="right")
-    axis.set(title=title, ylabel="score (median over seeds)")
+        axis.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
+    if drawn:
+        axis.set_ylim(*score_limits(drawn))
+    axis.set(title=title, ylabel="score: median over seeds, bars ± one std")
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
