@@ -34,6 +34,16 @@ def test_the_first_signal_is_acknowledged_and_any_second_one_stops_at_once(first
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_repeats_of_the_launchers_death_are_not_a_second_signal():
+    heard = []
+    with StopSignals(acknowledge=heard.append) as signals:
+        for _ in range(3):  # one per thread of the dying launcher
+            os.kill(os.getpid(), signal.SIGHUP)
+        assert signals.received == signal.SIGHUP and heard == [signal.SIGHUP]
+        with pytest.raises(StopNow):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def test_only_the_announcing_process_acknowledges():
     heard = []
     with StopSignals(announce=False, acknowledge=heard.append) as signals:

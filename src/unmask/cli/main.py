@@ -411,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as e:  # Ctrl-C, or a second stop signal during training (`preemption.StopNow`)
         kept = CHECKPOINTED.get(command, "files already finished are intact, and nothing half-written was kept")
-        print(f"unmask {command}: interrupted; {kept}", file=sys.stderr)
+        by = f" by a second {e.args[0]}" if e.args else ""
+        print(f"unmask {command}: interrupted{by}; {kept}", file=sys.stderr)
         return getattr(e, "exit_code", 130)
 
 

@@ -62,19 +62,22 @@ request): a CPU all-reduce there never waits for the GPU. None: the default grou
 
 
 def die_with_launcher() -> None:
-    """Ask the kernel to send this process SIGTERM when its parent (torchrun's agent) dies.
+    """Ask the kernel to send this process SIGHUP when its parent (torchrun's agent) dies.
 
     torchrun starts each worker in a session of its own, so a launcher killed with -9 (not
     its group) would otherwise leave the workers running, waiting in a collective for a
-    partner that may never come. With SIGTERM they stop as on a preemption, with a checkpoint.
+    partner that may never come. SIGHUP, not SIGTERM: the kernel sends it again each time the
+    worker passes to another thread of the dying launcher, and repeats of it must not count as
+    the second signal that stops at once (`preemption.StopSignals`). During training it stops
+    the run as a preemption does, with a checkpoint; before, it ends the process.
     """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGHUP), 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: nothing to ask
         return
     if os.getppid() == 1:  # the launcher died before the request was made
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGHUP)
 
 
 def is_collective_timeout(error: BaseException) -> bool:
