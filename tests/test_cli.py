@@ -331,3 +331,22 @@ def test_an_interrupted_command_says_what_it_keeps(monkeypatch, capsys):
     assert "checkpoints" not in said and "nothing half-written was kept" in said
     assert main(["train", "--data", "d", "--out", "o", "--model", "m"]) == 130
     assert "checkpoints are intact; continue with --resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["fill", "m", "a [MASK]."],
+        ["eval", "m", "--data", "s"],
+        ["score", "m", "a sentence."],
+        ["embed", "m", "--texts", "a", "--out", "x.npy"],
+        ["probe", "m", "--train", "t", "--eval", "e"],
+        ["pairs", "m", "p.jsonl"],
+        ["compare", "a", "b", "--data", "s", "--out", "o"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_every_command_that_runs_a_model_takes_a_precision(argv):
+    _, config = parse([*argv, "--precision", "bf16"])
+    assert config.precision == "bf16"
+    assert parse(argv)[1].precision == "fp32", "reported numbers default to fp32, the same on every machine"
