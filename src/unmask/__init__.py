@@ -27,6 +27,20 @@ from unmask.api import (
 from unmask.errors import UnmaskError
 
 __all__ = [
-    "UnmaskError", "compare", "downstream", "embed", "evaluate", "export", "fill", "fill_against", "finetune", "inspect", "pairs", "prepare", "probe",
+    "MaskRateCallback", "MaskingCollator", "UnmaskError", "compare", "downstream", "embed", "evaluate", "export", "fill", "fill_against", "finetune", "inspect", "pairs", "prepare", "probe",
     "score", "tokenizer", "train",
 ]  # fmt: skip
+
+
+def __getattr__(name: str):
+    """`MaskingCollator` and `MaskRateCallback` (for Hugging Face's Trainer), imported when first
+    used, so that `import unmask` stays light (no torch, no Trainer)."""
+    if name == "MaskingCollator":
+        from unmask.data.collator import MaskingCollator
+
+        return MaskingCollator
+    if name == "MaskRateCallback":
+        from unmask.data.collator import mask_rate_callback_class
+
+        return mask_rate_callback_class()
+    raise AttributeError(f"module 'unmask' has no attribute {name!r}")
