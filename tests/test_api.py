@@ -194,3 +194,39 @@ def test_one_store_given_as_a_string_counts_as_one_store_for_a_recipe(store_dir,
     as_string = unmask.api.train_settings(from_scratch="tiny", recipe="mmbert", data=str(store_dir), out=str(tmp_path / "r"))
     as_list = unmask.api.train_settings(from_scratch="tiny", recipe="mmbert", data=[str(store_dir)], out=str(tmp_path / "r"))
     assert as_string == as_list and as_string.data == [str(store_dir)] and as_string.mix_temperature is None
+
+
+def test_results_show_themselves_in_a_notebook(served, tiny_model_dir, store_dir, tmp_path, tokenizer_dir):
+    """What fill, inspect, evaluate, train, compare and finetune return has an HTML view
+    (`_repr_html_`), with the numbers it holds."""
+    import json
+
+    from test_tasks import classification_records, write_jsonl
+
+    fills = unmask.fill(str(tiny_model_dir), ["the cat [MASK] the door ."], top_k=3)
+    html = fills._repr_html_()
+    assert html.count("<tr>") == 1 + 3 and f"{fills[0].masks[0].candidates[0].score:.1%}" in html
+    draw = unmask.inspect("the cat sees the door .", model=str(tokenizer_dir), seed=1, mask_prob=0.5)
+    html = draw._repr_html_()
+    picked = sum(r.picked for r in draw)
+    assert f"picked {picked} of " in html and "became" in html and html.count("<tr>") == 1 + len(draw)
+    evaluation = unmask.evaluate(str(tiny_model_dir), data=[str(store_dir)], seq_len=32, max_batches=1, device="cpu")
+    assert f"{evaluation.metrics.loss:.4f}" in evaluation._repr_html_()
+    run = unmask.api.TrainedRun(served / "finished", json.loads((served / "finished" / "summary.json").read_text()))
+    html = run._repr_html_()
+    assert html.startswith("<svg") and html.count("<polyline") == 2 and f"{run.summary['eval_accuracy']:.2%}" in html
+    comparison = unmask.compare(
+        base=str(tiny_model_dir),
+        trained=str(tiny_model_dir),
+        data=[str(store_dir)],
+        out=str(tmp_path / "c"),
+        seq_len=32,
+        max_batches=1,
+        device="cpu",
+    )
+    assert "<table>" in comparison._repr_html_() and comparison["base"] == str(tiny_model_dir), "still the report's dict"
+    data = write_jsonl(tmp_path / "t.jsonl", classification_records(16))
+    tuned = unmask.finetune(
+        model=str(tiny_model_dir), train=data, eval=data, out=str(tmp_path / "ft"), epochs=1, device="cpu", progress="none"
+    )
+    assert "accuracy" in tuned._repr_html_() and isinstance(tuned, dict)

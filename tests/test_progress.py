@@ -74,3 +74,21 @@ def test_a_long_step_shows_its_micro_batches_in_a_log_at_most_every_few_seconds(
     quiet_bar.within_every = 0.0
     quiet_bar.within_step(1, 8)
     assert lines == ["step 3/10: micro-batch 3/8"]
+
+
+def test_a_notebook_gets_the_widget_bar_where_it_can_and_plain_lines_otherwise(monkeypatch):
+    import sys
+    import types
+
+    from unmask.runtime import progress
+
+    assert progress.notebook_widgets() is False, "not in a kernel"
+    ZMQInteractiveShell = type("ZMQInteractiveShell", (), {})
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: ZMQInteractiveShell()))
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # not installed
+    assert progress.notebook_widgets() is False and Progress("auto", 10, 0, lambda _: None).mode in ("lines", "bar")
+    monkeypatch.setitem(sys.modules, "ipywidgets", types.ModuleType("ipywidgets"))
+    assert progress.notebook_widgets() is True
+    terminal = type("TerminalInteractiveShell", (), {})
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: terminal()))
+    assert progress.notebook_widgets() is False, "IPython in a terminal is a terminal"

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from unmask import config as settings
 from unmask.errors import UnmaskError
 from unmask.storage.rundir import RunDir
+from unmask.tables import format_value
 
 Settings = TypeVar("Settings")
 
@@ -128,6 +129,25 @@ class TrainedRun:
         """Every line of metrics.jsonl: training steps and evaluations."""
         return RunDir(self.path).read_metrics()[0]
 
+    def _repr_html_(self) -> str:
+        """In Jupyter: the run's loss curves as a small chart, and its held-out numbers."""
+        from unmask.tables import html_table, svg_lines
+
+        records = self.metrics
+        curves = {
+            "train loss": [(r["step"], r["loss"]) for r in records if r.get("loss") is not None],
+            "held-out loss": [(r["step"], r["eval_loss"]) for r in records if r.get("eval_loss") is not None],
+        }
+        numbers = [["steps", str(self.summary.get("steps"))], ["training tokens", f"{self.summary.get('train_tokens', 0):,}"]]
+        numbers += [
+            [name, format_value(self.summary.get(key), "{:.2%}")]
+            for name, key in (("held-out top-1", "eval_accuracy"), ("held-out top-5", "eval_top5_accuracy"))
+        ]
+        numbers += [["held-out loss", format_value(self.summary.get("eval_loss"), "{:.4f}")]]
+        return svg_lines({k: v for k, v in curves.items() if v}, f"{self.path.name}: MLM loss by step") + html_table(
+            [["", "value"], *numbers]
+        )
+
 
 @dataclass
 class Evaluation:
@@ -140,6 +160,21 @@ class Evaluation:
     """An `evaluate.heldout.MlmMetrics`: loss, perplexity, accuracy, top-5, whole words, word pieces."""
     sources: dict[str, Any] = field(default_factory=dict)
 
+    def _repr_html_(self) -> str:
+        """In Jupyter: the held-out numbers, one column per store where there are several."""
+        from unmask.tables import html_table
+
+        columns = {"all": self.metrics, **(self.sources if len(self.sources) > 1 else {})}
+        rows = [["", *columns]]
+        for name, key, pattern in (
+            ("loss", "loss", "{:.4f}"),
+            ("perplexity", "perplexity", "{:.2f}"),
+            ("top-1", "accuracy", "{:.2%}"),
+            ("top-5", "top5_accuracy", "{:.2%}"),
+        ):
+            rows.append([name, *(format_value(getattr(m, key), pattern) for m in columns.values())])
+        return html_table(rows, f"{self.model} on {', '.join(self.data)}: {self.windows} held-out windows")
+
     def as_dict(self) -> dict:
         per = {name: m.as_dict() for name, m in self.sources.items()} if len(self.sources) > 1 else None
         return {
@@ -149,6 +184,37 @@ class Evaluation:
             **self.metrics.as_dict(),
             **({"sources": per} if per else {}),
         }
+
+
+class Comparison(dict):
+    """`compare`'s report (a dict, as report.json holds it), shown in Jupyter as its table, notes and chart."""
+
+    def _repr_html_(self) -> str:
+        import base64
+        from html import escape
+
+        from unmask.tables import html_table
+
+        parts = [html_table(self["table"], f"{self['base']} against {self['trained']}")]
+        parts += [f"<p>note: {escape(note)}</p>" for note in self.get("notes", [])]
+        chart = self.get("chart")
+        if chart and Path(chart).is_file():
+            parts.append(
+                f"<img src='data:image/png;base64,{base64.b64encode(Path(chart).read_bytes()).decode()}' style='max-width:640px'/>"
+            )
+        return "".join(parts)
+
+
+class FineTuning(dict):
+    """`finetune`'s summary (a dict, as summary.json holds it), shown in Jupyter as each metric over seeds."""
+
+    def _repr_html_(self) -> str:
+        from unmask.tables import html_table
+
+        rows = [["metric", "median", "std", "min", "max"]]
+        for name, value in self["metrics"].items():
+            rows.append([name, *(format_value(value.get(k), "{:.4f}") for k in ("median", "std", "min", "max"))])
+        return html_table(rows, f"fine-tuned {self.get('model', '')}: {len(self.get('seeds', []))} seed(s)")
 
 
 @dataclass
@@ -386,7 +452,7 @@ def pairs(config: settings.PairsConfig | None = None, *, verbose: bool = False, 
     return report
 
 
-def compare(config: settings.CompareConfig | None = None, *, verbose: bool = False, **values) -> dict:
+def compare(config: settings.CompareConfig | None = None, *, verbose: bool = False, **values) -> Comparison:
     """`unmask compare`: a base and a trained model on the same masked positions; report.md,
     report.json and chart.png in `out` (default: the trained run's compare/); returns the
     report, with the folder it is in as `folder`."""
@@ -414,7 +480,7 @@ def compare(config: settings.CompareConfig | None = None, *, verbose: bool = Fal
         echo=_echo(verbose),
         progress=verbose,
     )
-    return {**report, "folder": str(out)}
+    return Comparison({**report, "folder": str(out)})
 
 
 def export(config: settings.ExportConfig | None = None, *, verbose: bool = False, **values) -> Path:
@@ -425,12 +491,12 @@ def export(config: settings.ExportConfig | None = None, *, verbose: bool = False
     return export_checkpoint(Path(c.run), Path(c.out), c.step, echo=_echo(verbose))
 
 
-def finetune(config: settings.FinetuneConfig | None = None, *, verbose: bool = False, **values) -> dict:
+def finetune(config: settings.FinetuneConfig | None = None, *, verbose: bool = False, **values) -> FineTuning:
     """`unmask finetune`: an encoder with a fresh task head; the summary (metrics over seeds)."""
     from unmask.tasks.finetune import finetune as run_finetune
 
     c = build_settings(settings.FinetuneConfig, config, values)
-    return run_finetune(c, echo=_echo(verbose), progress=verbose)
+    return FineTuning(run_finetune(c, echo=_echo(verbose), progress=verbose))
 
 
 def probe(config: settings.ProbeConfig | None = None, *, verbose: bool = False, **values) -> dict:

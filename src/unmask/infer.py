@@ -38,6 +38,15 @@ class FillResult:
     text: str
     masks: list[FilledMask] = field(default_factory=list)
 
+    def _repr_html_(self) -> str:
+        """In Jupyter: each mask's candidates, ranked, with their probabilities."""
+        from unmask.tables import html_table
+
+        rows = [["mask", "rank", "token", "probability"]]
+        for number, mask in enumerate(self.masks, 1):
+            rows += [[str(number) if rank == 1 else "", str(rank), c.token, f"{c.score:.1%}"] for rank, c in enumerate(mask.candidates, 1)]
+        return html_table(rows, f"{self.text}  ->  {self.best_guess()}")
+
     def best_guess(self) -> str:
         """The text with every mask replaced by its top candidate."""
         filled = self.text
@@ -96,7 +105,7 @@ class Filler(LoadedModel):
     """Fill-mask: the top-k candidates of every mask."""
 
     @torch.no_grad()
-    def fill(self, texts: list[str], top_k: int = 5, batch_size: int = 32, labels: list[str] | None = None) -> list[FillResult]:
+    def fill(self, texts: list[str], top_k: int = 5, batch_size: int = 32, labels: list[str] | None = None) -> Fills:
         if top_k < 1:
             raise UnmaskError(f"--top-k: must be at least 1, got {top_k}")
         labels = labels or [f"text {i + 1}" for i in range(len(texts))]
@@ -129,7 +138,7 @@ class Filler(LoadedModel):
                 ]
                 chunk_results[row].masks.append(FilledMask(position, candidates))
             results.extend(chunk_results)
-        return results
+        return Fills(results)
 
 
 @dataclass
@@ -211,11 +220,44 @@ def inspect_masking(
     random_replace_prob: float = 0.1,
     trust_remote_code: bool = False,
     masking: str = "token",
-) -> list[InspectedToken]:
+) -> MaskingDraw:
     """One masking draw on one sentence, exactly as training draws it (see `mask_sentence`)."""
     tokenizer = load_tokenizer(tokenizer_name, trust_remote_code)
     encoded, drawn = mask_sentence(tokenizer, text, seed, mask_prob, mask_replace_prob, random_replace_prob, masking)
-    return inspected_rows(tokenizer, encoded, drawn)
+    return MaskingDraw(inspected_rows(tokenizer, encoded, drawn))
+
+
+class Fills(list):
+    """The `FillResult`s of several texts: a list, shown in Jupyter as one table per text."""
+
+    def _repr_html_(self) -> str:
+        return "".join(result._repr_html_() for result in self)
+
+
+class MaskingDraw(list):
+    """One masking draw on a sentence: a list of `InspectedToken` rows, shown in Jupyter as a
+    table of token, picked, became and label, with the real masking rate."""
+
+    def _repr_html_(self) -> str:
+        from unmask.tables import html_table
+
+        rows = [["pos", "token", "id", "special", "picked", "became", "input id", "label"]]
+        for r in self:
+            rows.append(
+                [
+                    str(r.position),
+                    r.token,
+                    str(r.token_id),
+                    "yes" if r.special else "",
+                    "yes" if r.picked else "",
+                    r.became,
+                    str(r.input_id),
+                    str(r.label),
+                ]
+            )
+        maskable = sum(1 for r in self if not r.special and r.attention)
+        picked = sum(1 for r in self if r.picked)
+        return html_table(rows, f"picked {picked} of {maskable} maskable tokens ({picked / max(maskable, 1):.0%})")
 
 
 @dataclass

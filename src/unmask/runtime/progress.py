@@ -1,9 +1,9 @@
 """What a run shows and records as it goes: the progress display, tokens per second, metrics.jsonl
 (read back through `RunDir.read_metrics`, the one reader of it).
 
-In a terminal the display is a tqdm bar; where stderr is not a terminal (SLURM, nohup, CI)
-it is one plain line every `--log-every` steps, because a carriage-return bar turns into
-lines thousands of characters long in a log file. Only rank 0 shows or writes anything.
+In a terminal the display is a tqdm bar, in Jupyter tqdm's widget (with ipywidgets); where
+stderr is not a terminal (SLURM, nohup, CI) it is one plain line every `--log-every` steps,
+because a carriage-return bar turns into lines thousands of characters long in a log file. Only rank 0 shows or writes anything.
 """
 
 from __future__ import annotations
@@ -19,6 +19,20 @@ from unmask.storage.files import atomic_write_text, disk_full_guard
 from unmask.storage.rundir import RunDir
 
 ProgressMode = Literal["auto", "bar", "lines", "none"]
+
+
+def notebook_widgets() -> bool:
+    """Whether this process runs in a Jupyter kernel that can show tqdm's widget bar (ipywidgets
+    installed): there the bar is a widget; in a terminal a text bar; in a log plain lines."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    if shell is None or type(shell).__name__ != "ZMQInteractiveShell":
+        return False
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def format_duration(seconds: float) -> str:
@@ -45,7 +59,7 @@ class Progress:
         rate: tuple[str, str] = ("tokens_per_s", "tok/s"),
     ):
         if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "lines"
+            mode = "bar" if sys.stderr.isatty() or notebook_widgets() else "lines"
         self.mode = mode if enabled else "none"
         self.total, self.initial = total, initial
         self.shown_step = initial
@@ -58,7 +72,11 @@ class Progress:
         self.last_line = time.perf_counter()
         self.within_every = 30.0
         """Seconds between the plain lines that show a long step's micro-batches."""
-        if self.mode == "bar":
+        if self.mode == "bar" and notebook_widgets():
+            from tqdm.notebook import tqdm as notebook_bar
+
+            self.bar = notebook_bar(total=total, initial=initial, desc="train", unit="step")
+        elif self.mode == "bar":
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True)
