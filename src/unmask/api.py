@@ -176,6 +176,7 @@ class Evaluation:
         return html_table(rows, f"{self.model} on {', '.join(self.data)}: {self.windows} held-out windows")
 
     def as_dict(self) -> dict:
+        """The numbers as JSON would hold them (what `unmask eval --json` prints)."""
         per = {name: m.as_dict() for name, m in self.sources.items()} if len(self.sources) > 1 else None
         return {
             "model": self.model,
