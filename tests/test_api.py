@@ -206,6 +206,15 @@ def test_results_show_themselves_in_a_notebook(served, tiny_model_dir, store_dir
     fills = unmask.fill(str(tiny_model_dir), ["the cat [MASK] the door ."], top_k=3)
     html = fills._repr_html_()
     assert html.count("<tr>") == 1 + 3 and f"{fills[0].masks[0].candidates[0].score:.1%}" in html
+    assert "no trained MLM head" not in html
+    from conftest import tiny_bert
+    from transformers import AutoTokenizer, BertModel
+
+    headless = tmp_path / "encoder-only"
+    BertModel(tiny_bert(len(AutoTokenizer.from_pretrained(tokenizer_dir))).config).save_pretrained(headless)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(headless)
+    random_head = unmask.fill(str(headless), ["the cat [MASK] the door ."], top_k=3)._repr_html_()
+    assert random_head.startswith(f"<p><b>{headless} has no trained MLM head</b>"), "said before the first table"
     draw = unmask.inspect("the cat sees the door .", model=str(tokenizer_dir), seed=1, mask_prob=0.5)
     html = draw._repr_html_()
     picked = sum(r.picked for r in draw)

@@ -97,6 +97,7 @@ class LoadedModel:
         self.vocab.require_mask(f"'{model}'")
         self.device = resolve_device(device)
         self.dtype = reporting_dtype(self.device, precision)  # fp32 unless asked: the numbers must not depend on the CPU
+        self.name = model
         self.lm: MaskedLM = load_mlm(source, trust_remote_code, echo=echo).to(self.device).eval()
         self.max_len = min(max_positions(self.lm), self.tokenizer.model_max_length or 10**9)
 
@@ -138,7 +139,9 @@ class Filler(LoadedModel):
                 ]
                 chunk_results[row].masks.append(FilledMask(position, candidates))
             results.extend(chunk_results)
-        return Fills(results)
+        fills = Fills(results)
+        fills.fresh_head = self.name if self.lm.has_fresh_head() else None
+        return fills
 
 
 @dataclass
@@ -228,10 +231,22 @@ def inspect_masking(
 
 
 class Fills(list):
-    """The `FillResult`s of several texts: a list, shown in Jupyter as one table per text."""
+    """The `FillResult`s of several texts: a list, shown in Jupyter as one table per text, under
+    a warning where the model had no trained MLM head (`fresh_head`)."""
+
+    fresh_head: str | None = None
+    """The model's name when its MLM head was made fresh (its guesses are a random head's)."""
 
     def _repr_html_(self) -> str:
-        return "".join(result._repr_html_() for result in self)
+        from html import escape
+
+        warning = (
+            f"<p><b>{escape(self.fresh_head)} has no trained MLM head</b>: these are a fresh, random head's guesses, "
+            "not what the model knows.</p>"
+            if self.fresh_head
+            else ""
+        )
+        return warning + "".join(result._repr_html_() for result in self)
 
 
 class MaskingDraw(list):
