@@ -253,26 +253,33 @@ class MaskingDraw(list):
     """One masking draw on a sentence: a list of `InspectedToken` rows, shown in Jupyter as a
     table of token, picked, became and label, with the real masking rate."""
 
+    def table(self) -> list[list[str]]:
+        """The rows as strings, a header first (what `unmask inspect` prints)."""
+        header = ["pos", "token", "id", "attn", "special", "picked", "became", "input_id", "label"]
+        return [header] + [
+            [
+                str(r.position),
+                r.token,
+                str(r.token_id),
+                str(r.attention),
+                "yes" if r.special else "",
+                "yes" if r.picked else "",
+                r.became,
+                str(r.input_id),
+                str(r.label),
+            ]
+            for r in self
+        ]
+
+    def counts(self) -> tuple[int, int]:
+        """(picked, maskable): the real masking rate is their ratio."""
+        return sum(r.picked for r in self), sum(not r.special and bool(r.attention) for r in self)
+
     def _repr_html_(self) -> str:
         from unmask.tables import html_table
 
-        rows = [["pos", "token", "id", "special", "picked", "became", "input id", "label"]]
-        for r in self:
-            rows.append(
-                [
-                    str(r.position),
-                    r.token,
-                    str(r.token_id),
-                    "yes" if r.special else "",
-                    "yes" if r.picked else "",
-                    r.became,
-                    str(r.input_id),
-                    str(r.label),
-                ]
-            )
-        maskable = sum(1 for r in self if not r.special and r.attention)
-        picked = sum(1 for r in self if r.picked)
-        return html_table(rows, f"picked {picked} of {maskable} maskable tokens ({picked / max(maskable, 1):.0%})")
+        picked, maskable = self.counts()
+        return html_table(self.table(), f"picked {picked} of {maskable} maskable tokens ({picked / max(maskable, 1):.0%})")
 
 
 @dataclass

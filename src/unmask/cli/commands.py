@@ -132,28 +132,8 @@ def run_inspect(config: InspectConfig) -> int:
     if config.json:
         print(json.dumps([asdict(r) for r in rows], ensure_ascii=False, indent=1))
         return 0
-    header = ["pos", "token", "id", "attn", "special", "picked", "became", "input_id", "label"]
-    print(
-        text_table(
-            [header]
-            + [
-                [
-                    str(r.position),
-                    r.token,
-                    str(r.token_id),
-                    str(r.attention),
-                    "yes" if r.special else "",
-                    "yes" if r.picked else "",
-                    r.became,
-                    str(r.input_id),
-                    str(r.label),
-                ]
-                for r in rows
-            ]
-        )
-    )
-    maskable = sum(not r.special for r in rows)
-    picked = sum(r.picked for r in rows)
+    print(text_table(rows.table()))
+    picked, maskable = rows.counts()
     print(
         f"\npicked {picked} of {maskable} maskable tokens ({picked / max(maskable, 1):.0%}; mask_prob {config.mask_prob}, "
         f"{config.masking} masking) with seed {config.seed}"
