@@ -13,21 +13,28 @@ HELP_MARKER = "<!-- unmask:help -->"
 
 
 def undocumented() -> list[str]:
-    """Public names of `unmask` (its `__all__`) and of `unmask.api` (functions and classes, and
-    their public methods) that have no docstring of their own."""
+    """Public names of `unmask` (its `__all__`), of `unmask.api` and of `unmask.data.collator`
+    (functions and classes, and their public methods, `MaskRateCallback`'s included) that have
+    no docstring of their own. (Methods a callback overrides keep the base class's text.)"""
     import unmask
     import unmask.api as api
+    import unmask.data.collator as collator
 
     missing = [f"unmask.{name}" for name in unmask.__all__ if not inspect.getdoc(getattr(unmask, name))]
-    for name, value in vars(api).items():
-        if name.startswith("_") or getattr(value, "__module__", None) != api.__name__:
-            continue
-        if (inspect.isfunction(value) or inspect.isclass(value)) and not (value.__doc__ or "").strip():
-            missing.append(f"unmask.api.{name}")
-        if inspect.isclass(value):
-            for member, attribute in vars(value).items():
-                if not member.startswith("_") and callable(attribute) and not (attribute.__doc__ or "").strip():
-                    missing.append(f"unmask.api.{name}.{member}")
+    classes = [unmask.MaskRateCallback]
+    for module in (api, collator):
+        for name, value in vars(module).items():
+            if name.startswith("_") or getattr(value, "__module__", None) != module.__name__:
+                continue
+            if (inspect.isfunction(value) or inspect.isclass(value)) and not (value.__doc__ or "").strip():
+                missing.append(f"{module.__name__}.{name}")
+            if inspect.isclass(value):
+                classes.append(value)
+    for cls in classes:
+        for member, attribute in vars(cls).items():
+            overrides = any(member in vars(base) for base in cls.__mro__[1:])  # the base class documents it
+            if not member.startswith("_") and callable(attribute) and not overrides and not (attribute.__doc__ or "").strip():
+                missing.append(f"{cls.__module__}.{cls.__qualname__}.{member}")
     return missing
 
 

@@ -95,6 +95,19 @@ def test_whole_word_masking_keeps_the_pieces_of_a_word_together(tokenizer):
     assert picked.any()
 
 
+def test_numpy_records_and_left_padding_work_as_with_hf_collator(tokenizer):
+    import numpy as np
+
+    data = records(tokenizer, 6)
+    as_arrays = [{k: np.asarray(v) for k, v in r.items()} for r in data]
+    assert torch.equal(MaskingCollator(tokenizer, seed=1)(as_arrays)["labels"], MaskingCollator(tokenizer, seed=1)(data)["labels"])
+    left = AutoTokenizer.from_pretrained(tokenizer.name_or_path, padding_side="left")
+    with_words = [{**r, "word_ids": [None, *range(len(r["input_ids"]) - 2), None]} for r in data]
+    out = MaskingCollator(left, strategy="whole-word", seed=1)(with_words)
+    assert (out["attention_mask"][:, 0] == 0).any(), "padded on the left"
+    assert not ((out["labels"] != -100) & (out["attention_mask"] == 0)).any()
+
+
 @pytest.mark.parametrize(
     "build, message",
     [
@@ -148,8 +161,14 @@ def test_inside_a_real_trainer_the_loss_falls_the_rate_is_the_one_asked_and_work
     pytest.importorskip("accelerate")
     alone = trainer_run(tokenizer, tmp_path / "w0", workers=0)
     assert alone[-1]["loss"] < alone[0]["loss"], [r["loss"] for r in alone]
+    data = records(tokenizer, 64, seed=4)
+    per_record = sum(len(r["input_ids"]) - 2 for r in data) / len(data)  # maskable: all but [CLS] and [SEP]
     for line in alone:
-        assert line["mask_prob"] == 0.15 and abs(line["mask_rate"] - 0.15) < 0.03, line
+        drawn = line["step"] * 8 * per_record  # the rate is counted over every batch so far
+        tolerance = 4 * math.sqrt(0.15 * 0.85 / drawn) + 4 * math.sqrt(
+            0.15 * 0.85 / (64 * per_record)
+        )  # draw noise, and the 64 examples' own
+        assert line["mask_prob"] == 0.15 and abs(line["mask_rate"] - 0.15) < tolerance, line
     with_workers = trainer_run(tokenizer, tmp_path / "w2", workers=2)
     assert [r["loss"] for r in with_workers] == [r["loss"] for r in alone], "2 workers draw the masks 0 workers draw"
     assert [r["mask_rate"] for r in with_workers] == pytest.approx([r["mask_rate"] for r in alone], abs=0.02)

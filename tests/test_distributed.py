@@ -301,6 +301,36 @@ def test_a_hung_worker_ends_the_others_after_the_collective_timeout_in_one_line(
     assert "Traceback" not in stderr.split(lines[0])[0][-2000:], "the timeout is one line, not a traceback"
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_stop_mid_step_under_torchrun_drops_the_step_and_resumes_bit_identical(store_dir, tiny_model_dir, tmp_path, strategy):
+    """Steps of many micro-batches on two processes: SIGTERM to the launcher lands inside a
+    step, every process drops it at the next micro-batch, and the resumed run ends with the
+    weights of one that never stopped."""
+    from safetensors.torch import load_file
+
+    common = dict(max_steps=3, batch_size=1, grad_accum=150, eval_every=0, checkpoint_every=0, log_every=1, strategy=strategy)
+    straight = torchrun(*settings(str(store_dir), str(tiny_model_dir), tmp_path / "straight", **common))
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    out = tmp_path / "stopped"
+    args = settings(str(store_dir), str(tiny_model_dir), out, **common)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "unmask", "train", *args]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not (out / "metrics.jsonl").exists() or '"step": 1' not in (out / "metrics.jsonl").read_text():
+        assert time.time() < deadline and launcher.poll() is None, "training never got going"
+        time.sleep(0.05)
+    time.sleep(0.3)  # into step 2's micro-batches
+    launcher.send_signal(signal.SIGTERM)
+    _, stderr = launcher.communicate(timeout=120)
+    stopped = [line for line in stderr.splitlines() if line.startswith("stopped at step")]
+    assert len(stopped) == 1 and "by SIGTERM" in stopped[0] and "interrupted" not in stderr, stderr[-2000:]
+    assert int(stopped[0].split()[3]) < 3
+    resumed = torchrun(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = (load_file(str(tmp_path / name / "model" / "model.safetensors")) for name in ("straight", "stopped"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "the dropped step is redone exactly"
+
+
 def test_a_single_process_stops_at_a_step_boundary_on_a_signal(store_dir, tiny_model_dir, tmp_path):
     import os
 

@@ -21,10 +21,12 @@ from unmask.runtime.preemption import StopNow, Stopped, StopSignals
 
 
 @pytest.mark.parametrize(
-    "first, second", [(signal.SIGTERM, signal.SIGTERM), (signal.SIGTERM, signal.SIGINT), (signal.SIGINT, signal.SIGTERM)]
+    "first, second",
+    [(signal.SIGTERM, signal.SIGTERM), (signal.SIGTERM, signal.SIGINT), (signal.SIGINT, signal.SIGTERM), (signal.SIGINT, signal.SIGINT)],
 )
-def test_the_first_signal_is_acknowledged_and_any_second_one_stops_at_once(first, second):
+def test_the_first_signal_is_acknowledged_and_any_second_one_stops_at_once(first, second, monkeypatch):
     heard = []
+    monkeypatch.setattr(StopSignals, "REPEAT_WINDOW", 0.0)  # a second SIGTERM a while later
     with StopSignals(acknowledge=heard.append) as signals:
         os.kill(os.getpid(), first)
         assert signals.received == first and heard == [first], "acknowledged at once, in one line"
@@ -34,9 +36,32 @@ def test_the_first_signal_is_acknowledged_and_any_second_one_stops_at_once(first
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_one_sigterm_delivered_twice_is_one_request_but_ctrl_c_twice_stops():
+    """SLURM signals every process of the step and torchrun's agent forwards the signal too: a
+    worker hears SIGTERM twice within milliseconds, which must not lose the checkpoint."""
+    with StopSignals(acknowledge=lambda _: None) as signals:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert signals.received == signal.SIGTERM
+    with StopSignals(acknowledge=lambda _: None), pytest.raises(StopNow):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_sighup_is_the_launchers_death_only_under_torchrun_and_never_over_nohup():
+    with StopSignals(acknowledge=lambda _: None):
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL, "a single process leaves SIGHUP alone"
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup does
+    try:
+        with StopSignals(acknowledge=lambda _: None, launcher_death=True):
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 def test_repeats_of_the_launchers_death_are_not_a_second_signal():
     heard = []
-    with StopSignals(acknowledge=heard.append) as signals:
+    with StopSignals(acknowledge=heard.append, launcher_death=True) as signals:
         for _ in range(3):  # one per thread of the dying launcher
             os.kill(os.getpid(), signal.SIGHUP)
         assert signals.received == signal.SIGHUP and heard == [signal.SIGHUP]

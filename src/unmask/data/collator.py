@@ -23,14 +23,18 @@ adds:
   `Trainer` steps, once per epoch by default (what reaches worker processes), every step
   with `every="step"` where the loader runs in the main process (`dataloader_num_workers=0`).
 - **The real masking rate**: the positions picked over the positions that could be, counted
-  where the masking ran (worker processes included, through shared memory) and logged as
-  `mask_rate` beside the `mask_prob` asked for.
+  where the masking ran (worker processes included, through shared memory) since training
+  began (batches a worker made ahead, and evaluation batches through the same collator,
+  included), and written as `mask_rate` beside the `mask_prob` asked for into each loss line
+  of `trainer.state.log_history`. (Trainer's own trackers run before user callbacks, so
+  TensorBoard and W&B do not get the two numbers.)
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import re
 from collections.abc import Sequence
 
@@ -108,6 +112,7 @@ class MaskingCollator:
         return picked / maskable if maskable else float("nan")
 
     def reset_counts(self) -> None:
+        """Start counting the real masking rate afresh (`MaskRateCallback` does at the start of training)."""
         self.counts.zero_()
 
     def _word_starts(self, records: Sequence[dict], input_ids: torch.Tensor) -> torch.Tensor:
@@ -115,7 +120,12 @@ class MaskingCollator:
             rows = []
             for r in records:
                 starts = word_starts(list(r["word_ids"]))
-                rows.append(np.pad(starts, (0, input_ids.shape[1] - len(starts)), constant_values=True))
+                fill = (
+                    (input_ids.shape[1] - len(starts), 0)
+                    if self.tokenizer.padding_side == "left"
+                    else (0, input_ids.shape[1] - len(starts))
+                )
+                rows.append(np.pad(starts, fill, constant_values=True))  # on the side the tokenizer pads
             return torch.from_numpy(np.stack(rows))
         table = torch.from_numpy(self.vocab.starts_word)
         return table[input_ids.clamp(min=0, max=len(table) - 1)]
@@ -131,7 +141,7 @@ class MaskingCollator:
             )
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if all(k in r for r in records)]
         padded = self.tokenizer.pad(
-            [{k: list(r[k]) for k in keys} for r in records], return_tensors="pt", pad_to_multiple_of=self.pad_to_multiple_of
+            [{k: np.asarray(r[k]).tolist() for k in keys} for r in records], return_tensors="pt", pad_to_multiple_of=self.pad_to_multiple_of
         )
         input_ids = padded["input_ids"].long()
         attention_mask = padded["attention_mask"] if "attention_mask" in padded else (input_ids != self.vocab.pad_id).long()
@@ -158,7 +168,17 @@ def __getattr__(name: str):
 
 @functools.cache
 def mask_rate_callback_class():
-    """`MaskRateCallback`, made on first use so that importing unmask does not import Trainer."""
+    """The class `MaskRateCallback(collator, end=None, schedule="constant", start=None, every="epoch")`,
+    made on first use so that importing unmask does not import Trainer.
+
+    It tells a `MaskingCollator` the epoch as each begins (so that every epoch masks anew),
+    moves its `mask_prob` from `start` (default: the collator's) to `end` along `schedule`
+    (constant, linear, cosine) over the run, once per epoch (`every="epoch"`, what reaches the
+    loader's worker processes) or before every step (`every="step"`, which needs
+    `dataloader_num_workers=0`), and writes `mask_prob` and the real `mask_rate` into each loss
+    line of `trainer.state.log_history`. It refuses persistent data-loader workers, which
+    would keep the first epoch's collator.
+    """
     from transformers import TrainerCallback
 
     class MaskRateCallback(TrainerCallback):
@@ -214,7 +234,8 @@ def mask_rate_callback_class():
             self._move(state)
 
         def on_epoch_begin(self, args, state, control, **kwargs):
-            self.collator.epoch = int(round(state.epoch or 0))
+            # floor: a run resumed mid-epoch restores a fractional epoch (0.6 is still epoch 0)
+            self.collator.epoch = math.floor((state.epoch or 0) + 1e-9)
             self._move(state)
 
         def on_step_begin(self, args, state, control, **kwargs):
@@ -224,7 +245,7 @@ def mask_rate_callback_class():
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs is not None and "loss" in logs:
                 numbers = {"mask_prob": self.collator.mask_prob, "mask_rate": self.collator.masking_rate()}
-                logs.update(numbers)  # for the trackers' callbacks that run after this one
+                logs.update(numbers)
                 if state.log_history and state.log_history[-1].get("loss") == logs["loss"]:
                     state.log_history[-1].update(numbers)  # Trainer copied the line before the callbacks saw it
 

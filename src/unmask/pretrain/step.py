@@ -312,14 +312,14 @@ class Run:
         self.tally.add(self.step, mean_loss.detach().to(torch.float64), norm.detach().to(torch.float64), bad.to(torch.float64))
 
     def finish_step(self, drawn: Drawn, signals: StopSignals) -> None:
-        """After a step: its counts; one process also takes any signal now (several agree on
-        it when they settle)."""
+        """After a step: its counts, and any stop signal, agreed by every process."""
         self.tally.picked += drawn.picked
         self.tally.maskable += drawn.maskable
         self.tally.tokens += drawn.tokens
         self.step += 1
-        if not self.world.distributed:
-            self.signal = signals.received or 0
+        # Every process agrees on a stop after every step (a host-side gloo all-reduce), so
+        # that one asked for is taken at once, not at the next log line.
+        self.signal = int(distributed.agree_max(float(signals.received or 0), self.world))
 
     def spend(self, seconds: float) -> None:
         """The step's training time, the wait for the device included; several processes agree

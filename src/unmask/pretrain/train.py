@@ -321,7 +321,7 @@ def _train(config: TrainConfig, progress: bool, echo, on_step, clock, score_chec
         display = Progress(config.progress if progress else "none", run.total_steps, run.step, echo, enabled=run.world.is_main)
         speed = Throughput()
         last_eval: dict = {}
-        with StopSignals(announce=run.world.is_main) as signals:
+        with StopSignals(announce=run.world.is_main, launcher_death=distributed.launched_by_torchrun()) as signals:
             try:
                 while not run.finished():
                     began = clock()

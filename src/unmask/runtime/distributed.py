@@ -81,8 +81,11 @@ def die_with_launcher() -> None:
 
 
 def is_collective_timeout(error: BaseException) -> bool:
-    """Whether `error` is a collective (gloo) giving up on a process that never came."""
-    return isinstance(error, RuntimeError) and "timed out" in str(error).lower()
+    """Whether `error` is a collective giving up on a process that never came (gloo's "Timed
+    out waiting ... for recv/send"), not any error that mentions a timeout."""
+    text = str(error).lower()
+    collective = isinstance(error, getattr(dist, "DistBackendError", ())) or "gloo" in text
+    return dist.is_initialized() and isinstance(error, RuntimeError) and collective and "timed out" in text
 
 
 @contextmanager
@@ -127,8 +130,11 @@ def join(device_request: str, timeout_minutes: float = 30.0) -> tuple[World, tor
 def agree_max(value: float, world: World) -> float:
     """The largest of every process's `value`, by a host-side all-reduce that never waits for
     a GPU (the control group; gloo on CPU)."""
+    global _control_group
     if not world.distributed:
         return value
+    if _control_group is None and dist.get_backend() != "gloo":  # a group the caller made, on NCCL
+        _control_group = dist.new_group(backend="gloo")
     tensor = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=_control_group)
     return float(tensor.item())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -74,28 +75,42 @@ def _acknowledge(signum: int) -> None:
 
 
 class StopSignals:
-    """While active, SIGTERM, SIGINT and SIGHUP set `received` instead of killing the process;
-    a second SIGTERM or SIGINT raises `StopNow` (SIGHUP repeats are the launcher's death told again). `announce` says whether this process acknowledges the first
+    """While active, SIGTERM, SIGINT (and under torchrun SIGHUP) set `received` instead of
+    killing the process; another signal after that raises `StopNow`, except SIGHUP repeats (the
+    launcher's death told again) and SIGTERM again within `REPEAT_WINDOW` seconds. `announce` says whether this process acknowledges the first
     (one line, from rank 0 only)."""
 
-    def __init__(self, announce: bool = True, acknowledge: Callable[[int], None] = _acknowledge) -> None:
+    REPEAT_WINDOW = 2.0
+    """Seconds within which SIGTERM again is the same request delivered twice (SLURM signals
+    every process of a step, and torchrun's agent forwards it to its workers too). A second
+    Ctrl-C always stops at once."""
+
+    def __init__(self, announce: bool = True, acknowledge: Callable[[int], None] = _acknowledge, launcher_death: bool = False) -> None:
         self.received: int | None = None
+        self.received_at = 0.0
         self.announce = announce
         self.acknowledge = acknowledge
+        self.launcher_death = launcher_death
+        """Whether SIGHUP means the launcher died (`distributed.die_with_launcher`, under torchrun only)."""
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if signum == signal.SIGHUP and self.received is not None:
-            return  # the launcher's death is told once per thread of it that dies
         if self.received is not None:
+            again = signum == self.received == signal.SIGTERM and time.monotonic() - self.received_at < self.REPEAT_WINDOW
+            if signum == signal.SIGHUP or again:
+                return  # the launcher's death told once per thread of it, or one request delivered twice
             raise StopNow(signum)
-        self.received = signum
+        self.received, self.received_at = signum, time.monotonic()
         if self.announce:
             self.acknowledge(signum)
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            watched = [signal.SIGTERM, signal.SIGINT]
+            # SIGHUP only where it is the launcher's death, and never over a `nohup` (SIG_IGN).
+            if self.launcher_death and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+                watched.append(signal.SIGHUP)
+            for signum in watched:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -95,12 +96,17 @@ def follow_umask(folder: Path) -> None:
     that write through a private temporary file (safetensors) leave 0600, which another user
     of a shared folder cannot read."""
     mask = current_umask()
+    kept = stat.S_ISGID | stat.S_ISVTX  # a shared folder's setgid (its group for new files) stays
+
+    def folder_mode(path: Path) -> None:
+        os.chmod(path, (0o777 & ~mask) | (os.stat(path).st_mode & kept))
+
     for root, folders, files in os.walk(folder):
         for name in files:
             os.chmod(Path(root) / name, 0o666 & ~mask)
         for name in folders:
-            os.chmod(Path(root) / name, 0o777 & ~mask)
-    os.chmod(folder, 0o777 & ~mask)
+            folder_mode(Path(root) / name)
+    folder_mode(folder)
 
 
 def _write_atomically(path: Path, data: bytes, mode: int) -> None:
@@ -292,15 +298,16 @@ class RunLock:
 
     def release_after_failed_start(self) -> None:
         """Release, and remove the folder `acquire` made if nothing but the lock came to be in it:
-        a start that failed leaves no empty run folder behind."""
-        self.release()
+        a start that failed leaves no empty run folder behind. The lock file goes while it is
+        still held, so that no other process can take it in between and lose its folder."""
         folder = self.path.parent
-        if self.made_folder and folder.is_dir() and [p.name for p in folder.iterdir()] == [self.path.name]:
-            self.path.unlink(missing_ok=True)
+        if self.handle is not None and self.made_folder and folder.is_dir() and [p.name for p in folder.iterdir()] == [self.path.name]:
             try:
+                self.path.unlink()
                 folder.rmdir()
             except OSError:  # something appeared in it meanwhile: leave it
                 pass
+        self.release()
 
     @staticmethod
     def is_held(path: Path) -> bool:

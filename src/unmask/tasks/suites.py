@@ -97,9 +97,8 @@ def settings_key(task: SuiteTask, mode: str) -> str:
     """A short fingerprint of what decides a task's score in a mode: its data and scoring and
     the probe's or fine-tuning's settings. Results of other settings (a suite file edited since)
     are neither skipped as done nor mixed into the report."""
+    # Not the seed list: each result carries its seed, and more seeds must not redo the others.
     settings = {"task": task.task_options(), mode: task.probe if mode == "probe" else task.finetune}
-    if mode == "finetune":
-        settings["seeds"] = task.seed_list()
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
