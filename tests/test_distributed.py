@@ -189,17 +189,23 @@ def test_checkpoints_resume_under_another_world_size_and_strategy(runs, store_di
         single(*settings(store, model, tmp_path / "to-one", grad_accum=1), "--resume")
 
 
+def launch_until(out, args, step: int, poll: float = 0.2) -> subprocess.Popen:
+    """torchrun with two workers training `args` into `out`, returned once metrics.jsonl shows `step`."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "unmask", "train", *args]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not (out / "metrics.jsonl").exists() or f'"step": {step}' not in (out / "metrics.jsonl").read_text():
+        assert time.time() < deadline and launcher.poll() is None, "training never got going"
+        time.sleep(poll)
+    return launcher
+
+
 def test_sigterm_to_the_launcher_leaves_a_checkpoint_to_continue_from(store_dir, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     args = settings(
         str(store_dir), str(tiny_model_dir), out, max_steps=100_000, eval_every=0, checkpoint_every=0, log_every=20, progress="lines"
     )
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "unmask", "train", *args]
-    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    while not (out / "metrics.jsonl").exists() or '"step": 40' not in (out / "metrics.jsonl").read_text():
-        assert time.time() < deadline and launcher.poll() is None, "training never got going"
-        time.sleep(0.2)
+    launcher = launch_until(out, args, 40)
     launcher.send_signal(signal.SIGTERM)
     _, stderr = launcher.communicate(timeout=120)
     assert launcher.returncode != 0, "torchrun reports the signal"
@@ -227,12 +233,7 @@ def test_sigterm_to_the_launcher_leaves_a_checkpoint_to_continue_from(store_dir,
 
 def start_two_workers(out, args) -> tuple[subprocess.Popen, list[int]]:
     """torchrun with two workers, once they have logged step 10; returns the launcher and the workers' pids."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "unmask", "train", *args]
-    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    while not (out / "metrics.jsonl").exists() or '"step": 10' not in (out / "metrics.jsonl").read_text():
-        assert time.time() < deadline and launcher.poll() is None, "training never got going"
-        time.sleep(0.2)
+    launcher = launch_until(out, args, 10)
     found = subprocess.run(["ps", "-o", "pid=", "--ppid", str(launcher.pid)], capture_output=True, text=True).stdout.split()
     workers = [int(pid) for pid in found]
     assert len(workers) == 2, found
@@ -313,12 +314,7 @@ def test_a_stop_mid_step_under_torchrun_drops_the_step_and_resumes_bit_identical
     assert straight.returncode == 0, straight.stderr[-2000:]
     out = tmp_path / "stopped"
     args = settings(str(store_dir), str(tiny_model_dir), out, **common)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "unmask", "train", *args]
-    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    while not (out / "metrics.jsonl").exists() or '"step": 1' not in (out / "metrics.jsonl").read_text():
-        assert time.time() < deadline and launcher.poll() is None, "training never got going"
-        time.sleep(0.05)
+    launcher = launch_until(out, args, 1, poll=0.05)
     time.sleep(0.3)  # into step 2's micro-batches
     launcher.send_signal(signal.SIGTERM)
     _, stderr = launcher.communicate(timeout=120)

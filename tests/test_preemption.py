@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import quiet
 from safetensors.torch import load_file
+from test_train import config as train_config
 
 from unmask.config import TrainConfig
 from unmask.pretrain.step import Run
@@ -77,22 +78,9 @@ def test_only_the_announcing_process_acknowledges():
 
 
 def config(store_dir, tiny_model_dir, out, **overrides) -> TrainConfig:
-    values = dict(
-        data=str(store_dir),
-        model=str(tiny_model_dir),
-        out=str(out),
-        seq_len=32,
-        batch_size=2,
-        grad_accum=6,
-        max_steps=6,
-        lr=1e-3,
-        warmup_steps=1,
-        eval_every=0,
-        checkpoint_every=2,
-        log_every=1,
-        precision="fp32",
-    )
-    return TrainConfig(**{**values, **overrides})
+    """test_train's tiny run, in steps of six micro-batches, checkpointed every two steps."""
+    values = dict(batch_size=2, grad_accum=6, eval_every=0, checkpoint_every=2, precision="fp32")
+    return train_config(store_dir, tiny_model_dir, out, **{**values, **overrides})
 
 
 def test_a_signal_mid_step_drops_that_step_and_the_resumed_run_ends_bit_identical(store_dir, tiny_model_dir, tmp_path, monkeypatch):

@@ -291,17 +291,18 @@ class Run:
             self.sampler.rewind(drawn.positions_before)
             raise StepDropped
 
-    def stop_after_dropped_step(self, signals: StopSignals) -> Stopped:
+    def stop_after_dropped_step(self) -> Stopped:
         """After `StepDropped`: read and agree on what the whole steps before it did, write the
         checkpoint of the last of them (unless it is on disk already, or none ran), and return
         the `Stopped` to raise."""
-        self.settle(signals)
-        have = distributed.max_across([float(self.world.is_main and self.run_dir.checkpoint(self.step).is_dir())], self.world, self.device)[
+        self.settle()
+        if self.step == 0:
+            return Stopped(self.signal, self.step, None)
+        newest = self.run_dir.checkpoint(self.step)
+        on_disk = distributed.max_across([float(self.world.is_main and newest.is_dir())], self.world, self.device)[
             0
-        ]
-        started_fresh = self.step == 0
-        saved = None if started_fresh else self.run_dir.checkpoint(self.step) if have else self.save_checkpoint()
-        return Stopped(self.signal, self.step, saved)
+        ]  # rank 0's disk decides
+        return Stopped(self.signal, self.step, newest if on_disk else self.save_checkpoint())
 
     def update(self, mean_loss: torch.Tensor) -> None:
         """Clip, and apply the update unless the loss or the gradient norm is not finite: such
@@ -335,15 +336,15 @@ class Run:
         every = [c.log_every, c.eval_every, c.checkpoint_every, c.downstream_every]
         return self.finished() or bool(self.signal) or any(n and self.step % n == 0 for n in every)
 
-    def settle(self, signals: StopSignals) -> dict:
+    def settle(self) -> dict:
         """Read what the steps since the last settle did (the one wait for the device), agree
-        on time and signals across processes, and stop on a non-finite step as --on-nonfinite
-        says. Returns the numbers of a metrics line."""
+        on the time spent across processes (a stop signal is agreed after every step, in
+        `finish_step`), and stop on a non-finite step as --on-nonfinite says. Returns the
+        numbers of a metrics line."""
         c = self.config
         values = self.tally.on_device.tolist()
         if self.world.distributed:
-            signal, spent = distributed.max_across([float(signals.received or 0), self.spent_here], self.world, self.device)
-            self.signal, self.spent = int(signal), spent
+            self.spent = distributed.max_across([self.spent_here], self.world, self.device)[0]
         counts = distributed.sum_across([self.tally.picked, self.tally.maskable, self.tally.tokens], self.world, self.device)
         t = Tally
         if values[t.SKIPPED] and c.on_nonfinite == "stop":

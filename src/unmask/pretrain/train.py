@@ -333,7 +333,7 @@ def _train(config: TrainConfig, progress: bool, echo, on_step, clock, score_chec
                     run.finish_step(drawn, signals)  # count it; take a signal
                     logged = None
                     if run.due_to_settle():  # the one wait for the device: a log line, evaluation, checkpoint or the end
-                        numbers = run.settle(signals)
+                        numbers = run.settle()
                         logged = {
                             "step": run.step,
                             "lr": lr,
@@ -359,7 +359,7 @@ def _train(config: TrainConfig, progress: bool, echo, on_step, clock, score_chec
                         on_step(run.step)
             except StepDropped:  # a stop signal mid-step: its partial gradients are gone, the data rewound
                 display.close()
-                raise run.stop_after_dropped_step(signals) from None
+                raise run.stop_after_dropped_step() from None
         display.close()
         return finish(run, last_eval, display)
     finally:

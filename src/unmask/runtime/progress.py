@@ -100,7 +100,8 @@ class Progress:
         `fraction` how far along the run is (steps or time budget)."""
         self.shown_step, self.last_line = step, time.perf_counter()
         if self.bar is not None:
-            self.bar.set_description_str("train")
+            if self.bar.desc != "train":  # a long step showed its micro-batches there
+                self.bar.set_description_str("train", refresh=False)
             self.bar.update(1)
             if logged:
                 self.bar.set_postfix_str(
@@ -120,7 +121,7 @@ class Progress:
         """Micro-batches done in a step of many (gradient accumulation): on the bar at once, as
         a plain line at most every `within_every` seconds, so that a step of minutes shows it moves."""
         if self.bar is not None:
-            self.bar.set_description_str(f"train (micro-batch {done}/{of})" if done < of else "train")
+            self.bar.set_description_str(f"train (micro-batch {done}/{of})")
         elif self.mode == "lines" and time.perf_counter() - self.last_line >= self.within_every:
             self.last_line = time.perf_counter()
             self._echo(f"step {self.shown_step + 1}{f'/{self.total}' if self.total else ''}: micro-batch {done}/{of}")

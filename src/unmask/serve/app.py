@@ -138,10 +138,8 @@ def create_app(config: ServeConfig) -> Starlette:
         return found
 
     def list_runs(request: Request, body: dict) -> dict:
-        return {
-            "runs": [run_folders.describe(run) for run in run_folders.discover(config.paths).values()],
-            "fine_tuning": [path.name for path in run_folders.fine_tuning_folders(config.paths)],
-        }
+        runs, fine_tuning = run_folders.scan(config.paths)
+        return {"runs": [run_folders.describe(run) for run in runs.values()], "fine_tuning": [path.name for path in fine_tuning]}
 
     def one_run(request: Request, body: dict) -> dict:
         return run_folders.describe(find_run(request.path_params["run_id"]), detail=True)
@@ -274,8 +272,7 @@ def serve(config: ServeConfig) -> None:
     uvicorn = optional_import("uvicorn", "unmask serve", "serve")
     check_paths(config.paths)
     sock = listening_socket(config.host, config.port)
-    found = run_folders.discover(config.paths)
-    fine_tunings = run_folders.fine_tuning_folders(config.paths)
+    found, fine_tunings = run_folders.scan(config.paths)
     left_out = (
         f" (left out {len(fine_tunings)} fine-tuning folder(s), which are not MLM runs: {', '.join(p.name for p in fine_tunings[:3])}"
         f"{', ...' if len(fine_tunings) > 3 else ''}; their results are in their summary.json)"

@@ -28,43 +28,37 @@ class RunFolder:
         return RunDir(self.path)
 
 
-def is_run(path: Path) -> bool:
-    """A pretraining run: what the page shows (loss curves of MLM, fill-mask, compare)."""
+def _kind(path: Path) -> str | None:
+    """`RunDir.kind`'s fine-tuning, `run` for a pretraining run (what the page shows: loss curves
+    of MLM, fill-mask, compare), or None for a folder that is neither."""
     run = RunDir(path)
-    return run.is_run() and run.kind() != FINE_TUNING_RUN
+    if run.kind() == FINE_TUNING_RUN:
+        return FINE_TUNING_RUN
+    return "run" if run.is_run() else None
 
 
-def fine_tuning_folders(roots: list[str]) -> list[Path]:
-    """Fine-tuning outputs under `roots` (the same depth as `discover`), which the page leaves out:
-    their loss is a task's, their head is not an MLM head."""
-    found = []
-    for root in roots:
-        base = Path(root).resolve()
-        candidates = [base] if base.is_dir() else []
-        for child in sorted(base.iterdir()) if base.is_dir() else []:
-            if child.is_dir() and not child.name.startswith("."):
-                candidates += [child, *(g for g in sorted(child.iterdir()) if g.is_dir() and not g.name.startswith("."))]
-        found += [c for c in candidates if not c.name.startswith("seed-") and RunDir(c).kind() == FINE_TUNING_RUN]
-    return list(dict.fromkeys(found))
-
-
-def discover(roots: list[str]) -> dict[str, RunFolder]:
-    """Pretraining runs under `roots` (a run folder itself, or up to two levels below), by a stable id."""
+def scan(roots: list[str]) -> tuple[dict[str, RunFolder], list[Path]]:
+    """The pretraining runs under `roots` (a run folder itself, or up to two levels below), by a
+    stable id, and the fine-tuning folders found on the way, which the page leaves out: their
+    loss is a task's, their head is not an MLM head. One walk serves both."""
     found: list[tuple[Path, Path]] = []
+    fine_tuning: list[Path] = []
+
+    def visit(path: Path, base: Path | None, depth: int) -> None:
+        """`base`: the folder labels are relative to (None for a root: itself, or its parent
+        where the root is a run)."""
+        kind = _kind(path)
+        if kind == "run":
+            found.append((path, base or path.parent))
+        elif kind == FINE_TUNING_RUN:
+            fine_tuning.append(path)
+        elif depth < 2 and path.is_dir():  # neither: look inside
+            for child in sorted(path.iterdir()):
+                if child.is_dir() and not child.name.startswith("."):
+                    visit(child, base or path, depth + 1)
+
     for root in roots:
-        base = Path(root).resolve()
-        if is_run(base):
-            found.append((base, base.parent))
-            continue
-        if not base.is_dir():
-            continue
-        for child in sorted(base.iterdir()):
-            if child.name.startswith("."):
-                continue
-            if is_run(child):
-                found.append((child, base))
-            elif child.is_dir():
-                found.extend((grand, base) for grand in sorted(child.iterdir()) if not grand.name.startswith(".") and is_run(grand))
+        visit(Path(root).resolve(), None, 0)
     runs: dict[str, RunFolder] = {}
     for path, base in dict.fromkeys(found):
         label = str(path.relative_to(base))
@@ -73,7 +67,12 @@ def discover(roots: list[str]) -> dict[str, RunFolder]:
         while run_id in runs:
             run_id, number = f"{slug}-{number}", number + 1
         runs[run_id] = RunFolder(run_id, path, label)
-    return runs
+    return runs, list(dict.fromkeys(fine_tuning))
+
+
+def discover(roots: list[str]) -> dict[str, RunFolder]:
+    """The pretraining runs under `roots`, by a stable id (`scan`)."""
+    return scan(roots)[0]
 
 
 def read_metrics(path: Path, after: int = 0) -> tuple[list[dict], int]:

@@ -180,13 +180,14 @@ _NO_ROOM = {
 }
 
 
-def out_of_room(error: BaseException) -> str | None:
-    """Why a write found no room (a full disk, a quota, this process's file-size limit), also
-    when a library wraps the error in an exception of its own; None for any other error."""
+def out_of_room(error: BaseException) -> int | None:
+    """The errno of a write that found no room (ENOSPC a full disk, EDQUOT a quota, EFBIG this
+    process's file-size limit), also when a library wraps the error in an exception of its own
+    and keeps only its text; None for any other error."""
     if isinstance(error, OSError) and error.errno in _NO_ROOM:
-        return _NO_ROOM[error.errno][1]
+        return error.errno
     text = str(error).lower()
-    return next((reason for needle, reason in _NO_ROOM.values() if needle in text), None)
+    return next((code for code, (needle, _) in _NO_ROOM.items() if needle in text), None)
 
 
 def readable_size(count: float) -> str:
@@ -205,18 +206,18 @@ def disk_full_guard(path: Path, what: str, needed_bytes: int | None = None) -> I
     try:
         yield
     except BaseException as e:
-        reason = out_of_room(e)
-        if reason is None:
+        code = out_of_room(e)
+        if code is None:
             raise
         need = f"it needs about {readable_size(needed_bytes)}, " if needed_bytes else ""
         raise UnmaskError(
-            f"{path}: {reason} while writing {what} ({need}{_room_left(path, reason)}); nothing half-written was kept"
+            f"{path}: {_NO_ROOM[code][1]} while writing {what} ({need}{_room_left(path, code)}); nothing half-written was kept"
         ) from None
 
 
-def _room_left(path: Path, reason: str) -> str:
+def _room_left(path: Path, code: int) -> str:
     """What the limit that was hit leaves: this process's file-size limit, or the free space there."""
-    if "ulimit" in reason:
+    if code == errno.EFBIG:
         import resource
 
         limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
