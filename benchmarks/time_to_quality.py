@@ -46,6 +46,24 @@ VARIANTS = {
 SAMPLE_PREFIXES = ("faq_", "howto_", "tutorial_", "glossary")
 
 
+def cpu_name() -> str:
+    from unmask.runtime.hardware import cpu_name as name
+
+    return name()
+
+
+def unmask_precision(runs: dict) -> str:
+    """What the unmask runs computed in, from their summary.json (`precision_reason`)."""
+    from unmask.storage.rundir import RunDir
+
+    reasons = set()
+    for side, run, _, _ in runs.values():
+        summary = RunDir(run).summary
+        if side == "unmask" and summary.is_file():
+            reasons.add(json.loads(summary.read_text()).get("precision_reason", "unknown"))
+    return "; ".join(sorted(reasons)) or "unknown"
+
+
 def starter() -> str:
     from unmask.storage.hub import starter_path
 
@@ -473,7 +491,9 @@ def main() -> None:
         "- probe: `unmask probe` (logistic regression on mean-pooled frozen features) on the offline task `sample:pydocs-sections`"
         " (faq / howto / tutorial, 1,198 training and 134 eval paragraphs); fine-tuned: `unmask finetune` on it, seed 0, the pydocs"
         f" suite's settings ({', '.join(f'{k} {v}' for k, v in pydocs_finetune().items())})",
-        f"- both sides: fresh MLM head, batch 32 x 128, lr {args.lr}, linear decay, fp32 on 2 CPU cores; unmask with {', '.join(f'{k}={v}' for k, v in COMMON.items())};"
+        f"- both sides: fresh MLM head, batch 32 x 128, lr {args.lr}, linear decay, on {cpu_name()} ({os.cpu_count()} cores);"
+        f" unmask computes in {unmask_precision(runs)} (its default, --precision auto), the peer in fp32 (Trainer's default);"
+        f" unmask with {', '.join(f'{k}={v}' for k, v in COMMON.items())};"
         f" the peer plans its schedule over {pace:.2f} s a step (measured by {paced_by}) and stops at the budget; budgets count training time only",
         "- each row is one run, not repeated: one eval paragraph is 0.75 points of the downstream accuracies, so differences of a few points are noise",
         "",

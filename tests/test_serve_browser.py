@@ -104,6 +104,21 @@ def test_a_live_runs_curve_gains_a_point_when_its_metrics_grow(browser, live_ser
     browser.save_screenshot(str(shots / "run.png"))
 
 
+def test_a_runs_page_shows_its_mfu_data_wait_and_memory_from_its_metrics(browser, live_server, served_live, shots):
+    browser.get(f"{live_server}/#/run/finished")
+    numbers = wait(
+        lambda: css(browser, "#run-numbers") and "MFU" in css(browser, "#run-numbers")[0].text and css(browser, "#run-numbers")[0]
+    )
+    lines = [json.loads(line) for line in (served_live / "finished" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in lines if "loss" in r][-1]
+    assert 0 < last["mfu"] < 1 and last["memory_gib"] > 0, last
+    assert f"MFU {100 * last['mfu']:.1f}%" in numbers.text and f"peak memory {last['memory_gib']:.2f} GiB" in numbers.text
+    chart = wait(lambda: css(browser, "[data-testid=chart-mfu]"))[0]
+    assert int(chart.get_attribute("data-points")) >= len([r for r in lines if "mfu" in r])
+    assert css(browser, "[data-testid=chart-memory]")
+    browser.save_screenshot(str(shots / "run-mfu.png"))
+
+
 def test_each_store_and_each_window_length_gets_its_own_held_out_curve(browser, live_server, served_live, shots):
     """Per-source keys (`@web`) and other-length keys (`@len256`, also `@web@len256`) are told apart."""
     metrics = served_live / "team" / "live" / "metrics.jsonl"

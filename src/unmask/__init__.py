@@ -18,6 +18,7 @@ from unmask.api import (
     finetune,
     inspect,
     pairs,
+    plan,
     prepare,
     probe,
     score,
@@ -27,7 +28,7 @@ from unmask.api import (
 from unmask.errors import UnmaskError
 
 __all__ = [
-    "MaskRateCallback", "MaskingCollator", "UnmaskError", "compare", "downstream", "embed", "evaluate", "export", "fill", "fill_against", "finetune", "inspect", "pairs", "prepare", "probe",
+    "MaskRateCallback", "MaskingCollator", "UnmaskError", "compare", "downstream", "embed", "evaluate", "export", "fill", "fill_against", "finetune", "inspect", "pairs", "plan", "prepare", "probe",
     "score", "tokenizer", "train",
 ]  # fmt: skip
 

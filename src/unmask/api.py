@@ -246,8 +246,9 @@ def tokenizer(config: settings.TokenizerConfig | None = None, *, verbose: bool =
     return Tokenizer(Path(config.out), train_tokenizer(config, progress=verbose))
 
 
-def train(config: settings.TrainConfig | None = None, *, verbose: bool = False, **values) -> TrainedRun:
-    """`unmask train`: train or continue pretraining; returns the run. Under torchrun every
+def train(config: settings.TrainConfig | None = None, *, verbose: bool = False, **values) -> TrainedRun | dict:
+    """`unmask train`: train or continue pretraining; returns the run (with `plan=True`, the plan
+    of `unmask.plan`, and no run). Under torchrun every
     process calls it; rank 0's summary is the run's. A SIGTERM or Ctrl-C raises
     `runtime.preemption.Stopped` after the checkpoint is written."""
     from unmask.pretrain.train import train as run_training
@@ -260,7 +261,16 @@ def train(config: settings.TrainConfig | None = None, *, verbose: bool = False, 
 
         hook = checkpoint_scorer(config)
     summary = run_training(config, progress=verbose, echo=echo, score_checkpoint=hook)
+    if config.plan:
+        return summary
     return TrainedRun(Path(config.out), summary)
+
+
+def plan(config: settings.TrainConfig | None = None, *, verbose: bool = False, **values) -> dict:
+    """`unmask train ... --plan`: parameters, FLOPs and memory per step, then tokens/s, MFU and
+    the time to the end measured over a few steps of the run, which is not started (nothing is
+    written to `out`). The same settings as `train`."""
+    return train(config, verbose=verbose, **{**values, "plan": True})
 
 
 def read_texts(texts: list[str], file: str | None, purpose: str = "fill") -> tuple[list[str], list[str]]:

@@ -84,7 +84,8 @@ def run_train(config: TrainConfig) -> int:
 
     main_process = not distributed.launched_by_torchrun() or os.environ.get("RANK", "0") == "0"
     try:
-        summary = api.train(config, verbose=True).summary
+        trained = api.train(config, verbose=True)
+        summary = trained if config.plan else trained.summary
     except Stopped as stop:
         if main_process:
             echo_stderr(str(stop))

@@ -255,6 +255,8 @@ class TrainConfig:
     """Optimizer steps to run; with --epochs or --time-budget, whichever ends first."""
     epochs: float | None = None
     """Passes over the training windows; used when --max-steps is not set (default 1, none with --time-budget)."""
+    max_tokens: int | None = None
+    """Train on this many tokens (windows x --seq-len, all processes): the steps it takes, rounded up; with --max-steps, --epochs or --time-budget whichever ends first."""
     time_budget: str | None = None
     """Train for this much time (`30m`, `2h`, `1d`, `1h30m`; evaluation and checkpoints not counted): the schedules run on the share of it spent, and the run ends there with a checkpoint and the model. Not bit-reproducible."""
     lr: float = 3e-4
@@ -311,6 +313,10 @@ class TrainConfig:
     """torch.compile the encoder layers that run on every token (off: on a 2-core CPU it cost 15-35 s of compiling and ran no faster)."""
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     """Under torchrun: `ddp` replicates the model on every process, `fsdp` shards weights, gradients and optimizer state (FSDP2); `auto` is DDP. One process ignores it."""
+    peak_tflops: str = "auto"
+    """The peak MFU is measured against: `auto` (a known GPU's data sheet, else a measured matrix product, cached per device model), `measure`, a number of TFLOPS, or a GPU name (h200, h100-sxm, h100-pcie, a100, l40s, l4)."""
+    plan: bool = False
+    """Print the plan (parameters, FLOPs and memory per step, then tokens/s, MFU and the time to the end measured over a few steps) and exit without a run folder."""
     collective_timeout: float = 30.0
     """Under torchrun: minutes a process waits in a collective for the others before it gives up with an error (a process died or hung); long enough for a checkpoint write."""
     activation_checkpointing: bool = False
@@ -356,6 +362,7 @@ class TrainConfig:
         "grad_accum": at_least(1),
         "global_batch": at_least(1),
         "max_steps": at_least(1),
+        "max_tokens": at_least(1),
         "epochs": positive(),
         **OPTIMIZATION_BOUNDS,
         "fresh_lr_scale": positive(),
@@ -414,6 +421,12 @@ class TrainConfig:
             f"{self.seq_len} is more than the {MAX_CONTEXT} tokens unmask trains at (ModernBERT's context); attention over it would take "
             f"about {self.batch_size * 16 * self.seq_len**2 * 4 / 2**30:,.0f} GiB a layer for a batch of {self.batch_size} where it is materialised",
         )
+        one_step = self.batch_size * self.grad_accum * self.seq_len if self.global_batch is None else self.global_batch * self.seq_len
+        check_setting(
+            self.max_tokens is None or self.max_tokens >= one_step,
+            "max_tokens",
+            f"{self.max_tokens}: less than one step's {one_step:,} tokens (batch x grad-accum x --seq-len {self.seq_len}); give more or a smaller batch",
+        )
         check_masking_probabilities(self.mask_prob, self.mask_replace_prob, self.random_replace_prob)
         if self.mask_prob_end is not None:
             check_setting(0.0 < self.mask_prob_end < 1.0, "mask_prob_end", f"must be strictly between 0 and 1, got {self.mask_prob_end}")
@@ -465,13 +478,22 @@ class TrainConfig:
     def total_steps(self, train_windows: int, world_size: int = 1) -> int | None:
         """Optimizer steps of the whole run, given the number of training windows; None when
         only a time budget ends it."""
+        per_step = self.windows_per_step(world_size) * self.seq_len
+        if self.max_tokens is not None and self.max_tokens < per_step:
+            raise UnmaskError(
+                f"--max-tokens {self.max_tokens:,}: less than one step's {per_step:,} tokens "
+                f"({self.windows_per_step(world_size)} windows x {self.seq_len}); give at least {per_step:,} or a smaller batch"
+            )
+        by_tokens = math.ceil(self.max_tokens / per_step) if self.max_tokens is not None else None
         if self.time_budget is not None and self.max_steps is None and self.epochs is None:
-            return None
+            return by_tokens
         steps_per_epoch = max(1, train_windows // self.windows_per_step(world_size))
         by_epochs = math.ceil((self.epochs or 1.0) * steps_per_epoch)
         if self.max_steps is None:
-            return by_epochs
-        return self.max_steps if self.epochs is None else min(self.max_steps, by_epochs)
+            steps = by_epochs if by_tokens is None or self.epochs is not None else by_tokens
+        else:
+            steps = self.max_steps if self.epochs is None else min(self.max_steps, by_epochs)
+        return steps if by_tokens is None else min(steps, by_tokens)
 
     def warmup(self, total_steps: int | None) -> int:
         """Warmup steps (0 when a time budget alone ends the run: it warms up over --warmup-fraction of the time)."""
@@ -486,12 +508,12 @@ class TrainConfig:
 # change with the number of processes as long as their product with it stays the same).
 RESUMABLE_CHANGES = frozenset({
     "out", "resume", "device", "compile", "eval_every", "eval_max_batches", "log_every", "checkpoint_every", "keep_checkpoints",
-    "strategy", "collective_timeout", "activation_checkpointing", "progress", "batch_size", "grad_accum", "global_batch", "on_nonfinite", "max_nonfinite", "report_to",
+    "strategy", "collective_timeout", "peak_tflops", "plan", "activation_checkpointing", "progress", "batch_size", "grad_accum", "global_batch", "on_nonfinite", "max_nonfinite", "report_to",
     "eval_seq_len",
-    *("max_steps", "epochs", "time_budget"),  # a run may be extended; `length_changes` says what that does to the schedule
+    *("max_steps", "max_tokens", "epochs", "time_budget"),  # a run may be extended; `length_changes` says what that does to the schedule
     *("downstream", "downstream_every", "downstream_mode"),
 })  # fmt: skip
-LENGTH_SETTINGS = ("max_steps", "epochs", "time_budget")
+LENGTH_SETTINGS = ("max_steps", "max_tokens", "epochs", "time_budget")
 
 
 def length_changes(saved: dict, now: dict) -> list[str]:

@@ -7,8 +7,8 @@ feed-forward only at the masked positions; only its keys and values need every p
 
 The entry also says how the family is built from scratch (`scratch`: a transformers config
 for a size and a vocabulary), what kind of positions it has (learned ones can be extended,
-rotary ones take a new base), and how a packed window is encoded with its documents kept
-apart (`encode_documents`).
+rotary ones take a new base), how a packed window is encoded with its documents kept
+apart (`encode_documents`), and how many FLOPs a forward pass takes (`flops`, `models.flops`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from unmask.data.tokenizer import Vocabulary
+from unmask.models.flops import Formula, bert_flops, deberta_v2_flops, modernbert_flops
 
 
 class Picks(NamedTuple):
@@ -164,6 +165,8 @@ class Architecture:
     """The `Vocabulary` ids the family's config needs."""
     unpadded: bool = False
     """Train with flash attention on CUDA when flash-attn is installed: packed documents and padding as unpadded sequences."""
+    flops: Formula = bert_flops
+    """(config, `flops.Shape`, masked-only last layer?) -> a forward pass's model FLOPs: the family's formula in `models.flops`."""
 
 
 def _distilbert_head(model: nn.Module) -> Head:
@@ -327,14 +330,14 @@ ARCHITECTURES: dict[str, Architecture] = {
     "ModernBertForMaskedLM": Architecture(
         model_type="modernbert", head=lambda m: (lambda h: m.decoder(m.head(h))), head_prefixes=("head.", "decoder."), layers=lambda m: m.model.layers,
         positions="rotary", encode_documents=_modernbert_encode_documents, scratch=_modernbert_config,
-        required_ids=("pad_id", "opener_id", "closer_id"), unpadded=True,
+        required_ids=("pad_id", "opener_id", "closer_id"), unpadded=True, flops=modernbert_flops,
     ),
     # DeBERTa's disentangled attention adds content-to-position and position-to-content
     # scores computed for every query inside transformers' attention module: its last layer
     # runs whole, and only the head is sparse.
     "DebertaV2ForMaskedLM": Architecture(
         model_type="deberta-v2", head=lambda m: m.cls, head_prefixes=("cls.",), layers=lambda m: m.deberta.encoder.layer,
-        positions="relative", encode_documents=_deberta_v2_encode_documents, scratch=_deberta_v2_config,
+        positions="relative", encode_documents=_deberta_v2_encode_documents, scratch=_deberta_v2_config, flops=deberta_v2_flops,
     ),
 }  # fmt: skip
 # The --arch names of what can be built from scratch -> the class built.

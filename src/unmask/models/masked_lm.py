@@ -37,6 +37,7 @@ from unmask.models.architectures import (
     picks_of,
     rows_at,
 )
+from unmask.models.flops import Shape, bert_flops
 from unmask.storage import checkpoint
 from unmask.storage.files import readable_size
 from unmask.storage.hub import (
@@ -168,6 +169,13 @@ class MaskedLM(nn.Module):
             self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
         else:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+
+    def forward_flops(self, shape: Shape) -> float:
+        """Model FLOPs of one forward pass over a micro-batch of `shape` (`models.flops`): the
+        family's formula; outside the table BERT's, with its dense head at every real token."""
+        if self.architecture is None:
+            return bert_flops(self.model.config, Shape(shape.segments, shape.tokens), False)
+        return self.architecture.flops(self.model.config, shape, self._final_layer is not None)
 
     def tied_aliases(self) -> dict[str, str]:
         """The wrapped model's `tied_aliases`."""

@@ -10,6 +10,7 @@ dropout is reseeded every step from (seed, step, rank), so a checkpoint carries 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +27,11 @@ from unmask.data.windows import DataPosition, Windows, rank_share
 from unmask.errors import UnmaskError
 from unmask.evaluation.heldout import combine, evaluate_model
 from unmask.models.architectures import Picks, document_ids, picks_of
+from unmask.models.flops import TRAINING_PASSES, Shape, segments_of
 from unmask.models.masked_lm import MaskedLM
 from unmask.runtime import distributed
 from unmask.runtime.distributed import World
-from unmask.runtime.hardware import Precision, autocast, reporting_dtype
+from unmask.runtime.hardware import Peak, Precision, autocast, peak_memory, reporting_dtype
 from unmask.runtime.optimizer import adamw, decay_groups, set_learning_rate
 from unmask.runtime.persist import full_state
 from unmask.runtime.preemption import StepDropped, Stopped, StopSignals
@@ -79,6 +81,12 @@ class Drawn:
     tokens: int
     positions_before: list[DataPosition]
     """Where the data stood before the step drew its windows (to rewind to if it is dropped)."""
+    slots: int = 0
+    """Window positions, padding included (`tokens` / `slots`: the share that is real)."""
+    flops: float = 0.0
+    """Model FLOPs of the step's forward and backward passes (`models.flops`)."""
+    seconds: float = 0.0
+    """Host time spent drawing: reading, masking and copying the windows (the wait for data)."""
 
 
 class Tally:
@@ -94,7 +102,8 @@ class Tally:
         self.reset()
 
     def reset(self) -> None:
-        self.picked = self.maskable = self.tokens = 0
+        self.picked = self.maskable = self.tokens = self.slots = 0
+        self.flops = self.data_seconds = 0.0
         start = [0.0, 0, 0, 0, 0, -1, 0, 0, -1, 0, 0, 0]
         self.on_device = torch.tensor(start, dtype=torch.float64, device=self.device)
         self.on_device[self.IN_A_ROW] = self.in_a_row  # a run of non-finite steps goes on across log lines
@@ -152,6 +161,8 @@ class Run:
     metrics: MetricsLog
     lock: RunLock | None
     """Held by rank 0 while it trains in the folder; None on the other processes."""
+    peak: Peak | None = None
+    """The device's peak FLOP/s, which MFU is measured against (--peak-tflops)."""
     score_checkpoint: Callable[[int, int, str], str] | None = None
     """The --downstream scoring hook: (step, tokens seen, device) -> a line to show; rank 0 calls it
     after a due checkpoint. Handed in by the caller (`unmask.api.train`), so that pretraining
@@ -215,6 +226,7 @@ class Run:
         asynchronous on a GPU. A stop asked for while a long step is drawn drops it (every
         `DRAW_CHECK_EVERY` micro-batches, as `stop_if_asked` says).
         """
+        began = time.perf_counter()
         before = self.sampler.mark()
         indices, epochs = self.sampler.take(self.global_batch, self.step, self.progress())
         rate = self.last_mask_prob = self.mask_prob()
@@ -249,9 +261,14 @@ class Run:
             ids, targets, flat, order, slots, *rest = (t.to(self.device, non_blocking=True) for t in host)
             mask = rest.pop(0) if padded else None
             drawn.micro_batches.append(MicroBatch(ids, mask, targets, Picks(flat, order, slots), rest[0] if rest else None))
-            drawn.picked += int(picked.sum())
+            count = int(picked.sum())
+            segments = segments_of(window.attention_mask, documents.numpy() if documents is not None else None)
+            drawn.picked += count
             drawn.maskable += int(batch.maskable.sum())
-            drawn.tokens += int(attention_mask.sum())
+            drawn.tokens += int(segments.sum())
+            drawn.slots += window.attention_mask.size
+            drawn.flops += TRAINING_PASSES * self.lm.forward_flops(Shape(segments, count))
+        drawn.seconds = time.perf_counter() - began
         return drawn
 
     def forward_backward(self, drawn: Drawn, signals: StopSignals, within_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
@@ -317,6 +334,9 @@ class Run:
         self.tally.picked += drawn.picked
         self.tally.maskable += drawn.maskable
         self.tally.tokens += drawn.tokens
+        self.tally.slots += drawn.slots
+        self.tally.flops += drawn.flops
+        self.tally.data_seconds += drawn.seconds
         self.step += 1
         # Every process agrees on a stop after every step (a host-side gloo all-reduce), so
         # that one asked for is taken at once, not at the next log line.
@@ -343,9 +363,13 @@ class Run:
         numbers of a metrics line."""
         c = self.config
         values = self.tally.on_device.tolist()
+        spent, memory = distributed.max_across([self.spent_here, float(peak_memory(self.device))], self.world, self.device)
         if self.world.distributed:
-            self.spent = distributed.max_across([self.spent_here], self.world, self.device)[0]
-        counts = distributed.sum_across([self.tally.picked, self.tally.maskable, self.tally.tokens], self.world, self.device)
+            self.spent = spent
+        tally = self.tally
+        counts = distributed.sum_across(
+            [tally.picked, tally.maskable, tally.tokens, tally.slots, tally.flops, tally.data_seconds], self.world, self.device
+        )
         t = Tally
         if values[t.SKIPPED] and c.on_nonfinite == "stop":
             raise UnmaskError(
@@ -367,6 +391,10 @@ class Run:
             "skipped_steps": self.skipped,
             "mask_rate": counts[0] / max(counts[1], 1),
             "tokens": counts[2],
+            "slots": counts[3],
+            "flops": counts[4],
+            "data_seconds": counts[5] / self.world.size,
+            "memory": memory,
             "train_tokens": self.tokens_seen(),
         }
 

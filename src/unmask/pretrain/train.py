@@ -43,10 +43,11 @@ from unmask.models.masked_lm import (
     set_dropout,
     window_memory,
 )
+from unmask.pretrain.plan import estimate_lines, estimate_memory, measure_plan, speed_means
 from unmask.pretrain.step import Run, build_optimizer
 from unmask.runtime import distributed
 from unmask.runtime.distributed import World
-from unmask.runtime.hardware import choose_precision, make_deterministic
+from unmask.runtime.hardware import Peak, Precision, choose_precision, make_deterministic, peak_flops
 from unmask.runtime.persist import check_run_folder, restore, save_base, save_final_model
 from unmask.runtime.preemption import StepDropped, Stopped, StopSignals
 from unmask.runtime.progress import MetricsLog, Progress, Throughput
@@ -152,6 +153,8 @@ def setup(config: TrainConfig, echo: Callable[[str], None] = print, score_checkp
     if config.deterministic:
         make_deterministic()  # before the first CUDA call: cuBLAS reads its workspace setting then
     world, device = distributed.join(config.device, config.collective_timeout)
+    precision = choose_precision(device, config.precision)
+    peak = peak_flops(device, precision.dtype, config.peak_tflops)  # a --peak-tflops that is not this device stops here
     echo = echo if world.is_main else (lambda _: None)
     run_dir = RunDir(Path(config.out))
     if run_dir.path.exists() and not run_dir.path.is_dir():
@@ -162,7 +165,7 @@ def setup(config: TrainConfig, echo: Callable[[str], None] = print, score_checkp
         lock.acquire()
         checkpoint.clean_up(run_dir)
     try:
-        return _setup(config, stores, echo, world, device, run_dir, lock, score_checkpoint)
+        return _setup(config, stores, echo, world, device, (precision, peak), run_dir, lock, score_checkpoint)
     except BaseException:
         if lock is not None:
             lock.release_after_failed_start()
@@ -175,11 +178,13 @@ def _setup(
     echo: Callable[[str], None],
     world: World,
     device: torch.device,
+    arithmetic: tuple[Precision, Peak],
     run_dir: RunDir,
     lock: RunLock | None,
     score_checkpoint: Callable[[int, int, str], str] | None,
 ) -> Run:
     config = config.with_global_batch(world.size)
+    precision, peak = arithmetic
     check_run_folder(run_dir, config, echo)
     store = stores[0][1]
     for _, other in stores[1:]:
@@ -209,7 +214,6 @@ def _setup(
     if config.dropout is not None:
         set_dropout(lm, config.dropout)
     strategy = distributed.resolve_strategy(config.strategy, world)
-    precision = choose_precision(device, config.precision)
     echo(f"precision: {precision.reason}")
     lm.to(device).train()
     if config.activation_checkpointing:
@@ -260,6 +264,7 @@ def _setup(
         device=device,
         dtype=precision.dtype,
         precision=precision,
+        peak=peak,
         tokenizer=tokenizer,
         lm=lm,
         model=model,
@@ -287,6 +292,8 @@ def _setup(
     for warning in warmup_warnings(total_steps, run.warmup_steps, config.lr, config.schedule, **shape):
         echo(f"warning: {warning}" + (f" (--recipe {config.recipe} sets its warmup for the paper's run length)" if config.recipe else ""))
     echo(window_memory(lm.config, config.seq_len, config.batch_size, precision.dtype, documents_apart=not config.attention_across_docs))
+    for line in estimate_lines(run):
+        echo(line)
     processes = f" on {world.size} processes ({strategy})" if world.distributed else ""
     length = f"{total_steps} steps" if total_steps else f"{config.time_budget} of training"
     length += f" (or {config.time_budget}, whichever ends first)" if total_steps and config.time_budget else ""
@@ -312,6 +319,8 @@ def train(
     `clock` measures the training time a --time-budget counts (tests pass a fake one).
     """
     with distributed.timeouts_as_errors(config.collective_timeout):
+        if config.plan:  # a few measured steps in a scratch folder; the plan, not a summary
+            return measure_plan(config, echo)
         return _train(config, progress, echo, on_step, clock, score_checkpoint)
 
 
@@ -319,7 +328,7 @@ def _train(config: TrainConfig, progress: bool, echo, on_step, clock, score_chec
     run = setup(config, echo, score_checkpoint)
     try:
         display = Progress(config.progress if progress else "none", run.total_steps, run.step, echo, enabled=run.world.is_main)
-        speed = Throughput()
+        speed = Throughput(run.world.size, run.peak.flops)
         last_eval: dict = {}
         with StopSignals(announce=run.world.is_main, launcher_death=distributed.launched_by_torchrun()) as signals:
             try:
@@ -333,13 +342,12 @@ def _train(config: TrainConfig, progress: bool, echo, on_step, clock, score_chec
                     run.finish_step(drawn, signals)  # count it; take a signal
                     logged = None
                     if run.due_to_settle():  # the one wait for the device: a log line, evaluation, checkpoint or the end
-                        numbers = run.settle()
+                        numbers = speed.measure(run.settle())  # tokens/s, MFU, data wait, padding, memory
                         logged = {
                             "step": run.step,
                             "lr": lr,
                             **numbers,
                             "mask_prob": run.last_mask_prob,
-                            "tokens_per_s": speed.rate_and_restart(numbers.pop("tokens")),
                             "epoch": run.sampler.position.epoch,
                         }
                     run.spend(clock() - began)
@@ -386,6 +394,10 @@ def finish(run: Run, last_eval: dict, display: Progress) -> dict:
         "precision": run.precision.name,
         "precision_reason": run.precision.reason,
         "deterministic": run.config.deterministic,
+        **speed_means(run.run_dir.read_metrics()[0] if run.world.is_main else []),
+        "memory_estimate_gib": estimate_memory(run).total / 2**30,
+        "peak_tflops": run.peak.flops / 1e12,
+        "peak_source": run.peak.source,
         "torch": torch.__version__,
         "python": platform.python_version(),
     }

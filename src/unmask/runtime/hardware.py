@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,30 +94,35 @@ def cpu_bf16_hardware() -> str | None:
     return None
 
 
+def matmul_rate(dtype: torch.dtype, size: int = CALIBRATION_SIZE, repeats: int = 5, device: torch.device | None = None) -> float:
+    """FLOP/s of the fastest of `repeats` (size x size) matrix products in `dtype` on `device`."""
+    device = device or torch.device("cpu")
+    a, b = torch.randn(size, size, dtype=dtype, device=device), torch.randn(size, size, dtype=dtype, device=device)
+    wait = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    torch.matmul(a, b)  # warm up: the first call pays for allocation and kernel choice
+    wait()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.matmul(a, b)
+        wait()
+        times.append(time.perf_counter() - started)
+    return 2.0 * size**3 / max(min(times), 1e-9)
+
+
 def calibrate(size: int = CALIBRATION_SIZE, repeats: int = 5) -> float:
     """How many times faster a bf16 (size x size) matrix product runs than an fp32 one here."""
-
-    def best(dtype: torch.dtype) -> float:
-        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-        torch.matmul(a, b)  # warm up: the first call pays for allocation and kernel choice
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            torch.matmul(a, b)
-            times.append(time.perf_counter() - started)
-        return min(times)
-
-    return best(torch.float32) / max(best(torch.bfloat16), 1e-9)
+    return matmul_rate(torch.bfloat16, size, repeats) / matmul_rate(torch.float32, size, repeats)
 
 
-def _cache_path() -> Path:
+def _cache_path(name: str = "cpu-precision.json") -> Path:
     root = Path(os.environ.get("UNMASK_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "unmask")
-    return root / "cpu-precision.json"
+    return root / name
 
 
-def _cached_gain(key: str) -> float:
-    """The calibrated gain for `key`, measured once and kept in the cache file."""
-    path = _cache_path()
+def _cached(name: str, key: str, measure) -> float:
+    """The number kept under `key` in the cache file `name`, measured once by `measure()`."""
+    path = _cache_path(name)
     try:
         known = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -125,14 +131,133 @@ def _cached_gain(key: str) -> float:
         known = {}
     if isinstance(known.get(key), (int, float)):
         return float(known[key])
-    gain = calibrate()
-    try:  # a cache that cannot be written only means calibrating again next time
+    value = measure()
+    try:  # a cache that cannot be written only means measuring again next time
         from unmask.storage.files import atomic_write_text
 
-        atomic_write_text(path, json.dumps({**known, key: gain}, indent=1))
+        atomic_write_text(path, json.dumps({**known, key: value}, indent=1))
     except OSError:
         pass
-    return gain
+    return value
+
+
+def _cached_gain(key: str) -> float:
+    """The calibrated gain for `key`, measured once and kept in the cache file."""
+    return _cached("cpu-precision.json", key, calibrate)
+
+
+def _device_key(device: torch.device) -> str:
+    """What a measured peak holds for: the device model, torch, and on a CPU the threads."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}|torch {torch.__version__}"
+    return f"{cpu_name()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+
+
+@dataclass(frozen=True)
+class GpuPeak:
+    """A GPU's dense peak from its data sheet (TFLOPS; no 2:4 sparsity)."""
+
+    name: str
+    matches: Callable[[str], bool]
+    bf16: float
+    fp32: float
+
+
+GPU_PEAKS: dict[str, GpuPeak] = {
+    "h200": GpuPeak("NVIDIA H200", lambda n: "H200" in n, 989.4, 66.9),
+    "h100-sxm": GpuPeak("NVIDIA H100 SXM", lambda n: "H100" in n and "PCIe" not in n, 989.4, 66.9),
+    "h100-pcie": GpuPeak("NVIDIA H100 PCIe", lambda n: "H100" in n and "PCIe" in n, 756.5, 51.2),
+    "a100": GpuPeak("NVIDIA A100", lambda n: "A100" in n, 312.0, 19.5),
+    "l40s": GpuPeak("NVIDIA L40S", lambda n: "L40S" in n, 362.1, 91.6),
+    "l4": GpuPeak("NVIDIA L4", lambda n: n.split()[-1:] == ["L4"], 121.0, 30.3),
+}
+"""Known GPUs by `--peak-tflops` name: bf16 tensor-core and fp32 dense TFLOPS from NVIDIA's data sheets."""
+
+
+@dataclass(frozen=True)
+class Peak:
+    """The FLOP/s one device (one process's share of a CPU) can do at most, and where the figure comes from."""
+
+    flops: float
+    source: str
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype | None, choice: str = "auto") -> Peak:
+    """The peak MFU is measured against (`--peak-tflops`): `auto` takes the data sheet of a known
+    GPU, else measures a matrix product in the training precision (cached per device model,
+    torch version and thread count); `measure` always measures; a `GPU_PEAKS` name takes that
+    entry, refused when it is not this device; a number is that many TFLOPS."""
+    precision = "bf16" if dtype is not None else "fp32"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    if choice in GPU_PEAKS:
+        entry = GPU_PEAKS[choice]
+        if device.type != "cuda" or not entry.matches(name):
+            raise UnmaskError(
+                f"--peak-tflops {choice}: that is the {entry.name}'s peak, and this device is {name}; give auto, measure or a number"
+            )
+    elif choice == "auto" and device.type == "cuda":
+        entry = next((e for e in GPU_PEAKS.values() if e.matches(name)), None)
+    else:
+        entry = None
+    if entry is not None:
+        tflops = entry.bf16 if dtype is not None else entry.fp32
+        return Peak(tflops * 1e12, f"{entry.name}'s data sheet: {tflops:g} dense {precision} TFLOPS")
+    if choice not in ("auto", "measure"):
+        try:
+            tflops = float(choice)
+        except ValueError:
+            raise UnmaskError(f"--peak-tflops {choice}: give auto, measure, a number of TFLOPS or one of {', '.join(GPU_PEAKS)}") from None
+        if not tflops > 0:
+            raise UnmaskError(f"--peak-tflops {choice}: must be more than 0")
+        return Peak(tflops * 1e12, f"--peak-tflops {choice}")
+    size = 8192 if device.type == "cuda" else CALIBRATION_SIZE
+    rate = _cached(
+        "matmul-peak.json", f"{_device_key(device)}|{precision}|{size}", lambda: matmul_rate(dtype or torch.float32, size, device=device)
+    )
+    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    return Peak(rate, f"measured: a {size} x {size} {precision} matrix product on {name}{threads}, {rate / 1e12:.3g} TFLOPS")
+
+
+def _proc_status(field: str) -> int | None:
+    """A memory line of /proc/self/status in bytes (None: not Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def memory_in_use(device: torch.device) -> int:
+    """Bytes in use now: the CUDA tensors allocated, or on a CPU the process's resident memory."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    return _proc_status("VmRSS") or 0
+
+
+def peak_memory(device: torch.device) -> int:
+    """Bytes at most in use since the last `reset_peak_memory`: CUDA's allocator peak, or the
+    process's resident peak (VmHWM; the lifetime peak from getrusage where there is none)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    peak = _proc_status("VmHWM")
+    if peak is None:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return peak
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start `peak_memory` again from what is in use now (Linux resets VmHWM through clear_refs)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
+    except OSError:
+        pass
 
 
 FORCE_CPU_PRECISION = "UNMASK_CPU_PRECISION"

@@ -104,8 +104,9 @@ class Progress:
                 self.bar.set_description_str("train", refresh=False)
             self.bar.update(1)
             if logged:
+                mfu = f", MFU={logged['mfu']:.1%}" if logged.get("mfu") is not None else ""
                 self.bar.set_postfix_str(
-                    f"loss={_loss(logged, '{:.3f}')}, {logged[self.rate_key]:,.0f} {self.rate_unit}, lr={logged['lr']:.2e}"
+                    f"loss={_loss(logged, '{:.3f}')}, {logged[self.rate_key]:,.0f} {self.rate_unit}{mfu}, lr={logged['lr']:.2e}"
                 )
         elif self.mode == "lines" and logged:
             eta = self.eta(step, fraction)
@@ -113,7 +114,7 @@ class Progress:
             share = fraction if fraction is not None else (step / self.total if self.total else None)
             self._echo(
                 f"{where}{f' ({share:.0%})' if share is not None else ''}  loss {_loss(logged, '{:.4f}')}  lr {logged['lr']:.2e}  "
-                f"{logged[self.rate_key]:,.0f} {self.rate_unit}  elapsed {format_duration(time.perf_counter() - self.started)}"
+                f"{logged[self.rate_key]:,.0f} {self.rate_unit}{_speed(logged)}  elapsed {format_duration(time.perf_counter() - self.started)}"
                 + (f"  ETA {format_duration(eta)}" if eta == eta else "")
             )
 
@@ -132,11 +133,22 @@ class Progress:
             self.bar = None
 
 
-class Throughput:
-    """Tokens per second of training time only: evaluation and checkpoints are paused out."""
+def _speed(logged: dict) -> str:
+    """How well the hardware is used, for a plain line: MFU, the wait for data, padding, memory."""
+    parts = [f"MFU {logged['mfu']:.1%}"] if logged.get("mfu") is not None else []
+    parts += [f"data {logged['data_wait']:.0%}"] if "data_wait" in logged else []
+    parts += [f"pad {logged['padding']:.0%}"] if logged.get("padding") else []
+    parts += [f"mem {logged['memory_gib']:.2f} GiB"] if "memory_gib" in logged else []
+    return "".join(f"  {part}" for part in parts)
 
-    def __init__(self) -> None:
+
+class Throughput:
+    """Tokens per second of training time only: evaluation and checkpoints are paused out.
+    With the device's peak (`hardware.peak_flops`), also the log line's MFU (`measure`)."""
+
+    def __init__(self, world_size: int = 1, peak_flops: float | None = None) -> None:
         self.started, self.tokens = time.perf_counter(), 0
+        self.world_size, self.peak_flops = world_size, peak_flops
 
     def add(self, tokens: int) -> None:
         self.tokens += tokens
@@ -148,6 +160,27 @@ class Throughput:
             yield
         finally:
             self.started += time.perf_counter() - began
+
+    def measure(self, numbers: dict) -> dict:
+        """A settle's numbers (`Run.settle`) with its raw counts since the last call turned into
+        the log line's speed: tokens/s in all and per device, training FLOPs per real token,
+        MFU (model FLOPs over the devices' peak), the share of time spent drawing data, the
+        share of window positions that are padding, and peak memory in GiB."""
+        numbers = dict(numbers)
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        tokens, slots, flops = numbers.pop("tokens"), numbers.pop("slots"), numbers.pop("flops")
+        waited, memory = numbers.pop("data_seconds"), numbers.pop("memory")
+        self.started, self.tokens = time.perf_counter(), 0
+        return {
+            **numbers,
+            "tokens_per_s": tokens / elapsed,
+            "tokens_per_s_per_device": tokens / elapsed / self.world_size,
+            "flops_per_token": flops / max(tokens, 1),
+            "mfu": flops / elapsed / (self.peak_flops * self.world_size) if self.peak_flops else None,
+            "data_wait": min(1.0, waited / elapsed),
+            "padding": 1.0 - tokens / slots if slots else 0.0,
+            "memory_gib": memory / 2**30,
+        }
 
     def rate_and_restart(self, tokens: int | None = None) -> float:
         """Tokens a second since the last call (`tokens`: the count to use, e.g. over all processes)."""

@@ -131,6 +131,12 @@ function runCharts(records, downstream = {}) {
     lineChart("Gradient norm", [{ name: "norm (before clipping)", points: series(steps, "grad_norm") }], { testid: "chart-grad" }),
     lineChart("Masking rate", [{ name: "real", points: series(steps, "mask_rate") }, { name: "scheduled", points: series(steps, "mask_prob") }], { format: (v) => `${(100 * v).toFixed(1)}%`, testid: "chart-mask" }),
     lineChart("Tokens per second", [{ name: "tokens/s", points: series(steps, "tokens_per_s") }], { format: (v) => big(Math.round(v)), testid: "chart-speed" }),
+    // How well the hardware is used: model FLOPs over the peak, the wait for data, padding.
+    ...(steps.some((r) => r.mfu != null) ? [lineChart("Hardware use", [{ name: "MFU", points: series(steps, "mfu") },
+      { name: "waiting for data", points: series(steps, "data_wait") }, { name: "padding", points: series(steps, "padding") }],
+      { format: (v) => `${(100 * v).toFixed(1)}%`, testid: "chart-mfu" })] : []),
+    ...(steps.some((r) => r.memory_gib != null) ? [lineChart("Peak memory (GiB)", [{ name: "memory", points: series(steps, "memory_gib") }],
+      { format: (v) => v.toFixed(2), testid: "chart-memory" })] : []),
     // The task a model is for: fine-tuning or probe scores of the checkpoints (RUN/downstream).
     ...(Object.keys(downstream).length ? [lineChart("Downstream score (median over seeds)",
       Object.entries(downstream).map(([task, d]) => ({ name: `${task} (${d.metric})`, points: d.points, dots: true })),
@@ -160,7 +166,9 @@ async function runPage(runId) {
       state.textContent = data.state;
       state.className = `state ${data.state}`;
       const last = records.filter((r) => r.loss !== undefined).at(-1);
-      document.getElementById("run-numbers").textContent = last ? `step ${big(last.step)}, loss ${num(last.loss)}, ${big(Math.round(last.tokens_per_s))} tokens/s` : "no steps logged yet";
+      const use = last && last.mfu != null ? `, MFU ${(100 * last.mfu).toFixed(1)}%, ${(100 * last.data_wait).toFixed(0)}% waiting for data` : "";
+      const memory = last && last.memory_gib != null ? `, peak memory ${last.memory_gib.toFixed(2)} GiB` : "";
+      document.getElementById("run-numbers").textContent = last ? `step ${big(last.step)}, loss ${num(last.loss)}, ${big(Math.round(last.tokens_per_s))} tokens/s${use}${memory}` : "no steps logged yet";
     } catch (e) { /* the run may be mid-write; the next poll tries again */ }
   };
   await poll();
