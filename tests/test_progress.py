@@ -40,6 +40,24 @@ def test_a_disabled_display_shows_nothing_and_auto_picks_lines_off_a_terminal(ca
     assert Progress("auto", total=4, initial=0, echo=lines.append).mode == "lines", "pytest's stderr is not a terminal"
 
 
+def test_a_line_with_speed_numbers_shows_mfu_data_wait_padding_and_memory():
+    lines = []
+    progress = Progress("lines", total=4, initial=0, echo=lines.append)
+    progress.step(2, {**LOGGED, "mfu": 0.123, "data_wait": 0.04, "padding": 0.25, "memory_gib": 1.5})
+    assert "1,234 tok/s  MFU 12.3%  data 4%  pad 25%  mem 1.50 GiB  elapsed" in lines[0]
+
+
+def test_measure_turns_a_settles_counts_into_the_log_lines_speed():
+    speed = Throughput(world_size=2, peak_flops=1e9)
+    time.sleep(0.1)
+    numbers = speed.measure({"loss": 2.0, "tokens": 300, "slots": 400, "flops": 3e7, "data_seconds": 0.05, "memory": 2**30})
+    assert numbers["loss"] == 2.0 and "tokens" not in numbers and "slots" not in numbers
+    assert numbers["tokens_per_s_per_device"] == numbers["tokens_per_s"] / 2 and 1000 < numbers["tokens_per_s"] <= 3000
+    assert numbers["flops_per_token"] == 1e5 and numbers["padding"] == 0.25 and numbers["memory_gib"] == 1.0
+    assert 0.05 < numbers["mfu"] <= 0.15  # 3e7 FLOPs in 0.1 s or more (less than 0.3), over 2 x 1e9
+    assert 0.15 < numbers["data_wait"] <= 0.5
+
+
 def test_throughput_leaves_out_paused_time():
     speed = Throughput()
     speed.add(1000)
