@@ -63,7 +63,7 @@ def main() -> None:
         rows.append((label, plan))
         print(f"{label}: {plan['tokens_per_s']:,.0f} tokens/s, MFU {plan['mfu']:.1%}", flush=True)
     # The plan against a real run of the first shape.
-    label, shape = SHAPES[0]
+    check_label, shape = SHAPES[0]
     settings = {"data": [str(work / "store")], "max_steps": args.check_steps, "log_every": 10, "eval_every": 0, **shape}
     planned = run_worker({**settings, "out": str(work / "never")})
     run = work / "check"
@@ -97,7 +97,7 @@ def main() -> None:
         )
     out += [
         "",
-        f"The plan against a real run ({label}, {args.check_steps} steps): the plan said {planned['tokens_per_s']:,.0f} tokens/s, "
+        f"The plan against a real run ({check_label}, {args.check_steps} steps): the plan said {planned['tokens_per_s']:,.0f} tokens/s, "
         f"the run's log lines after the first averaged {real_speed:,.0f} ({planned['tokens_per_s'] / real_speed - 1:+.0%}); "
         f"the plan said {planned['seconds_to_end']:.0f} s to --max-steps {args.check_steps}, the run trained for {lines[-1]['train_seconds']:.0f} s; "
         f"memory: {planned['memory_estimate'] / 2**20:,.0f} MiB estimated, {planned['memory_measured'] / 2**20:,.0f} MiB measured by the plan "

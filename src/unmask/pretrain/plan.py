@@ -150,10 +150,14 @@ def measured_lines(run: Run, measured: dict, memory_peak: int, estimate: MemoryE
 
 
 def tensor_bytes(run: Run) -> int:
-    """Bytes of the weights, gradients and optimizer state this process holds now."""
-    tensors = [p for p in run.lm.parameters()] + [p.grad for p in run.lm.parameters() if p.grad is not None]
+    """Bytes of the weights, gradients and optimizer state a step holds at once. Gradients
+    freed after the last update count too: each step makes them again, in memory the CPU's
+    allocator kept from the step before (so resident memory alone would not show them)."""
+    parameters = list(run.lm.parameters())
+    tensors = parameters + [p.grad for p in parameters if p.grad is not None]
     tensors += [t for state in run.optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
-    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
+    freed = sum(p.numel() * p.element_size() for p in parameters if p.requires_grad and p.grad is None)
+    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values()) + freed
 
 
 def measure_plan(config: TrainConfig, echo: Callable[[str], None] = print) -> dict:
