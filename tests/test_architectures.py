@@ -202,7 +202,7 @@ def test_a_run_continued_at_a_longer_context_is_scored_at_both_lengths(store_dir
     longer = tmp_path / "long"
     summary = train(TrainConfig(**base, out=str(longer), model=str(first), seq_len=48), progress=False, echo=lines.append)
     assert any("evaluating at both" in line for line in lines), lines
-    assert any(line.startswith("memory: a window of 48 tokens") for line in lines), lines
+    assert any(line.startswith("plan: memory per process") and "a window of 48 tokens" in line for line in lines), lines
     assert "eval_loss" in summary and "eval_loss@len16" in summary
     assert summary["eval_loss@len16"] != summary["eval_loss"]
 

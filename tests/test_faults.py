@@ -20,6 +20,7 @@ from unmask.config import PrepareConfig, TrainConfig, UnmaskError
 from unmask.data.prepare import prepare
 from unmask.data.store import TokenStore
 from unmask.pretrain.train import train
+from unmask.runtime.progress import PACE_KEYS
 from unmask.storage import checkpoint
 from unmask.storage.rundir import RunDir
 
@@ -117,7 +118,7 @@ def test_ten_random_kills_then_resume_end_bit_identical_to_an_uninterrupted_run(
 
     def records(run: Path) -> list[dict]:  # everything but the speed, which differs from process to process
         lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "train_seconds")} for r in lines]
+        return [{k: v for k, v in r.items() if k not in PACE_KEYS} for r in lines]
 
     assert records(killed) == records(straight), "no duplicated, torn or missing metrics"
     assert not list(killed.glob(".*.partial-*")) and not list((killed / "checkpoints").glob(".step-*")), "leftovers cleaned up"

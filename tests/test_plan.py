@@ -71,6 +71,8 @@ def test_plan_measures_a_few_steps_writes_no_run_folder_and_estimates_memory_wit
     assert plan["total_steps"] == 100  # 409,600 tokens / (32 x 128) a step
     assert plan["memory_measured"] == pytest.approx(plan["memory_estimate"], rel=0.25), plan
     assert 0 < plan["mfu"] < 1 and plan["tokens_per_s"] > 0
+    # Steps timed on the clock: their tokens at the measured rate take about the measured time.
+    assert plan["seconds_per_step"] == pytest.approx(plan["tokens_per_step"] / plan["tokens_per_s"], rel=0.2)
     assert plan["seconds_to_end"] == pytest.approx(100 * plan["seconds_per_step"])
     printed = captured.out + captured.err
     assert "plan: peak memory" in printed and "100 steps to --max-tokens 409,600" in printed

@@ -256,7 +256,7 @@ def train(config: settings.TrainConfig | None = None, *, verbose: bool = False, 
     echo = _echo(verbose)
     config = train_settings(config, echo, **values)
     hook = None
-    if config.downstream:
+    if config.downstream and not config.plan:
         from unmask.tasks.suites import checkpoint_scorer
 
         hook = checkpoint_scorer(config)

@@ -254,7 +254,7 @@ class TrainConfig:
     max_steps: int | None = None
     """Optimizer steps to run; with --epochs or --time-budget, whichever ends first."""
     epochs: float | None = None
-    """Passes over the training windows; used when --max-steps is not set (default 1, none with --time-budget)."""
+    """Passes over the training windows; used when --max-steps is not set (default 1, none with --time-budget or --max-tokens)."""
     max_tokens: int | None = None
     """Train on this many tokens (windows x --seq-len, all processes): the steps it takes, rounded up; with --max-steps, --epochs or --time-budget whichever ends first."""
     time_budget: str | None = None
@@ -425,7 +425,7 @@ class TrainConfig:
         check_setting(
             self.max_tokens is None or self.max_tokens >= one_step,
             "max_tokens",
-            f"{self.max_tokens}: less than one step's {one_step:,} tokens (batch x grad-accum x --seq-len {self.seq_len}); give more or a smaller batch",
+            f"{self.max_tokens}: less than one step's {one_step:,} tokens (the global batch x --seq-len {self.seq_len}); give more or a smaller batch",
         )
         check_masking_probabilities(self.mask_prob, self.mask_replace_prob, self.random_replace_prob)
         if self.mask_prob_end is not None:

@@ -39,7 +39,6 @@ from unmask.models.architectures import (
 )
 from unmask.models.flops import Shape, bert_flops
 from unmask.storage import checkpoint
-from unmask.storage.files import readable_size
 from unmask.storage.hub import (
     ModelSource,
     cannot_load,
@@ -583,24 +582,3 @@ def max_positions(model: MaskedLM) -> int:
     """Longest input the model embeds as it is (RoBERTa reserves the positions up to its padding id)."""
     limit = getattr(model.config, "max_position_embeddings", 512)
     return limit - (model.architecture.reserved_positions(model.config) if model.architecture else 0)
-
-
-def window_memory(config, seq_len: int, batch_size: int, dtype: torch.dtype | None, documents_apart: bool = False) -> str:
-    """What a training window costs in activations kept for the backward pass, by Korthikanti
-    et al.'s (2022) count per layer and token: 34 bytes per hidden unit at 16 bits, plus 5
-    bytes per head and key where attention scores are materialised (eager attention, CPU
-    attention dropout); SDPA's fused kernels and flash attention keep none of them."""
-    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", 0)
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", 0)
-    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", 1)
-    scale = 1 if dtype is not None else 2  # the count is for 16-bit activations; fp32 doubles it
-    fused = layers * seq_len * hidden * 34 * scale
-    scores = layers * 5 * heads * seq_len * seq_len * scale
-    line = (
-        f"memory: a window of {seq_len:,} tokens keeps about {readable_size(fused)} of activations for the backward pass "
-        f"({layers} layers, fused attention) or {readable_size(fused + scores)} where attention scores are materialised; "
-        f"a micro-batch of {batch_size}: {readable_size(fused * batch_size)} or {readable_size((fused + scores) * batch_size)}"
-    )
-    if documents_apart:
-        line += f"; keeping documents apart adds a {seq_len:,} x {seq_len:,} mask, {readable_size(seq_len * seq_len * batch_size)} a micro-batch"
-    return line

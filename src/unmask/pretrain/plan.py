@@ -20,9 +20,11 @@ import numpy as np
 import torch
 
 from unmask.config import TrainConfig
+from unmask.errors import UnmaskError
 from unmask.models.flops import TRAINING_PASSES, Shape
 from unmask.pretrain.step import Run
 from unmask.runtime.hardware import memory_in_use, peak_memory, reset_peak_memory
+from unmask.runtime.preemption import StepDropped
 from unmask.runtime.progress import Throughput, format_duration
 from unmask.storage.files import readable_size
 
@@ -47,7 +49,7 @@ class MemoryEstimate:
     state: int
     """Weights, gradients, optimizer state and the update's temporaries (this process's shard under FSDP)."""
     activations: int
-    """What a micro-batch keeps for the backward pass (`masked_lm.window_memory`'s count)."""
+    """What a micro-batch keeps for the backward pass."""
     head: int
     """The MLM head's logits at the masked positions, their fp32 copy, log-softmax and gradient."""
 
@@ -70,13 +72,17 @@ def estimate_memory(run: Run) -> MemoryEstimate:
     materialised = config._attn_implementation == "eager" or (
         run.device.type == "cpu" and run.lm.architecture is not None and run.lm.architecture.plain_attention
     )
-    per_window = int(layers * c.seq_len * hidden * 34 * scale + (layers * 5 * heads * c.seq_len**2 * scale if materialised else 0))
+    per_window = layers * c.seq_len * hidden * 34 * scale + (layers * 5 * heads * c.seq_len**2 * scale if materialised else 0)
+    if c.activation_checkpointing:  # each layer's input is kept, one layer's activations at a time are remade
+        per_window = per_window / max(layers, 1) + layers * c.seq_len * hidden * 2 * scale
+    if not c.attention_across_docs:  # the (T, T) mask of which documents see which
+        per_window += c.seq_len * c.seq_len
     parameters = sum(p.numel() for p in run.lm.parameters())
     shards = run.world.size if run.strategy == "fsdp" else 1
     picked = c.mask_prob * c.batch_size * c.seq_len
     return MemoryEstimate(
         state=OPTIMIZER_BYTES * parameters // shards,
-        activations=per_window * c.batch_size,
+        activations=int(per_window * c.batch_size),
         head=int(picked * config.vocab_size * (14 if run.dtype is not None else 12)),
     )
 
@@ -114,7 +120,8 @@ def estimate_lines(run: Run) -> list[str]:
         f"plan: {parameters / 1e6:.1f}M parameters; a step of {tokens:,} tokens takes about {flops / 1e12:.3g} TFLOPs "
         f"({flops / tokens / 1e6:.1f} MFLOPs a token, backward counted twice)",
         f"plan: memory per process about {readable_size(memory.total)}: {readable_size(memory.state)} of weights, gradients and "
-        f"optimizer state, {readable_size(memory.activations)} of activations a micro-batch of {run.config.batch_size}, "
+        f"optimizer state, {readable_size(memory.activations)} of activations a micro-batch of {run.config.batch_size} "
+        f"(a window of {run.config.seq_len:,} tokens keeps {readable_size(memory.activations // run.config.batch_size)}), "
         f"{readable_size(memory.head)} for the head's logits",
         f"plan: MFU against {run.peak.source}",
     ]
@@ -135,11 +142,10 @@ def time_to_end(run: Run, seconds_per_step: float, start: int = 0) -> str:
     return f"--time-budget {c.time_budget}: about {steps:,} steps, {steps * run.global_batch * c.seq_len:,} tokens"
 
 
-def measured_lines(run: Run, measured: dict, memory_peak: int, estimate: MemoryEstimate) -> list[str]:
+def measured_lines(run: Run, measured: dict, memory_peak: int, estimate: MemoryEstimate, seconds_per_step: float) -> list[str]:
     """What measured steps showed, against the estimate."""
     off = memory_peak / max(estimate.total, 1) - 1
     mfu = f", MFU {measured['mfu']:.1%}" if measured.get("mfu") is not None else ""
-    seconds_per_step = run.global_batch * run.config.seq_len / measured["tokens_per_s"]
     return [
         f"plan: peak memory {readable_size(memory_peak)} measured, {readable_size(estimate.total)} estimated ({off:+.0%})",
         f"plan: {measured['tokens_per_s']:,.0f} tokens/s ({measured['tokens_per_s_per_device']:,.0f} per device){mfu}, "
@@ -156,8 +162,12 @@ def tensor_bytes(run: Run) -> int:
     parameters = list(run.lm.parameters())
     tensors = parameters + [p.grad for p in parameters if p.grad is not None]
     tensors += [t for state in run.optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
-    freed = sum(p.numel() * p.element_size() for p in parameters if p.requires_grad and p.grad is None)
-    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values()) + freed
+    local = [getattr(t, "to_local", lambda t=t: t)() for t in {id(t): t for t in tensors}.values()]  # FSDP2: this process's shard
+    freed = sum(p.numel() * p.element_size() for p in local[: len(parameters)] if p.requires_grad) - sum(
+        p.grad.numel() * p.grad.element_size() for p in parameters if p.grad is not None
+    )
+    # On a GPU the allocator's peak sees the gradients made again; a CPU's resident memory does not.
+    return sum(t.numel() * t.element_size() for t in local) + (max(0, freed) if run.device.type == "cpu" else 0)
 
 
 def measure_plan(config: TrainConfig, echo: Callable[[str], None] = print) -> dict:
@@ -184,20 +194,25 @@ def measure_plan(config: TrainConfig, echo: Callable[[str], None] = print) -> di
                         run.settle()
                         kept, baseline = tensor_bytes(run), memory_in_use(run.device)
                         reset_peak_memory(run.device)
-                        speed = Throughput(run.world.size, run.peak.flops)
+                        speed, started = Throughput(run.world.size, run.peak.flops), time.perf_counter()
                     run.begin_step()
                     drawn = run.draw_step(signals)
                     run.update(run.forward_backward(drawn, signals))
                     run.finish_step(drawn, signals)
                 measured = speed.measure(run.settle())
+                seconds_per_step = (time.perf_counter() - started) / MEASURED_STEPS
             memory_peak = kept + max(0, peak_memory(run.device) - baseline)
-            for line in measured_lines(run, measured, memory_peak, estimate):
+            for line in measured_lines(run, measured, memory_peak, estimate, seconds_per_step):
                 echo(line)
+        except StepDropped:
+            raise UnmaskError("--plan: stopped by a signal before its steps were measured") from None
         finally:
             run.metrics.close()
             if run.lock is not None:
                 run.lock.release()
-    seconds_per_step = run.global_batch * config.seq_len / measured["tokens_per_s"]
+    to_end = run.total_steps * seconds_per_step if run.total_steps is not None else None
+    if run.budget is not None:
+        to_end = min(to_end, run.budget) if to_end is not None else run.budget
     return {
         "parameters": sum(p.numel() for p in run.lm.parameters()),
         "tokens_per_step": run.global_batch * config.seq_len,
@@ -211,7 +226,7 @@ def measure_plan(config: TrainConfig, echo: Callable[[str], None] = print) -> di
         "padding": measured["padding"],
         "seconds_per_step": seconds_per_step,
         "total_steps": run.total_steps,
-        "seconds_to_end": run.total_steps * seconds_per_step if run.total_steps is not None else None,
+        "seconds_to_end": to_end,
         "peak_tflops": run.peak.flops / 1e12,
         "peak_source": run.peak.source,
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -31,7 +31,7 @@ from unmask.models.flops import TRAINING_PASSES, Shape, segments_of
 from unmask.models.masked_lm import MaskedLM
 from unmask.runtime import distributed
 from unmask.runtime.distributed import World
-from unmask.runtime.hardware import Peak, Precision, autocast, peak_memory, reporting_dtype
+from unmask.runtime.hardware import Peak, Precision, autocast, peak_memory, reporting_dtype, reset_peak_memory
 from unmask.runtime.optimizer import adamw, decay_groups, set_learning_rate
 from unmask.runtime.persist import full_state
 from unmask.runtime.preemption import StepDropped, Stopped, StopSignals
@@ -161,7 +161,7 @@ class Run:
     metrics: MetricsLog
     lock: RunLock | None
     """Held by rank 0 while it trains in the folder; None on the other processes."""
-    peak: Peak | None = None
+    peak: Peak = Peak(0.0, "unknown")
     """The device's peak FLOP/s, which MFU is measured against (--peak-tflops)."""
     score_checkpoint: Callable[[int, int, str], str] | None = None
     """The --downstream scoring hook: (step, tokens seen, device) -> a line to show; rank 0 calls it
@@ -364,6 +364,7 @@ class Run:
         c = self.config
         values = self.tally.on_device.tolist()
         spent, memory = distributed.max_across([self.spent_here, float(peak_memory(self.device))], self.world, self.device)
+        reset_peak_memory(self.device)  # each line's memory is the peak of its own steps
         if self.world.distributed:
             self.spent = spent
         tally = self.tally

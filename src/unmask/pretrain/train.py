@@ -41,13 +41,12 @@ from unmask.models.masked_lm import (
     load_mlm,
     max_positions,
     set_dropout,
-    window_memory,
 )
 from unmask.pretrain.plan import estimate_lines, estimate_memory, measure_plan, speed_means
 from unmask.pretrain.step import Run, build_optimizer
 from unmask.runtime import distributed
 from unmask.runtime.distributed import World
-from unmask.runtime.hardware import Peak, Precision, choose_precision, make_deterministic, peak_flops
+from unmask.runtime.hardware import Peak, Precision, choose_precision, make_deterministic, peak_flops, reset_peak_memory
 from unmask.runtime.persist import check_run_folder, restore, save_base, save_final_model
 from unmask.runtime.preemption import StepDropped, Stopped, StopSignals
 from unmask.runtime.progress import MetricsLog, Progress, Throughput
@@ -291,7 +290,6 @@ def _setup(
     shape = {"min_ratio": config.min_lr_ratio, "decay_fraction": config.decay_fraction, "warmup_start": config.warmup_start_ratio}
     for warning in warmup_warnings(total_steps, run.warmup_steps, config.lr, config.schedule, **shape):
         echo(f"warning: {warning}" + (f" (--recipe {config.recipe} sets its warmup for the paper's run length)" if config.recipe else ""))
-    echo(window_memory(lm.config, config.seq_len, config.batch_size, precision.dtype, documents_apart=not config.attention_across_docs))
     for line in estimate_lines(run):
         echo(line)
     processes = f" on {world.size} processes ({strategy})" if world.distributed else ""
@@ -326,6 +324,7 @@ def train(
 
 def _train(config: TrainConfig, progress: bool, echo, on_step, clock, score_checkpoint) -> dict:
     run = setup(config, echo, score_checkpoint)
+    reset_peak_memory(run.device)  # the run's peak, not loading's or an earlier run's in this process
     try:
         display = Progress(config.progress if progress else "none", run.total_steps, run.step, echo, enabled=run.world.is_main)
         speed = Throughput(run.world.size, run.peak.flops)

@@ -133,6 +133,11 @@ class Progress:
             self.bar = None
 
 
+PACE_KEYS = ("tokens_per_s", "tokens_per_s_per_device", "mfu", "data_wait", "memory_gib", "train_seconds")
+"""Metrics that depend on how fast this machine and process ran, not on what the run computed:
+an interrupted and resumed run matches a straight one in everything else."""
+
+
 def _speed(logged: dict) -> str:
     """How well the hardware is used, for a plain line: MFU, the wait for data, padding, memory."""
     parts = [f"MFU {logged['mfu']:.1%}"] if logged.get("mfu") is not None else []
@@ -176,7 +181,7 @@ class Throughput:
             "tokens_per_s": tokens / elapsed,
             "tokens_per_s_per_device": tokens / elapsed / self.world_size,
             "flops_per_token": flops / max(tokens, 1),
-            "mfu": flops / elapsed / (self.peak_flops * self.world_size) if self.peak_flops else None,
+            "mfu": flops / elapsed / (self.peak_flops * self.world_size) if self.peak_flops else None,  # no peak: unknown
             "data_wait": min(1.0, waited / elapsed),
             "padding": 1.0 - tokens / slots if slots else 0.0,
             "memory_gib": memory / 2**30,
