@@ -170,10 +170,9 @@ def tensor_bytes(run: Run) -> int:
     return sum(t.numel() * t.element_size() for t in local) + (max(0, freed) if run.device.type == "cpu" else 0)
 
 
-def measure_plan(config: TrainConfig, echo: Callable[[str], None] = print) -> dict:
-    """Set the run up in a scratch folder, run WARMUP_STEPS + MEASURED_STEPS steps, print and
-    return the plan; nothing is written to --out."""
-    from unmask.pretrain.train import setup
+def measure_plan(config: TrainConfig, setup: Callable[..., Run], echo: Callable[[str], None] = print) -> dict:
+    """Set the run up with `setup` (`train.setup`) in a scratch folder, run WARMUP_STEPS +
+    MEASURED_STEPS steps, print and return the plan; nothing is written to --out."""
     from unmask.runtime import distributed
     from unmask.runtime.preemption import StopSignals
 

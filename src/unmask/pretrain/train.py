@@ -318,7 +318,7 @@ def train(
     """
     with distributed.timeouts_as_errors(config.collective_timeout):
         if config.plan:  # a few measured steps in a scratch folder; the plan, not a summary
-            return measure_plan(config, echo)
+            return measure_plan(config, setup, echo)
         return _train(config, progress, echo, on_step, clock, score_checkpoint)
 
 
