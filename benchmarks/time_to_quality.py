@@ -123,6 +123,13 @@ def worker_unmask(args) -> None:
     print(json.dumps({"ok": True}))
 
 
+def linear_on_clock(fraction: float, warmup: float) -> float:
+    """The learning rate's factor a share `fraction` of the way through the budget: up over `warmup`, then down to 0."""
+    if fraction < warmup:
+        return fraction / warmup
+    return max(0.0, (1.0 - fraction) / (1.0 - warmup))
+
+
 def worker_peer(args) -> None:
     """The Hugging Face recipe, stopped at the budget; the model is saved at the same marks."""
     import datasets
@@ -158,6 +165,12 @@ def worker_peer(args) -> None:
                 self.paused = self.spent = 0.0
                 self.steps = 0
 
+            def fraction(self) -> float:
+                """The share of the budget spent so far: the learning rate's clock."""
+                if self.started is None:
+                    return 0.0
+                return min(1.0, (time.perf_counter() - self.started - self.paused) / budget)
+
             def on_step_begin(self, args_, state, control, **kwargs):
                 if self.started is None:
                     self.started = time.perf_counter()
@@ -176,12 +189,26 @@ def worker_peer(args) -> None:
             def on_train_end(self, args_, state, control, **kwargs):
                 (out / "spent.json").write_text(json.dumps({"spent": self.spent, "steps": self.steps}))
 
+        clock = Budget()
+
+        class ClockTrainer(Trainer):
+            """Trainer's linear schedule (6% warmup, then down to 0), on the budget's clock rather than
+            over a step count planned from a measured pace: the peer trains its whole budget and
+            ends it with its learning rate at 0, as unmask's --time-budget does."""
+
+            def create_scheduler(self, num_training_steps, optimizer=None):
+                if self.lr_scheduler is None:
+                    self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                        optimizer or self.optimizer, lambda _: linear_on_clock(clock.fraction(), warmup=0.06)
+                    )
+                    self._created_lr_scheduler = True
+                return self.lr_scheduler
+
         training_args = TrainingArguments(
             output_dir=os.path.join(cache, "out"),
             per_device_train_batch_size=32,
-            max_steps=args.max_steps,
+            max_steps=10**9,  # the budget ends it
             learning_rate=args.lr,
-            warmup_steps=0.06,
             weight_decay=0.01,
             lr_scheduler_type="linear",
             logging_steps=50,
@@ -192,12 +219,12 @@ def worker_peer(args) -> None:
             disable_tqdm=True,
             dataloader_num_workers=0,
         )
-        trainer = Trainer(
+        trainer = ClockTrainer(
             model=model,
             args=training_args,
             train_dataset=grouped,
             data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15),
-            callbacks=[Budget()],
+            callbacks=[clock],
         )
         trainer.train()
         trainer.save_model(str(out / "final"))
@@ -205,47 +232,7 @@ def worker_peer(args) -> None:
     print(json.dumps({"ok": True}))
 
 
-def worker_peer_pace(args) -> None:
-    """Seconds a peer step takes, to plan its learning-rate schedule over the budget."""
-    import datasets
-    import torch
-    from transformers import AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
-
-    sys.path.insert(0, str(HERE))
-    from bench import peer_dataset
-
-    files = sorted(str(p) for p in Path(args.train_files).iterdir())
-    with tempfile.TemporaryDirectory() as cache:
-        datasets.disable_caching()
-        grouped, _ = peer_dataset(files, 128, cache)
-        grouped = grouped.remove_columns(["token_type_ids"]) if "token_type_ids" in grouped.column_names else grouped
-        times = []
-
-        class Clock(TrainerCallback):
-            def on_step_end(self, *_, **__):
-                times.append(time.perf_counter())
-
-        trainer = Trainer(
-            model=BertForMaskedLM.from_pretrained(starter()),
-            args=TrainingArguments(
-                output_dir=os.path.join(cache, "o"),
-                per_device_train_batch_size=32,
-                max_steps=8,
-                report_to="none",
-                use_cpu=not torch.cuda.is_available(),
-                disable_tqdm=True,
-                save_strategy="no",
-            ),
-            train_dataset=grouped,
-            data_collator=DataCollatorForLanguageModeling(AutoTokenizer.from_pretrained(starter())),
-            callbacks=[Clock()],
-        )
-        trainer.train()
-    steps = sorted(b - a for a, b in zip(times[2:], times[3:]))
-    print(json.dumps({"seconds_per_step": steps[len(steps) // 2]}))
-
-
-WORKERS = {"unmask": worker_unmask, "peer": worker_peer, "peer-pace": worker_peer_pace}
+WORKERS = {"unmask": worker_unmask, "peer": worker_peer}
 
 
 # ------------------------------------------------------------------ driver
@@ -404,7 +391,6 @@ def main() -> None:
     for name in ("worker", "store", "run", "settings", "train-files"):
         parser.add_argument(f"--{name}")
     parser.add_argument("--minutes", type=float)
-    parser.add_argument("--max-steps", type=int)
     args = parser.parse_args()
     if args.worker:
         WORKERS[args.worker](args)
@@ -421,14 +407,6 @@ def main() -> None:
         )
     train_files, heldout = work / "train", work / "heldout"
     scores = work / "scores.json"
-    # The peer's schedule is planned over the pace a peer run measured: its own shortest
-    # budgeted run when there is one (minutes of steps), else 8 calibration steps.
-    finished_peer = sorted(work.glob("peer-*/spent.json"), key=lambda p: float(p.parent.name.split("-", 1)[1]))
-    if finished_peer:
-        done = json.loads(finished_peer[0].read_text())
-        pace, paced_by = done["spent"] / max(done["steps"], 1), f"its {finished_peer[0].parent.name} run"
-    else:
-        pace, paced_by = run_worker("peer-pace", train_files=train_files)["seconds_per_step"], "8 calibration steps"
     runs: dict[str, tuple[str, Path, float, dict]] = {}
     for number, name in enumerate(v.strip() for v in args.variants.split(",")):
         runs[f"unmask {name}, {args.budget:g} min"] = ("unmask", work / f"variant-{number}", args.budget, {**COMMON, **VARIANTS[name]})
@@ -449,11 +427,9 @@ def main() -> None:
                 )
             points = unmask_points(run, work)
         else:
-            # 3% more steps than the pace allows, so that the budget, not the step count, ends it.
-            max_steps = max(10, int(1.03 * minutes * 60 / pace))
             if not done:
                 run.mkdir(parents=True)
-                run_worker("peer", train_files=train_files, run=run, minutes=minutes, points=args.points, lr=args.lr, max_steps=max_steps)
+                run_worker("peer", train_files=train_files, run=run, minutes=minutes, points=args.points, lr=args.lr)
             points = peer_points(run)
         scored = [(m, evaluate(folder, heldout, args.eval_batches, scores), downstream(folder, "probe", scores)) for m, folder in points]
         curves[label] = [(0.0, None)] + [(m, r["accuracy"]) for m, r, _ in scored]
@@ -494,7 +470,8 @@ def main() -> None:
         f"- both sides: fresh MLM head, batch 32 x 128, lr {args.lr}, linear decay, on {cpu_name()} ({os.cpu_count()} cores);"
         f" unmask computes in {unmask_precision(runs)} (its default, --precision auto), the peer in fp32 (Trainer's default);"
         f" unmask with {', '.join(f'{k}={v}' for k, v in COMMON.items())};"
-        f" the peer plans its schedule over {pace:.2f} s a step (measured by {paced_by}) and stops at the budget; budgets count training time only",
+        " the peer's schedule runs on its clock (6% warmup, linear decay to 0 at the end of its budget), so it trains its whole budget;"
+        " budgets count training time only",
         "- each row is one run, not repeated: one eval paragraph is 0.75 points of the downstream accuracies, so differences of a few points are noise",
         "",
         "| run | minutes | top-1 | top-5 | loss | probe | fine-tuned |",

@@ -13,6 +13,7 @@ import yaml
 import unmask
 from unmask.cli.main import main, parse
 from unmask.config import TrainConfig
+from unmask.errors import UnmaskError
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -119,6 +120,7 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch, tiny_model_dir, c
     code = code.replace('"minilm-l6"', repr(str(tiny_model_dir))).replace('"sample:pydocs"', repr(str(corpus_dir)))
     code = code.replace("max_steps=100", "max_steps=3, seq_len=32, batch_size=4, eval_every=3, checkpoint_every=3")
     monkeypatch.chdir(tmp_path)
+    unmask.prepare(str(corpus_dir), out="runs/pydocs", tokenizer=str(tiny_model_dir))  # what the quick start leaves
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert (tmp_path / "runs" / "demo" / "model" / "config.json").is_file()
@@ -239,3 +241,54 @@ def test_results_show_themselves_in_a_notebook(served, tiny_model_dir, store_dir
         model=str(tiny_model_dir), train=data, eval=data, out=str(tmp_path / "ft"), epochs=1, device="cpu", progress="none"
     )
     assert "accuracy" in tuned._repr_html_() and isinstance(tuned, dict)
+
+
+def test_python_values_are_checked_as_the_command_line_checks_them(store_dir, tiny_model_dir, tmp_path):
+    # One resolver (`config.resolve`) under both: a string where a list goes is one item, a
+    # number given as text is read, a float where a whole number goes is refused.
+    model, store = str(tiny_model_dir), str(store_dir)
+    one_store = unmask.evaluate(model, data=store, seq_len=32, batch_size=4, max_batches=1)
+    assert one_store.data == [store], "not a list of its characters"
+    assert len(unmask.fill(model, "the [MASK] sat .", top_k="3")[0].masks[0].candidates) == 3
+    with pytest.raises(UnmaskError, match=r"--top-k: '2.5' is not a whole number"):
+        unmask.fill(model, "the [MASK] sat .", top_k=2.5)
+    with pytest.raises(UnmaskError, match=r"--max-steps: '2.5' is not a whole number"):
+        unmask.train(model=model, data=store, out=str(tmp_path / "r"), max_steps=2.5)
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(UnmaskError, match=r"--precision: 'bf15' is not one of"):
+        unmask.fill(model, "the [MASK] sat .", precision="bf15")
+    with pytest.raises(UnmaskError, match=r"unknown setting 'top_kk' for FillConfig; did you mean 'top_k'\?"):
+        unmask.fill(model, "the [MASK] sat .", top_kk=3)
+
+
+def test_a_commands_positionals_are_its_functions(corpus_dir, tokenizer_dir, tmp_path):
+    store = unmask.prepare(str(corpus_dir), out=str(tmp_path / "s"), tokenizer=str(tokenizer_dir))
+    assert store.meta["splits"]["train"]["documents"] > 0
+    as_keyword = unmask.prepare(sources=str(corpus_dir), out=str(tmp_path / "k"), tokenizer=str(tokenizer_dir))
+    assert as_keyword.meta["splits"] == store.meta["splits"], "one source, not one a character"
+    with pytest.raises(UnmaskError, match=r"2 positional arguments given; PrepareConfig takes sources"):
+        unmask.prepare(str(corpus_dir), "extra", out=str(tmp_path / "x"))
+
+
+def test_a_recipe_is_resolved_once_and_a_value_named_in_the_typed_settings_wins_even_at_the_default(store_dir, tmp_path, capsys):
+    default_lr = TrainConfig(data=["x"], out="y", model="m").lr
+    named = TrainConfig(from_scratch="modernbert-tiny", recipe="modernbert", data=[str(store_dir)], out=str(tmp_path / "r"), lr=default_lr)
+    resolved = unmask.api.train_settings(named)
+    assert resolved.lr == default_lr, "named in the constructor: chosen, though equal to the default"
+    unnamed = TrainConfig(from_scratch="modernbert-tiny", recipe="modernbert", data=[str(store_dir)], out=str(tmp_path / "r"))
+    assert unmask.api.train_settings(unnamed).lr != default_lr, "not named: the recipe's"
+    notes: list[str] = []
+    argv = ["train", "--from-scratch", "modernbert-tiny", "--recipe", "modernbert", "--data", str(store_dir), "--out", str(tmp_path / "r")]
+    _, from_cli = parse(argv, echo=notes.append)
+    again: list[str] = []
+    assert unmask.api.train_settings(from_cli, echo=again.append) is from_cli and again == [], "the API takes it as resolved"
+    assert notes, "the recipe's notes are printed, once"
+
+
+def test_messages_name_keyword_arguments_to_a_library_caller_and_flags_to_the_command_line(corpus_dir, tokenizer_dir, tmp_path, capsys):
+    out = str(tmp_path / "store")
+    unmask.prepare(str(corpus_dir), out=out, tokenizer=str(tokenizer_dir))
+    with pytest.raises(UnmaskError, match=r"out='.*store': already exists \(pass overwrite=True to replace it\)"):
+        unmask.prepare(str(corpus_dir), out=out, tokenizer=str(tokenizer_dir))
+    assert main(["prepare", str(corpus_dir), "--out", out, "--tokenizer", str(tokenizer_dir)]) == 1
+    assert "--out " + out + ": already exists (pass --overwrite to replace it)" in capsys.readouterr().err

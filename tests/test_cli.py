@@ -134,6 +134,7 @@ def test_prepare_train_fill_and_inspect_from_the_command_line(tmp_path, corpus_d
         "32",
         "--eval-every",
         "0",
+        "--json",
     ]
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 3
@@ -223,10 +224,38 @@ def test_a_requeued_job_resumes_with_out_and_resume_alone(tmp_path, store_dir, t
         3,
         True,
     )
-    assert main(["train", "--out", str(run), "--resume", "--max-steps", "3"]) == 0
+    assert main(["train", "--out", str(run), "--resume", "--max-steps", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 3
     assert main(["train", "--out", str(tmp_path / "elsewhere"), "--resume"]) == 1, "no saved config: the settings are needed"
-    assert "--data: required" in capsys.readouterr().err
+    assert "--out " + str(tmp_path / "elsewhere") + ": no run to resume here (no such folder); give data" in capsys.readouterr().err
+    (tmp_path / "notes").mkdir()
+    assert main(["train", "--out", str(tmp_path / "notes"), "--resume"]) == 1
+    assert "no run to resume here (no config.yaml in it)" in capsys.readouterr().err
+
+
+def test_a_finished_run_says_where_it_is_in_a_few_lines_and_json_on_request(tmp_path, store_dir, tiny_model_dir, capsys):
+    args = ["train", "--data", str(store_dir), "--model", str(tiny_model_dir), "--out", str(tmp_path / "run"), "--seq-len", "32"]
+    assert main([*args, "--batch-size", "4", "--max-steps", "2", "--eval-every", "2", "--progress", "none"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 3 and printed[0].startswith(f"run {tmp_path / 'run'}: 2 steps") and printed[1].startswith("held-out: loss")
+    assert str(tmp_path / "run" / "model") in printed[2]
+
+
+def test_a_run_is_never_written_among_files_that_are_not_a_runs(tmp_path, store_dir, tiny_model_dir, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("mine")
+    args = ["train", "--data", str(store_dir), "--model", str(tiny_model_dir), "--out", str(mine), "--seq-len", "32", "--max-steps", "1"]
+    assert main(args) == 1
+    assert f"--out {mine}: a folder of other files (thesis.tex), not a run; choose a new or empty folder" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"], "nothing written beside them, the lock included"
+
+
+def test_an_unknown_key_in_a_config_file_suggests_the_setting_meant(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("data: x\nout: y\nmodel: m\nbatch_sise: 8\n")
+    assert main(["train", "--config", str(config)]) == 1
+    assert f"{config}: unknown setting(s) batch_sise; did you mean 'batch_size'?" in capsys.readouterr().err
 
 
 def test_a_reader_that_goes_away_gets_a_quiet_exit_not_a_traceback(tiny_model_dir):

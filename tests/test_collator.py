@@ -39,6 +39,7 @@ def test_the_output_has_the_keys_of_hf_collator_and_labels_only_on_picked_positi
 def test_an_examples_masks_do_not_depend_on_its_batch_and_change_with_the_epoch(tokenizer):
     data = records(tokenizer, 12)
     collator = MaskingCollator(tokenizer, seed=3)
+    collator.epoch = 0  # as MaskRateCallback sets it when training begins
     alone = collator([data[5]])
     among = collator([data[0], data[5], data[9]])
     width = alone["input_ids"].shape[1]
@@ -48,6 +49,17 @@ def test_an_examples_masks_do_not_depend_on_its_batch_and_change_with_the_epoch(
     assert example_key({"input_ids": [1, 2], "idx": 7}, "idx") == 7 and example_key({"input_ids": [1, 2]}, "idx") == example_key(
         {"input_ids": [1, 2], "text": "x"}, "idx"
     )
+
+
+def test_without_the_callback_every_collation_masks_anew_and_repeats_run_to_run(tokenizer):
+    data = records(tokenizer, 12)
+    first, second = MaskingCollator(tokenizer, seed=3), MaskingCollator(tokenizer, seed=3)
+    once, again = first(data), first(data)
+    assert not torch.equal(once["labels"], again["labels"]), "dynamic masking: new masks when an example comes again"
+    assert torch.equal(second(data)["labels"], once["labels"]) and torch.equal(second(data)["labels"], again["labels"]), "reproducible"
+    twins = first([data[0], data[0]])["labels"]
+    assert not torch.equal(twins[0], twins[1]), "two identical records get masks of their own"
+    assert not torch.equal(MaskingCollator(tokenizer, seed=4)(data)["labels"], once["labels"])
 
 
 def test_the_statistics_match_hf_collator_within_a_few_standard_errors(tokenizer):
@@ -111,7 +123,7 @@ def test_numpy_records_and_left_padding_work_as_with_hf_collator(tokenizer):
 @pytest.mark.parametrize(
     "build, message",
     [
-        (lambda t: MaskingCollator(t, mask_prob=1.5), r"MaskingCollator: mask_prob: must be strictly between 0 and 1, got 1.5"),
+        (lambda t: MaskingCollator(t, mask_prob=1.5), r"MaskingCollator: mask_prob: must be between 0 and 1, got 1.5"),
         (lambda t: MaskingCollator(t, strategy="words"), r"strategy: 'words' is not one of token, whole-word, span"),
         (lambda t: MaskingCollator(t)([{"text": "no ids"}]), r"record 0 has no 'input_ids' \(keys: text\); tokenize the text first"),
         (lambda t: unmask.MaskRateCallback(DataCollatorForLanguageModeling(t)), r"needs the MaskingCollator the Trainer uses"),

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,6 +109,16 @@ def test_a_missing_half_written_or_mismatched_shard_is_named(lines, tokenizer_di
         make(lines, tmp_path / "s", tokenizer_dir, shard="0/3")
 
 
+def test_a_worker_whose_parent_died_before_it_started_exits_at_once():
+    # The race a loaded machine hits: the parent killed while the spawned worker is still
+    # importing, before it asks for the parent-death signal. The worker checks its parent.
+    code = "import os, sys; from unmask.data.encoding import _die_with_parent; _die_with_parent({}); print('alive')"
+    orphan = subprocess.run([sys.executable, "-c", code.format(1)], capture_output=True, text=True, timeout=120)
+    assert orphan.returncode == 1 and "alive" not in orphan.stdout, orphan
+    child = subprocess.run([sys.executable, "-c", code.format(os.getpid())], capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0 and "alive" in child.stdout, child.stderr
+
+
 def test_a_killed_parallel_prepare_leaves_no_store_and_no_worker(lines, tokenizer_dir, tmp_path):
     big = tmp_path / "big.txt"
     big.write_text(lines.read_text() * 40)
@@ -139,11 +150,22 @@ def test_a_killed_parallel_prepare_leaves_no_store_and_no_worker(lines, tokenize
     while time.time() < deadline and not children:  # under a loaded machine the workers take a while to start
         time.sleep(0.1)
         children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
-    time.sleep(0.5)  # the workers are tokenizing now
     children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split() or children
-    os.kill(process.pid, signal.SIGKILL)
+    os.kill(process.pid, signal.SIGKILL)  # wherever the workers are: importing, starting, tokenizing
     process.wait()
-    time.sleep(1.0)
-    alive = [pid for pid in children if os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read().lower()]
-    assert children and not alive, f"orphan workers {alive} of {children}"
+
+    def alive() -> list[str]:
+        running = []
+        for pid in children:
+            try:
+                if "zombie" not in Path(f"/proc/{pid}/status").read_text().lower():
+                    running.append(pid)
+            except OSError:
+                pass
+        return running
+
+    deadline = time.time() + 120  # a worker still importing exits when its imports are done: seconds on a loaded machine
+    while alive() and time.time() < deadline:
+        time.sleep(0.1)
+    assert children and not alive(), f"orphan workers {alive()} of {children}"
     assert not out.exists(), "no store that looks complete"

@@ -9,6 +9,7 @@ from conftest import quiet
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from unmask.config import TrainConfig
+from unmask.pretrain.step import PICKED_ROWS_MULTIPLE, PICKED_SLOTS_MULTIPLE
 from unmask.pretrain.train import setup, train
 from unmask.runtime import hardware
 from unmask.runtime.preemption import StopSignals
@@ -144,6 +145,8 @@ def test_a_step_that_logs_nothing_never_reads_the_device(store_dir, tiny_model_d
         # The detector catches what it looks for: the labels-based path the host's plan replaced
         # finds its positions on the device, and a logged number is a read.
         batch = drawn.micro_batches[0]
+        # a few shapes for every step: the masked positions padded (oneDNN keeps kernels per shape)
+        assert batch.picks.flat.shape[0] % PICKED_ROWS_MULTIPLE == 0 and batch.picks.order.shape[1] % PICKED_SLOTS_MULTIPLE == 0
         labels = torch.full_like(batch.input_ids, -100).reshape(-1).index_put((batch.picks.flat,), batch.targets).view_as(batch.input_ids)
         with DeviceReads() as reads:
             loss, _ = run.lm(batch.input_ids, batch.attention_mask, labels)
@@ -168,3 +171,31 @@ def test_deterministic_sets_what_it_must_and_a_run_keeps_to_it(store_dir, tiny_m
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.deterministic = False
         torch.backends.cuda.enable_mem_efficient_sdp(True)
+
+
+def test_a_measured_peak_a_run_went_past_is_measured_again_and_cached_higher(cache, monkeypatch):
+    rates = iter([1e9, 3e9])  # the first on a busy machine, the second quiet
+    monkeypatch.setattr(hardware, "matmul_rate", lambda *a, **k: next(rates))
+    device = torch.device("cpu")
+    busy = hardware.peak_flops(device, None, "auto")
+    assert busy.flops == 1e9 and hardware.peak_flops(device, None, "auto").flops == 1e9, "cached"
+    again = hardware.remeasured_peak(busy, device, None, reached=2e9)
+    assert again.flops == 3e9 and hardware.peak_flops(device, None, "auto").flops == 3e9, "measured again and cached"
+    monkeypatch.setattr(hardware, "matmul_rate", lambda *a, **k: 1e9)
+    assert hardware.remeasured_peak(again, device, None, reached=5e9).flops == 5e9, "what a run reached is a floor"
+    given = hardware.peak_flops(device, None, "2")
+    assert hardware.remeasured_peak(given, device, None, reached=5e12) == given, "a peak the user gave stays"
+
+
+def test_tensor_memory_counts_what_ops_make_until_it_is_freed():
+    kept = torch.zeros(1000)  # 4,000 bytes in use before
+    with hardware.TensorMemory([kept]) as memory:
+        a = torch.ones(2000)  # 8,000
+        b = a * 2  # 8,000 more: the peak
+        view = b[:10]  # a view makes no storage
+        del a
+        c = torch.ones(500)  # 2,000, into what a freed
+        kept.add_(1)  # in place: nothing new
+    assert memory.peak == 4000 + 8000 + 8000
+    assert memory.live == 4000 + 8000 + 2000
+    assert view.shape == (10,) and c.numel() == 500

@@ -13,7 +13,7 @@ from transformers import (
 )
 
 from unmask.data.masking import IGNORE_INDEX
-from unmask.models.architectures import BERT_SHAPES
+from unmask.models.architectures import BERT_SHAPES, padded_picks, picks_of
 from unmask.models.masked_lm import MaskedLM, build_mlm, load_mlm, set_dropout
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
@@ -97,6 +97,38 @@ def test_masked_positions_only_last_layer_gives_the_full_encoders_gradients(name
             assert ours.grad is None, param_name
             continue
         torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-5, msg=param_name)
+
+
+@pytest.mark.parametrize("name,config", list(tiny_configs()), ids=[n for n, _ in tiny_configs()])
+def test_padded_picks_give_the_same_loss_and_gradients_in_a_few_shapes(name, config):
+    # Training pads a step's masked positions (`padded_picks`) so that oneDNN sees a few
+    # shapes, not a new one each step; the extra positions must change nothing.
+    torch.manual_seed(0)
+    model = AutoModelForMaskedLM.from_config(config)
+    set_dropout(model, 0.0)
+    plain, padded = MaskedLM(copy.deepcopy(model)).train(), MaskedLM(model).train()
+    input_ids = torch.randint(5, 120, (3, 16))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 10:] = 0
+    picked = torch.rand(input_ids.shape) < 0.3
+    picked[1, 10:] = False
+    targets = input_ids[picked]
+    picks = picks_of(picked)
+    wide, wide_targets = padded_picks(picks, targets, rows=16, slots=8)
+    assert wide.flat.shape[0] == wide_targets.shape[0] == 16 and wide.order.shape[1] == 8
+    assert (wide_targets[len(targets) :] == IGNORE_INDEX).all() and torch.equal(wide_targets[: len(targets)], targets)
+    losses = []
+    for lm, each_picks, each_targets in ((plain, picks, targets), (padded, wide, wide_targets)):
+        loss, logits = lm.loss_sum(input_ids, attention_mask, each_targets, each_picks)
+        loss.backward()
+        losses.append(loss.detach())
+        assert logits.shape[0] == each_targets.shape[0]
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-5)
+    for (param_name, ours), (_, theirs) in zip(padded.named_parameters(), plain.named_parameters()):
+        if theirs.grad is not None:
+            torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-6, msg=param_name)
+    nothing = picks_of(torch.zeros_like(picked))
+    assert padded_picks(nothing, targets[:0], rows=16, slots=8)[0] is nothing, "no picks stay none (the zero-loss path)"
 
 
 def test_a_batch_without_masked_positions_gives_a_zero_loss_that_backpropagates():

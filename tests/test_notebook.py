@@ -63,6 +63,14 @@ def test_the_walkthrough_runs_and_prints_the_ids_the_rate_and_the_loss(executed)
     assert sum("probability" in t for t in tables) == 2, "the fills before and after, as ranked tokens"
 
 
+def test_the_walkthrough_prints_no_alarming_warning(executed):
+    # What a new user saw: transformers calling the starter "corrupted" (it has no MLM head, as
+    # the notebook says), tqdm without its widget, and a 21,144-token string "longer than 512".
+    text = printed(executed)
+    for alarm in ("seem corrupted", "LOAD REPORT", "IProgress not found", "sequence length is longer than"):
+        assert alarm not in text, alarm
+
+
 def test_readme_quotes_the_walkthroughs_numbers(executed):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     text = printed(executed)

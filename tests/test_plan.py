@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -62,13 +63,15 @@ def test_speed_means_average_the_log_lines_and_keep_the_highest_memory():
     assert speed_means([])["mean_mfu"] is None
 
 
-def test_plan_measures_a_few_steps_writes_no_run_folder_and_estimates_memory_within_25_percent(store_dir, tiny_model_dir, tmp_path, capsys):
-    # A process of its own, as a user runs it: resident memory in a long-lived process holds
-    # what earlier work freed, and the plan's steps would reuse it unseen.
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])  # what an AMX / AVX512-BF16 CPU trains in, and an AVX2 one
+def test_plan_measures_a_few_steps_writes_no_run_folder_and_estimates_memory_within_25_percent(store_dir, tmp_path, precision):
+    # Tensor memory is counted op by op, so the figure is the same on any CPU and under any
+    # load; only the precision changes it, and the estimate knows the precision.
     out = tmp_path / "never"
     argv = ["train", "--data", store_dir, "--out", out, "--from-scratch", "tiny", "--seq-len", "128", "--batch-size", "32"]
-    argv += ["--max-tokens", "409600", "--plan", "--progress", "none"]
-    done = subprocess.run([sys.executable, "-m", "unmask", *map(str, argv)], capture_output=True, text=True, timeout=300)
+    argv += ["--max-tokens", "409600", "--plan", "--progress", "none", "--json"]
+    environment = {**os.environ, "UNMASK_CPU_PRECISION": precision}
+    done = subprocess.run([sys.executable, "-m", "unmask", *map(str, argv)], capture_output=True, text=True, timeout=300, env=environment)
     assert done.returncode == 0, done.stderr[-2000:]
     assert not out.exists()
     plan = json.loads(done.stdout[done.stdout.index("{") :])
@@ -77,7 +80,7 @@ def test_plan_measures_a_few_steps_writes_no_run_folder_and_estimates_memory_wit
     assert 0 < plan["mfu"] < 1 and plan["tokens_per_s"] > 0
     assert plan["seconds_to_end"] == pytest.approx(100 * plan["seconds_per_step"])
     printed = done.stdout + done.stderr
-    assert "plan: peak memory" in printed and "100 steps to --max-tokens 409,600" in printed
+    assert "plan: peak tensor memory" in printed and "100 steps to --max-tokens 409,600" in printed
 
 
 def test_the_estimate_is_printed_at_the_start_of_every_run(store_dir, tiny_model_dir, tmp_path):

@@ -73,7 +73,7 @@ def test_out_is_never_replaced_unless_it_is_a_tokenizer(corpus_dir, tmp_path):
     notes.mkdir()
     (notes / "keep.txt").write_text("mine")
     for overwrite in (False, True):
-        with pytest.raises(UnmaskError, match="--out .*notes"):
+        with pytest.raises(UnmaskError, match="out=.*notes"):
             train_tokenizer(TokenizerConfig(sources=[str(corpus_dir)], out=str(notes), vocab_size=200, overwrite=overwrite), progress=False)
     assert (notes / "keep.txt").read_text() == "mine"
     out = tmp_path / "tok"

@@ -15,7 +15,6 @@ The `unmask` command is a table over these functions (`unmask.cli`).
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from unmask import config as settings
+from unmask.config.resolve import resolve, resume_file, split_positionals
 from unmask.errors import UnmaskError
 from unmask.storage.rundir import RunDir
 from unmask.tables import format_value
@@ -38,61 +38,27 @@ def _echo(verbose: bool) -> Callable[[str], None]:
     return (lambda line: print(line, file=sys.stderr)) if verbose else _quiet
 
 
-def build_settings(cls: type[Settings], given: Settings | None, values: dict[str, Any]) -> Settings:
-    """The settings object of a call: `given` (a settings object) with `values` (keyword
-    arguments) on top, or `values` alone. Unknown names are refused as the CLI refuses them."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        import difflib
-
-        close = difflib.get_close_matches(unknown[0], sorted(names), n=1, cutoff=0.6)
-        raise UnmaskError(f"unknown setting '{unknown[0]}' for {cls.__name__}" + (f"; did you mean '{close[0]}'?" if close else ""))
-    if given is not None:
-        if not isinstance(given, cls):
-            raise UnmaskError(f"expected a {cls.__name__}, got {type(given).__name__}")
-        return dataclasses.replace(given, **values) if values else given
-    try:
-        return cls(**values)
-    except TypeError as e:  # a required setting left out
-        missing = str(e).partition("argument")[2].strip(": ")
-        raise UnmaskError(f"{cls.__name__}: required: {missing or e}") from None
+def build_settings(cls: type[Settings], given: Settings | None, values: dict[str, Any], args: tuple = ()) -> Settings:
+    """The settings object of a call, resolved as the command line resolves them
+    (`config.resolve`): `args` as the command's positionals, `given` (a settings object; the
+    fields its constructor was named count as chosen) with `values` (keyword arguments) on top."""
+    given, positional = split_positionals(cls, args, given)
+    return resolve(cls, given, {**positional, **values})
 
 
-def _defaults(cls: type) -> dict[str, Any]:
-    found = {}
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            found[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            found[f.name] = f.default_factory()
-    return found
-
-
-def train_settings(config: settings.TrainConfig | None = None, echo: Callable[[str], None] = _quiet, **values) -> settings.TrainConfig:
+def train_settings(
+    config: settings.TrainConfig | None = None, echo: Callable[[str], None] = _quiet, args: tuple = (), **values
+) -> settings.TrainConfig:
     """TrainConfig for a call, as the CLI resolves it: `out=RUN, resume=True` alone reads the
-    run's own config.yaml, and a recipe's values stand in for the defaults (what the caller gave,
-    as keyword arguments or as settings that differ from the defaults, wins, with a note)."""
-    from unmask.config.recipes import RECIPES, with_recipe
-
-    from_file: dict[str, Any] = {}
-    if config is None and values.get("resume") and values.get("out") and RunDir(values["out"]).config.is_file():
-        from_file = settings.load_partial_yaml(settings.TrainConfig, RunDir(values["out"]).config)
-    if config is not None:
-        defaults = _defaults(settings.TrainConfig)
-        given_values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-        given = {name for name, value in given_values.items() if name not in defaults or defaults[name] != value} | set(values)
-        merged = {**given_values, **values}
-    else:
-        given = set(values)
-        merged = {**_defaults(settings.TrainConfig), **from_file, **values}
-    if isinstance(merged.get("data"), str):  # one store; before the recipe counts the stores
-        merged["data"] = [merged["data"]]
-    if merged.get("recipe") in RECIPES:
-        merged, notes = with_recipe(merged, given, from_file)
-        for note in notes:
-            echo(note)
-    return build_settings(settings.TrainConfig, None, merged)
+    run's own config.yaml, and a recipe's values stand in for the defaults (what the caller
+    named, as keyword arguments or in the settings object's constructor, wins, with a note)."""
+    config, positional = split_positionals(settings.TrainConfig, args, config)
+    values = {**positional, **values}
+    from_file, file = {}, None
+    if config is None and values.get("resume") and values.get("out"):
+        file = resume_file(str(values["out"]), "data" in values)
+        from_file = settings.load_partial_yaml(settings.TrainConfig, file) if file else {}
+    return resolve(settings.TrainConfig, config, values, from_file=from_file, file=file, echo=echo)
 
 
 @dataclass
@@ -229,24 +195,24 @@ class Embeddings:
     saved: Path | None = None
 
 
-def prepare(config: settings.PrepareConfig | None = None, *, verbose: bool = False, **values) -> Store:
+def prepare(*args, config: settings.PrepareConfig | None = None, verbose: bool = False, **values) -> Store:
     """`unmask prepare`: text sources to a token store."""
     from unmask.data.prepare import prepare as prepare_store
 
-    config = build_settings(settings.PrepareConfig, config, values)
+    config = build_settings(settings.PrepareConfig, config, values, args)
     meta = prepare_store(config, progress=verbose)
     return Store(Path(config.merge or config.out), meta)
 
 
-def tokenizer(config: settings.TokenizerConfig | None = None, *, verbose: bool = False, **values) -> Tokenizer:
+def tokenizer(*args, config: settings.TokenizerConfig | None = None, verbose: bool = False, **values) -> Tokenizer:
     """`unmask tokenizer`: train a vocabulary of your own."""
     from unmask.data.tokenizer_training import train_tokenizer
 
-    config = build_settings(settings.TokenizerConfig, config, values)
+    config = build_settings(settings.TokenizerConfig, config, values, args)
     return Tokenizer(Path(config.out), train_tokenizer(config, progress=verbose))
 
 
-def train(config: settings.TrainConfig | None = None, *, verbose: bool = False, **values) -> TrainedRun | dict:
+def train(*args, config: settings.TrainConfig | None = None, verbose: bool = False, **values) -> TrainedRun | dict:
     """`unmask train`: train or continue pretraining; returns the run (with `plan=True`, the plan
     of `unmask.plan`, and no run). Under torchrun every
     process calls it; rank 0's summary is the run's. A SIGTERM or Ctrl-C raises
@@ -254,7 +220,7 @@ def train(config: settings.TrainConfig | None = None, *, verbose: bool = False, 
     from unmask.pretrain.train import train as run_training
 
     echo = _echo(verbose)
-    config = train_settings(config, echo, **values)
+    config = train_settings(config, echo, args, **values)
     hook = None
     if config.downstream and not config.plan:
         from unmask.tasks.suites import checkpoint_scorer
@@ -266,11 +232,11 @@ def train(config: settings.TrainConfig | None = None, *, verbose: bool = False, 
     return TrainedRun(Path(config.out), summary)
 
 
-def plan(config: settings.TrainConfig | None = None, *, verbose: bool = False, **values) -> dict:
+def plan(*args, config: settings.TrainConfig | None = None, verbose: bool = False, **values) -> dict:
     """`unmask train ... --plan`: parameters, FLOPs and memory per step, then tokens/s, MFU and
     the time to the end measured over a few steps of the run, which is not started (nothing is
     written to `out`). The same settings as `train`."""
-    return train(config, verbose=verbose, **{**values, "plan": True})
+    return train(*args, config=config, verbose=verbose, **{**values, "plan": True})
 
 
 def read_texts(texts: list[str], file: str | None, purpose: str = "fill") -> tuple[list[str], list[str]]:
@@ -446,14 +412,14 @@ def save_array(path: str, array) -> Path:
     return target
 
 
-def pairs(config: settings.PairsConfig | None = None, *, verbose: bool = False, **values) -> dict:
+def pairs(*args, config: settings.PairsConfig | None = None, verbose: bool = False, **values) -> dict:
     """`unmask pairs`: minimal-pair accuracy of each model; the report also written to `out` when given."""
     import json
 
     from unmask.evaluation.pairs import as_json, score_pairs
     from unmask.storage.files import atomic_write_text
 
-    c = build_settings(settings.PairsConfig, config, values)
+    c = build_settings(settings.PairsConfig, config, values, args)
     if c.out is not None:
         check_output_file(c.out, "out")
     results = score_pairs(c, echo=_echo(verbose))
@@ -463,13 +429,13 @@ def pairs(config: settings.PairsConfig | None = None, *, verbose: bool = False, 
     return report
 
 
-def compare(config: settings.CompareConfig | None = None, *, verbose: bool = False, **values) -> Comparison:
+def compare(*args, config: settings.CompareConfig | None = None, verbose: bool = False, **values) -> Comparison:
     """`unmask compare`: a base and a trained model on the same masked positions; report.md,
     report.json and chart.png in `out` (default: the trained run's compare/); returns the
     report, with the folder it is in as `folder`."""
     from unmask.evaluation.compare import compare as compare_models
 
-    c = build_settings(settings.CompareConfig, config, values)
+    c = build_settings(settings.CompareConfig, config, values, args)
     if c.out is None and not RunDir(c.trained).is_run():
         raise UnmaskError(
             f"--out: {c.trained} is not a run folder to write the report into; give the folder for report.md, report.json and chart.png"
@@ -494,30 +460,30 @@ def compare(config: settings.CompareConfig | None = None, *, verbose: bool = Fal
     return Comparison({**report, "folder": str(out)})
 
 
-def export(config: settings.ExportConfig | None = None, *, verbose: bool = False, **values) -> Path:
+def export(*args, config: settings.ExportConfig | None = None, verbose: bool = False, **values) -> Path:
     """`unmask export`: a complete checkpoint of a run as a save_pretrained folder; returns the checkpoint exported."""
     from unmask.runtime.persist import export_checkpoint
 
-    c = build_settings(settings.ExportConfig, config, values)
+    c = build_settings(settings.ExportConfig, config, values, args)
     return export_checkpoint(Path(c.run), Path(c.out), c.step, echo=_echo(verbose))
 
 
-def finetune(config: settings.FinetuneConfig | None = None, *, verbose: bool = False, **values) -> FineTuning:
+def finetune(*args, config: settings.FinetuneConfig | None = None, verbose: bool = False, **values) -> FineTuning:
     """`unmask finetune`: an encoder with a fresh task head; the summary (metrics over seeds)."""
     from unmask.tasks.finetune import finetune as run_finetune
 
-    c = build_settings(settings.FinetuneConfig, config, values)
+    c = build_settings(settings.FinetuneConfig, config, values, args)
     return FineTuning(run_finetune(c, echo=_echo(verbose), progress=verbose))
 
 
-def probe(config: settings.ProbeConfig | None = None, *, verbose: bool = False, **values) -> dict:
+def probe(*args, config: settings.ProbeConfig | None = None, verbose: bool = False, **values) -> dict:
     """`unmask probe`: a linear model on frozen embeddings; the result, also written to `out` when given."""
     import json
 
     from unmask.storage.files import atomic_write_text
     from unmask.tasks.probe import probe as run_probe
 
-    c = build_settings(settings.ProbeConfig, config, values)
+    c = build_settings(settings.ProbeConfig, config, values, args)
     if c.out is not None:
         check_output_file(c.out, "out")
     result = run_probe(c, echo=_echo(verbose))
@@ -526,9 +492,9 @@ def probe(config: settings.ProbeConfig | None = None, *, verbose: bool = False, 
     return result
 
 
-def downstream(config: settings.DownstreamConfig | None = None, *, verbose: bool = False, **values) -> dict:
+def downstream(*args, config: settings.DownstreamConfig | None = None, verbose: bool = False, **values) -> dict:
     """`unmask downstream`: a suite over models or a run's checkpoints; the report."""
     from unmask.tasks.suites import run_suite
 
-    c = build_settings(settings.DownstreamConfig, config, values)
+    c = build_settings(settings.DownstreamConfig, config, values, args)
     return run_suite(c, echo=_echo(verbose))

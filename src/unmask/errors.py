@@ -7,8 +7,22 @@ module imports nothing of unmask's, so every other module may raise it.
 
 from __future__ import annotations
 
+import contextvars
 import sys
 from types import ModuleType
+
+COMMAND_LINE = contextvars.ContextVar("unmask_command_line", default=False)
+"""True while the `unmask` command runs: a message then tells the user a flag (`--overwrite`),
+and a library call is told the keyword argument (`overwrite=True`)."""
+
+
+def option(name: str, value=True) -> str:
+    """A setting as the caller gives it: `--overwrite` / `--out runs/x` on the command line,
+    `overwrite=True` / `out='runs/x'` in Python."""
+    if COMMAND_LINE.get():
+        dashed = f"--{name.replace('_', '-')}"
+        return dashed if value is True else f"{dashed} {value}"
+    return f"{name}={value!r}"
 
 
 class UnmaskError(Exception):
@@ -17,6 +31,11 @@ class UnmaskError(Exception):
 
 class UsageError(UnmaskError):
     """A command line the parser rejects: an unknown flag, a value of the wrong kind (exit 2)."""
+
+
+class InvalidValue(UnmaskError, ValueError):
+    """A bad argument to a drop-in for a Hugging Face class, which code written for that class
+    catches as the `ValueError` Hugging Face raises."""
 
 
 def optional_import(module: str, purpose: str, extra: str) -> ModuleType:

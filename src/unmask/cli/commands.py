@@ -32,6 +32,7 @@ from unmask.config import (
     TrainConfig,
 )
 from unmask.errors import UnmaskError
+from unmask.storage.rundir import RunDir
 
 
 def with_stdin(config):
@@ -94,8 +95,27 @@ def run_train(config: TrainConfig) -> int:
         distributed.leave()
     if not main_process:
         return 0
-    print(json.dumps(summary, indent=2))
+    if config.json:
+        print(json.dumps(summary, indent=2))
+    elif not config.plan:  # the plan's lines are printed as it measures
+        for line in summary_lines(config.out, summary):
+            print(line)
     return 0
+
+
+def summary_lines(out: str, summary: dict) -> list[str]:
+    """A finished run in a few lines; summary.json keeps every number."""
+    rate = summary.get("mean_tokens_per_s")
+    lines = [
+        f"run {out}: {summary.get('steps', 0):,} steps, {summary.get('train_tokens', 0):,} training tokens"
+        + (f", {rate:,.0f} tokens/s" if rate else "")
+    ]
+    if summary.get("eval_loss") is not None:
+        lines.append(
+            f"held-out: loss {summary['eval_loss']:.4f}, top-1 {summary['eval_accuracy']:.1%}, top-5 {summary['eval_top5_accuracy']:.1%}"
+        )
+    lines.append(f"model: {RunDir(out).model} (every number: {RunDir(out).summary}; --json prints them)")
+    return lines
 
 
 def run_fill(config: FillConfig) -> int:

@@ -24,9 +24,9 @@ from jsonargparse import ActionYesNo, ArgumentParser, DefaultHelpFormatter, set_
 from unmask import config as settings
 from unmask.cli import commands
 from unmask.config import flag, load_partial_yaml
-from unmask.config.recipes import RECIPES, not_reproduced_text, with_recipe
-from unmask.errors import UnmaskError, UsageError
-from unmask.storage.rundir import RunDir
+from unmask.config.recipes import not_reproduced_text
+from unmask.config.resolve import coerce, resolve, resume_file
+from unmask.errors import COMMAND_LINE, UnmaskError, UsageError
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
@@ -155,33 +155,6 @@ def add_settings(parser: ArgumentParser, cls: type, defaults: dict | None = None
             action._jsonargparse_preexpanded_help = True
 
 
-def _choices_and_kind(hint) -> tuple[tuple | None, type | None]:
-    """A field's Literal choices, or its scalar kind (int, float), through Optional."""
-    members = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) in (typing.Union, _UNION) else [hint]
-    if len(members) == 1 and typing.get_origin(members[0]) is typing.Literal:
-        return typing.get_args(members[0]), None
-    if len(members) == 1 and members[0] in (int, float):
-        return None, members[0]
-    return None, None
-
-
-_UNION = type(int | None)
-
-
-def check_value(cls: type, name: str, value) -> None:
-    """Refuse a value that is not one of a Literal field's choices, or not a number for a number field."""
-    choices, kind = _choices_and_kind(typing.get_type_hints(cls)[name])
-    if value is None:
-        return
-    if choices is not None and value not in choices:
-        raise UsageError(f"{flag(name)}: '{value}' is not one of {', '.join(map(str, choices))}")
-    if kind is not None and not isinstance(value, (int, float)):
-        try:
-            kind(value)
-        except (TypeError, ValueError):
-            raise UsageError(f"{flag(name)}: '{value}' is not {'a whole number' if kind is int else 'a number'}") from None
-
-
 def check_command_line(cls: type, argv: list[str], typed: list[str]) -> None:
     """Before the parser sees it: every flag must be a setting of the command, spelled out in
     full, and choices and numbers must be valid; each problem is one line naming the flag as
@@ -209,7 +182,7 @@ def check_command_line(cls: type, argv: list[str], typed: list[str]) -> None:
                     raise UsageError(f"{flag(name)}: '{value}' is not {'a whole number' if kind is int else 'a number'}") from None
         elif name in fields and hints[name] is not bool and typing.get_origin(hints[name]) is not list:
             value = match.group(2)[1:] if match.group(2) else (argv[index + 1] if index + 1 < len(argv) else None)
-            check_value(cls, name, value)
+            coerce(cls, name, value)
 
 
 def _list_values(argv: list[str], index: int, match: re.Match) -> list[str]:
@@ -351,8 +324,7 @@ def parse(argv: list[str], echo: Callable[[str], None] = lambda line: print(line
         argv = positionals_first(COMMANDS[command].settings, argv)
     path = _config_file(argv)
     if command == "train" and path is None and _resuming(argv) and _flag_value(argv, "out"):
-        saved = RunDir(_flag_value(argv, "out")).config
-        path = str(saved) if saved.is_file() else None
+        path = resume_file(_flag_value(argv, "out"), _given_as_flag(argv, "data"))
     defaults = {}
     if command and path is not None:
         defaults = {command: load_partial_yaml(COMMANDS[command].settings, path)}
@@ -360,26 +332,16 @@ def parse(argv: list[str], echo: Callable[[str], None] = lambda line: print(line
     name = args.command
     values = args[name].as_dict()
     values.pop("config", None)
-    if values.get("recipe") in RECIPES:  # an unknown name is refused by the settings class, with the list
-        given = {key for key in values if _given_as_flag(argv, key)}
-        values, notes = with_recipe(values, given, defaults.get(name, {}))
-        for note in notes:
-            echo(note)
+    from_file = defaults.get(name, {})
     cls = COMMANDS[name].settings
-    missing = [
-        f.name
-        for f in dataclasses.fields(cls)
-        if values.get(f.name) is None and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        shown = [f.name if f.name in getattr(cls, "POSITIONAL", ()) else flag(f.name) for f in dataclasses.fields(cls) if f.name in missing]
-        raise UnmaskError(f"{', '.join(shown)}: required (give {'them' if len(shown) > 1 else 'it'} on the command line or in --config)")
-    for key, value in values.items():  # a YAML file's values have not been through the command-line check
-        try:
-            check_value(cls, key, value)
-        except UsageError as e:
-            raise UnmaskError(f"{path}: {e}" if path else str(e)) from None
-    return name, cls(**values)
+    positional = getattr(cls, "POSITIONAL", ())
+
+    def named(key: str) -> bool:  # what the command line itself gave: these win over a file and a recipe
+        if key in positional:
+            return values[key] not in (None, []) and (key not in from_file or values[key] != from_file[key])
+        return _given_as_flag(argv, key)
+
+    return name, resolve(cls, None, {k: v for k, v in values.items() if named(k)}, from_file=from_file, file=path, echo=echo)
 
 
 CHECKPOINTED = {
@@ -393,6 +355,7 @@ CHECKPOINTED = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if a in COMMANDS), "")
+    spelling = COMMAND_LINE.set(True)  # messages name flags, not keyword arguments
     try:
         command, config = parse(argv)
         return COMMANDS[command].function(config)
@@ -414,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         by = f" by a second {e.args[0]}" if e.args else ""
         print(f"unmask {command}: interrupted{by}; {kept}", file=sys.stderr)
         return getattr(e, "exit_code", 130)
+    finally:
+        COMMAND_LINE.reset(spelling)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from unmask.errors import UnmaskError
 from unmask.storage.files import atomic_write_text
 
 __all__ = [
+    "Settings",
     "UnmaskError",
     "check_masking_probabilities",
     "check_setting",
@@ -26,6 +27,52 @@ __all__ = [
     "save_yaml",
     "to_dict",
 ]
+
+
+_NAMED: dict[int, tuple[frozenset[str], bool]] = {}
+"""id of a live settings object -> (the fields its constructor was named, whether `resolve` made it).
+Kept beside the objects, not in them, so that `TrainConfig(**config.__dict__)` still works."""
+
+
+class Settings:
+    """Base of every settings dataclass: it remembers which fields its constructor was named
+    (`given_names`), so that a recipe never takes the place of a value the caller chose, even
+    one equal to the default. (`dataclasses.replace` names every field; the resolver keeps the
+    names of what it was given, so call it with keyword arguments rather than a replaced object.)"""
+
+    def __new__(cls, *args, **kwargs):
+        import weakref
+
+        self = super().__new__(cls)
+        _NAMED[id(self)] = (frozenset(kwargs), False)  # every settings class is kw_only
+        weakref.finalize(self, _NAMED.pop, id(self), None)
+        return self
+
+    def __getstate__(self):  # a copy or a pickle keeps what the original was named
+        return {"fields": dict(self.__dict__), "named": given_names(self)}
+
+    def __setstate__(self, state) -> None:
+        self.__dict__.update(state["fields"])
+        _NAMED[id(self)] = (frozenset(state["named"]), False)
+
+
+def given_names(settings: Any) -> frozenset[str]:
+    """The fields a settings object's constructor was named (every field for an object it does
+    not know, such as a copy)."""
+    known = _NAMED.get(id(settings))
+    return known[0] if known is not None else frozenset(f.name for f in dataclasses.fields(settings))
+
+
+def is_resolved(settings: Any) -> bool:
+    """Whether `config.resolve` made this object (so handing it on resolves nothing again)."""
+    known = _NAMED.get(id(settings))
+    return known is not None and known[1]
+
+
+def mark_resolved(settings: Any, named: frozenset[str]) -> None:
+    """What `config.resolve` records of the object it made: the names the caller gave."""
+    if id(settings) in _NAMED:
+        _NAMED[id(settings)] = (frozenset(named), True)
 
 
 def flag(name: str) -> str:
@@ -95,9 +142,15 @@ OPTIMIZATION_BOUNDS = {
 """The optimization settings both training loops have (AdamW, clipping, warmup, dropout, the seed), checked alike."""
 
 
-def check_masking_probabilities(mask_prob: float, mask_replace_prob: float, random_replace_prob: float, name: str = "mask_prob") -> None:
-    """Refuse masking settings that cannot describe a BERT-style draw."""
-    check_setting(0.0 < mask_prob < 1.0, name, f"must be strictly between 0 and 1, got {mask_prob}")
+def check_masking_probabilities(
+    mask_prob: float, mask_replace_prob: float, random_replace_prob: float, name: str = "mask_prob", closed: bool = False
+) -> None:
+    """Refuse masking settings that cannot describe a BERT-style draw. `closed` lets `mask_prob`
+    be exactly 0 or 1 (Hugging Face's collator allows them; a training run never wants them)."""
+    if closed:
+        check_setting(0.0 <= mask_prob <= 1.0, name, f"must be between 0 and 1, got {mask_prob}")
+    else:
+        check_setting(0.0 < mask_prob < 1.0, name, f"must be strictly between 0 and 1, got {mask_prob}")
     check_setting(0.0 <= mask_replace_prob <= 1.0, "mask_replace_prob", f"must be in [0, 1], got {mask_replace_prob}")
     check_setting(0.0 <= random_replace_prob <= 1.0, "random_replace_prob", f"must be in [0, 1], got {random_replace_prob}")
     check_setting(
@@ -118,11 +171,19 @@ def from_dict(cls: type, values: dict[str, Any], source: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise UnmaskError(f"{source}: unknown setting(s) {', '.join(unknown)}")
+        raise UnmaskError(f"{source}: unknown setting(s) {', '.join(unknown)}{did_you_mean(unknown[0], known)}")
     try:
         return cls(**values)
     except TypeError as e:
         raise UnmaskError(f"{source}: {e}") from None
+
+
+def did_you_mean(name: str, known) -> str:
+    """ "; did you mean 'x'?" for the closest known name, or nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def save_yaml(config: Any, path: Path) -> None:

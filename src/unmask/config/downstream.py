@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 
 import yaml
 
-from unmask.config.base import OPTIMIZATION_BOUNDS, Bound, at_least, check_fields, check_setting, not_negative, positive
+from unmask.config.base import OPTIMIZATION_BOUNDS, Bound, Settings, at_least, check_fields, check_setting, not_negative, positive
 from unmask.config.use import ModelOptions
 from unmask.errors import UnmaskError
 
@@ -23,7 +23,7 @@ TaskKind = Literal["classification", "pair-classification", "regression", "token
 
 
 @dataclass(kw_only=True)
-class TaskOptions:
+class TaskOptions(Settings):
     """The data of a task and how it is scored (shared by finetune and probe)."""
 
     task: TaskKind = "classification"
@@ -162,7 +162,7 @@ class ProbeConfig(ModelOptions, TaskOptions):
 
 
 @dataclass(kw_only=True)
-class DownstreamConfig:
+class DownstreamConfig(Settings):
     """Settings of `unmask downstream`: a suite of tasks over models or over a run's checkpoints."""
 
     POSITIONAL: ClassVar[tuple[str, ...]] = ("suite",)
@@ -212,7 +212,7 @@ class SuiteTask(TaskOptions):
 
 
 @dataclass(kw_only=True)
-class Suite:
+class Suite(Settings):
     name: str
     description: str = ""
     tasks: list[SuiteTask]

@@ -17,6 +17,7 @@ from typing import ClassVar, Literal
 from unmask.config.base import (
     OPTIMIZATION_BOUNDS,
     Bound,
+    Settings,
     at_least,
     check_fields,
     check_masking_probabilities,
@@ -32,7 +33,7 @@ from unmask.errors import UnmaskError, UsageError
 
 
 @dataclass(kw_only=True)
-class SourceOptions:
+class SourceOptions(Settings):
     """How documents are read from text sources (shared by prepare and tokenizer)."""
 
     doc_per: Literal["file", "blank-line", "line"] = "file"
@@ -216,7 +217,7 @@ def parse_preset(text: str) -> tuple[str | None, str]:
 
 
 @dataclass(kw_only=True)
-class TrainConfig:
+class TrainConfig(Settings):
     """Settings of `unmask train`."""
 
     data: list[str]
@@ -317,6 +318,8 @@ class TrainConfig:
     """The peak MFU is measured against: `auto` (a known GPU's data sheet, else a measured matrix product, cached per device model), `measure`, a number of TFLOPS, or a GPU name (h200, h100-sxm, h100-pcie, a100, l40s, l4)."""
     plan: bool = False
     """Print the plan (parameters, FLOPs and memory per step, then tokens/s, MFU and the time to the end measured over a few steps) and exit without a run folder."""
+    json: bool = False
+    """Print the run's summary (summary.json's numbers; with --plan, the plan's) as JSON on stdout instead of a few lines."""
     collective_timeout: float = 30.0
     """Under torchrun: minutes a process waits in a collective for the others before it gives up with an error (a process died or hung); long enough for a checkpoint write."""
     activation_checkpointing: bool = False
@@ -508,7 +511,7 @@ class TrainConfig:
 # change with the number of processes as long as their product with it stays the same).
 RESUMABLE_CHANGES = frozenset({
     "out", "resume", "device", "compile", "eval_every", "eval_max_batches", "log_every", "checkpoint_every", "keep_checkpoints",
-    "strategy", "collective_timeout", "peak_tflops", "plan", "activation_checkpointing", "progress", "batch_size", "grad_accum", "global_batch", "on_nonfinite", "max_nonfinite", "report_to",
+    "strategy", "collective_timeout", "peak_tflops", "plan", "json", "activation_checkpointing", "progress", "batch_size", "grad_accum", "global_batch", "on_nonfinite", "max_nonfinite", "report_to",
     "eval_seq_len",
     *("max_steps", "max_tokens", "epochs", "time_budget"),  # a run may be extended; `length_changes` says what that does to the schedule
     *("downstream", "downstream_every", "downstream_mode"),

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from unmask.config.base import check_masking_probabilities, check_setting
+from unmask.config.base import Settings, check_masking_probabilities, check_setting
 
 
 @dataclass(kw_only=True)
-class DeviceOptions:
+class DeviceOptions(Settings):
     device: str = "auto"
     """`auto`, `cpu`, `cuda` or `cuda:N`."""
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -38,7 +38,7 @@ class ModelOptions(DeviceOptions):
 
 
 @dataclass(kw_only=True)
-class HeldOutOptions:
+class HeldOutOptions(Settings):
     data: list[str]
     """A token store (its held-out split) or text files, folders, globs."""
     seq_len: int = 128
@@ -56,7 +56,7 @@ class HeldOutOptions:
 
 
 @dataclass(kw_only=True)
-class TextsOptions:
+class TextsOptions(Settings):
     texts: list[str] = field(default_factory=list)
     """Texts; `-` (or none, with --file unset) reads stdin, one per line."""
     file: str | None = None
@@ -86,7 +86,7 @@ class FillConfig(ModelOptions, TextsOptions):
 
 
 @dataclass(kw_only=True)
-class InspectConfig:
+class InspectConfig(Settings):
     """Settings of `unmask inspect`: one masking draw on one sentence."""
 
     POSITIONAL: ClassVar[tuple[str, ...]] = ("text",)
@@ -201,7 +201,7 @@ class CompareConfig(DeviceOptions, HeldOutOptions):
 
 
 @dataclass(kw_only=True)
-class PlotConfig:
+class PlotConfig(Settings):
     """Settings of `unmask plot`: a run's curves as a PNG."""
 
     POSITIONAL: ClassVar[tuple[str, ...]] = ("run",)
@@ -245,7 +245,7 @@ class PairsConfig(DeviceOptions):
 
 
 @dataclass(kw_only=True)
-class ExportConfig:
+class ExportConfig(Settings):
     """Settings of `unmask export`: a checkpoint as a Hugging Face model folder."""
 
     POSITIONAL: ClassVar[tuple[str, ...]] = ("run",)

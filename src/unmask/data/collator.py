@@ -1,24 +1,34 @@
 """unmask's masking for scripts that already run Hugging Face's `Trainer`: `MaskingCollator` in
 place of `DataCollatorForLanguageModeling`, and `MaskRateCallback` to move its rate.
 
-The collator takes the records `DataCollatorForLanguageModeling` takes (dicts with
-`input_ids`, and `attention_mask` / `token_type_ids` where the tokenizer gave them), pads
-them with the tokenizer, and returns the same keys, with `labels` -100 off the mask. What it
-adds:
+The collator takes what `DataCollatorForLanguageModeling` takes, with its argument names
+(`mlm`, `mlm_probability`, `whole_word_mask`, `mask_replace_prob`, `random_replace_prob`,
+`pad_to_multiple_of`, `return_tensors`, `seed`): records as dicts (lists, numpy arrays or
+tensors of ids), bare lists of ids or 1-D tensors; `special_tokens_mask` honoured and
+dropped, as Hugging Face does; every other key passed through (a sequence padded: -100 for a
+key that ends in `labels`, 0 otherwise). Bad settings raise `InvalidValue`, which is both an
+`UnmaskError` and the `ValueError` Hugging Face raises. What it adds:
 
-- **Masks that do not depend on the data loader.** A mask is a hash of (seed, example,
-  epoch, position) (`masking.hashed_draws`), never a draw from a generator: the same whatever
-  `dataloader_num_workers`, batch composition or machine. An *example* is the record's
-  `id_field` (an integer column such as `idx`) where the records have one, else a hash of its
-  token ids (so two identical records share their masks). The *epoch* is the collator's
-  `epoch`, which `MaskRateCallback` sets as each epoch begins; worker processes take it when
-  `Trainer` starts them for the epoch, so `dataloader_persistent_workers` (workers kept from
-  the first epoch) cannot see it and is refused by the callback. Without the callback every
-  epoch draws the same masks (static masking).
+- **Masks that are a function, not a stream.** A mask is a hash of (seed, example, round,
+  position) (`masking.hashed_draws`), never a draw from a generator. The *example* is the
+  record's `id_field` (an integer column such as `idx`) where the records have one, else a
+  hash of its token ids. The *round* is chosen in one of two ways:
+  - with `MaskRateCallback`, the epoch, which the callback sets as each epoch begins: an
+    example's masks are then the same whatever `dataloader_num_workers`, batch composition
+    or machine, and new every epoch (worker processes take the epoch when `Trainer` starts
+    them for it, so the callback refuses `dataloader_persistent_workers`); two identical
+    records without an `id_field` share their masks.
+  - without it (dynamic masking, as Hugging Face's collator and RoBERTa do), a new round at
+    every call: a hash of the number of batches this process's collator has made and, in a
+    data-loader worker, of torch's seed for the worker (new every epoch); the row's place in
+    the batch is mixed in too, so identical records get different masks. The masks are new
+    every time an example comes again and repeat run to run with the same seed, worker count
+    and batch order; like Hugging Face's, they change when either changes.
 - **Whole words and spans for any fast tokenizer**: word boundaries from a `word_ids` column
   where the records carry one (the fast tokenizer's `encoding.word_ids()`, exact), else from
-  the vocabulary (`##` pieces for WordPiece, `Ġ` / `▁` word starts for byte-level BPE and
-  SentencePiece, with a token that starts with punctuation a word of its own).
+  an `offset_mapping` (a token that starts where the one before ended continues its word),
+  else from the vocabulary (`##` pieces for WordPiece, `Ġ` / `▁` word starts for byte-level
+  BPE and SentencePiece, with a token that starts with punctuation a word of its own).
 - **A rate that moves**: `MaskRateCallback` moves `mask_prob` along unmask's schedules as
   `Trainer` steps, once per epoch by default (what reaches worker processes), every step
   with `every="step"` where the loader runs in the main process (`dataloader_num_workers=0`).
@@ -36,20 +46,26 @@ import functools
 import hashlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from unmask.config import check_masking_probabilities
 from unmask.config.schedule import mask_rate
-from unmask.data.masking import IGNORE_INDEX, STRATEGIES, Masker
+from unmask.data.masking import _MASK32, IGNORE_INDEX, STRATEGIES, Masker, mix32
 from unmask.data.tokenizer import Vocabulary, word_starts
-from unmask.errors import UnmaskError
+from unmask.errors import InvalidValue, UnmaskError
 
 _COUNT_SLOTS = 65
 """Rows of the shared counts: the main process and up to 64 data-loader workers, each adding
 to its own row, so that no two processes write one number."""
+_PADDED_BY_TOKENIZER = ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask")
+_WORD_KEYS = ("word_ids", "offset_mapping")
+"""Keys that say where words begin: read for whole-word and span masking, never returned."""
+_DYNAMIC_ROUND = 1 << 31
+"""Rounds of dynamic masking are hashes at or above this; epochs (the callback's rounds) stay below."""
+RETURN_TENSORS = ("pt", "np")
 
 
 def example_key(record: dict, id_field: str | None) -> int:
@@ -62,49 +78,131 @@ def example_key(record: dict, id_field: str | None) -> int:
     return int.from_bytes(hashlib.blake2b(ids.tobytes(), digest_size=4).digest(), "little") & 0x7FFFFFFF
 
 
+def as_record(record, number: int) -> dict:
+    """A record as a dict: a mapping as it is, a bare sequence of ids (list, array, 1-D tensor) as its input_ids."""
+    if isinstance(record, Mapping):
+        return dict(record)
+    if isinstance(record, (list, tuple, np.ndarray, torch.Tensor)):
+        return {"input_ids": record}
+    raise InvalidValue(
+        f"MaskingCollator: record {number} is a {type(record).__name__}; give dicts with 'input_ids', lists of ids or 1-D tensors"
+    )
+
+
+def word_starts_from_offsets(offsets) -> np.ndarray:
+    """For each token of one encoding, from its (start, end) character offsets: does it begin a
+    word? A token that starts where the one before it ended continues that word; a special token
+    ((0, 0)) is a word of its own."""
+    spans = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    starts = np.ones(len(spans), dtype=bool)
+    empty = spans[:, 0] == spans[:, 1]
+    starts[1:] = (spans[1:, 0] != spans[:-1, 1]) | empty[1:] | empty[:-1]
+    return starts
+
+
+def pad_value(key: str) -> int:
+    """What pads a passed-through sequence: the ignore index for labels, 0 for anything else."""
+    return IGNORE_INDEX if key.endswith("labels") else 0
+
+
+def pass_through(values: list, key: str, lengths: list[int], width: int, left: bool):
+    """A batch of one passed-through key: numbers stacked, numeric sequences padded (to the ids'
+    `width`, on their side, where each is as long as its record's ids; else to the longest),
+    anything else left as a list."""
+    arrays = [np.asarray(v.numpy() if isinstance(v, torch.Tensor) else v) for v in values]
+    if not all(a.dtype.kind in "biuf" for a in arrays) or len({a.ndim for a in arrays}) != 1:
+        return values
+    if arrays[0].ndim == 0:
+        return torch.from_numpy(np.stack(arrays))
+    aligned = all(len(a) == n for a, n in zip(arrays, lengths))
+    target = width if aligned else max(len(a) for a in arrays)
+    rest = [(0, 0)] * (arrays[0].ndim - 1)
+    padded = [
+        np.pad(a, [(target - len(a), 0) if left and aligned else (0, target - len(a)), *rest], constant_values=pad_value(key))
+        for a in arrays
+    ]
+    return torch.from_numpy(np.stack(padded))
+
+
 class MaskingCollator:
-    """A drop-in for `DataCollatorForLanguageModeling(tokenizer, mlm_probability=...)`, on
-    unmask's masks (see the module's text)."""
+    """A drop-in for `DataCollatorForLanguageModeling`, on unmask's masks (see the module's text).
+
+    Arguments as Hugging Face names them: `mlm` (False gives causal-LM labels, as there),
+    `mlm_probability` (an alias of `mask_prob`), `whole_word_mask` (an alias of
+    `strategy="whole-word"`), `mask_replace_prob`, `random_replace_prob`, `pad_to_multiple_of`,
+    `return_tensors` ("pt" or "np", also per call), `seed` (None: torch's seed). unmask's own:
+    `strategy` ("token", "whole-word", "span"), `mask_prob`, `id_field` (the column that names an example).
+    """
 
     def __init__(
         self,
         tokenizer,
-        strategy: str = "token",
-        mask_prob: float = 0.15,
+        mlm: bool = True,
+        mlm_probability: float | None = None,
         mask_replace_prob: float = 0.8,
         random_replace_prob: float = 0.1,
-        seed: int = 0,
-        id_field: str | None = "idx",
         pad_to_multiple_of: int | None = None,
+        return_tensors: str = "pt",
+        seed: int | None = 0,
+        whole_word_mask: bool = False,
+        strategy: str = "token",
+        mask_prob: float = 0.15,
+        id_field: str | None = "idx",
     ):
-        if strategy not in STRATEGIES:
-            raise UnmaskError(f"strategy: '{strategy}' is not one of {', '.join(STRATEGIES)}")
-        try:
-            check_masking_probabilities(mask_prob, mask_replace_prob, random_replace_prob)
-        except UnmaskError as e:  # named as the keyword arguments are, not as the command's flags
-            raise UnmaskError("MaskingCollator: " + re.sub(r"--([a-z-]+)", lambda m: m[1].replace("-", "_"), str(e))) from None
-        if strategy != "token" and not getattr(tokenizer, "is_fast", False):
-            raise UnmaskError(
-                f"strategy '{strategy}': needs a fast tokenizer (its word boundaries); {type(tokenizer).__name__} is not one "
-                "(load it with AutoTokenizer.from_pretrained(..., use_fast=True))"
+        mask_prob, strategy = _resolve_aliases(mlm, mlm_probability, mask_prob, whole_word_mask, strategy)
+        named = "mlm_probability" if mlm_probability is not None else "mask_prob"
+        if mlm:
+            try:
+                check_masking_probabilities(mask_prob, mask_replace_prob, random_replace_prob, name=named, closed=True)
+            except UnmaskError as e:  # named as the keyword arguments are, not as the command's flags
+                raise InvalidValue("MaskingCollator: " + re.sub(r"--([a-z-]+)", lambda m: m[1].replace("-", "_"), str(e))) from None
+            if strategy != "token" and not getattr(tokenizer, "is_fast", False):
+                raise InvalidValue(
+                    f"strategy '{strategy}': needs a fast tokenizer (its word boundaries); {type(tokenizer).__name__} is not one "
+                    "(load it with AutoTokenizer.from_pretrained(..., use_fast=True))"
+                )
+            if tokenizer.mask_token_id is None:
+                raise InvalidValue(
+                    f"{type(tokenizer).__name__} has no mask token to mask with; pass mlm=False for causal language modelling labels"
+                )
+        if return_tensors not in RETURN_TENSORS:
+            raise InvalidValue(f"MaskingCollator: return_tensors='{return_tensors}' is not one of {', '.join(RETURN_TENSORS)}")
+        if pad_to_multiple_of is not None and (
+            isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1
+        ):
+            raise InvalidValue(f"MaskingCollator: pad_to_multiple_of must be a whole number of at least 1, got {pad_to_multiple_of!r}")
+        self.tokenizer, self.mlm, self.return_tensors = tokenizer, mlm, return_tensors
+        self.seed = int(torch.initial_seed() & 0x7FFFFFFF) if seed is None else seed
+        self.strategy, self.id_field, self.pad_to_multiple_of = strategy, id_field, pad_to_multiple_of
+        self.mask_replace_prob, self.random_replace_prob = mask_replace_prob, random_replace_prob
+        self.vocab = Vocabulary.from_tokenizer(tokenizer) if mlm else None
+        self.masker = None
+        if mlm:
+            self.masker = Masker(
+                self.vocab,
+                seed=self.seed,
+                strategy=strategy,
+                mask_prob=mask_prob,
+                mask_replace_prob=mask_replace_prob,
+                random_replace_prob=random_replace_prob,
+                closed=True,
             )
-        if tokenizer.mask_token_id is None:
-            raise UnmaskError(f"{type(tokenizer).__name__} has no mask token to mask with")
-        self.tokenizer = tokenizer
-        self.vocab = Vocabulary.from_tokenizer(tokenizer)
-        self.strategy, self.seed, self.id_field, self.pad_to_multiple_of = strategy, seed, id_field, pad_to_multiple_of
-        self.masker = Masker(
-            self.vocab,
-            seed=seed,
-            strategy=strategy,
-            mask_prob=mask_prob,
-            mask_replace_prob=mask_replace_prob,
-            random_replace_prob=random_replace_prob,
-        )
         self.mask_prob = mask_prob
-        self.epoch = 0
+        self.epoch: int | None = None
+        """The round of masking when `MaskRateCallback` drives it; None: new masks at every call (dynamic)."""
+        self.calls = 0
+        """Batches this process's collator has made: the round of dynamic masking."""
         self.counts = torch.zeros(_COUNT_SLOTS, 2, dtype=torch.float64).share_memory_()
         """Per process that masks: [picked, maskable] so far (row 0 the main process, 1+ the workers)."""
+
+    @property
+    def mlm_probability(self) -> float:
+        """Hugging Face's name for `mask_prob`."""
+        return self.mask_prob
+
+    @property
+    def whole_word_mask(self) -> bool:
+        return self.strategy == "whole-word"
 
     def masking_rate(self) -> float:
         """The positions picked over the positions that could have been, over every batch made so far."""
@@ -116,48 +214,117 @@ class MaskingCollator:
         self.counts.zero_()
 
     def _word_starts(self, records: Sequence[dict], input_ids: torch.Tensor) -> torch.Tensor:
-        if all("word_ids" in r for r in records):
-            rows = []
-            for r in records:
-                starts = word_starts(list(r["word_ids"]))
-                fill = (
-                    (input_ids.shape[1] - len(starts), 0)
-                    if self.tokenizer.padding_side == "left"
-                    else (0, input_ids.shape[1] - len(starts))
-                )
-                rows.append(np.pad(starts, fill, constant_values=True))  # on the side the tokenizer pads
-            return torch.from_numpy(np.stack(rows))
+        for key, starts_of in (("word_ids", lambda v: word_starts(list(v))), ("offset_mapping", word_starts_from_offsets)):
+            if all(key in r for r in records):
+                width, left = input_ids.shape[1], self.tokenizer.padding_side == "left"
+                rows = []
+                for r in records:
+                    starts = starts_of(r[key])
+                    fill = (width - len(starts), 0) if left else (0, width - len(starts))
+                    rows.append(np.pad(starts, fill, constant_values=True))  # on the side the tokenizer pads
+                return torch.from_numpy(np.stack(rows))
         table = torch.from_numpy(self.vocab.starts_word)
         return table[input_ids.clamp(min=0, max=len(table) - 1)]
 
-    def __call__(self, records: Sequence[dict]) -> dict[str, torch.Tensor]:
+    def _rounds(self, records: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(example, round) per row: the epoch's round under the callback, else a fresh one per call and row."""
+        examples = torch.tensor([example_key(r, self.id_field) for r in records], dtype=torch.long)
+        if self.epoch is not None:
+            return examples, torch.full_like(examples, self.epoch)
+        self.calls += 1
+        worker = torch.utils.data.get_worker_info()
+        salt = 0 if worker is None else torch.initial_seed()  # a worker's seed is new every epoch
+        base = mix32(mix32(self.calls & _MASK32) ^ (salt & _MASK32) ^ mix32((salt >> 32) & _MASK32))
+        rows = torch.arange(len(records), dtype=torch.int64)
+        return examples, (mix32(rows ^ base) & 0x7FFFFFFF) | _DYNAMIC_ROUND
+
+    def _pad(self, records: list[dict]) -> dict:
+        """Pad the ids and the tokenizer's own keys with the tokenizer; pass every other key through."""
+        own = [k for k in _PADDED_BY_TOKENIZER if all(k in r for r in records)]
+        lengths = {len(r["input_ids"]) for r in records}
+        if self.tokenizer.pad_token_id is None and (
+            len(lengths) > 1 or (self.pad_to_multiple_of and max(lengths) % self.pad_to_multiple_of)
+        ):
+            raise InvalidValue(
+                f"MaskingCollator: records of different lengths need padding, and {type(self.tokenizer).__name__} has no pad token"
+            )
+        lists = [{k: np.asarray(r[k]).tolist() for k in own} for r in records]
+        if self.tokenizer.pad_token_id is None:  # records of one length need no padding (checked above), as in Hugging Face's
+            batch = {k: torch.tensor([r[k] for r in lists], dtype=torch.long) for k in own}
+        else:
+            padded = self.tokenizer.pad(lists, return_tensors="pt", pad_to_multiple_of=self.pad_to_multiple_of)
+            batch = {k: padded[k] for k in padded}
+        width, left = batch["input_ids"].shape[1], self.tokenizer.padding_side == "left"
+        others = {k for r in records for k in r} - set(own) - set(_WORD_KEYS) - {"labels"}  # the labels are made here
+        for key in sorted(others):
+            if not all(key in r for r in records):
+                missing = next(n for n, r in enumerate(records) if key not in r)
+                raise InvalidValue(f"MaskingCollator: record {missing} has no '{key}', which other records of the batch have")
+            batch[key] = pass_through([r[key] for r in records], key, [len(r["input_ids"]) for r in records], width, left)
+        return batch
+
+    def __call__(self, records: Sequence, return_tensors: str | None = None) -> dict:
+        return_tensors = return_tensors or self.return_tensors
+        if return_tensors not in RETURN_TENSORS:
+            raise InvalidValue(f"MaskingCollator: return_tensors='{return_tensors}' is not one of {', '.join(RETURN_TENSORS)}")
         if not records:
-            raise UnmaskError("MaskingCollator: an empty batch")
+            raise InvalidValue("MaskingCollator: an empty batch")
+        records = [as_record(r, number) for number, r in enumerate(records)]
         missing = [number for number, r in enumerate(records) if "input_ids" not in r]
         if missing:
-            raise UnmaskError(
-                f"MaskingCollator: record {missing[0]} has no 'input_ids' (keys: {', '.join(sorted(records[missing[0]]))}); "
+            raise InvalidValue(
+                f"MaskingCollator: record {missing[0]} has no 'input_ids' (keys: {', '.join(map(str, sorted(records[missing[0]])))}); "
                 "tokenize the text first, e.g. dataset.map(lambda r: tokenizer(r['text'], truncation=True))"
             )
-        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if all(k in r for r in records)]
-        padded = self.tokenizer.pad(
-            [{k: np.asarray(r[k]).tolist() for k in keys} for r in records], return_tensors="pt", pad_to_multiple_of=self.pad_to_multiple_of
-        )
-        input_ids = padded["input_ids"].long()
-        attention_mask = padded["attention_mask"] if "attention_mask" in padded else (input_ids != self.vocab.pad_id).long()
-        examples = torch.tensor([example_key(r, self.id_field) for r in records], dtype=torch.long)
-        epochs = torch.full_like(examples, self.epoch)
+        batch = self._pad(records)
+        input_ids = batch["input_ids"] = batch["input_ids"].long()
+        special = batch.pop("special_tokens_mask", None)
+        if self.mlm:
+            batch["input_ids"], batch["labels"] = self._mask(records, input_ids, batch.get("attention_mask"), special)
+        else:  # causal language modelling, as Hugging Face's collator does it
+            labels = input_ids.clone()
+            if self.tokenizer.pad_token_id is not None:
+                labels[labels == self.tokenizer.pad_token_id] = IGNORE_INDEX
+            batch["labels"] = labels
+        if return_tensors == "np":
+            return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return batch
+
+    def _mask(self, records, input_ids, attention_mask, special_tokens_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked ids and labels; the real rate counted in this process's row."""
+        if attention_mask is None:
+            attention_mask = (input_ids != self.vocab.pad_id).long()
+        allowed = attention_mask.bool()
+        if special_tokens_mask is not None:  # the records' own word on which positions are special
+            allowed &= ~special_tokens_mask.bool()
+        examples, rounds = self._rounds(records)
         starts = self._word_starts(records, input_ids) if self.strategy != "token" else None
-        masked = self.masker(input_ids, attention_mask, examples, epochs, mask_prob=self.mask_prob, word_starts=starts)
-        picked = masked.labels != IGNORE_INDEX
+        masked = self.masker(input_ids, allowed, examples, rounds, mask_prob=self.mask_prob, word_starts=starts)
         worker = torch.utils.data.get_worker_info()
         row = 0 if worker is None else 1 + worker.id % (_COUNT_SLOTS - 1)
-        self.counts[row, 0] += float(picked.sum())
+        self.counts[row, 0] += float((masked.labels != IGNORE_INDEX).sum())
         self.counts[row, 1] += float(masked.maskable.sum())
-        batch = {"input_ids": masked.input_ids, "attention_mask": attention_mask, "labels": masked.labels}
-        if "token_type_ids" in padded:
-            batch["token_type_ids"] = padded["token_type_ids"]
-        return batch
+        return masked.input_ids, masked.labels
+
+
+def _resolve_aliases(mlm, mlm_probability, mask_prob, whole_word_mask, strategy) -> tuple[float, str]:
+    """unmask's names and Hugging Face's for the same two settings, refused where they disagree."""
+    if mlm_probability is not None:
+        if mask_prob not in (0.15, mlm_probability):
+            raise InvalidValue(f"MaskingCollator: mlm_probability={mlm_probability} and mask_prob={mask_prob} name one setting; give one")
+        mask_prob = mlm_probability
+    if whole_word_mask:
+        if not mlm:
+            raise InvalidValue("MaskingCollator: whole_word_mask needs mlm=True (there is nothing to mask otherwise)")
+        if strategy not in ("token", "whole-word"):
+            raise InvalidValue(f"MaskingCollator: whole_word_mask=True and strategy='{strategy}' disagree; give one")
+        strategy = "whole-word"
+    if strategy not in STRATEGIES:
+        raise InvalidValue(f"strategy: '{strategy}' is not one of {', '.join(STRATEGIES)}")
+    for name, value in (("mask_prob", mask_prob),):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidValue(f"MaskingCollator: {name} must be a number, got {value!r}")
+    return float(mask_prob), strategy
 
 
 def __getattr__(name: str):
@@ -231,6 +398,7 @@ def mask_rate_callback_class():
                     "their batches ahead with the rate they started with; use every='epoch' or dataloader_num_workers=0"
                 )
             self.collator.reset_counts()
+            self.collator.epoch = math.floor((state.epoch or 0) + 1e-9)  # from now on an example's masks are its epoch's
             self._move(state)
 
         def on_epoch_begin(self, args, state, control, **kwargs):

@@ -32,19 +32,27 @@ def encode_texts(raw, texts: list[str]) -> Encoded:
     return [(np.asarray(e.ids, dtype=np.int64), word_starts(e.word_ids)) for e in raw.encode_batch(texts, add_special_tokens=False)]
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this worker when `parent` dies, and exit now if it already has.
+
+    A spawned worker runs the initializer only after its imports (seconds on a loaded
+    machine): a parent killed during them is gone before the request is made, and the worker
+    would wait on its queue for good. So the request comes first, then the check that the
+    parent is still the one that started it (a dead parent's children pass to another)."""
     try:
         import ctypes
         import signal
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the executor's own shutdown is all there is
-        pass
+        return
+    if os.getppid() != parent:
+        os._exit(1)
 
 
-def _start_worker(tokenizer_json: str) -> None:
+def _start_worker(tokenizer_json: str, parent: int) -> None:
     global _worker_tokenizer
-    _die_with_parent()
+    _die_with_parent(parent)
     from tokenizers import Tokenizer
 
     _worker_tokenizer = Tokenizer.from_str(tokenizer_json)
@@ -77,7 +85,7 @@ def encoded_batches(raw, batches: Iterable[list[tuple[int, str]]], workers: int)
     context = multiprocessing.get_context("spawn")
     pending: deque = deque()
     try:
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(raw.to_str(),)) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(raw.to_str(), os.getpid())) as pool:
             try:
                 for batch in batches:
                     pending.append((batch, pool.submit(_encode_in_worker, [text for _, text in batch])))

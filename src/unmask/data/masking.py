@@ -232,13 +232,19 @@ def mask_tokens(
     mask_prob: float = 0.15,
     mask_replace_prob: float = 0.8,
     random_replace_prob: float = 0.1,
+    closed: bool = False,
 ) -> MaskedBatch:
-    """Pick positions and replace them 80/10/10 (by default); the input is not modified."""
-    check_masking_probabilities(mask_prob, mask_replace_prob, random_replace_prob)
+    """Pick positions and replace them 80/10/10 (by default); the input is not modified.
+    `closed` allows `mask_prob` 0 and 1 (see `check_masking_probabilities`)."""
+    check_masking_probabilities(mask_prob, mask_replace_prob, random_replace_prob, closed=closed)
+    # 1.0 picks every maskable position: the uniforms are below 1 by construction
     picked = (draws.pick < mask_prob) & maskable
     became_mask = picked & (draws.split < mask_replace_prob)
     became_random = picked & (draws.split >= mask_replace_prob) & (draws.split < mask_replace_prob + random_replace_prob)
-    random_tokens = random_pool.to(input_ids.device)[draws.choice]
+    if len(random_pool):
+        random_tokens = random_pool.to(input_ids.device)[draws.choice]
+    else:  # a vocabulary of special tokens only: nothing is maskable, so nothing is replaced
+        random_tokens = input_ids
 
     labels = torch.where(picked, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
     masked = torch.where(became_mask, torch.full_like(input_ids, mask_token_id), input_ids)
@@ -263,15 +269,18 @@ class Masker:
         random_replace_prob: float = 0.1,
         strategy: str = "token",
         device: torch.device | str = "cpu",
+        closed: bool = False,
     ):
-        check_masking_probabilities(mask_prob, mask_replace_prob, random_replace_prob)
+        check_masking_probabilities(mask_prob, mask_replace_prob, random_replace_prob, closed=closed)
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown masking strategy {strategy!r}")
         self.seed, self.strategy = seed, strategy
         self.special_ids = torch.tensor(vocab.special_ids, dtype=torch.long, device=device)
         self.random_pool = replacement_ids(vocab.size, self.special_ids, device)
         self.mask_token_id = vocab.require_mask("masking")
-        self.probabilities = dict(mask_prob=mask_prob, mask_replace_prob=mask_replace_prob, random_replace_prob=random_replace_prob)
+        self.probabilities = dict(
+            mask_prob=mask_prob, mask_replace_prob=mask_replace_prob, random_replace_prob=random_replace_prob, closed=closed
+        )
 
     def with_draws(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, draws: Draws, mask_prob: float | None = None

@@ -24,7 +24,7 @@ from unmask.config import PrepareConfig
 from unmask.data.encoding import encoded_batches
 from unmask.data.sources import ReadOptions, ReadReport, Source, expand_sources, read_documents
 from unmask.data.tokenizer import Vocabulary, fingerprint, load_tokenizer, raw_tokenizer
-from unmask.errors import UnmaskError
+from unmask.errors import UnmaskError, option
 from unmask.storage.files import RunLock, atomic_write_text, building, recover_folder, remove_stale_building
 from unmask.storage.storedir import BLOCK, FORMAT_VERSION, SPLITS, StoreDir, is_validation_document
 
@@ -100,7 +100,7 @@ def _check_out(out: Path, sources: list[str], overwrite: bool) -> None:
     recover_folder(out)
     if out.exists():
         if not overwrite:
-            raise UnmaskError(f"--out {out}: already exists (pass --overwrite to replace it)")
+            raise UnmaskError(f"{option('out', str(out))}: already exists (pass {option('overwrite')} to replace it)")
         if not StoreDir(out).is_store():
             raise UnmaskError(
                 f"--out {out}: exists and is not a token store; --overwrite only ever replaces a store (choose another --out)"

@@ -29,7 +29,7 @@ from typing import IO, Literal
 
 from unmask.data import formats
 from unmask.data.formats import BadFile
-from unmask.errors import UnmaskError
+from unmask.errors import UnmaskError, option
 from unmask.storage.files import no_such_path
 from unmask.storage.rundir import RunDir
 from unmask.storage.storedir import StoreDir
@@ -251,5 +251,5 @@ def read_documents(sources: list[Source], report: ReadReport, options: ReadOptio
                     report.empty_documents += 1
         except BadFile as e:
             if not options.skip_bad_files:
-                raise UnmaskError(f"{e} (pass --skip-bad-files to skip such files)") from None
+                raise UnmaskError(f"{e} (pass {option('skip_bad_files')} to skip such files)") from None
             report.bad_files.append(str(e))

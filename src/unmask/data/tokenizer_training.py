@@ -23,7 +23,7 @@ from pathlib import Path
 
 from unmask.config import TokenizerConfig, parse_sources, parse_weights
 from unmask.data.sources import ReadOptions, ReadReport, expand_sources, read_documents
-from unmask.errors import UnmaskError
+from unmask.errors import UnmaskError, option
 from unmask.storage.files import building, recover_folder
 from unmask.storage.hub import quiet_transformers
 
@@ -157,9 +157,9 @@ def train_tokenizer(config: TokenizerConfig, progress: bool = True) -> dict:
         reason = (
             "is not a tokenizer folder; --overwrite only ever replaces one"
             if config.overwrite
-            else "already exists (pass --overwrite to replace it)"
+            else f"already exists (pass {option('overwrite')} to replace it)"
         )
-        raise UnmaskError(f"--out {out}: {reason}")
+        raise UnmaskError(f"{option('out', str(out))}: {reason}")
     sources = expand_sources([source for _, source in parse_sources(config.sources)] if config.mix else config.sources)
     raw, trainer_class = _pipeline(config.kind, config.lowercase)
     report = ReadReport()

@@ -63,7 +63,7 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     left.legend()
     figure.suptitle(run_dir.name)
     figure.tight_layout()
-    target = out or run_dir / "curves.png"
+    target = out or RunDir(run_dir).curves
     figure.savefig(target, dpi=120)
     plt.close(figure)
     return target

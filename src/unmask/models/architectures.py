@@ -20,6 +20,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import nn
 
+from unmask.data.masking import IGNORE_INDEX
 from unmask.data.tokenizer import Vocabulary
 from unmask.models.flops import Formula, bert_flops, deberta_v2_flops, modernbert_flops
 
@@ -53,6 +54,28 @@ def picks_of(picked: torch.Tensor) -> Picks:
     order = torch.argsort((~picked).to(torch.int8), dim=1, stable=True)[:, :slots]
     filled = torch.arange(slots, device=picked.device) < counts[:, None]
     return Picks(picked.reshape(-1).nonzero().squeeze(1), order, filled.reshape(-1).nonzero().squeeze(1))
+
+
+def padded_picks(picks: Picks, targets: torch.Tensor, rows: int, slots: int) -> tuple[Picks, torch.Tensor]:
+    """`picks` and their (N,) `targets` padded to a multiple of `rows` picked positions and of
+    `slots` slots a row, the extra positions repeating the first and ignored (-100).
+
+    The number of masked positions differs from step to step; each new matrix shape makes
+    oneDNN (bf16 on a CPU) compile and cache kernels of its own, and that cache grew the
+    process by megabytes a step until it held a thousand shapes. A few shapes serve all
+    steps; an extra position costs its share of the head and nothing else (the loss is a sum
+    over the real ones, normalised by their count)."""
+    count, width = picks.flat.shape[0], picks.order.shape[1]
+    if count == 0:
+        return picks, targets
+    wide = -(-width // slots) * slots
+    order = torch.nn.functional.pad(picks.order, (0, wide - width))  # position 0: attended to, then dropped
+    moved = (picks.slots // width) * wide + picks.slots % width
+    extra = -(-count // rows) * rows - count
+    flat = torch.cat([picks.flat, picks.flat[:1].expand(extra)])
+    moved = torch.cat([moved, moved[:1].expand(extra)])
+    targets = torch.cat([targets, targets.new_full((extra,), IGNORE_INDEX)])
+    return Picks(flat, order, moved), targets
 
 
 def rows_at(x: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:

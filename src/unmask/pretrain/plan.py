@@ -10,6 +10,7 @@ the time to the end of the run.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,8 +23,8 @@ import torch
 from unmask.config import TrainConfig
 from unmask.errors import UnmaskError
 from unmask.models.flops import TRAINING_PASSES, Shape
-from unmask.pretrain.step import Run
-from unmask.runtime.hardware import memory_in_use, peak_memory, reset_peak_memory
+from unmask.pretrain.step import PICKED_ROWS_MULTIPLE, Run
+from unmask.runtime.hardware import TensorMemory, memory_in_use, peak_memory, reset_peak_memory
 from unmask.runtime.preemption import StepDropped
 from unmask.runtime.progress import Throughput, format_duration
 from unmask.storage.files import readable_size
@@ -36,34 +37,60 @@ MEASURED_STEPS = 5
 AUTOCAST_ACTIVATION_SCALE = 1.5
 """Activations under bf16 autocast against the all-16-bit count: the matrix products' outputs
 are bf16, but autocast keeps layer norms, softmax and the residual sums in fp32."""
-OPTIMIZER_BYTES = 16 + 8
-"""fp32 weights, gradients and AdamW's two moments, 4 bytes each a parameter; and 8 more a
-parameter at the step's height: the foreach AdamW's temporaries, autocast's 16-bit weight
-copies, a tied embedding's second gradient before the two are summed."""
+KEPT_BYTES = 12
+"""What lasts from step to step, per parameter: fp32 weights and AdamW's two moments (the
+fused AdamW step makes no temporaries, and gradients are freed after it)."""
+GRADIENT_BYTES = 4
+"""An fp32 gradient per parameter, made during the backward pass."""
+AUTOCAST_COPY_BYTES = 2
+"""bf16 autocast's copy of each weight, kept from the forward pass for the backward."""
+HEAD_BYTES = 14
+"""Per entry of the head's (N, V) logits as the backward pass begins: the logits, their fp32
+copy or log-softmax, and their gradient (measured: 14 in bf16 and in fp32, within a byte)."""
+SCORE_BYTES = 2
+"""Kept per head and (query, key) pair where attention scores are materialised: measured with
+`TensorMemory` on BERT shapes of 2 to 4 layers, in bf16 and fp32, where Korthikanti's 5 bytes (at
+16 bits) overcounted what torch's CPU attention keeps."""
+DDP_BUCKET_BYTES = 4
+"""DistributedDataParallel's gradient buckets, a second fp32 copy of the gradients."""
 
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes one process needs to train: what lasts the whole run and what a micro-batch adds."""
+    """Peak bytes of tensors one process holds while it trains: the larger of the two moments a
+    step peaks at (measured op by op, `plan.measure_step_memory`):
+
+    - the backward pass begins: the kept state, autocast's weight copies, every activation the
+      forward pass saved and the head's logits (gradients of earlier micro-batches too);
+    - the backward pass ends: the kept state, every gradient, and the tied input embedding's
+      gradient made twice (from the head and from the input) before the two are summed.
+    """
 
     state: int
-    """Weights, gradients, optimizer state and the update's temporaries (this process's shard under FSDP)."""
+    """Weights and AdamW's moments, autocast's copies, earlier micro-batches' gradients, as the
+    backward pass begins (this process's shard under FSDP)."""
     activations: int
     """What a micro-batch keeps for the backward pass."""
     head: int
-    """The MLM head's logits at the masked positions, their fp32 copy, log-softmax and gradient."""
+    """The MLM head's logits at the masked positions, their log-softmax and gradient."""
+    backward_end: int
+    """Everything as the backward pass ends: the state, every gradient, the tied embedding's second gradient."""
+
+    @property
+    def backward_begin(self) -> int:
+        return self.state + self.activations + self.head
 
     @property
     def total(self) -> int:
-        return self.state + self.activations + self.head
+        return max(self.backward_begin, self.backward_end)
 
 
 def estimate_memory(run: Run) -> MemoryEstimate:
-    """Korthikanti et al.'s (2022) activation count per layer and token (34 bytes a hidden unit
-    at 16 bits, fp32 twice that, bf16 autocast `AUTOCAST_ACTIVATION_SCALE` times) plus 5 bytes a head and key pair where attention scores are
-    materialised (CPU training's attention with dropout, eager attention); the state at
-    `OPTIMIZER_BYTES` a parameter; the head's (N, V) logits at about 14 bytes an entry with bf16 autocast,
-    12 in fp32."""
+    """The peak of tensor memory a step reaches (see `MemoryEstimate`). Activations: Korthikanti
+    et al.'s (2022) count per layer and token (34 bytes a hidden unit at 16 bits, fp32 twice
+    that, bf16 autocast `AUTOCAST_ACTIVATION_SCALE` times) plus `SCORE_BYTES` a head and key pair where
+    attention scores are materialised (CPU training's attention with dropout, eager attention);
+    the head's (N, V) logits at `HEAD_BYTES` an entry, N padded as the step pads it."""
     c, config = run.config, run.lm.config
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", 0)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", 0)
@@ -72,18 +99,25 @@ def estimate_memory(run: Run) -> MemoryEstimate:
     materialised = config._attn_implementation == "eager" or (
         run.device.type == "cpu" and run.lm.architecture is not None and run.lm.architecture.plain_attention
     )
-    per_window = layers * c.seq_len * hidden * 34 * scale + (layers * 5 * heads * c.seq_len**2 * scale if materialised else 0)
+    per_window = layers * c.seq_len * hidden * 34 * scale + (layers * SCORE_BYTES * heads * c.seq_len**2 if materialised else 0)
     if c.activation_checkpointing:  # each layer's input is kept, one layer's activations at a time are remade
         per_window = per_window / max(layers, 1) + layers * c.seq_len * hidden * 2 * scale
     if not c.attention_across_docs:  # the (T, T) mask of which documents see which
         per_window += c.seq_len * c.seq_len
     parameters = sum(p.numel() for p in run.lm.parameters())
+    embedding = run.lm.model.get_input_embeddings().weight.numel() if run.lm.tied_aliases() else 0
     shards = run.world.size if run.strategy == "fsdp" else 1
-    picked = c.mask_prob * c.batch_size * c.seq_len
+    kept = KEPT_BYTES + (AUTOCAST_COPY_BYTES if run.dtype is not None else 0)
+    kept += DDP_BUCKET_BYTES if run.world.size > 1 and run.strategy != "fsdp" else 0
+    accumulating = GRADIENT_BYTES if run.config.grad_accum > 1 else 0  # an earlier micro-batch's gradients are there already
+    picked = math.ceil(c.mask_prob * c.batch_size * c.seq_len / PICKED_ROWS_MULTIPLE) * PICKED_ROWS_MULTIPLE  # as the step pads them
+    activations = int(per_window * c.batch_size)
+    head = int(picked * config.vocab_size * HEAD_BYTES)
     return MemoryEstimate(
-        state=OPTIMIZER_BYTES * parameters // shards,
-        activations=int(per_window * c.batch_size),
-        head=int(picked * config.vocab_size * (14 if run.dtype is not None else 12)),
+        state=(kept + accumulating) * parameters // shards,
+        activations=activations,
+        head=head,
+        backward_end=((kept + GRADIENT_BYTES) * parameters + 2 * GRADIENT_BYTES * embedding) // shards,
     )
 
 
@@ -119,10 +153,12 @@ def estimate_lines(run: Run) -> list[str]:
     return [
         f"plan: {parameters / 1e6:.1f}M parameters; a step of {tokens:,} tokens takes about {flops / 1e12:.3g} TFLOPs "
         f"({flops / tokens / 1e6:.1f} MFLOPs a token, backward counted twice)",
-        f"plan: memory per process about {readable_size(memory.total)}: {readable_size(memory.state)} of weights, gradients and "
+        f"plan: memory per process about {readable_size(memory.total)} of tensors at its peak, as the backward pass "
+        f"{'begins' if memory.backward_begin >= memory.backward_end else 'ends'}: {readable_size(memory.state)} of weights and "
         f"optimizer state, {readable_size(memory.activations)} of activations a micro-batch of {run.config.batch_size} "
-        f"(a window of {run.config.seq_len:,} tokens keeps {readable_size(memory.activations // run.config.batch_size)}), "
-        f"{readable_size(memory.head)} for the head's logits",
+        f"(a window of {run.config.seq_len:,} tokens keeps {readable_size(memory.activations // run.config.batch_size)}) and "
+        f"{readable_size(memory.head)} for the head's logits as it begins; {readable_size(memory.backward_end)} with every "
+        "gradient as it ends",
         f"plan: MFU against {run.peak.source}",
     ]
 
@@ -142,12 +178,15 @@ def time_to_end(run: Run, seconds_per_step: float, start: int = 0) -> str:
     return f"--time-budget {c.time_budget}: about {steps:,} steps, {steps * run.global_batch * c.seq_len:,} tokens"
 
 
-def measured_lines(run: Run, measured: dict, memory_peak: int, estimate: MemoryEstimate, seconds_per_step: float) -> list[str]:
+def measured_lines(
+    run: Run, measured: dict, memory_peak: int, estimate: MemoryEstimate, seconds_per_step: float, resident: int | None = None
+) -> list[str]:
     """What measured steps showed, against the estimate."""
     off = memory_peak / max(estimate.total, 1) - 1
     mfu = f", MFU {measured['mfu']:.1%}" if measured.get("mfu") is not None else ""
+    process = f"; the process's resident peak {readable_size(resident)}" if resident else ""
     return [
-        f"plan: peak memory {readable_size(memory_peak)} measured, {readable_size(estimate.total)} estimated ({off:+.0%})",
+        f"plan: peak tensor memory {readable_size(memory_peak)} measured, {readable_size(estimate.total)} estimated ({off:+.0%}){process}",
         f"plan: {measured['tokens_per_s']:,.0f} tokens/s ({measured['tokens_per_s_per_device']:,.0f} per device){mfu}, "
         f"{seconds_per_step:.3g} s a step, {measured['data_wait']:.0%} of it waiting for data"
         + (f", {measured['padding']:.0%} of window positions padding" if measured["padding"] else ""),
@@ -155,19 +194,32 @@ def measured_lines(run: Run, measured: dict, memory_peak: int, estimate: MemoryE
     ]
 
 
-def tensor_bytes(run: Run) -> int:
-    """Bytes of the weights, gradients and optimizer state a step holds at once. Gradients
-    freed after the last update count too: each step makes them again, in memory the CPU's
-    allocator kept from the step before (so resident memory alone would not show them)."""
+def state_tensors(run: Run) -> list[torch.Tensor]:
+    """The tensors that last from step to step: weights, gradients kept, optimizer state (this
+    process's shard under FSDP2)."""
     parameters = list(run.lm.parameters())
     tensors = parameters + [p.grad for p in parameters if p.grad is not None]
     tensors += [t for state in run.optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
-    local = [getattr(t, "to_local", lambda t=t: t)() for t in {id(t): t for t in tensors}.values()]  # FSDP2: this process's shard
-    freed = sum(p.numel() * p.element_size() for p in local[: len(parameters)] if p.requires_grad) - sum(
-        p.grad.numel() * p.grad.element_size() for p in parameters if p.grad is not None
-    )
-    # On a GPU the allocator's peak sees the gradients made again; a CPU's resident memory does not.
-    return sum(t.numel() * t.element_size() for t in local) + (max(0, freed) if run.device.type == "cpu" else 0)
+    return [getattr(t, "to_local", lambda t=t: t)() for t in {id(t): t for t in tensors}.values()]
+
+
+def measure_step_memory(run: Run, step: Callable[[], None]) -> int:
+    """Peak bytes of tensors during one step: CUDA's allocator peak on a GPU; elsewhere counted
+    op by op (`TensorMemory`), since a CPU's resident memory hides what its allocator reuses.
+    Under FSDP2 on a CPU the ops see sharded tensors torch's dispatch unwraps first, so the
+    process's resident peak over the step, plus the state in use, stands in (a lower bound)."""
+    if run.device.type == "cuda":
+        reset_peak_memory(run.device)
+        step()
+        return peak_memory(run.device)
+    if run.strategy == "fsdp":
+        kept, baseline = sum(t.numel() * t.element_size() for t in state_tensors(run)), memory_in_use(run.device)
+        reset_peak_memory(run.device)
+        step()
+        return kept + max(0, peak_memory(run.device) - baseline)
+    with TensorMemory(state_tensors(run)) as memory:
+        step()
+    return memory.peak
 
 
 def measure_plan(config: TrainConfig, setup: Callable[..., Run], echo: Callable[[str], None] = print) -> dict:
@@ -184,24 +236,28 @@ def measure_plan(config: TrainConfig, setup: Callable[..., Run], echo: Callable[
         run.config = dataclasses.replace(run.config, out=config.out)
         try:
             estimate = estimate_memory(run)
-            speed = Throughput(run.world.size, run.peak.flops)
             with StopSignals(announce=run.world.is_main, launcher_death=distributed.launched_by_torchrun()) as signals:
-                for number in range(WARMUP_STEPS + MEASURED_STEPS):
-                    if number == WARMUP_STEPS:
-                        # Measured from here: what the warm-up left (weights, optimizer state, the
-                        # runtime's code and caches) is in use; the steps' peak over it is theirs.
-                        run.settle()
-                        kept, baseline = tensor_bytes(run), memory_in_use(run.device)
-                        reset_peak_memory(run.device)
-                        speed, started = Throughput(run.world.size, run.peak.flops), time.perf_counter()
+
+                def step():
                     run.begin_step()
                     drawn = run.draw_step(signals)
                     run.update(run.forward_backward(drawn, signals))
                     run.finish_step(drawn, signals)
+
+                for _ in range(WARMUP_STEPS):
+                    step()
+                # One step on its own for memory: what the warm-up left (weights, optimizer state)
+                # is in use; the step's peak over it is its own.
+                run.settle()
+                memory_peak = measure_step_memory(run, step)
+                reset_peak_memory(run.device)
+                speed, started = Throughput(run.world.size, run.peak.flops, remeasure=run.peak_past), time.perf_counter()
+                for _ in range(MEASURED_STEPS):
+                    step()
                 measured = speed.measure(run.settle())
                 seconds_per_step = (time.perf_counter() - started) / MEASURED_STEPS
-            memory_peak = kept + max(0, peak_memory(run.device) - baseline)
-            for line in measured_lines(run, measured, memory_peak, estimate, seconds_per_step):
+                resident = peak_memory(run.device) if run.device.type == "cpu" else None
+            for line in measured_lines(run, measured, memory_peak, estimate, seconds_per_step, resident):
                 echo(line)
         except StepDropped:
             raise UnmaskError("--plan: stopped by a signal before its steps were measured") from None
@@ -218,6 +274,7 @@ def measure_plan(config: TrainConfig, setup: Callable[..., Run], echo: Callable[
         "flops_per_step": nominal_step_flops(run),
         "memory_estimate": estimate.total,
         "memory_measured": memory_peak,
+        "resident_peak": resident,
         "tokens_per_s": measured["tokens_per_s"],
         "tokens_per_s_per_device": measured["tokens_per_s_per_device"],
         "mfu": measured["mfu"],

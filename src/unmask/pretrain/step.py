@@ -26,12 +26,12 @@ from unmask.data.mixture import MixtureSampler, WindowMix
 from unmask.data.windows import DataPosition, Windows, rank_share
 from unmask.errors import UnmaskError
 from unmask.evaluation.heldout import combine, evaluate_model
-from unmask.models.architectures import Picks, document_ids, picks_of
+from unmask.models.architectures import Picks, document_ids, padded_picks, picks_of
 from unmask.models.flops import TRAINING_PASSES, Shape, segments_of
 from unmask.models.masked_lm import MaskedLM
 from unmask.runtime import distributed
 from unmask.runtime.distributed import World
-from unmask.runtime.hardware import Peak, Precision, autocast, peak_memory, reporting_dtype, reset_peak_memory
+from unmask.runtime.hardware import Peak, Precision, autocast, peak_memory, remeasured_peak, reporting_dtype, reset_peak_memory
 from unmask.runtime.optimizer import adamw, decay_groups, set_learning_rate
 from unmask.runtime.persist import full_state
 from unmask.runtime.preemption import StepDropped, Stopped, StopSignals
@@ -51,6 +51,11 @@ def build_optimizer(lm: MaskedLM, config: TrainConfig, device: torch.device) -> 
     groups += decay_groups([(n, p) for n, p in named if n in lm.fresh_parameters], config.weight_decay, config.fresh_lr_scale)
     return adamw(groups, config.lr, (config.beta1, config.beta2), config.adam_eps, device)
 
+
+PICKED_ROWS_MULTIPLE = 64
+"""A step's masked positions are padded to a multiple of this (`architectures.padded_picks`)."""
+PICKED_SLOTS_MULTIPLE = 8
+"""And each row's slots of queries in the last layer to a multiple of this."""
 
 DRAW_CHECK_EVERY = 16
 """Micro-batches drawn between two checks for a stop (a check under torchrun is an all-reduce;
@@ -163,6 +168,12 @@ class Run:
     """Held by rank 0 while it trains in the folder; None on the other processes."""
     peak: Peak = Peak(0.0, "unknown")
     """The device's peak FLOP/s, which MFU is measured against (--peak-tflops)."""
+
+    def peak_past(self, reached: float) -> float:
+        """The peak after a log line went past it (`reached` FLOP/s on this device): measured again."""
+        self.peak = remeasured_peak(self.peak, self.device, self.dtype, reached)
+        return self.peak.flops
+
     score_checkpoint: Callable[[int, int, str], str] | None = None
     """The --downstream scoring hook: (step, tokens seen, device) -> a line to show; rank 0 calls it
     after a due checkpoint. Handed in by the caller (`unmask.api.train`), so that pretraining
@@ -252,7 +263,8 @@ class Run:
                 if self.config.attention_across_docs
                 else document_ids(torch.from_numpy(window.input_ids), attention_mask, self.train_windows.vocab.closer_id)
             )
-            host = [batch.input_ids, batch.labels[picked], *picks_of(picked)]
+            picks, targets = padded_picks(picks_of(picked), batch.labels[picked], PICKED_ROWS_MULTIPLE, PICKED_SLOTS_MULTIPLE)
+            host = [batch.input_ids, targets, *picks]
             padded = not bool(attention_mask.all())  # packed windows have no padding: attention needs no mask
             host += [attention_mask] if padded else []
             host += [documents] if documents is not None else []

@@ -47,7 +47,7 @@ from unmask.pretrain.step import Run, build_optimizer
 from unmask.runtime import distributed
 from unmask.runtime.distributed import World
 from unmask.runtime.hardware import Peak, Precision, choose_precision, make_deterministic, peak_flops, reset_peak_memory
-from unmask.runtime.persist import check_run_folder, restore, save_base, save_final_model
+from unmask.runtime.persist import check_run_folder, refuse_foreign_folder, restore, save_base, save_final_model
 from unmask.runtime.preemption import StepDropped, Stopped, StopSignals
 from unmask.runtime.progress import MetricsLog, Progress, Throughput
 from unmask.runtime.tracking import Trackers
@@ -158,6 +158,7 @@ def setup(config: TrainConfig, echo: Callable[[str], None] = print, score_checkp
     run_dir = RunDir(Path(config.out))
     if run_dir.path.exists() and not run_dir.path.is_dir():
         raise UnmaskError(f"--out {run_dir.path}: is a file, not a run folder")
+    refuse_foreign_folder(run_dir)
     lock = None
     if world.is_main:  # one run at a time in a folder; the lock dies with the process that holds it
         lock = RunLock(run_dir.lock, f"unmask train{' --resume' if config.resume else ''}")
@@ -327,7 +328,7 @@ def _train(config: TrainConfig, progress: bool, echo, on_step, clock, score_chec
     reset_peak_memory(run.device)  # the run's peak, not loading's or an earlier run's in this process
     try:
         display = Progress(config.progress if progress else "none", run.total_steps, run.step, echo, enabled=run.world.is_main)
-        speed = Throughput(run.world.size, run.peak.flops)
+        speed = Throughput(run.world.size, run.peak.flops, remeasure=run.peak_past)
         last_eval: dict = {}
         with StopSignals(announce=run.world.is_main, launcher_death=distributed.launched_by_torchrun()) as signals:
             try:

@@ -132,13 +132,24 @@ def _cached(name: str, key: str, measure) -> float:
     if isinstance(known.get(key), (int, float)):
         return float(known[key])
     value = measure()
+    _store_cached(name, key, value, known)
+    return value
+
+
+def _store_cached(name: str, key: str, value: float, known: dict | None = None) -> None:
+    path = _cache_path(name)
+    if known is None:
+        try:
+            known = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            known = {}
+        known = known if isinstance(known, dict) else {}
     try:  # a cache that cannot be written only means measuring again next time
         from unmask.storage.files import atomic_write_text
 
         atomic_write_text(path, json.dumps({**known, key: value}, indent=1))
     except OSError:
         pass
-    return value
 
 
 def _cached_gain(key: str) -> float:
@@ -210,12 +221,32 @@ def peak_flops(device: torch.device, dtype: torch.dtype | None, choice: str = "a
         if not tflops > 0:
             raise UnmaskError(f"--peak-tflops {choice}: must be more than 0")
         return Peak(tflops * 1e12, f"--peak-tflops {choice}")
+    return _measured_peak(device, dtype)
+
+
+def _measured_peak(device: torch.device, dtype: torch.dtype | None, at_least: float = 0.0) -> Peak:
+    """The cached matrix-product peak of this device, measured if there is none; `at_least`
+    above 0 measures again (longer) and keeps the higher of that, the cached one and `at_least`."""
+    precision = "bf16" if dtype is not None else "fp32"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     size = 8192 if device.type == "cuda" else CALIBRATION_SIZE
-    rate = _cached(
-        "matmul-peak.json", f"{_device_key(device)}|{precision}|{size}", lambda: matmul_rate(dtype or torch.float32, size, device=device)
-    )
+    key = f"{_device_key(device)}|{precision}|{size}"
+    rate = _cached("matmul-peak.json", key, lambda: matmul_rate(dtype or torch.float32, size, device=device))
+    if at_least > 0:
+        rate = max(rate, at_least, matmul_rate(dtype or torch.float32, size, repeats=20, device=device))
+        _store_cached("matmul-peak.json", key, rate)
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     return Peak(rate, f"measured: a {size} x {size} {precision} matrix product on {name}{threads}, {rate / 1e12:.3g} TFLOPS")
+
+
+def remeasured_peak(peak: Peak, device: torch.device, dtype: torch.dtype | None, reached: float) -> Peak:
+    """A measured peak that a run went past (`reached` FLOP/s: an MFU over 100%, because the
+    peak was measured while the machine was busy and cached): measured again, longer, the
+    highest of that, the cache and `reached` kept, and cached for the next run. A peak that was
+    not measured (a data sheet, --peak-tflops) stays."""
+    if not peak.source.startswith("measured"):
+        return peak
+    return _measured_peak(device, dtype, at_least=reached)
 
 
 def _proc_status(field: str) -> int | None:
@@ -258,6 +289,74 @@ def reset_peak_memory(device: torch.device) -> None:
         Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
     except OSError:
         pass
+
+
+class TensorMemory:
+    """The peak bytes of tensor storage while it is entered, counted op by op: what CUDA's
+    allocator reports as its peak (`torch.cuda.max_memory_allocated`), measured on any device.
+
+    On a CPU, resident memory is no measure of a step: the C allocator keeps what earlier steps
+    freed and hands it out again unseen, and gives a page back to the system or not as it
+    likes. This counts every storage an op makes (weights, gradients, activations, the
+    head's logits, autocast's copies) from the moment it is made until it is freed, so it
+    counts what `plan.estimate_memory` estimates. Each op pays a Python call: for a step
+    measured on its own, not for training.
+
+        with TensorMemory(existing_tensors) as memory:
+            step()
+        memory.peak  # bytes
+    """
+
+    def __init__(self, existing: list[torch.Tensor]):
+        from torch.utils.weak import WeakIdKeyDictionary
+
+        self._seen = WeakIdKeyDictionary()
+        self.live = 0
+        for tensor in existing:  # in use already: counted, and never counted again when an op returns it
+            storage = tensor.untyped_storage()
+            if storage not in self._seen:
+                self._seen[storage] = True
+                self.live += storage.nbytes()
+        self.peak = self.live
+        self._mode = None
+
+    def _freed(self, size: int) -> None:
+        self.live -= size
+
+    def _made(self, output) -> None:
+        import weakref
+
+        from torch.utils._pytree import tree_leaves
+
+        for leaf in tree_leaves(output):
+            if not isinstance(leaf, torch.Tensor) or leaf.device.type == "meta":
+                continue
+            storage = leaf.untyped_storage()
+            if storage in self._seen:
+                continue
+            size = storage.nbytes()
+            self._seen[storage] = True
+            weakref.finalize(storage, self._freed, size)
+            self.live += size
+            self.peak = max(self.peak, self.live)
+
+    def __enter__(self) -> TensorMemory:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        tracker = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                output = func(*args, **(kwargs or {}))
+                tracker._made(output)
+                return output
+
+        self._mode = Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
 
 
 FORCE_CPU_PRECISION = "UNMASK_CPU_PRECISION"

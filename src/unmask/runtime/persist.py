@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from unmask.config import TrainConfig, length_changes, load_yaml, refused_resume_changes, to_dict
-from unmask.errors import UnmaskError
+from unmask.errors import UnmaskError, option
 from unmask.models.masked_lm import MaskedLM, tied_aliases
 from unmask.runtime import distributed
 from unmask.runtime.distributed import World
@@ -27,6 +27,17 @@ from unmask.storage.files import building
 from unmask.storage.rundir import RunDir
 
 _HF_PREFIX = "model."  # MaskedLM keeps the transformers model as `.model`
+
+
+def refuse_foreign_folder(run_dir: RunDir) -> None:
+    """Never write a run in among someone's own files: a folder that is not a run must be empty
+    (checked before the run's lock is taken, so that nothing is written there)."""
+    if not run_dir.path.is_dir() or run_dir.is_run():
+        return
+    foreign = run_dir.foreign_entries()
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise UnmaskError(f"{option('out', str(run_dir.path))}: a folder of other files ({shown}), not a run; choose a new or empty folder")
 
 
 def check_run_folder(run_dir: RunDir, config: TrainConfig, echo: Callable[[str], None]) -> None:
@@ -40,7 +51,9 @@ def check_run_folder(run_dir: RunDir, config: TrainConfig, echo: Callable[[str],
     has_checkpoints = bool(run_dir.checkpoint_steps())
     if not config.resume:
         if has_checkpoints:
-            raise UnmaskError(f"--out {out}: already holds a run (pass --resume to continue it, or choose another --out)")
+            raise UnmaskError(
+                f"{option('out', str(out))}: already holds a run (pass {option('resume')} to continue it, or choose another out)"
+            )
         return
     if not run_dir.config.exists():
         if not has_checkpoints:

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from unmask.errors import option
+
 
 class Stopped(Exception):
     """Training stopped on a signal after writing a checkpoint of its last whole step."""
@@ -29,7 +31,7 @@ class Stopped(Exception):
         if checkpoint is None:
             message = f"stopped by {name} before the first step finished; nothing to resume: run the same command again"
         else:
-            message = f"stopped at step {step} by {name}; checkpoint {checkpoint}; continue with --resume"
+            message = f"stopped at step {step} by {name}; checkpoint {checkpoint}; continue with {option('resume')}"
         super().__init__(message)
 
     @property

@@ -151,9 +151,21 @@ class Throughput:
     """Tokens per second of training time only: evaluation and checkpoints are paused out.
     With the device's peak (`hardware.peak_flops`), also the log line's MFU (`measure`)."""
 
-    def __init__(self, world_size: int = 1, peak_flops: float | None = None) -> None:
+    def __init__(self, world_size: int = 1, peak_flops: float | None = None, remeasure: Callable[[float], float] | None = None) -> None:
         self.started, self.tokens = time.perf_counter(), 0
-        self.world_size, self.peak_flops = world_size, peak_flops
+        self.world_size, self.peak_flops, self.remeasure = world_size, peak_flops, remeasure
+        """`remeasure(reached)`: a new peak, once a line's FLOP/s per device `reached` past the one held."""
+
+    def mfu(self, flops_per_s: float) -> float | None:
+        """Model FLOPs over the devices' peak; a peak the run went past is measured again
+        (`remeasure`), and an MFU still over 100% is not a measure of anything: None."""
+        if not self.peak_flops:
+            return None  # no peak: unknown
+        per_device = flops_per_s / self.world_size
+        if per_device > self.peak_flops and self.remeasure is not None:
+            self.peak_flops = max(self.peak_flops, self.remeasure(per_device))
+        mfu = per_device / self.peak_flops
+        return mfu if mfu <= 1.0 else None
 
     def add(self, tokens: int) -> None:
         self.tokens += tokens
@@ -175,13 +187,14 @@ class Throughput:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         tokens, slots, flops = numbers.pop("tokens"), numbers.pop("slots"), numbers.pop("flops")
         waited, memory = numbers.pop("data_seconds"), numbers.pop("memory")
+        mfu = self.mfu(flops / elapsed)  # before the clock restarts: a new measurement of the peak is not training time
         self.started, self.tokens = time.perf_counter(), 0
         return {
             **numbers,
             "tokens_per_s": tokens / elapsed,
             "tokens_per_s_per_device": tokens / elapsed / self.world_size,
             "flops_per_token": flops / max(tokens, 1),
-            "mfu": flops / elapsed / (self.peak_flops * self.world_size) if self.peak_flops else None,  # no peak: unknown
+            "mfu": mfu,
             "data_wait": min(1.0, waited / elapsed),
             "padding": 1.0 - tokens / slots if slots else 0.0,
             "memory_gib": memory / 2**30,

@@ -159,6 +159,11 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def is_building(name: str) -> bool:
+    """Whether a name is one `building_path` makes (a half-built sibling of some target)."""
+    return _BUILDING.match(name) is not None
+
+
 def remove_stale_building(folder: Path) -> list[Path]:
     """Delete hidden half-built folders that processes of this machine left when they died
     (a kill -9 mid-write). Another machine's, or a live process's, are left alone."""

@@ -11,6 +11,7 @@
       tensorboard/       event files with --report-to tensorboard
       downstream/        fine-tuning and probe results of the run's checkpoints
       compare/           `unmask compare BASE RUN`'s report, chart and numbers
+      curves.png         `unmask plot RUN`'s chart
 
 Every other module asks a `RunDir` for these paths; none spells them itself.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from unmask.storage.files import read_json_lines
+from unmask.storage.files import is_building, read_json_lines
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 PRETRAINING_RUN, FINE_TUNING_RUN = "pretraining", "fine-tuning"
@@ -88,6 +89,18 @@ class RunDir:
     @property
     def compare(self) -> Path:
         return self.path / "compare"
+
+    @property
+    def curves(self) -> Path:
+        return self.path / "curves.png"
+
+    def foreign_entries(self) -> list[str]:
+        """Names in the folder that no run writes (the user's own files), sorted."""
+        own = {p.name for p in (self.config, self.metrics, self.summary, self.lock, self.base, self.model, self.checkpoints)}
+        own |= {p.name for p in (self.tensorboard, self.downstream, self.compare, self.curves)}
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir() if p.name not in own and not is_building(p.name))
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / step_dir_name(step)
