@@ -158,9 +158,18 @@ def estimate_lines(run: Run) -> list[str]:
         f"optimizer state, {readable_size(memory.activations)} of activations a micro-batch of {run.config.batch_size} "
         f"(a window of {run.config.seq_len:,} tokens keeps {readable_size(memory.activations // run.config.batch_size)}) and "
         f"{readable_size(memory.head)} for the head's logits as it begins; {readable_size(memory.backward_end)} with every "
-        "gradient as it ends",
+        "gradient as it ends" + runtime_note(run),
         f"plan: MFU against {run.peak.source}",
     ]
+
+
+def runtime_note(run: Run) -> str:
+    """On a CPU, what the process holds besides its tensors (Python, torch, the libraries, the
+    data's maps): the log's `mem` is the two together."""
+    if run.device.type != "cpu":
+        return ""
+    beside = memory_in_use(run.device) - sum(t.numel() * t.element_size() for t in state_tensors(run))
+    return f"; the process holds about {readable_size(max(beside, 0))} besides (the log's mem counts both)"
 
 
 def time_to_end(run: Run, seconds_per_step: float, start: int = 0) -> str:
