@@ -292,3 +292,23 @@ def test_messages_name_keyword_arguments_to_a_library_caller_and_flags_to_the_co
         unmask.prepare(str(corpus_dir), out=out, tokenizer=str(tokenizer_dir))
     assert main(["prepare", str(corpus_dir), "--out", out, "--tokenizer", str(tokenizer_dir)]) == 1
     assert "--out " + out + ": already exists (pass --overwrite to replace it)" in capsys.readouterr().err
+
+
+def test_a_switched_off_flag_and_an_assigned_field_count_as_chosen(store_dir, tmp_path):
+    argv = ["train", "--from-scratch", "tiny", "--data", str(store_dir), "--out", str(tmp_path / "r")]
+    _, settings = parse([*argv, "--no-attention-across-docs", "--no-compile"])
+    assert settings.attention_across_docs is False and settings.compile is False, "--no-X is given, not ignored"
+    config = TrainConfig(from_scratch="modernbert-tiny", recipe="modernbert", data=[str(store_dir)], out=str(tmp_path / "r"))
+    config.lr = 1e-5
+    assert unmask.api.train_settings(config).lr == 1e-5, "assigned after construction: chosen, the recipe stays off it"
+    resolved = unmask.api.train_settings(TrainConfig(model="m", data=[str(store_dir)], out=str(tmp_path / "r")))
+    resolved.max_steps = 2.5
+    with pytest.raises(UnmaskError, match=r"--max-steps: '2.5' is not a whole number"):
+        unmask.api.train_settings(resolved)
+
+
+def test_numbers_the_command_line_would_read_are_read(store_dir, tmp_path):
+    import numpy as np
+
+    settings = unmask.api.train_settings(model="m", data=str(store_dir), out=str(tmp_path / "r"), peak_tflops=400, max_steps=np.int64(5))
+    assert settings.peak_tflops == "400" and settings.max_steps == 5 and type(settings.max_steps) is int

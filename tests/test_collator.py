@@ -4,6 +4,7 @@ whole words, the callback, bad input, and a real Trainer run with 0 and 2 worker
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_sentences, tiny_bert
@@ -192,3 +193,26 @@ def test_the_callback_moves_the_rate_per_step_in_the_main_process_and_refuses_it
     assert lines[0]["mask_prob"] > lines[-1]["mask_prob"] and lines[-1]["mask_prob"] == pytest.approx(0.15 - 0.10 * 19 / 20, abs=1e-9)
     with pytest.raises(UnmaskError, match=r"every='step' moves the rate in this process, but 2 data-loader workers"):
         trainer_run(tokenizer, tmp_path / "refused", workers=2, steps=4, every="step", end=0.05)
+
+
+def test_odd_pass_through_keys_are_kept_as_given_and_a_tokenizer_without_padding_masks_every_id(tokenizer):
+    data = records(tokenizer, 3)
+    ragged = [{**r, "spans": [[0, 1], [2]][: 1 + n % 2], "shape": np.zeros((n + 1, 2))} for n, r in enumerate(data)]
+    batch = MaskingCollator(tokenizer, seed=1)(ragged)
+    assert batch["spans"] == [r["spans"] for r in ragged] and len(batch["shape"]) == 3, "kept as lists, not a crash"
+
+    class NoPad:  # a tokenizer whose id 0 is a real token and that has no pad token
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            if name == "all_special_ids":  # id 0 ([PAD] in the test vocabulary) is then an ordinary token
+                return [i for i in self.inner.all_special_ids if i != 0]
+            return None if name in ("pad_token_id", "pad_token") else getattr(self.inner, name)
+
+        def __len__(self):
+            return len(self.inner)
+
+    same_length = [{"input_ids": [tokenizer.cls_token_id, 0, 0, 0, 0, tokenizer.sep_token_id]}] * 4
+    picked = MaskingCollator(NoPad(tokenizer), mlm_probability=1.0, seed=0)(same_length)["labels"] != -100
+    assert picked[:, 1:5].all(), "id 0 is not padding where the tokenizer has none"

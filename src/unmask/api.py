@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from unmask import config as settings
 from unmask.config.resolve import resolve, resume_file, split_positionals
-from unmask.errors import UnmaskError
+from unmask.errors import UnmaskError, option
 from unmask.storage.rundir import RunDir
 from unmask.tables import format_value
 
@@ -383,12 +383,13 @@ def check_output_file(path: str, flag: str) -> None:
     import os
 
     target = Path(path)
+    named = option(flag.replace("-", "_"), path)
     if target.is_dir():
-        raise UnmaskError(f"--{flag} {path}: is a folder, not a file")
+        raise UnmaskError(f"{named}: is a folder, not a file")
     if not target.parent.is_dir():
-        raise UnmaskError(f"--{flag} {path}: the folder {target.parent} does not exist")
+        raise UnmaskError(f"{named}: the folder {target.parent} does not exist")
     if not os.access(target.parent, os.W_OK):
-        raise UnmaskError(f"--{flag} {path}: cannot write into {target.parent}")
+        raise UnmaskError(f"{named}: cannot write into {target.parent}")
 
 
 def save_array(path: str, array) -> Path:

@@ -16,6 +16,11 @@ COMMAND_LINE = contextvars.ContextVar("unmask_command_line", default=False)
 and a library call is told the keyword argument (`overwrite=True`)."""
 
 
+def setting(name: str) -> str:
+    """A setting's name as the caller writes it: `--out` on the command line, `out` in Python."""
+    return f"--{name.replace('_', '-')}" if COMMAND_LINE.get() else name
+
+
 def option(name: str, value=True) -> str:
     """A setting as the caller gives it: `--overwrite` / `--out runs/x` on the command line,
     `overwrite=True` / `out='runs/x'` in Python."""

@@ -173,13 +173,8 @@ def check_command_line(cls: type, argv: list[str], typed: list[str]) -> None:
             close = difflib.get_close_matches(name, sorted(fields), n=1, cutoff=0.6)
             hint = f"; did you mean {flag(close[0])}?" if close else f" (see unmask {_command_of(argv)} --help)"
             raise UsageError(f"unrecognized option {spelled}{hint}")
-        if name in fields and typing.get_origin(hints[name]) is list and typing.get_args(hints[name])[0] in (int, float):
-            kind = typing.get_args(hints[name])[0]
-            for value in _list_values(argv, index, match):
-                try:
-                    kind(value)
-                except ValueError:
-                    raise UsageError(f"{flag(name)}: '{value}' is not {'a whole number' if kind is int else 'a number'}") from None
+        if name in fields and typing.get_origin(hints[name]) is list:
+            coerce(cls, name, _list_values(argv, index, match))
         elif name in fields and hints[name] is not bool and typing.get_origin(hints[name]) is not list:
             value = match.group(2)[1:] if match.group(2) else (argv[index + 1] if index + 1 < len(argv) else None)
             coerce(cls, name, value)
@@ -307,7 +302,8 @@ def _config_file(argv: list[str]) -> str | None:
 
 
 def _given_as_flag(argv: list[str], name: str) -> bool:
-    spelled = {f"--{name}", f"--{name.replace('_', '-')}"}
+    """Whether the command line gave `name`: `--name`, `--name=V`, or a switch's `--no-name`."""
+    spelled = {f"--{prefix}{name}" for prefix in ("", "no_")}
     return any(arg in spelled or arg.split("=", 1)[0] in spelled for arg in argv)
 
 

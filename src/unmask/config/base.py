@@ -36,8 +36,8 @@ Kept beside the objects, not in them, so that `TrainConfig(**config.__dict__)` s
 
 class Settings:
     """Base of every settings dataclass: it remembers which fields its constructor was named
-    (`given_names`), so that a recipe never takes the place of a value the caller chose, even
-    one equal to the default. (`dataclasses.replace` names every field; the resolver keeps the
+    or were assigned afterwards (`given_names`), so that a recipe never takes the place of a
+    value the caller chose, even one equal to the default. (`dataclasses.replace` names every field; the resolver keeps the
     names of what it was given, so call it with keyword arguments rather than a replaced object.)"""
 
     def __new__(cls, *args, **kwargs):
@@ -47,6 +47,13 @@ class Settings:
         _NAMED[id(self)] = (frozenset(kwargs), False)  # every settings class is kw_only
         weakref.finalize(self, _NAMED.pop, id(self), None)
         return self
+
+    def __setattr__(self, name: str, value) -> None:
+        # After construction (the field is in the object already), an assignment names the
+        # field, as a constructor argument does, and the object needs resolving again.
+        if name in self.__dict__ and id(self) in _NAMED:
+            _NAMED[id(self)] = (_NAMED[id(self)][0] | {name}, False)
+        object.__setattr__(self, name, value)
 
     def __getstate__(self):  # a copy or a pickle keeps what the original was named
         return {"fields": dict(self.__dict__), "named": given_names(self)}

@@ -11,6 +11,7 @@ prints, and marks the result resolved, so that handing it on (CLI -> API) resolv
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +62,8 @@ def _scalar(name: str, kind, value):
     if kind in (int, float):
         if isinstance(value, bool):  # True is an int to Python, never a count to a user
             raise UsageError(f"{flag(name)}: '{value}' is not {'a whole number' if kind is int else 'a number'}")
+        if kind is int and isinstance(value, numbers.Integral):  # numpy's integers too
+            return int(value)
         if kind is int and isinstance(value, float):  # 2.5 steps is refused, not rounded (nor 3.0: the CLI refuses it too)
             raise UsageError(f"{flag(name)}: '{value}' is not a whole number")
         if isinstance(value, str):
@@ -68,14 +71,14 @@ def _scalar(name: str, kind, value):
                 return kind(value)
             except ValueError:
                 raise UsageError(f"{flag(name)}: '{value}' is not {'a whole number' if kind is int else 'a number'}") from None
-        if isinstance(value, (int, float)):
+        if isinstance(value, numbers.Real):
             return kind(value)
         raise UsageError(f"{flag(name)}: '{value}' is not {'a whole number' if kind is int else 'a number'}")
     if kind is str:
-        if isinstance(value, Path):
+        if isinstance(value, (str, Path)):
             return str(value)
-        if isinstance(value, str):
-            return value
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):  # `peak_tflops=400`, as the command line reads "400"
+            return str(value)
         raise UsageError(f"{flag(name)}: {value!r} is not text")
     return value
 
@@ -128,7 +131,7 @@ def resolve(
         if is_resolved(given) and not values:
             return given
         named = {name: getattr(given, name) for name in given_names(given)}
-        base = {f.name: getattr(given, f.name) for f in dataclasses.fields(given)}
+        base = {f.name: coerce(cls, f.name, getattr(given, f.name)) for f in dataclasses.fields(given)}
     else:
         named, base = {}, defaults_of(cls)
     named.update(values)

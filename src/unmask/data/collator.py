@@ -109,8 +109,11 @@ def pass_through(values: list, key: str, lengths: list[int], width: int, left: b
     """A batch of one passed-through key: numbers stacked, numeric sequences padded (to the ids'
     `width`, on their side, where each is as long as its record's ids; else to the longest),
     anything else left as a list."""
-    arrays = [np.asarray(v.numpy() if isinstance(v, torch.Tensor) else v) for v in values]
-    if not all(a.dtype.kind in "biuf" for a in arrays) or len({a.ndim for a in arrays}) != 1:
+    try:
+        arrays = [np.asarray(v.numpy() if isinstance(v, torch.Tensor) else v) for v in values]
+    except ValueError:  # ragged inside one record (lists of spans of different lengths)
+        return values
+    if not all(a.dtype.kind in "biuf" for a in arrays) or len({a.shape[1:] for a in arrays}) != 1 or len({a.ndim for a in arrays}) != 1:
         return values
     if arrays[0].ndim == 0:
         return torch.from_numpy(np.stack(arrays))
@@ -127,24 +130,28 @@ def pass_through(values: list, key: str, lengths: list[int], width: int, left: b
 class MaskingCollator:
     """A drop-in for `DataCollatorForLanguageModeling`, on unmask's masks (see the module's text).
 
-    Arguments as Hugging Face names them: `mlm` (False gives causal-LM labels, as there),
+    Arguments as Hugging Face names and orders them: `mlm` (False gives causal-LM labels, as there),
     `mlm_probability` (an alias of `mask_prob`), `whole_word_mask` (an alias of
     `strategy="whole-word"`), `mask_replace_prob`, `random_replace_prob`, `pad_to_multiple_of`,
-    `return_tensors` ("pt" or "np", also per call), `seed` (None: torch's seed). unmask's own:
-    `strategy` ("token", "whole-word", "span"), `mask_prob`, `id_field` (the column that names an example).
+    `return_tensors` ("pt" or "np", also per call), `seed` (None: torch's seed). unmask's own, by
+    keyword: `strategy` ("token", "whole-word", "span"), `mask_prob`, `id_field` (the column that
+    names an example). Where the records carry a `special_tokens_mask`, its flagged positions are
+    never picked, and neither are the tokenizer's special tokens (Hugging Face takes the mask
+    alone, so a mask of zeros lets it pick [CLS]; unmask never picks a special token).
     """
 
     def __init__(
         self,
         tokenizer,
         mlm: bool = True,
+        whole_word_mask: bool = False,
         mlm_probability: float | None = None,
         mask_replace_prob: float = 0.8,
         random_replace_prob: float = 0.1,
         pad_to_multiple_of: int | None = None,
         return_tensors: str = "pt",
         seed: int | None = 0,
-        whole_word_mask: bool = False,
+        *,
         strategy: str = "token",
         mask_prob: float = 0.15,
         id_field: str | None = "idx",
@@ -292,8 +299,9 @@ class MaskingCollator:
 
     def _mask(self, records, input_ids, attention_mask, special_tokens_mask) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked ids and labels; the real rate counted in this process's row."""
-        if attention_mask is None:
-            attention_mask = (input_ids != self.vocab.pad_id).long()
+        if attention_mask is None:  # without a pad token, nothing is padding (records of one length)
+            pad = self.tokenizer.pad_token_id
+            attention_mask = torch.ones_like(input_ids) if pad is None else (input_ids != pad).long()
         allowed = attention_mask.bool()
         if special_tokens_mask is not None:  # the records' own word on which positions are special
             allowed &= ~special_tokens_mask.bool()
@@ -309,6 +317,7 @@ class MaskingCollator:
 
 def _resolve_aliases(mlm, mlm_probability, mask_prob, whole_word_mask, strategy) -> tuple[float, str]:
     """unmask's names and Hugging Face's for the same two settings, refused where they disagree."""
+    named = "mlm_probability" if mlm_probability is not None else "mask_prob"
     if mlm_probability is not None:
         if mask_prob not in (0.15, mlm_probability):
             raise InvalidValue(f"MaskingCollator: mlm_probability={mlm_probability} and mask_prob={mask_prob} name one setting; give one")
@@ -321,9 +330,8 @@ def _resolve_aliases(mlm, mlm_probability, mask_prob, whole_word_mask, strategy)
         strategy = "whole-word"
     if strategy not in STRATEGIES:
         raise InvalidValue(f"strategy: '{strategy}' is not one of {', '.join(STRATEGIES)}")
-    for name, value in (("mask_prob", mask_prob),):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidValue(f"MaskingCollator: {name} must be a number, got {value!r}")
+    if isinstance(mask_prob, bool) or not isinstance(mask_prob, (int, float)):
+        raise InvalidValue(f"MaskingCollator: {named} must be a number, got {mask_prob!r}")
     return float(mask_prob), strategy
 
 

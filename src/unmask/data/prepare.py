@@ -24,7 +24,7 @@ from unmask.config import PrepareConfig
 from unmask.data.encoding import encoded_batches
 from unmask.data.sources import ReadOptions, ReadReport, Source, expand_sources, read_documents
 from unmask.data.tokenizer import Vocabulary, fingerprint, load_tokenizer, raw_tokenizer
-from unmask.errors import UnmaskError, option
+from unmask.errors import UnmaskError, option, setting
 from unmask.storage.files import RunLock, atomic_write_text, building, recover_folder, remove_stale_building
 from unmask.storage.storedir import BLOCK, FORMAT_VERSION, SPLITS, StoreDir, is_validation_document
 
@@ -103,7 +103,8 @@ def _check_out(out: Path, sources: list[str], overwrite: bool) -> None:
             raise UnmaskError(f"{option('out', str(out))}: already exists (pass {option('overwrite')} to replace it)")
         if not StoreDir(out).is_store():
             raise UnmaskError(
-                f"--out {out}: exists and is not a token store; --overwrite only ever replaces a store (choose another --out)"
+                f"{option('out', str(out))}: exists and is not a token store; {setting('overwrite')} only ever replaces a store "
+                f"(choose another {setting('out')})"
             )
     resolved = out.resolve()
     for source in sources:

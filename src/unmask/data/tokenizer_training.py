@@ -23,7 +23,7 @@ from pathlib import Path
 
 from unmask.config import TokenizerConfig, parse_sources, parse_weights
 from unmask.data.sources import ReadOptions, ReadReport, expand_sources, read_documents
-from unmask.errors import UnmaskError, option
+from unmask.errors import UnmaskError, option, setting
 from unmask.storage.files import building, recover_folder
 from unmask.storage.hub import quiet_transformers
 
@@ -155,7 +155,7 @@ def train_tokenizer(config: TokenizerConfig, progress: bool = True) -> dict:
     recover_folder(out)
     if out.exists() and not (config.overwrite and is_tokenizer_folder(out)):
         reason = (
-            "is not a tokenizer folder; --overwrite only ever replaces one"
+            f"is not a tokenizer folder; {setting('overwrite')} only ever replaces one"
             if config.overwrite
             else f"already exists (pass {option('overwrite')} to replace it)"
         )

@@ -204,11 +204,12 @@ def measured_lines(
 
 
 def state_tensors(run: Run) -> list[torch.Tensor]:
-    """The tensors that last from step to step: weights, gradients kept, optimizer state (this
-    process's shard under FSDP2)."""
+    """The tensors that last from step to step: weights, gradients kept, optimizer state, the
+    model's buffers (this process's shard under FSDP2)."""
     parameters = list(run.lm.parameters())
     tensors = parameters + [p.grad for p in parameters if p.grad is not None]
     tensors += [t for state in run.optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
+    tensors += list(run.lm.buffers())
     return [getattr(t, "to_local", lambda t=t: t)() for t in {id(t): t for t in tensors}.values()]
 
 

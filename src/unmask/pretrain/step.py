@@ -169,9 +169,10 @@ class Run:
     peak: Peak = Peak(0.0, "unknown")
     """The device's peak FLOP/s, which MFU is measured against (--peak-tflops)."""
 
-    def peak_past(self, reached: float) -> float:
-        """The peak after a log line went past it (`reached` FLOP/s on this device): measured again."""
-        self.peak = remeasured_peak(self.peak, self.device, self.dtype, reached)
+    def peak_past(self) -> float:
+        """The peak after a log line went past it: measured again (each process on its own: the
+        log line is the first process's)."""
+        self.peak = remeasured_peak(self.peak, self.device, self.dtype)
         return self.peak.flops
 
     score_checkpoint: Callable[[int, int, str], str] | None = None

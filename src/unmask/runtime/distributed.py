@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from unmask.errors import UnmaskError
+from unmask.errors import UnmaskError, option
 from unmask.models.masked_lm import MaskedLM
 from unmask.runtime.hardware import resolve_device
 
@@ -99,7 +99,7 @@ def timeouts_as_errors(minutes: float) -> Iterator[None]:
             raise
         raise UnmaskError(
             f"another process of this run sent nothing for {minutes:g} min (--collective-timeout): it died or hangs; "
-            "stopped (the checkpoints written so far are intact; continue with --resume)"
+            f"stopped (the checkpoints written so far are intact; continue with {option('resume')})"
         ) from None
 
 

@@ -224,29 +224,30 @@ def peak_flops(device: torch.device, dtype: torch.dtype | None, choice: str = "a
     return _measured_peak(device, dtype)
 
 
-def _measured_peak(device: torch.device, dtype: torch.dtype | None, at_least: float = 0.0) -> Peak:
-    """The cached matrix-product peak of this device, measured if there is none; `at_least`
-    above 0 measures again (longer) and keeps the higher of that, the cached one and `at_least`."""
+def _measured_peak(device: torch.device, dtype: torch.dtype | None, again: bool = False) -> Peak:
+    """The cached matrix-product peak of this device, measured if there is none; `again`
+    measures once more (longer) and keeps and caches the higher of the two."""
     precision = "bf16" if dtype is not None else "fp32"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     size = 8192 if device.type == "cuda" else CALIBRATION_SIZE
     key = f"{_device_key(device)}|{precision}|{size}"
     rate = _cached("matmul-peak.json", key, lambda: matmul_rate(dtype or torch.float32, size, device=device))
-    if at_least > 0:
-        rate = max(rate, at_least, matmul_rate(dtype or torch.float32, size, repeats=20, device=device))
+    if again:
+        rate = max(rate, matmul_rate(dtype or torch.float32, size, repeats=20, device=device))
         _store_cached("matmul-peak.json", key, rate)
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     return Peak(rate, f"measured: a {size} x {size} {precision} matrix product on {name}{threads}, {rate / 1e12:.3g} TFLOPS")
 
 
-def remeasured_peak(peak: Peak, device: torch.device, dtype: torch.dtype | None, reached: float) -> Peak:
-    """A measured peak that a run went past (`reached` FLOP/s: an MFU over 100%, because the
-    peak was measured while the machine was busy and cached): measured again, longer, the
-    highest of that, the cache and `reached` kept, and cached for the next run. A peak that was
-    not measured (a data sheet, --peak-tflops) stays."""
+def remeasured_peak(peak: Peak, device: torch.device, dtype: torch.dtype | None) -> Peak:
+    """A measured peak that a run went past (an MFU over 100%, because the peak was measured
+    while the machine was busy and cached): measured again, longer, the higher of that and the
+    cache kept, and cached for the next run. Only a matrix product's rate is ever cached, never
+    a rate a run reached (a model-FLOPs count). A peak that was not measured (a data sheet,
+    --peak-tflops) stays."""
     if not peak.source.startswith("measured"):
         return peak
-    return _measured_peak(device, dtype, at_least=reached)
+    return _measured_peak(device, dtype, again=True)
 
 
 def _proc_status(field: str) -> int | None:
@@ -300,7 +301,8 @@ class TensorMemory:
     likes. This counts every storage an op makes (weights, gradients, activations, the
     head's logits, autocast's copies) from the moment it is made until it is freed, so it
     counts what `plan.estimate_memory` estimates. Each op pays a Python call: for a step
-    measured on its own, not for training.
+    measured on its own, not for training. Not seen: a storage an op grows in place
+    (`resize_`, `out=`), rare in a training step.
 
         with TensorMemory(existing_tensors) as memory:
             step()
@@ -323,16 +325,23 @@ class TensorMemory:
     def _freed(self, size: int) -> None:
         self.live -= size
 
-    def _made(self, output) -> None:
+    def _made(self, output, inputs) -> None:
         import weakref
 
         from torch.utils._pytree import tree_leaves
 
+        used = None
         for leaf in tree_leaves(output):
             if not isinstance(leaf, torch.Tensor) or leaf.device.type == "meta":
                 continue
             storage = leaf.untyped_storage()
             if storage in self._seen:
+                continue
+            if used is None:  # a view or an in-place result of an input holds no new memory
+                used = {
+                    t.untyped_storage().data_ptr() for t in tree_leaves(inputs) if isinstance(t, torch.Tensor) and t.device.type != "meta"
+                }
+            if storage.data_ptr() in used:
                 continue
             size = storage.nbytes()
             self._seen[storage] = True
@@ -348,7 +357,7 @@ class TensorMemory:
         class Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 output = func(*args, **(kwargs or {}))
-                tracker._made(output)
+                tracker._made(output, (args, kwargs))
                 return output
 
         self._mode = Mode()

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from unmask.config import TrainConfig, length_changes, load_yaml, refused_resume_changes, to_dict
-from unmask.errors import UnmaskError, option
+from unmask.errors import UnmaskError, option, setting
 from unmask.models.masked_lm import MaskedLM, tied_aliases
 from unmask.runtime import distributed
 from unmask.runtime.distributed import World
@@ -52,7 +52,7 @@ def check_run_folder(run_dir: RunDir, config: TrainConfig, echo: Callable[[str],
     if not config.resume:
         if has_checkpoints:
             raise UnmaskError(
-                f"{option('out', str(out))}: already holds a run (pass {option('resume')} to continue it, or choose another out)"
+                f"{option('out', str(out))}: already holds a run (pass {option('resume')} to continue it, or choose another {setting('out')})"
             )
         return
     if not run_dir.config.exists():
@@ -64,7 +64,7 @@ def check_run_folder(run_dir: RunDir, config: TrainConfig, echo: Callable[[str],
     if changed and not has_checkpoints:
         raise UnmaskError(
             f"--resume: {out} has no checkpoint yet, and these settings differ from its {run_dir.config.name}: {', '.join(changed)}; "
-            "run without --resume to start it over with the new settings, or choose another --out"
+            f"run without {setting('resume')} to start it over with the new settings, or choose another {setting('out')}"
         )
     if changed:
         raise UnmaskError(f"--resume: settings differ from {run_dir.config}: {', '.join(changed)}")
@@ -167,7 +167,7 @@ def restore(
         if run_dir.checkpoint_steps():
             raise UnmaskError(
                 f"--resume: no checkpoint in {run_dir.checkpoints} verifies (see the warnings above); nothing was changed. "
-                "Start a new run in another --out"
+                f"Start a new run in another {setting('out')}"
             )
         return None
     path = run_dir.checkpoint(int(step))
@@ -225,7 +225,7 @@ def export_checkpoint(run: Path, out: Path, step: int | None = None, echo=print)
     from unmask.storage.rundir import RunDir, step_of
 
     if out.exists():
-        raise UnmaskError(f"--out {out}: already exists; choose a new folder")
+        raise UnmaskError(f"{option('out', str(out))}: already exists; choose a new folder")
     run_dir = RunDir(run)
     if not run_dir.has_base():
         raise UnmaskError(f"{run}: not a run folder unmask can export from (no {run_dir.base.name}/config.json)")

@@ -151,10 +151,10 @@ class Throughput:
     """Tokens per second of training time only: evaluation and checkpoints are paused out.
     With the device's peak (`hardware.peak_flops`), also the log line's MFU (`measure`)."""
 
-    def __init__(self, world_size: int = 1, peak_flops: float | None = None, remeasure: Callable[[float], float] | None = None) -> None:
+    def __init__(self, world_size: int = 1, peak_flops: float | None = None, remeasure: Callable[[], float] | None = None) -> None:
         self.started, self.tokens = time.perf_counter(), 0
         self.world_size, self.peak_flops, self.remeasure = world_size, peak_flops, remeasure
-        """`remeasure(reached)`: a new peak, once a line's FLOP/s per device `reached` past the one held."""
+        """`remeasure()`: the peak measured again, once a line's FLOP/s per device went past the one held."""
 
     def mfu(self, flops_per_s: float) -> float | None:
         """Model FLOPs over the devices' peak; a peak the run went past is measured again
@@ -163,7 +163,7 @@ class Throughput:
             return None  # no peak: unknown
         per_device = flops_per_s / self.world_size
         if per_device > self.peak_flops and self.remeasure is not None:
-            self.peak_flops = max(self.peak_flops, self.remeasure(per_device))
+            self.peak_flops = max(self.peak_flops, self.remeasure())
         mfu = per_device / self.peak_flops
         return mfu if mfu <= 1.0 else None
 

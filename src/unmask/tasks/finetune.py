@@ -35,7 +35,7 @@ from unmask.config import FINETUNE_RESUMABLE, FinetuneConfig, load_yaml, refused
 from unmask.config.schedule import learning_rate
 from unmask.data.batching import length_grouped_batches, padded, sorted_batches
 from unmask.data.tokenizer import load_tokenizer
-from unmask.errors import UnmaskError, option
+from unmask.errors import UnmaskError, option, setting
 from unmask.models.masked_lm import load_task_model, prepared_attention_mask, set_dropout
 from unmask.runtime import distributed
 from unmask.runtime.distributed import World
@@ -391,7 +391,7 @@ def _check_out(out: RunDir, config: FinetuneConfig) -> None:
         )
     if started and not config.resume:
         raise UnmaskError(
-            f"{option('out', str(out.path))}: already holds a fine-tuning (pass {option('resume')} to continue it, or choose another out)"
+            f"{option('out', str(out.path))}: already holds a fine-tuning (pass {option('resume')} to continue it, or choose another {setting('out')})"
         )
     if started:
         changed = refused_resume_changes(to_dict(load_yaml(FinetuneConfig, out.config)), to_dict(config), FINETUNE_RESUMABLE)
