@@ -315,7 +315,7 @@ def test_a_stop_mid_step_under_torchrun_drops_the_step_and_resumes_bit_identical
     out = tmp_path / "stopped"
     args = settings(str(store_dir), str(tiny_model_dir), out, **common)
     launcher = launch_until(out, args, 1, poll=0.05)
-    time.sleep(0.3)  # into step 2's micro-batches
+    # Step 1 is logged: step 2's 150 micro-batches are under way (no sleep decides where the signal lands)
     launcher.send_signal(signal.SIGTERM)
     _, stderr = launcher.communicate(timeout=120)
     stopped = [line for line in stderr.splitlines() if line.startswith("stopped at step")]
