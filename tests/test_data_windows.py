@@ -1,10 +1,22 @@
 """Windows: packing, padding, framing, and the seeded order that resumes without replay."""
 
 import numpy as np
+import pytest
 
 from unmask.data.store import Split
 from unmask.data.tokenizer import Vocabulary
-from unmask.data.windows import DataPosition, Windows, WindowSampler, epoch_order, packed_windows, padded_windows, rank_share
+from unmask.data.windows import (
+    DataPosition,
+    ListedLayout,
+    PackedLayout,
+    Windows,
+    WindowSampler,
+    epoch_order,
+    order_at,
+    packed_windows,
+    padded_windows,
+    rank_share,
+)
 
 VOCAB = Vocabulary(size=30, special_ids=(0, 1, 2, 3, 4), mask_id=4, opener_id=2, closer_id=3, pad_id=0, starts_word=np.ones(30, bool))
 
@@ -46,6 +58,39 @@ def test_sampler_order_is_seeded_crosses_epochs_and_resumes_without_replay():
     assert WindowSampler(10, seed=6).take(10)[0].tolist() != flat[:10]
 
 
+@pytest.mark.parametrize("count", [1, 2, 3, 10, 17, 64, 65, 1000, 4099])
+def test_an_epochs_order_is_a_permutation_of_the_windows_for_any_count(count):
+    for seed, epoch in ((0, 0), (3, 1), (2**40, 7)):
+        assert sorted(epoch_order(count, seed, epoch).tolist()) == list(range(count))
+
+
+def test_the_order_is_evaluated_where_asked_without_holding_an_epoch():
+    count = 10**12 // 126  # the packed windows of a trillion-token store
+    positions = np.arange(5_000_000, 5_004_096)
+    taken = order_at(count, 0, 0, positions)
+    assert taken.min() >= 0 and taken.max() < count and len(set(taken.tolist())) == len(positions)
+    assert np.array_equal(taken[100:200], order_at(count, 0, 0, positions[100:200])), "any slice alone gives the same windows"
+    assert not np.array_equal(taken, order_at(count, 0, 1, positions)) and not np.array_equal(taken, order_at(count, 1, 0, positions))
+
+
+def test_the_order_looks_uniform_where_a_small_set_shows_it():
+    # Where window 0 lands over 3,000 seeds, 5 windows: each place about 600 times (a uniform
+    # permutation's binomial spread is 22; 6 standard deviations allowed).
+    landed = np.bincount([int(np.flatnonzero(epoch_order(5, seed, 0) == 0)[0]) for seed in range(3000)], minlength=5)
+    assert np.all(np.abs(landed - 600) < 6 * np.sqrt(3000 * 0.2 * 0.8)), landed
+
+
+def test_packed_windows_are_arithmetic_and_agree_with_the_listed_ones():
+    for total, body, partial in ((10, 4, False), (10, 4, True), (12, 4, True), (3, 4, True), (3, 4, False)):
+        layout = PackedLayout(total, body, partial)
+        starts, lengths = packed_windows(total, body, partial)
+        assert len(layout) == len(starts)
+        got = layout.spans(np.arange(len(layout)))
+        assert got[0].tolist() == starts.tolist() and got[1].tolist() == lengths.tolist()
+    huge = PackedLayout(10**12, 126, False)
+    assert len(huge) == 10**12 // 126 and huge.spans(np.array([len(huge) - 1]))[0][0] == (len(huge) - 1) * 126
+
+
 def test_rank_shares_are_disjoint_and_cover_the_global_batch():
     global_batch = np.arange(24)  # batch 3, 2 micro-batches, 4 processes
     shares = [[global_batch[part].tolist() for part in rank_share(rank, 3, 2)] for rank in range(4)]
@@ -64,5 +109,5 @@ def test_word_starts_travel_with_the_window_and_a_window_opens_on_a_word():
     assert words.tolist() == [[True, True, False, True, True, True], [True, True, False, False, True, True]]
     # The second window opens on token 21, in the middle of the word "20 21 22": it starts the window's word.
     assert ids[1, 1] == 20 and words[1, 2] is np.False_
-    shifted = Windows(split, 6, VOCAB, np.array([5]), np.array([4]))
+    shifted = Windows(split, 6, VOCAB, ListedLayout(np.array([5]), np.array([4])))
     assert shifted.batch(np.array([0]))[2][0].tolist() == [True, True, False, True, False, True]

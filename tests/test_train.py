@@ -201,6 +201,24 @@ def test_resume_on_another_device_type_is_refused(store_dir, tiny_model_dir, tmp
         run(config(store_dir, tiny_model_dir, out, max_steps=2, resume=True))
 
 
+def test_a_checkpoint_from_before_the_window_order_says_its_epoch_is_drawn_anew(store_dir, tiny_model_dir, tmp_path):
+    from unmask.data.windows import WINDOW_ORDER
+
+    out = tmp_path / "run"
+    run(config(store_dir, tiny_model_dir, out, max_steps=2))
+    state_path = checkpoint.latest_checkpoint(RunDir(out)) / "state.json"
+    state = json.loads(state_path.read_text())
+    assert state["info"]["window_order"] == WINDOW_ORDER and state["data"]["position"] > 0, "mid-epoch, the order named"
+    del state["info"]["window_order"]  # as unmask wrote it before the order was a bijection
+    state_path.write_text(json.dumps(state))
+    said: list[str] = []
+    train(config(store_dir, tiny_model_dir, out, max_steps=3, resume=True), progress=False, echo=said.append)
+    assert any("ordered windows otherwise (NumPy permutations)" in line and WINDOW_ORDER in line for line in said), said
+    said.clear()  # the checkpoint of step 3 names its order: nothing to say
+    train(config(store_dir, tiny_model_dir, out, max_steps=4, resume=True), progress=False, echo=said.append)
+    assert not any("ordered windows otherwise" in line for line in said), said
+
+
 @pytest.mark.parametrize("architecture", ["roberta", "distilbert"])
 def test_roberta_and_distilbert_train_from_local_folders(architecture, request, corpus_dir, tmp_path):
     from transformers import pipeline

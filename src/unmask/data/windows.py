@@ -4,6 +4,12 @@ A window is `[CLS] body [SEP]` with `body` taken from the id stream (which alrea
 [SEP] after every document, so packed windows separate documents like RoBERTa's
 FULL-SENTENCES). The order of windows is a seeded permutation per epoch, so the data state
 is two integers (epoch, position) and resuming never replays batches.
+
+Nothing here grows with the corpus for packed windows (the default): window i is the i-th
+`body_len` tokens of the stream (`PackedLayout`, arithmetic), and an epoch's order is a keyed
+bijection of window indices (`order_at`) evaluated for the positions a step takes, never a
+permutation held in memory. Windows that keep to documents (`--packing padded`) are still
+listed at start-up (`ListedLayout`, O(windows)).
 """
 
 from __future__ import annotations
@@ -31,6 +37,40 @@ def packed_windows(total_tokens: int, body_len: int, keep_partial: bool) -> tupl
         starts = np.append(starts, full * body_len)
         lengths = np.append(lengths, tail)
     return starts, lengths
+
+
+@dataclass(frozen=True)
+class PackedLayout:
+    """Windows laid back to back over a stream of `total_tokens`, by arithmetic: window i
+    starts at i * body_len (`packed_windows` lists the same, for tests and small streams)."""
+
+    total_tokens: int
+    body_len: int
+    keep_partial: bool
+
+    def __len__(self) -> int:
+        full, tail = divmod(self.total_tokens, self.body_len)
+        return full + (1 if self.keep_partial and tail else 0)
+
+    def spans(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, lengths) of windows `indices`."""
+        indices = np.asarray(indices, dtype=np.int64)
+        starts = indices * self.body_len
+        return starts, np.minimum(self.body_len, self.total_tokens - starts)
+
+
+@dataclass(frozen=True)
+class ListedLayout:
+    """Windows listed one by one: (start, length) of each."""
+
+    starts: np.ndarray
+    lengths: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def spans(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.starts[indices], self.lengths[indices]
 
 
 def padded_windows(offsets: np.ndarray, body_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -65,8 +105,7 @@ class Windows:
     split: Split
     seq_len: int
     vocab: Vocabulary
-    starts: np.ndarray
-    lengths: np.ndarray
+    layout: PackedLayout | ListedLayout
 
     @classmethod
     def build(
@@ -79,13 +118,11 @@ class Windows:
     ) -> Windows:
         body_len = seq_len - 2
         if packing == "packed":
-            starts, lengths = packed_windows(len(split.tokens), body_len, keep_partial)
-        else:
-            starts, lengths = padded_windows(np.asarray(split.offsets), body_len)
-        return cls(split, seq_len, vocab, starts, lengths)
+            return cls(split, seq_len, vocab, PackedLayout(len(split.tokens), body_len, keep_partial))
+        return cls(split, seq_len, vocab, ListedLayout(*padded_windows(np.asarray(split.offsets), body_len)))
 
     def __len__(self) -> int:
-        return len(self.starts)
+        return len(self.layout)
 
     @property
     def has_word_starts(self) -> bool:
@@ -98,8 +135,8 @@ class Windows:
         attention_mask = np.zeros((count, self.seq_len), dtype=np.int64)
         starts = np.ones((count, self.seq_len), dtype=bool) if self.has_word_starts else None
         input_ids[:, 0] = self.vocab.opener_id
-        for row, index in enumerate(indices.tolist()):
-            start, length = int(self.starts[index]), int(self.lengths[index])
+        spans = self.layout.spans(np.asarray(indices, dtype=np.int64))
+        for row, (start, length) in enumerate(zip(spans[0].tolist(), spans[1].tolist())):
             input_ids[row, 1 : 1 + length] = self.split.tokens[start : start + length]
             input_ids[row, 1 + length] = self.vocab.closer_id
             attention_mask[row, : length + 2] = 1
@@ -118,9 +155,66 @@ class DataPosition:
     position: int = 0
 
 
+ORDER_ROUNDS = 6
+"""Rounds of the Feistel network behind `order_at`."""
+WINDOW_ORDER = f"feistel-{ORDER_ROUNDS}"
+"""The name of the order `order_at` draws, recorded in every checkpoint: a run resumed under
+another order (one checkpointed before this one existed drew NumPy permutations) is told that
+the rest of its epoch is drawn anew."""
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 arrays (the products wrap modulo 2**64, as intended)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _round_keys(seed: int, epoch: int) -> list[np.uint64]:
+    state = np.array([(seed * 0x9E3779B97F4A7C15 + epoch) & _MASK64], dtype=np.uint64)
+    keys = []
+    for number in range(ORDER_ROUNDS):
+        state = _mix64(state ^ np.uint64(0xD1B54A32D192ED03 + number))
+        keys.append(state[0])
+    return keys
+
+
+def order_at(window_count: int, seed: int, epoch: int, positions: np.ndarray) -> np.ndarray:
+    """The windows at `positions` of epoch `epoch`'s order: a keyed bijection of [0, window_count),
+    evaluated where asked, so that no process ever holds an epoch's order.
+
+    A Feistel network of `ORDER_ROUNDS` rounds (keyed by seed and epoch) permutes the smallest
+    domain of an even number of bits that holds every window (under 4x the count); a value that
+    lands outside the windows is sent through again until it lands inside (cycle walking), which
+    keeps it a bijection of the windows. What it gives up against a uniform permutation: it is
+    one of the 2**64-odd permutations the keys reach, not one drawn from all n! of them, which no
+    shuffle of a training order can tell apart.
+    """
+    positions = np.asarray(positions, dtype=np.uint64)
+    if window_count <= 1:
+        return np.zeros(len(positions), dtype=np.int64)
+    half = ((window_count - 1).bit_length() + 1) // 2
+    mask, shift = np.uint64((1 << half) - 1), np.uint64(half)
+    keys = _round_keys(seed, epoch)
+
+    def permute(values: np.ndarray) -> np.ndarray:
+        left, right = values >> shift, values & mask
+        for key in keys:
+            left, right = right, left ^ (_mix64(right ^ key) & mask)
+        return (left << shift) | right
+
+    order = permute(positions)
+    outside = order >= np.uint64(window_count)
+    while outside.any():
+        order[outside] = permute(order[outside])
+        outside = order >= np.uint64(window_count)
+    return order.astype(np.int64)
+
+
 def epoch_order(window_count: int, seed: int, epoch: int) -> np.ndarray:
-    """The seeded permutation of windows for one epoch; the same for the same (seed, epoch)."""
-    return np.random.default_rng([seed, epoch]).permutation(window_count)
+    """One epoch's whole order (O(windows): for tests and small sets; training uses `order_at`)."""
+    return order_at(window_count, seed, epoch, np.arange(window_count))
 
 
 class WindowSampler:
@@ -132,22 +226,15 @@ class WindowSampler:
         self.window_count = window_count
         self.seed = seed
         self.position = position or DataPosition()
-        self._order_epoch = -1
-        self._order = np.empty(0, dtype=np.int64)
-
-    def _order_for(self, epoch: int) -> np.ndarray:
-        if epoch != self._order_epoch:
-            self._order = epoch_order(self.window_count, self.seed, epoch)
-            self._order_epoch = epoch
-        return self._order
 
     def take(self, count: int) -> tuple[np.ndarray, np.ndarray]:
         """The next `count` window indices and the epoch each belongs to; an epoch boundary
         inside a batch is crossed."""
         taken, epochs = [], []
         while count > 0:
-            order = self._order_for(self.position.epoch)
-            piece = order[self.position.position : self.position.position + count]
+            here = min(count, self.window_count - self.position.position)
+            positions = np.arange(self.position.position, self.position.position + here)
+            piece = order_at(self.window_count, self.seed, self.position.epoch, positions)
             taken.append(piece)
             epochs.append(np.full(len(piece), self.position.epoch, dtype=np.int64))
             count -= len(piece)

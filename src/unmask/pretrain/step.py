@@ -23,7 +23,7 @@ from unmask.config import TrainConfig
 from unmask.config.schedule import learning_rate, learning_rate_at, mask_rate, run_progress, warming_up
 from unmask.data.masking import IGNORE_INDEX, Masker
 from unmask.data.mixture import MixtureSampler, WindowMix
-from unmask.data.windows import DataPosition, Windows, rank_share
+from unmask.data.windows import WINDOW_ORDER, DataPosition, Windows, rank_share
 from unmask.errors import UnmaskError
 from unmask.evaluation.heldout import combine, evaluate_model
 from unmask.models.architectures import Picks, document_ids, padded_picks, picks_of
@@ -487,6 +487,7 @@ class Run:
                 world_size=self.world.size,
                 global_batch=self.global_batch,
                 strategy=self.strategy,
+                window_order=WINDOW_ORDER,
             )
             checkpoint.save_checkpoint(self.run_dir, info, weights, named, keep=self.config.keep_checkpoints)
         distributed.barrier(self.world)

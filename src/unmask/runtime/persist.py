@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from unmask.config import TrainConfig, length_changes, load_yaml, refused_resume_changes, to_dict
+from unmask.data.windows import WINDOW_ORDER
 from unmask.errors import UnmaskError, option, setting
 from unmask.models.masked_lm import MaskedLM, tied_aliases
 from unmask.runtime import distributed
@@ -187,6 +188,11 @@ def restore(
         )
     load_into(lm, optimizer, strategy, saved, path)
     echo(f"resumed from {path} at step {info.step}")
+    if info.window_order != WINDOW_ORDER and any(position for _, position in info.data_positions()):
+        echo(
+            f"note: {path} was written by an unmask that ordered windows otherwise ({info.window_order or 'NumPy permutations'}); "
+            f"the rest of its epoch is drawn in the {WINDOW_ORDER} order, so a few windows of that epoch may come twice or not at all"
+        )
     return info
 
 

@@ -67,12 +67,14 @@ class CheckpointInfo:
     global_batch: int | None = None
     """Windows a step, over all processes: a resume must keep it."""
     strategy: str = "none"
+    window_order: str | None = None
+    """Which bijection ordered the windows (`data.windows.WINDOW_ORDER`); None: one before it was recorded."""
     sources: list[list[int]] | None = None
     """With several --data stores: each store's (epoch, position); None for one (the fields above)."""
     extra: dict = field(default_factory=dict)
     """Keys this unmask does not know (written by a newer one), kept as they were."""
 
-    _RUN_KEYS = ("train_seconds", "skipped_steps", "device_type", "world_size", "global_batch", "strategy")
+    _RUN_KEYS = ("train_seconds", "skipped_steps", "device_type", "world_size", "global_batch", "strategy", "window_order")
 
     def to_state(self) -> dict:
         """The `step`, `data` and `info` entries of state.json."""
