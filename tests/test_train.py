@@ -219,6 +219,30 @@ def test_a_checkpoint_from_before_the_window_order_says_its_epoch_is_drawn_anew(
     assert not any("ordered windows otherwise" in line for line in said), said
 
 
+def test_a_store_that_changed_under_the_run_is_refused_on_resume_before_any_step(corpus_dir, tokenizer_dir, tiny_model_dir, tmp_path):
+    import shutil
+
+    from unmask.config import PrepareConfig
+    from unmask.data.prepare import prepare
+
+    store, out = tmp_path / "store", tmp_path / "run"
+    prepare(PrepareConfig(sources=[str(corpus_dir)], out=str(store), tokenizer=str(tokenizer_dir), val_fraction=0.1), progress=False)
+    run(config(store, tiny_model_dir, out, max_steps=2))
+    half = tmp_path / "half"
+    half.mkdir()
+    for path in sorted(corpus_dir.iterdir())[:20]:
+        shutil.copy(path, half / path.name)
+    prepare(
+        PrepareConfig(sources=[str(half)], out=str(store), tokenizer=str(tokenizer_dir), val_fraction=0.1, overwrite=True), progress=False
+    )
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    with pytest.raises(
+        UnmaskError, match=r"--data .*store: [\d,]+ training windows now, [\d,]+ when the checkpoint was written: the store changed"
+    ):
+        run(config(store, tiny_model_dir, out, max_steps=3, resume=True))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before, "nothing written"
+
+
 @pytest.mark.parametrize("architecture", ["roberta", "distilbert"])
 def test_roberta_and_distilbert_train_from_local_folders(architecture, request, corpus_dir, tmp_path):
     from transformers import pipeline
@@ -508,3 +532,14 @@ def test_resuming_does_not_claim_a_fresh_head_that_comes_from_the_checkpoint(sto
     train(dataclasses.replace(cfg, resume=True, max_steps=3), progress=False, echo=again.append)
     assert not any("MLM head" in line for line in again), again
     assert any("resumed" in line.lower() for line in again), again
+
+
+def test_a_data_position_past_the_store_is_refused_even_from_a_checkpoint_that_names_no_windows(tmp_path):
+    from types import SimpleNamespace
+
+    from unmask.runtime.persist import refuse_changed_stores
+
+    old = checkpoint.CheckpointInfo(step=3, epoch=1, position=500)  # written before windows were recorded
+    with pytest.raises(UnmaskError, match=r"--data .*shrunk: the checkpoint's data position \(epoch 1, window 500\) is past the store's 100"):
+        refuse_changed_stores(old, [("shrunk", SimpleNamespace(path=tmp_path / "shrunk"))], [100])
+    refuse_changed_stores(old, [("same", SimpleNamespace(path=tmp_path / "same"))], [600])  # inside: nothing to say

@@ -488,6 +488,7 @@ class Run:
                 global_batch=self.global_batch,
                 strategy=self.strategy,
                 window_order=WINDOW_ORDER,
+                windows=[len(part) for part in self.train_windows.parts],
             )
             checkpoint.save_checkpoint(self.run_dir, info, weights, named, keep=self.config.keep_checkpoints)
         distributed.barrier(self.world)

@@ -47,7 +47,7 @@ from unmask.pretrain.step import Run, build_optimizer
 from unmask.runtime import distributed
 from unmask.runtime.distributed import World
 from unmask.runtime.hardware import Peak, Precision, choose_precision, make_deterministic, peak_flops, reset_peak_memory
-from unmask.runtime.persist import check_run_folder, refuse_foreign_folder, restore, save_base, save_final_model
+from unmask.runtime.persist import check_run_folder, refuse_changed_stores, refuse_foreign_folder, restore, save_base, save_final_model
 from unmask.runtime.preemption import StepDropped, Stopped, StopSignals
 from unmask.runtime.progress import MetricsLog, Progress, Throughput
 from unmask.runtime.tracking import Trackers
@@ -247,6 +247,8 @@ def _setup(
         random_replace_prob=config.random_replace_prob,
     )
     resumed = restore(run_dir, config, lm, optimizer, strategy, world, device, echo) if config.resume else None
+    if resumed is not None:
+        refuse_changed_stores(resumed, stores, [len(part) for part in parts])
     for line in held if resumed is None else []:
         echo(line)
     resumed = resumed or CheckpointInfo(step=0)

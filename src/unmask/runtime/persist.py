@@ -41,6 +41,27 @@ def refuse_foreign_folder(run_dir: RunDir) -> None:
         raise UnmaskError(f"{option('out', str(run_dir.path))}: a folder of other files ({shown}), not a run; choose a new or empty folder")
 
 
+def refuse_changed_stores(info: CheckpointInfo, stores: list[tuple[str, object]], windows_now: list[int]) -> None:
+    """Refuse to resume on stores that changed under the run (shrank, grew, or were replaced):
+    the data position would point at other windows, or past the end. Checked before any step,
+    with nothing written. `stores` are (name, TokenStore) as --data gave them."""
+    for number, (name, store) in enumerate(stores):
+        now = windows_now[number]
+        then = info.windows[number] if info.windows and number < len(info.windows) else None
+        epoch, position = info.data_positions()[number] if number < len(info.data_positions()) else (0, 0)
+        label = f"--data {store.path}" + (f" ({name})" if len(stores) > 1 else "")
+        if then is not None and then != now:
+            raise UnmaskError(
+                f"{label}: {now:,} training windows now, {then:,} when the checkpoint was written: the store changed under the run "
+                "(it shrank, grew or was replaced); resume with the store it trained on, or start a new run"
+            )
+        if position > now:
+            raise UnmaskError(
+                f"{label}: the checkpoint's data position (epoch {epoch}, window {position:,}) is past the store's {now:,} training "
+                "windows: the store changed under the run; resume with the store it trained on, or start a new run"
+            )
+
+
 def check_run_folder(run_dir: RunDir, config: TrainConfig, echo: Callable[[str], None]) -> None:
     """Refuse what would mix two runs. A folder with a config but no checkpoint is a start
     that stopped before its first checkpoint: there is nothing to lose, so it starts over

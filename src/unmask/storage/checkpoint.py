@@ -69,12 +69,14 @@ class CheckpointInfo:
     strategy: str = "none"
     window_order: str | None = None
     """Which bijection ordered the windows (`data.windows.WINDOW_ORDER`); None: one before it was recorded."""
+    windows: list[int] | None = None
+    """Training windows of each --data store when it was written: a store that changed under the run is refused."""
     sources: list[list[int]] | None = None
     """With several --data stores: each store's (epoch, position); None for one (the fields above)."""
     extra: dict = field(default_factory=dict)
     """Keys this unmask does not know (written by a newer one), kept as they were."""
 
-    _RUN_KEYS = ("train_seconds", "skipped_steps", "device_type", "world_size", "global_batch", "strategy", "window_order")
+    _RUN_KEYS = ("train_seconds", "skipped_steps", "device_type", "world_size", "global_batch", "strategy", "window_order", "windows")
 
     def to_state(self) -> dict:
         """The `step`, `data` and `info` entries of state.json."""
