@@ -540,6 +540,8 @@ def test_a_data_position_past_the_store_is_refused_even_from_a_checkpoint_that_n
     from unmask.runtime.persist import refuse_changed_stores
 
     old = checkpoint.CheckpointInfo(step=3, epoch=1, position=500)  # written before windows were recorded
-    with pytest.raises(UnmaskError, match=r"--data .*shrunk: the checkpoint's data position \(epoch 1, window 500\) is past the store's 100"):
+    with pytest.raises(
+        UnmaskError, match=r"--data .*shrunk: the checkpoint's data position \(epoch 1, window 500\) is past the store's 100"
+    ):
         refuse_changed_stores(old, [("shrunk", SimpleNamespace(path=tmp_path / "shrunk"))], [100])
     refuse_changed_stores(old, [("same", SimpleNamespace(path=tmp_path / "same"))], [600])  # inside: nothing to say
