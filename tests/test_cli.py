@@ -379,3 +379,13 @@ def test_every_command_that_runs_a_model_takes_a_precision(argv):
     _, config = parse([*argv, "--precision", "bf16"])
     assert config.precision == "bf16"
     assert parse(argv)[1].precision == "fp32", "reported numbers default to fp32, the same on every machine"
+
+
+def test_a_setting_left_out_is_named_with_where_to_give_it(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "r"), "--model", "m"]) == 1
+    assert "--data: required (give it on the command line or in --config)" in capsys.readouterr().err
+    from unmask.api import train_settings
+    from unmask.errors import UnmaskError
+
+    with pytest.raises(UnmaskError, match=r"--data: required \(give it by name\)"):
+        train_settings(out=str(tmp_path / "r"), model="m")

@@ -11,9 +11,7 @@ from unmask.data.windows import (
     PackedLayout,
     Windows,
     WindowSampler,
-    epoch_order,
     order_at,
-    packed_windows,
     padded_windows,
     rank_share,
 )
@@ -21,10 +19,28 @@ from unmask.data.windows import (
 VOCAB = Vocabulary(size=30, special_ids=(0, 1, 2, 3, 4), mask_id=4, opener_id=2, closer_id=3, pad_id=0, starts_word=np.ones(30, bool))
 
 
+def epoch_order(window_count: int, seed: int, epoch: int) -> np.ndarray:
+    """One epoch's whole order (training evaluates only the positions a step takes)."""
+    return order_at(window_count, seed, epoch, np.arange(window_count))
+
+
+def packed_windows(total_tokens: int, body_len: int, keep_partial: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, lengths) of packed windows listed one by one: what `PackedLayout` computes."""
+    full = total_tokens // body_len
+    starts, lengths = list(range(0, full * body_len, body_len)), [body_len] * full
+    if keep_partial and total_tokens > full * body_len:
+        starts, lengths = starts + [full * body_len], lengths + [total_tokens - full * body_len]
+    return np.asarray(starts, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
+
+
+def every_span(layout: PackedLayout) -> tuple[np.ndarray, np.ndarray]:
+    return layout.spans(np.arange(len(layout)))
+
+
 def test_packed_windows_frame_the_stream_without_padding():
-    starts, lengths = packed_windows(10, 4, keep_partial=False)
+    starts, lengths = every_span(PackedLayout(10, 4, keep_partial=False))
     assert starts.tolist() == [0, 4] and lengths.tolist() == [4, 4]
-    starts, lengths = packed_windows(10, 4, keep_partial=True)
+    starts, lengths = every_span(PackedLayout(10, 4, keep_partial=True))
     assert starts.tolist() == [0, 4, 8] and lengths.tolist() == [4, 4, 2]
 
 
@@ -85,7 +101,7 @@ def test_packed_windows_are_arithmetic_and_agree_with_the_listed_ones():
         layout = PackedLayout(total, body, partial)
         starts, lengths = packed_windows(total, body, partial)
         assert len(layout) == len(starts)
-        got = layout.spans(np.arange(len(layout)))
+        got = every_span(layout)
         assert got[0].tolist() == starts.tolist() and got[1].tolist() == lengths.tolist()
     huge = PackedLayout(10**12, 126, False)
     assert len(huge) == 10**12 // 126 and huge.spans(np.array([len(huge) - 1]))[0][0] == (len(huge) - 1) * 126

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from unmask.config.base import did_you_mean, flag, given_names, is_resolved, mark_resolved
 from unmask.config.recipes import RECIPES, with_recipe
-from unmask.errors import UnmaskError, UsageError, option
+from unmask.errors import COMMAND_LINE, UnmaskError, UsageError, option
 from unmask.storage.rundir import RunDir
 
 S = TypeVar("S")
@@ -130,12 +130,11 @@ def resolve(
             raise UnmaskError(f"expected a {cls.__name__}, got {type(given).__name__}")
         if is_resolved(given) and not values:
             return given
-        named = {name: getattr(given, name) for name in given_names(given)}
         base = {f.name: coerce(cls, f.name, getattr(given, f.name)) for f in dataclasses.fields(given)}
+        named = {name: base[name] for name in given_names(given)}
     else:
         named, base = {}, defaults_of(cls)
-    named.update(values)
-    named = {key: coerce(cls, key, value) for key, value in named.items()}
+    named.update({key: coerce(cls, key, value) for key, value in values.items()})
     file_values = {}
     for key, value in (from_file or {}).items():
         try:
@@ -155,7 +154,8 @@ def resolve(
     if missing:
         positional = getattr(cls, "POSITIONAL", ())
         shown = [name if name in positional else flag(name) for name in missing]
-        raise UnmaskError(f"{', '.join(shown)}: required")
+        where = "on the command line or in --config" if COMMAND_LINE.get() else "by name"
+        raise UnmaskError(f"{', '.join(shown)}: required (give {'them' if len(shown) > 1 else 'it'} {where})")
     settings = cls(**merged)
     mark_resolved(settings, frozenset(named) | frozenset(file_values))
     return settings

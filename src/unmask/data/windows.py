@@ -23,26 +23,11 @@ from unmask.data.store import Split
 from unmask.data.tokenizer import Vocabulary
 
 
-def packed_windows(total_tokens: int, body_len: int, keep_partial: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, lengths) of windows laid back to back over the stream.
-
-    Training drops the ragged tail (as run_mlm.py's group_texts does); evaluation keeps it,
-    padded, so no held-out token goes unscored.
-    """
-    full = total_tokens // body_len
-    starts = np.arange(full, dtype=np.int64) * body_len
-    lengths = np.full(full, body_len, dtype=np.int64)
-    tail = total_tokens - full * body_len
-    if keep_partial and tail > 0:
-        starts = np.append(starts, full * body_len)
-        lengths = np.append(lengths, tail)
-    return starts, lengths
-
-
 @dataclass(frozen=True)
 class PackedLayout:
     """Windows laid back to back over a stream of `total_tokens`, by arithmetic: window i
-    starts at i * body_len (`packed_windows` lists the same, for tests and small streams)."""
+    starts at i * body_len. Training drops the ragged tail (as run_mlm.py's group_texts does);
+    evaluation keeps it (`keep_partial`), padded, so no held-out token goes unscored."""
 
     total_tokens: int
     body_len: int
@@ -210,11 +195,6 @@ def order_at(window_count: int, seed: int, epoch: int, positions: np.ndarray) ->
         order[outside] = permute(order[outside])
         outside = order >= np.uint64(window_count)
     return order.astype(np.int64)
-
-
-def epoch_order(window_count: int, seed: int, epoch: int) -> np.ndarray:
-    """One epoch's whole order (O(windows): for tests and small sets; training uses `order_at`)."""
-    return order_at(window_count, seed, epoch, np.arange(window_count))
 
 
 class WindowSampler:

@@ -168,7 +168,7 @@ def runtime_note(run: Run) -> str:
     data's maps): the log's `mem` is the two together."""
     if run.device.type != "cpu":
         return ""
-    beside = memory_in_use(run.device) - sum(t.numel() * t.element_size() for t in state_tensors(run))
+    beside = memory_in_use(run.device) - state_bytes(run)
     return f"; the process holds about {readable_size(max(beside, 0))} besides (the log's mem counts both)"
 
 
@@ -213,6 +213,11 @@ def state_tensors(run: Run) -> list[torch.Tensor]:
     return [getattr(t, "to_local", lambda t=t: t)() for t in {id(t): t for t in tensors}.values()]
 
 
+def state_bytes(run: Run) -> int:
+    """Bytes of `state_tensors`."""
+    return sum(t.numel() * t.element_size() for t in state_tensors(run))
+
+
 def measure_step_memory(run: Run, step: Callable[[], None]) -> int:
     """Peak bytes of tensors during one step: CUDA's allocator peak on a GPU; elsewhere counted
     op by op (`TensorMemory`), since a CPU's resident memory hides what its allocator reuses.
@@ -223,7 +228,7 @@ def measure_step_memory(run: Run, step: Callable[[], None]) -> int:
         step()
         return peak_memory(run.device)
     if run.strategy == "fsdp":
-        kept, baseline = sum(t.numel() * t.element_size() for t in state_tensors(run)), memory_in_use(run.device)
+        kept, baseline = state_bytes(run), memory_in_use(run.device)
         reset_peak_memory(run.device)
         step()
         return kept + max(0, peak_memory(run.device) - baseline)
