@@ -3,18 +3,10 @@
 import numpy as np
 import pytest
 
+from unmask.data.layouts import AlignedLayout, PackedLayout
 from unmask.data.store import Split
 from unmask.data.tokenizer import Vocabulary
-from unmask.data.windows import (
-    DataPosition,
-    ListedLayout,
-    PackedLayout,
-    Windows,
-    WindowSampler,
-    order_at,
-    padded_windows,
-    rank_share,
-)
+from unmask.data.windows import DataPosition, Windows, WindowSampler, order_at, rank_share
 
 VOCAB = Vocabulary(size=30, special_ids=(0, 1, 2, 3, 4), mask_id=4, opener_id=2, closer_id=3, pad_id=0, starts_word=np.ones(30, bool))
 
@@ -33,7 +25,7 @@ def packed_windows(total_tokens: int, body_len: int, keep_partial: bool) -> tupl
     return np.asarray(starts, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
 
 
-def every_span(layout: PackedLayout) -> tuple[np.ndarray, np.ndarray]:
+def every_span(layout) -> tuple[np.ndarray, np.ndarray]:
     return layout.spans(np.arange(len(layout)))
 
 
@@ -52,9 +44,9 @@ def test_windows_batches_are_framed_and_padded_windows_stay_in_their_document():
     assert starts is None, "a split without word starts gives none"
     assert ids.tolist() == [[2, 10, 11, 12, 3, 3], [2, 20, 21, 22, 23, 3]]
     assert mask.min() == 1
-    starts, lengths = padded_windows(split.offsets, body_len=4)
-    assert list(zip(starts.tolist(), lengths.tolist())) == [(0, 3), (4, 4), (8, 1)]
     padded = Windows.build(split, seq_len=6, vocab=VOCAB, packing="padded")
+    starts, lengths = padded.layout.spans(np.arange(len(padded)))
+    assert list(zip(starts.tolist(), lengths.tolist())) == [(0, 3), (4, 4), (8, 1)]
     ids, mask, _ = padded.batch(np.array([0, 2]))
     assert ids.tolist() == [[2, 10, 11, 12, 3, 0], [2, 24, 3, 0, 0, 0]]
     assert mask.tolist() == [[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]]
@@ -125,5 +117,5 @@ def test_word_starts_travel_with_the_window_and_a_window_opens_on_a_word():
     assert words.tolist() == [[True, True, False, True, True, True], [True, True, False, False, True, True]]
     # The second window opens on token 21, in the middle of the word "20 21 22": it starts the window's word.
     assert ids[1, 1] == 20 and words[1, 2] is np.False_
-    shifted = Windows(split, 6, VOCAB, ListedLayout(np.array([5]), np.array([4])))
+    shifted = Windows(split, 6, VOCAB, AlignedLayout(np.array([5, 10]), np.array([0, 1]), body_len=4))  # tokens 5..8
     assert shifted.batch(np.array([0]))[2][0].tolist() == [True, True, False, True, False, True]

@@ -201,7 +201,7 @@ def prepare(*args, config: settings.PrepareConfig | None = None, verbose: bool =
 
     config = build_settings(settings.PrepareConfig, config, values, args)
     meta = prepare_store(config, progress=verbose)
-    return Store(Path(config.merge or config.out), meta)
+    return Store(Path(config.merge or config.index or config.out), meta)
 
 
 def tokenizer(*args, config: settings.TokenizerConfig | None = None, verbose: bool = False, **values) -> Tokenizer:

@@ -56,6 +56,10 @@ def run_prepare(config: PrepareConfig) -> int:
     if meta.get("merged"):
         print(f"store {config.merge}: {len(meta['shards'])} shards, complete and consistent: {counts}; manifest written")
         return 0
+    if config.index is not None:
+        lengths = ", ".join(sorted(meta.get("window_index", {}), key=int))
+        print(f"store {config.index}: window indexes for --seq-len {lengths} ({counts})")
+        return 0
     shard = meta.get("shard")
     where = f"shard {shard['index']}/{shard['count']} of group {shard['group']} of {config.out}" if shard else f"store {config.out}"
     print(f"{where}: {counts} from {meta['files']} file(s) in {meta['seconds']:.1f}s")

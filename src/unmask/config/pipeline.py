@@ -79,14 +79,22 @@ class PrepareConfig(SourceOptions):
     """Add the sources to the existing store --out as a new shard, numbered after its documents; the store's shards stay untouched."""
     merge: str | None = None
     """Check that the folder of shards is complete and consistent, and write its manifest (no token is copied)."""
+    padded_lengths: list[int] = field(default_factory=lambda: [128, 512, 1024])
+    """Window lengths (--seq-len) to write the window index of, which `train --packing padded` memory-maps instead of reading every document's boundaries at start-up (8 bytes a document each). A split of over a million documents trains padded only at an indexed length."""
+    index: str | None = None
+    """Add the window indexes of --padded-lengths to this existing store (every shard of it), for a --seq-len it was not prepared with; no token is copied."""
     overwrite: bool = False
     """Replace an existing store (or shard) at --out (the old one stays intact until the new one is complete)."""
     trust_remote_code: bool = False
     """Allow a hub tokenizer to run its own code."""
 
     def __post_init__(self) -> None:
-        if self.merge is not None:
-            check_setting(not self.sources, "merge", "takes the store folder alone, no sources")
+        for length in self.padded_lengths:
+            check_setting(8 <= length <= MAX_CONTEXT, "padded_lengths", f"{length}: must be between 8 and {MAX_CONTEXT}")
+        if self.merge is not None or self.index is not None:
+            name = "merge" if self.merge is not None else "index"
+            check_setting(not self.sources, name, "takes the store folder alone, no sources")
+            check_setting(self.merge is None or self.index is None, "index", "one store task at a time: --merge, or --index")
             return
         SourceOptions.__post_init__(self)
         check_setting(self.out is not None, "out", "give the folder of the token store to create")

@@ -24,6 +24,7 @@ from unmask.config import PrepareConfig
 from unmask.data.encoding import encoded_batches
 from unmask.data.sources import ReadOptions, ReadReport, Source, expand_sources, read_documents
 from unmask.data.tokenizer import Vocabulary, fingerprint, load_tokenizer, raw_tokenizer
+from unmask.data.window_index import index_store_folder, new_store_id
 from unmask.errors import UnmaskError, option, setting
 from unmask.storage.files import RunLock, atomic_write_text, building, recover_folder, remove_stale_building
 from unmask.storage.storedir import BLOCK, FORMAT_VERSION, SPLITS, StoreDir, is_validation_document
@@ -167,6 +168,8 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
     One prepare at a time per target (a second refuses at once), so two never mix."""
     if config.merge is not None:
         return merge(Path(config.merge))
+    if config.index is not None:
+        return index_store(Path(config.index), config.padded_lengths)
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise UnmaskError(f"--out {out}: is a file, not a token store")
@@ -197,7 +200,7 @@ def _plan(config: PrepareConfig, out: Path) -> Plan:
     existing = TokenStore.open(out)
     records = existing.meta.get("shards") or [{"group": 0, "documents_read": sum(s["documents"] for s in existing.meta["splits"].values())}]
     group = max(r["group"] for r in records) + 1
-    base = sum(r["documents_read"] for r in records)
+    base = sum({r["group"]: r["documents_read"] for r in records}.values())  # every shard of a group read all its documents
     return Plan(folder.shard(group, index, count), group, index, count, base)
 
 
@@ -281,6 +284,7 @@ def _fill(config: PrepareConfig, plan: Plan, folder: StoreDir, sources, tokenize
     tokenizer.save_pretrained(folder.tokenizer)
     meta = {
         "format_version": FORMAT_VERSION,
+        "store_id": new_store_id(),
         "tokenizer": {"name": config.tokenizer, "fingerprint": fingerprint(tokenizer)},
         "vocabulary": vocab.to_meta(),
         "dtype": dtype.name,
@@ -308,8 +312,20 @@ def _fill(config: PrepareConfig, plan: Plan, folder: StoreDir, sources, tokenize
         }
         for split, writer in writers.items():
             np.asarray(writer.blocks, dtype=np.int64).reshape(-1, 2).tofile(folder.blocks(split))
-    atomic_write_text(folder.meta, json.dumps(meta, indent=2))
-    return meta
+    return index_store_folder(folder, meta, config.padded_lengths)
+
+
+def index_store(path: Path, lengths: list[int]) -> dict:
+    """`prepare --index STORE`: write the window indexes of `lengths` that the store (each of
+    its shards) lacks. One at a time per store, as prepare is; no token is copied."""
+    from unmask.data.store import TokenStore
+
+    store = TokenStore.open(path)
+    with RunLock(path.parent / f".{path.name}.lock", "unmask prepare --index", guards=path, remove_when_done=True):
+        members = [each for _, each in store.shards] if store.shards is not None else [store]
+        for member in members:
+            index_store_folder(member.folder, member.meta, lengths)
+    return TokenStore.open(path).meta
 
 
 def merge(path: Path) -> dict:

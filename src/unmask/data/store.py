@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from unmask.data.layouts import AlignedLayout, PiecedLayout, aligned_window_counts
 from unmask.data.tokenizer import Vocabulary, fingerprint
+from unmask.data.window_index import LISTED_DOCUMENTS, WindowIndex
 from unmask.errors import UnmaskError
 from unmask.storage.files import no_such_path, recover_folder
 from unmask.storage.storedir import READABLE_VERSIONS, SPLITS, StoreDir, shard_name
@@ -30,10 +32,24 @@ class Split:
     offsets: np.ndarray
     words: np.ndarray | None = None
     """Packed word-start bits, one per token; None for a store made before they were recorded."""
+    index: WindowIndex | None = None
+    """The store's window indexes for this split (None for a split not read from a store)."""
 
     @property
     def documents(self) -> int:
         return len(self.offsets) - 1
+
+    def aligned_layout(self, seq_len: int, listing_allowed: bool | None = None) -> AlignedLayout:
+        """Windows of `seq_len` that keep to documents: from the store's index of that length,
+        else counted in memory where the split is small enough (`listing_allowed` overrides)."""
+        counts = self.index.counts(seq_len) if self.index is not None else None
+        if counts is None:
+            if listing_allowed is None:
+                listing_allowed = self.documents <= LISTED_DOCUMENTS
+            if not listing_allowed and self.index is not None:
+                raise self.index.missing(seq_len)
+            counts = aligned_window_counts(np.asarray(self.offsets), seq_len - 2)
+        return AlignedLayout(self.offsets, counts, seq_len - 2)
 
     def word_starts(self, start: int, length: int) -> np.ndarray:
         """Word-start flags of tokens [start, start + length)."""
@@ -86,9 +102,30 @@ class JoinedSplit:
         self.words = True if pieces and all(s.words is not None for s, _, _ in pieces) else None
         self._offsets: np.ndarray | None = None
 
+    def aligned_layout(self, seq_len: int) -> PiecedLayout:
+        """Windows of `seq_len` that keep to documents, piece by piece from each shard's index
+        (or counted in memory, where the whole split is small enough)."""
+        listing_allowed = self.documents <= LISTED_DOCUMENTS
+        own: dict[int, AlignedLayout] = {}
+        layouts, first_window, sizes = [], [], []
+        for split, first, end in self.pieces:
+            layout = own.get(id(split)) or own.setdefault(id(split), split.aligned_layout(seq_len, listing_allowed))
+            layouts.append(layout)
+            first_window.append(int(layout.counts[first]))
+            sizes.append(int(layout.counts[end]) - first_window[-1])
+        origins = [int(split.offsets[first]) for split, first, _ in self.pieces]
+        return PiecedLayout(
+            layouts,
+            np.asarray(first_window, dtype=np.int64),
+            np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+            self.tokens.starts[:-1],
+            np.asarray(origins, dtype=np.int64),
+        )
+
     @property
     def offsets(self) -> np.ndarray:
-        """Start of each document in the joined stream, plus the end (built on first use)."""
+        """Start of each document in the joined stream, plus the end (built on first use, in
+        memory: for inspection, not training, which reads `aligned_layout`)."""
         if self._offsets is None:
             parts, base = [np.zeros(1, dtype=np.int64)], 0
             for split, first, end in self.pieces:
@@ -177,7 +214,9 @@ class TokenStore:
         count = self.meta["splits"][name]["tokens"]
         if count == 0:
             words = np.zeros(0, dtype=np.uint8) if self.has_word_starts else None
-            return Split(np.zeros(0, dtype=self.meta["dtype"]), np.zeros(1, dtype=np.int64), words)
+            return Split(
+                np.zeros(0, dtype=self.meta["dtype"]), np.zeros(1, dtype=np.int64), words, WindowIndex(self.folder, name, self.meta, 0)
+            )
         try:
             tokens = np.memmap(self.folder.tokens(name), dtype=self.meta["dtype"], mode="r")
             offsets = np.memmap(self.folder.offsets(name), dtype=np.int64, mode="r")
@@ -190,7 +229,7 @@ class TokenStore:
             words = np.memmap(self.folder.words(name), dtype=np.uint8, mode="r")
             if len(words) != (count + 7) // 8:
                 raise UnmaskError(f"{self.path}: {name} split is damaged ({len(words)} bytes of word starts for {count} tokens)")
-        return Split(tokens, offsets, words)
+        return Split(tokens, offsets, words, WindowIndex(self.folder, name, self.meta, len(offsets) - 1))
 
     @property
     def has_word_starts(self) -> bool:

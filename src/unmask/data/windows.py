@@ -5,11 +5,10 @@ A window is `[CLS] body [SEP]` with `body` taken from the id stream (which alrea
 FULL-SENTENCES). The order of windows is a seeded permutation per epoch, so the data state
 is two integers (epoch, position) and resuming never replays batches.
 
-Nothing here grows with the corpus for packed windows (the default): window i is the i-th
-`body_len` tokens of the stream (`PackedLayout`, arithmetic), and an epoch's order is a keyed
-bijection of window indices (`order_at`) evaluated for the positions a step takes, never a
-permutation held in memory. Windows that keep to documents (`--packing padded`) are still
-listed at start-up (`ListedLayout`, O(windows)).
+Nothing here grows with the corpus: where window i lies is computed from i (`data.layouts`:
+arithmetic for packed windows, the store's memory-mapped window index for windows that keep
+to documents), and an epoch's order is a keyed bijection of window indices (`order_at`)
+evaluated for the positions a step takes, never a permutation held in memory.
 """
 
 from __future__ import annotations
@@ -19,58 +18,9 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from unmask.data.store import Split
+from unmask.data.layouts import AlignedLayout, PackedLayout, PiecedLayout
+from unmask.data.store import JoinedSplit, Split
 from unmask.data.tokenizer import Vocabulary
-
-
-@dataclass(frozen=True)
-class PackedLayout:
-    """Windows laid back to back over a stream of `total_tokens`, by arithmetic: window i
-    starts at i * body_len. Training drops the ragged tail (as run_mlm.py's group_texts does);
-    evaluation keeps it (`keep_partial`), padded, so no held-out token goes unscored."""
-
-    total_tokens: int
-    body_len: int
-    keep_partial: bool
-
-    def __len__(self) -> int:
-        full, tail = divmod(self.total_tokens, self.body_len)
-        return full + (1 if self.keep_partial and tail else 0)
-
-    def spans(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(starts, lengths) of windows `indices`."""
-        indices = np.asarray(indices, dtype=np.int64)
-        starts = indices * self.body_len
-        return starts, np.minimum(self.body_len, self.total_tokens - starts)
-
-
-@dataclass(frozen=True)
-class ListedLayout:
-    """Windows listed one by one: (start, length) of each."""
-
-    starts: np.ndarray
-    lengths: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def spans(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.starts[indices], self.lengths[indices]
-
-
-def padded_windows(offsets: np.ndarray, body_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, lengths) of windows that each stay inside one document.
-
-    The separator stored after each document is left out: the window's own closing
-    token plays its part. A long document continues on the next window.
-    """
-    starts, lengths = [], []
-    for begin, end in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
-        content_end = end - 1
-        for start in range(begin, content_end, body_len):
-            starts.append(start)
-            lengths.append(min(body_len, content_end - start))
-    return np.asarray(starts, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
 
 
 class WindowBatch(NamedTuple):
@@ -87,15 +37,15 @@ class WindowBatch(NamedTuple):
 class Windows:
     """Windows of one split, assembled into (input_ids, attention_mask) batches."""
 
-    split: Split
+    split: Split | JoinedSplit
     seq_len: int
     vocab: Vocabulary
-    layout: PackedLayout | ListedLayout
+    layout: PackedLayout | AlignedLayout | PiecedLayout
 
     @classmethod
     def build(
         cls,
-        split: Split,
+        split: Split | JoinedSplit,
         seq_len: int,
         vocab: Vocabulary,
         packing: Literal["packed", "padded"] = "packed",
@@ -104,7 +54,7 @@ class Windows:
         body_len = seq_len - 2
         if packing == "packed":
             return cls(split, seq_len, vocab, PackedLayout(len(split.tokens), body_len, keep_partial))
-        return cls(split, seq_len, vocab, ListedLayout(*padded_windows(np.asarray(split.offsets), body_len)))
+        return cls(split, seq_len, vocab, split.aligned_layout(seq_len))
 
     def __len__(self) -> int:
         return len(self.layout)

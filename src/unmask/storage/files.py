@@ -20,7 +20,7 @@ import socket
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -110,12 +110,19 @@ def follow_umask(folder: Path) -> None:
 
 
 def _write_atomically(path: Path, data: bytes, mode: int) -> None:
+    atomic_write_chunks(path, [data], len(data), mode)
+
+
+def atomic_write_chunks(path: Path, chunks: Iterable[bytes], size: int | None = None, mode: int = 0o666) -> None:
+    """Write `chunks` one after another through a temporary file, fsync, rename: a file of any
+    size in bounded memory, and a crash (or a full disk) never leaves half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with disk_full_guard(path, path.name, len(data)):
+    with disk_full_guard(path, path.name, size):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                for chunk in chunks:
+                    f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, mode & ~current_umask())  # mkstemp creates 0600; results are meant to be shared, as the umask says

@@ -8,6 +8,8 @@
       *.offsets          raw int64: start of each document in .tokens, plus the end
       *.words            bits, one per token (packed, most significant first): does the
                          token start a word? From the tokenizer's own word_ids.
+      *.windows-128      the window index for --packing padded at --seq-len 128 (one per
+                         length prepared): see `data.window_index`
 
 A store may also be a folder of shards, each a store of the layout above, made separately
 (`prepare --shard I/N`, one machine each) or added later (`prepare --append`):
@@ -82,6 +84,9 @@ class StoreDir:
 
     def words(self, split: str) -> Path:
         return self.path / f"{split}.words"
+
+    def window_index(self, split: str, seq_len: int) -> Path:
+        return self.path / f"{split}.windows-{seq_len}"
 
     def blocks(self, split: str) -> Path:
         return self.path / f"{split}.blocks"
