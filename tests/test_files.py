@@ -1,13 +1,15 @@
 """Atomic writes and folders published whole."""
 
+import gc
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from unmask.config import UnmaskError
 from unmask.storage import files
-from unmask.storage.files import RunLock, atomic_write_text, building_path, publish_folder, recover_folder
+from unmask.storage.files import RunLock, atomic_write_text, building_path, map_file, publish_folder, recover_folder
 
 
 def test_atomic_write_replaces_whole_and_leaves_no_temporary(tmp_path):
@@ -155,3 +157,21 @@ def test_published_folders_and_atomic_files_follow_the_umask(tmp_path, umask):
         expected = (0o777 if (tmp_path / name).is_dir() else 0o666) & ~umask
         assert mode == expected, f"{name}: {mode:o}, the umask {umask:03o} says {expected:o}"
     assert len(modes) == 5  # model/, its weights, sub/, the private file, summary.json
+
+
+def test_a_mapped_file_holds_no_descriptor_is_read_only_and_outlives_its_first_view(tmp_path):
+    path = tmp_path / "ids.bin"
+    np.arange(1000, dtype=np.int64).tofile(path)
+    before = len(os.listdir("/proc/self/fd"))
+    maps = [map_file(path, np.int64) for _ in range(200)]
+    assert len(os.listdir("/proc/self/fd")) == before, "a store of thousands of shards must not run out of open files"
+    assert maps[7][-1] == 999 and len(maps[7]) == 1000
+    assert map_file(path, np.int64, offset=64)[:2].tolist() == [8, 9], "from a header's end"
+    view = maps[0][10:13]
+    del maps
+    gc.collect()
+    assert view.tolist() == [10, 11, 12], "a view keeps the map"
+    with pytest.raises(ValueError, match="read-only"):
+        view[0] = 3
+    (tmp_path / "empty").write_bytes(b"")
+    assert len(map_file(tmp_path / "empty", np.int64)) == 0

@@ -20,7 +20,7 @@ from unmask.data.layouts import AlignedLayout, PiecedLayout, aligned_window_coun
 from unmask.data.tokenizer import Vocabulary, fingerprint
 from unmask.data.window_index import LISTED_DOCUMENTS, WindowIndex
 from unmask.errors import UnmaskError
-from unmask.storage.files import no_such_path, recover_folder
+from unmask.storage.files import map_file, no_such_path, recover_folder
 from unmask.storage.storedir import READABLE_VERSIONS, SPLITS, StoreDir, shard_name
 
 
@@ -218,15 +218,15 @@ class TokenStore:
                 np.zeros(0, dtype=self.meta["dtype"]), np.zeros(1, dtype=np.int64), words, WindowIndex(self.folder, name, self.meta, 0)
             )
         try:
-            tokens = np.memmap(self.folder.tokens(name), dtype=self.meta["dtype"], mode="r")
-            offsets = np.memmap(self.folder.offsets(name), dtype=np.int64, mode="r")
+            tokens = map_file(self.folder.tokens(name), self.meta["dtype"])
+            offsets = map_file(self.folder.offsets(name), np.int64)
         except (OSError, ValueError) as e:
             raise UnmaskError(f"{self.path}: {name} split cannot be read: {e}") from None
-        if len(tokens) != count or offsets[-1] != count:
+        if len(tokens) != count or len(offsets) == 0 or offsets[-1] != count:
             raise UnmaskError(f"{self.path}: {name} split is damaged ({len(tokens)} tokens on disk, {count} recorded)")
         words = None
         if self.has_word_starts:
-            words = np.memmap(self.folder.words(name), dtype=np.uint8, mode="r")
+            words = map_file(self.folder.words(name), np.uint8)
             if len(words) != (count + 7) // 8:
                 raise UnmaskError(f"{self.path}: {name} split is damaged ({len(words)} bytes of word starts for {count} tokens)")
         return Split(tokens, offsets, words, WindowIndex(self.folder, name, self.meta, len(offsets) - 1))

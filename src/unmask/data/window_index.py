@@ -22,7 +22,7 @@ import numpy as np
 
 from unmask.data.layouts import aligned_window_counts_chunked
 from unmask.errors import UnmaskError
-from unmask.storage.files import atomic_write_chunks, atomic_write_text
+from unmask.storage.files import atomic_write_chunks, atomic_write_text, map_file
 from unmask.storage.storedir import SPLITS, StoreDir
 
 MAGIC = b"UNMASKWI"
@@ -44,7 +44,7 @@ def _header(seq_len: int, documents: int, store_id: str) -> bytes:
 def write_window_index(folder: StoreDir, split: str, seq_len: int, store_id: str) -> int:
     """Write `split`'s index for `seq_len` (atomically, in bounded memory); returns its window count."""
     offsets_path = folder.offsets(split)
-    offsets = np.memmap(offsets_path, dtype=np.int64, mode="r") if offsets_path.stat().st_size > 8 else np.zeros(1, np.int64)
+    offsets = map_file(offsets_path, np.int64)
     total = [0]
 
     def chunks() -> Iterable[bytes]:
@@ -102,7 +102,7 @@ class WindowIndex:
         seq, documents = np.frombuffer(header[8:24], dtype="<i8").tolist()
         if header[24:40].hex() != self.meta.get("store_id") or (seq, documents) != (seq_len, self.documents):
             raise UnmaskError(f"{path}: the window index of another store (or of this one before it was replaced); {remedy}")
-        counts = np.memmap(path, dtype="<i8", mode="r", offset=HEADER_BYTES)
+        counts = map_file(path, "<i8", offset=HEADER_BYTES)
         if int(counts[-1]) != recorded[self.split]:
             raise UnmaskError(f"{path}: damaged ({int(counts[-1]):,} windows, meta.json records {recorded[self.split]:,}); {remedy}")
         return counts

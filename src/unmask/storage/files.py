@@ -20,6 +20,7 @@ import socket
 import stat
 import sys
 import tempfile
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -459,3 +460,44 @@ def append_json_line(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def map_file(path: Path, dtype, offset: int = 0):
+    """A read-only memory map of `path` (from byte `offset`) as a NumPy array that holds no file
+    open: Python's mmap keeps a duplicate descriptor per map, so a store of thousands of shards
+    (three maps a split, two splits, their indexes) would run out of the process's open files
+    (`ulimit -n`, often 1,024). The map is released when the last view of it goes."""
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size - offset
+        if size < dtype.itemsize:
+            return np.zeros(0, dtype=dtype)
+        libc = _libc()
+        if libc is None:  # no POSIX mmap through ctypes: NumPy's own map, which keeps the file open
+            return np.memmap(f, dtype=dtype, mode="r", offset=offset)
+        import mmap as mmap_module
+
+        start = offset - offset % mmap_module.ALLOCATIONGRANULARITY
+        length = size + (offset - start)
+        address = libc.mmap(None, ctypes.c_size_t(length), mmap_module.PROT_READ, mmap_module.MAP_SHARED, f.fileno(), ctypes.c_long(start))
+        if address in (None, ctypes.c_void_p(-1).value):
+            code = ctypes.get_errno()
+            raise OSError(code, f"cannot map {path}: {os.strerror(code)}")
+    region = (ctypes.c_char * length).from_address(address)
+    weakref.finalize(region, libc.munmap, ctypes.c_void_p(address), ctypes.c_size_t(length))
+    array = np.frombuffer(region, dtype=dtype, count=size // dtype.itemsize, offset=offset - start)
+    array.flags.writeable = False  # the pages are mapped read-only: a write would crash the process, not raise
+    return array
+
+
+def _libc():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):
+        return None
