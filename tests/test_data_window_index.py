@@ -117,3 +117,19 @@ def test_an_index_missing_damaged_or_from_another_store_is_refused_naming_it(lin
     assert {k: v for k, v in after.items() if k != index.name} == {k: v for k, v in before.items() if k != index.name}, (
         "nothing else touched"
     )
+
+
+def test_a_run_on_a_store_of_shards_trains_and_scores_as_on_the_one_shot_store(lines, tokenizer_dir, tiny_model_dir, tmp_path):
+    import unmask
+
+    make(lines, tmp_path / "whole", tokenizer_dir, padded_lengths=[32])
+    for index in (0, 1):
+        make(lines, tmp_path / "sharded", tokenizer_dir, shard=f"{index}/2", padded_lengths=[32])
+    settings = dict(seq_len=32, batch_size=4, max_steps=2, eval_every=2, log_every=1, precision="fp32", progress="none", packing="padded")
+    runs = {
+        name: unmask.train(model=str(tiny_model_dir), data=str(tmp_path / name), out=str(tmp_path / f"run-{name}"), **settings)
+        for name in ("whole", "sharded")
+    }
+    losses = {name: [m["loss"] for m in run.metrics if "loss" in m] for name, run in runs.items()}
+    assert losses["whole"] == losses["sharded"] and len(losses["whole"]) == 2, "the same windows, in the same order"
+    assert runs["whole"].summary["eval_loss"] == runs["sharded"].summary["eval_loss"]

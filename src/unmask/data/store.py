@@ -186,7 +186,8 @@ class TokenStore:
 
     @property
     def tokenizer_path(self) -> Path:
-        return self.folder.tokenizer
+        """The tokenizer that made the store (a store of shards: its first shard's, which all share)."""
+        return self.folder.tokenizer if self.shards is None else self.shards[0][1].tokenizer_path
 
     @property
     def tokenizer_name(self) -> str:
