@@ -6,7 +6,7 @@ import pytest
 from unmask.data.layouts import AlignedLayout, PackedLayout
 from unmask.data.store import Split
 from unmask.data.tokenizer import Vocabulary
-from unmask.data.windows import DataPosition, Windows, WindowSampler, order_at, rank_share
+from unmask.data.windows import DataPosition, Windows, WindowSampler, evaluation_batch, evaluation_batches, order_at, rank_share
 
 VOCAB = Vocabulary(size=30, special_ids=(0, 1, 2, 3, 4), mask_id=4, opener_id=2, closer_id=3, pad_id=0, starts_word=np.ones(30, bool))
 
@@ -119,3 +119,13 @@ def test_word_starts_travel_with_the_window_and_a_window_opens_on_a_word():
     assert ids[1, 1] == 20 and words[1, 2] is np.False_
     shifted = Windows(split, 6, VOCAB, AlignedLayout(np.array([5, 10]), np.array([0, 1]), body_len=4))  # tokens 5..8
     assert shifted.batch(np.array([0]))[2][0].tolist() == [True, True, False, True, False, True]
+
+
+@pytest.mark.parametrize("count, size, cap", [(10, 4, None), (12, 4, None), (10, 4, 2), (3, 8, None), (0, 4, None), (10**12, 256, 3)])
+def test_evaluation_batches_cover_the_windows_in_store_order_once(count, size, cap):
+    number = evaluation_batches(count, size, cap)
+    batches = [evaluation_batch(count, size, k) for k in range(number)]
+    covered = min(count, size * cap) if cap else count
+    assert sum(len(b) for b in batches) == covered and all(0 < len(b) <= size for b in batches)
+    if covered < 10**6:
+        assert np.concatenate(batches or [np.zeros(0, int)]).tolist() == list(range(covered))

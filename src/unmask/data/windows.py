@@ -185,9 +185,13 @@ def rank_share(rank: int, batch_size: int, micro_batches: int) -> list[slice]:
     return [slice(start + m * batch_size, start + (m + 1) * batch_size) for m in range(micro_batches)]
 
 
-def sequential_batches(window_count: int, batch_size: int, max_batches: int | None = None):
-    """Index batches in store order, for evaluation."""
-    for number, start in enumerate(range(0, window_count, batch_size)):
-        if max_batches is not None and number >= max_batches:
-            return
-        yield np.arange(start, min(start + batch_size, window_count))
+def evaluation_batches(window_count: int, batch_size: int, max_batches: int | None = None) -> int:
+    """How many batches of `batch_size` windows in store order evaluation reads (at most `max_batches`)."""
+    count = -(-window_count // batch_size)
+    return count if max_batches is None else min(count, max_batches)
+
+
+def evaluation_batch(window_count: int, batch_size: int, number: int) -> np.ndarray:
+    """The windows of evaluation batch `number`, in store order: computed, never listed, so a
+    held-out split of billions of windows costs nothing to walk."""
+    return np.arange(number * batch_size, min((number + 1) * batch_size, window_count))

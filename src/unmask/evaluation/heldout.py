@@ -25,7 +25,7 @@ from unmask.data.masking import IGNORE_INDEX, MaskedBatch, Masker, generator_dra
 from unmask.data.sources import ReadReport, expand_sources, read_documents
 from unmask.data.store import Split, TokenStore
 from unmask.data.tokenizer import Vocabulary, raw_tokenizer
-from unmask.data.windows import Windows, sequential_batches
+from unmask.data.windows import Windows, evaluation_batch, evaluation_batches
 from unmask.errors import UnmaskError
 from unmask.models.architectures import document_ids
 from unmask.models.masked_lm import MaskedLM
@@ -191,14 +191,15 @@ def evaluate_model(
     modes = [lm.training for lm in models]
     for lm in models:
         lm.eval()
-    batches = list(sequential_batches(len(windows), batch_size, max_batches))
-    mine = batches[world.rank :: world.size]
-    # Every process runs as many forwards as the busiest one: a sharded model gathers its
-    # weights in each forward, which all processes must join. Surplus forwards are not counted.
-    rounds = -(-len(batches) // world.size) if batches else 0
+    count = evaluation_batches(len(windows), batch_size, max_batches)
+    # Process r scores batches r, r + world, ...; every process runs as many forwards as the
+    # busiest one: a sharded model gathers its weights in each forward, which all processes
+    # must join. Surplus forwards are not counted.
+    rounds = -(-count // world.size)
     for round_ in tqdm(range(rounds), desc="eval", unit="batch", disable=not progress, leave=False):
-        counted = round_ < len(mine)
-        indices = mine[round_] if counted else batches[0]
+        number = round_ * world.size + world.rank
+        counted = number < count
+        indices = evaluation_batch(len(windows), batch_size, number if counted else 0)
         original, attention_mask = (torch.from_numpy(a) for a in windows.batch(indices)[:2])
         masked = mask_windows(masker, original, attention_mask, indices)
         picked = masked.labels != IGNORE_INDEX

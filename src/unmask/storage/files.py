@@ -12,6 +12,7 @@ import ctypes
 import difflib
 import errno
 import fcntl
+import functools
 import json
 import os
 import re
@@ -492,6 +493,7 @@ def map_file(path: Path, dtype, offset: int = 0):
     return array
 
 
+@functools.cache
 def _libc():
     try:
         libc = ctypes.CDLL(None, use_errno=True)
