@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from unmask.data.layouts import COUNTS_CHUNK, AlignedLayout, aligned_window_counts, aligned_window_counts_chunked
+from unmask.data.layouts import COUNTS_CHUNK, AlignedLayout, aligned_window_counts, aligned_window_counts_chunked, search_right
 
 
 def padded_windows(offsets: np.ndarray, body_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -39,3 +39,28 @@ def test_window_counts_in_chunks_are_the_counts_at_once(monkeypatch):
     chunked = np.concatenate(list(aligned_window_counts_chunked(offsets, 5)))
     assert COUNTS_CHUNK > 7 and chunked.tolist() == aligned_window_counts(offsets, 5).tolist()
     assert np.concatenate(list(aligned_window_counts_chunked(np.zeros(1, np.int64), 5))).tolist() == [0], "an empty split"
+
+
+@given(
+    values=st.lists(st.integers(0, 50), min_size=1, max_size=200).map(sorted),
+    keys=st.lists(st.integers(-5, 60), min_size=1, max_size=20),
+)
+def test_search_within_ranges_is_numpys_search_where_each_key_lands_in_its_range(values, keys):
+    values, keys = np.asarray(values), np.asarray(keys)
+    expected = np.searchsorted(values, keys, side="right")
+    # Ranges that hold the answer, as the coarse table gives them: from a position whose value
+    # is not above the key (or 0) to one past the answer.
+    lo = np.maximum(expected - 3, 0)
+    lo = np.where(values[np.minimum(lo, len(values) - 1)] <= keys, lo, 0)
+    hi = np.minimum(expected + 2, len(values))
+    assert search_right(values, keys, lo, hi).tolist() == expected.tolist()
+
+
+@given(lengths=st.lists(st.integers(1, 30), min_size=1, max_size=80), body_len=st.integers(1, 9), stride=st.integers(1, 9))
+def test_a_layout_with_a_coarse_table_finds_the_documents_the_whole_search_finds(lengths, body_len, stride):
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    counts = aligned_window_counts(offsets, body_len)
+    whole = AlignedLayout(offsets, counts, body_len)
+    coarse = AlignedLayout(offsets, counts, body_len, counts[::stride].copy(), stride)
+    every = np.arange(len(whole))
+    assert coarse.spans(every)[0].tolist() == whole.spans(every)[0].tolist()

@@ -169,3 +169,40 @@ def test_a_killed_parallel_prepare_leaves_no_store_and_no_worker(lines, tokenize
         time.sleep(0.1)
     assert children and not alive(), f"orphan workers {alive()} of {children}"
     assert not out.exists(), "no store that looks complete"
+
+
+def documents_of(split) -> list[tuple[int, ...]]:
+    tokens, offsets = np.asarray(split.tokens), np.asarray(split.offsets)
+    return [tuple(tokens[a:b].tolist()) for a, b in zip(offsets[:-1], offsets[1:])]
+
+
+def test_shards_dealt_by_files_read_only_their_files_and_hold_every_document_once(corpus_dir, tokenizer_dir, tmp_path):
+    options = dict(doc_per="file", val_fraction=0.2)
+    make(corpus_dir, tmp_path / "whole", tokenizer_dir, **options)
+    metas = [make(corpus_dir, tmp_path / "dealt", tokenizer_dir, shard=f"{i}/3", shard_by="files", **options) for i in (2, 0, 1)]
+    assert sorted(m["files"] for m in metas) == [13, 13, 14], "40 files, each read by one shard only"
+    whole, dealt = TokenStore.open(tmp_path / "whole"), TokenStore.open(tmp_path / "dealt")
+    ours = sorted(documents_of(dealt.split("train")) + documents_of(dealt.split("val")))
+    assert (
+        ours == sorted(documents_of(whole.split("train")) + documents_of(whole.split("val")))
+        and dealt.meta["splits"]["train"]["documents"] + dealt.meta["splits"]["val"]["documents"] == 40
+    )
+    # Shard after shard: the joined split reads shard 0's documents first, each shard holding out every 5th of its own.
+    first = TokenStore.open_one(tmp_path / "dealt" / "shard-000-00000-of-00003")
+    assert documents_of(dealt.split("train"))[: first.split("train").documents] == documents_of(first.split("train"))
+    assert first.meta["splits"]["val"]["documents"] == 3, "documents 0, 5 and 10 of its 14"
+    # An appended group numbers its documents after all 40, not after one shard's.
+    make(corpus_dir, tmp_path / "dealt", tokenizer_dir, append=True, **options)
+    assert TokenStore.open(tmp_path / "dealt").shards[-1][0]["doc_base"] == 40
+
+
+def test_shards_dealt_two_ways_in_one_group_or_more_shards_than_files_are_refused(corpus_dir, tokenizer_dir, tmp_path):
+    make(corpus_dir, tmp_path / "mixed", tokenizer_dir, shard="0/2", doc_per="file")
+    make(corpus_dir, tmp_path / "mixed", tokenizer_dir, shard="1/2", shard_by="files", doc_per="file")
+    with pytest.raises(UnmaskError, match=r"shard 1/2 of group 0 was dealt out by files, its group's shard 0 by documents"):
+        TokenStore.open(tmp_path / "mixed")
+    with pytest.raises(UnmaskError, match=r"--shard 40/41 --shard-by files: the sources hold 40 file\(s\), none left for shard 40"):
+        make(corpus_dir, tmp_path / "many", tokenizer_dir, shard="40/41", shard_by="files", doc_per="file")
+    assert not (tmp_path / "many").exists() or not any((tmp_path / "many").iterdir()), "nothing written"
+    with pytest.raises(UnmaskError, match=r"--shard-by: deals out shards: give --shard I/N too"):
+        PrepareConfig(sources=[str(corpus_dir)], out=str(tmp_path / "x"), shard_by="files")

@@ -36,12 +36,14 @@ def every_window(windows: Windows) -> tuple[list, list]:
     return ids.tolist(), mask.tolist()
 
 
-def test_prepare_writes_the_index_training_maps_and_it_gives_the_counted_windows(lines, tokenizer_dir, tmp_path):
+def test_prepare_writes_the_index_training_maps_and_it_gives_the_counted_windows(lines, tokenizer_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("unmask.data.window_index.COARSE_STRIDE", 7)  # a coarse table of many entries, even for 540 documents
     meta = make(lines, tmp_path / "store", tokenizer_dir, padded_lengths=[16, 128])
     assert sorted(meta["window_index"], key=int) == ["16", "128"] and len(meta["store_id"]) == 32
     split = TokenStore.open(tmp_path / "store").split("train")
     mapped = split.aligned_layout(16)
     assert not mapped.counts.flags.owndata and not mapped.counts.flags.writeable, "mapped from the file, not counted at start-up"
+    assert mapped.stride == 7 and mapped.coarse.tolist() == np.asarray(mapped.counts)[::7].tolist()
     counted = _counts(split.offsets, 14)
     assert np.asarray(mapped.counts).tolist() == counted.tolist()
     vocab = TokenStore.open(tmp_path / "store").vocabulary()

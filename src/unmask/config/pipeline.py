@@ -75,6 +75,8 @@ class PrepareConfig(SourceOptions):
     """Tokenizing processes (default: this machine's cores); 1 tokenizes in this process. The store is the same with any number."""
     shard: str | None = None
     """Make shard I of N (`--shard 0/4`), one machine each: documents are dealt out in blocks by the order they are read, so the shards together are the store one prepare would make. Merge with --merge, or read the folder of shards directly."""
+    shard_by: Literal["documents", "files"] = "documents"
+    """How --shard deals the work out. `documents`: every machine reads every source and keeps its blocks of documents, so the shards together are exactly the store one prepare would make. `files`: shard I reads only the files I, I+N, ... of the sources (expanded and sorted; a hub dataset is one), N times less reading, the way at scale; the store holds the same documents, shard after shard, each shard holding out every k-th of its own."""
     append: bool = False
     """Add the sources to the existing store --out as a new shard, numbered after its documents; the store's shards stay untouched."""
     merge: str | None = None
@@ -113,6 +115,7 @@ class PrepareConfig(SourceOptions):
                 "max_tokens",
                 "a shard cannot know the other shards' tokens; stop every shard at the same document with --max-docs",
             )
+        check_setting(self.shard_by == "documents" or self.shard is not None, "shard_by", "deals out shards: give --shard I/N too")
         check_setting(not (self.overwrite and self.append), "append", "adds a shard; it never replaces the store (drop --overwrite)")
 
     def shard_index(self) -> tuple[int, int]:

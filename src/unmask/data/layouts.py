@@ -4,7 +4,8 @@ number: nothing here is listed window by window, so memory does not grow with th
 - `PackedLayout`: windows back to back over the stream (arithmetic).
 - `AlignedLayout`: windows that keep to documents (`--packing padded`), found from the
   cumulative count of windows before each document (`aligned_window_counts`), which `prepare`
-  writes once per window length and training memory-maps (`data.window_index`).
+  writes once per window length and training memory-maps (`data.window_index`), with every
+  `COARSE_STRIDE`-th count in memory so that a lookup reads one page of it.
 - `PiecedLayout`: a store of shards, whose split is pieces of its shards' splits read as one.
 """
 
@@ -16,6 +17,10 @@ import numpy as np
 
 COUNTS_CHUNK = 1 << 22
 """Documents whose window counts are computed at once (bounds memory while an index is written)."""
+COARSE_STRIDE = 512
+"""Every this many documents, the window count is also kept in a small table (an index file
+ends with it, and training holds it): a lookup then reads one page of the counts, not the
+log2(documents) pages a binary search over the whole file would fault in."""
 
 
 def aligned_window_counts(offsets: np.ndarray, body_len: int) -> np.ndarray:
@@ -42,6 +47,22 @@ def aligned_window_counts_chunked(offsets: np.ndarray, body_len: int):
         base = int(chunk[-1])
     if len(offsets) <= 1:
         yield np.zeros(1, dtype=np.int64)
+
+
+def search_right(values: np.ndarray, keys: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """For each key, the first position in [lo, hi) of the sorted `values` whose value is above
+    the key (hi where none is): `np.searchsorted(values, keys, "right")` where each key is
+    known to land in its own range, reading only `values` inside those ranges (NumPy's search
+    reads the whole array: a memory-mapped index of billions of entries would be paged in)."""
+    lo, hi = np.array(lo, dtype=np.int64), np.array(hi, dtype=np.int64)
+    while True:
+        open_ = lo < hi
+        if not open_.any():
+            return lo
+        middle = (lo + hi) // 2
+        above = np.asarray(values[np.where(open_, middle, 0)]) > keys
+        hi = np.where(open_ & above, middle, hi)
+        lo = np.where(open_ & ~above, middle + 1, lo)
 
 
 @dataclass(frozen=True)
@@ -74,13 +95,24 @@ class AlignedLayout:
     offsets: np.ndarray
     counts: np.ndarray
     body_len: int
+    coarse: np.ndarray | None = None
+    """counts[::stride], in memory, where `counts` is a memory-mapped index."""
+    stride: int = COARSE_STRIDE
 
     def __len__(self) -> int:
         return int(self.counts[-1])
 
+    def documents(self, indices: np.ndarray) -> np.ndarray:
+        """The document each window lies in."""
+        if self.coarse is None:
+            return np.searchsorted(self.counts, indices, side="right") - 1
+        block = np.searchsorted(self.coarse, indices, side="right") - 1
+        lo = block * self.stride
+        return search_right(self.counts, indices, lo, np.minimum(lo + self.stride, len(self.counts))) - 1
+
     def spans(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         indices = np.asarray(indices, dtype=np.int64)
-        documents = np.searchsorted(self.counts, indices, side="right") - 1
+        documents = self.documents(indices)
         starts = np.asarray(self.offsets[documents], dtype=np.int64) + (indices - self.counts[documents]) * self.body_len
         content_ends = np.asarray(self.offsets[documents + 1], dtype=np.int64) - 1
         return starts, np.minimum(self.body_len, content_ends - starts)

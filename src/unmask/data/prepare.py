@@ -144,14 +144,20 @@ class Plan:
     count: int
     doc_base: int
     """The number of the first document read: the documents of the store's earlier groups."""
+    by_files: bool = False
+    """The shard reads only its share of the source files, and keeps every document of them."""
 
     @property
     def sharded(self) -> bool:
         return self.count > 1 or self.group > 0
 
     def takes(self, number: int) -> bool:
-        """Whether document `number` (of this group's reading) is this shard's."""
-        return (number // BLOCK) % self.count == self.index
+        """Whether document `number` (of this shard's reading) is this shard's."""
+        return self.by_files or (number // BLOCK) % self.count == self.index
+
+    def sources(self, found: list[Source]) -> list[Source]:
+        """The sources this shard reads: all of them, or its share of the files."""
+        return found[self.index :: self.count] if self.by_files else found
 
 
 def _documents_within(config: PrepareConfig, sources: list[Source], report: ReadReport) -> Iterator[str]:
@@ -184,6 +190,7 @@ def _plan(config: PrepareConfig, out: Path) -> Plan:
     """The shard this prepare makes: the store itself, a shard of a new store, or an appended one."""
     index, count = config.shard_index()
     folder = StoreDir(out)
+    by_files = config.shard_by == "files"
     if not config.append and config.shard is None:
         return Plan(out, 0, 0, 1, 0)
     if not config.append:  # group 0, shard I of N
@@ -192,21 +199,25 @@ def _plan(config: PrepareConfig, out: Path) -> Plan:
         clash = [p for g, _, n, p in folder.shards() if g == 0 and n != count]
         if clash:
             raise UnmaskError(f"--shard {config.shard}: {out} already holds shards of another count ({clash[0].name})")
-        return Plan(folder.shard(0, index, count), 0, index, count, 0)
+        return Plan(folder.shard(0, index, count), 0, index, count, 0, by_files)
     if not folder.looks_like_store():
         raise UnmaskError(f"--append: {out} holds no store to add to; make one first (without --append)")
-    from unmask.data.store import TokenStore
+    from unmask.data.store import TokenStore, documents_of_groups
 
     existing = TokenStore.open(out)
     records = existing.meta.get("shards") or [{"group": 0, "documents_read": sum(s["documents"] for s in existing.meta["splits"].values())}]
     group = max(r["group"] for r in records) + 1
-    base = sum({r["group"]: r["documents_read"] for r in records}.values())  # every shard of a group read all its documents
-    return Plan(folder.shard(group, index, count), group, index, count, base)
+    return Plan(folder.shard(group, index, count), group, index, count, documents_of_groups(records), by_files)
 
 
 def _prepare(config: PrepareConfig, plan: Plan, progress: bool) -> dict:
     _check_out(plan.target, [s for s in config.sources if not s.startswith("hf:")], config.overwrite)
-    sources = expand_sources(config.sources)
+    found = expand_sources(config.sources)
+    sources = plan.sources(found)
+    if not sources:
+        raise UnmaskError(
+            f"--shard {config.shard} --shard-by files: the sources hold {len(found)} file(s), none left for shard {plan.index}"
+        )
     tokenizer = load_tokenizer(config.tokenizer, config.trust_remote_code)
     if plan.group > 0 or plan.index > 0:  # a shard must speak the store's tokenizer and hold out as it does
         _check_matches_store(plan, tokenizer, config)
@@ -309,6 +320,7 @@ def _fill(config: PrepareConfig, plan: Plan, folder: StoreDir, sources, tokenize
             "count": plan.count,
             "doc_base": plan.doc_base,
             "documents_read": read[0],
+            "dealt": "files" if plan.by_files else "documents",
         }
         for split, writer in writers.items():
             np.asarray(writer.blocks, dtype=np.int64).reshape(-1, 2).tofile(folder.blocks(split))

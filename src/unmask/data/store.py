@@ -42,14 +42,14 @@ class Split:
     def aligned_layout(self, seq_len: int, listing_allowed: bool | None = None) -> AlignedLayout:
         """Windows of `seq_len` that keep to documents: from the store's index of that length,
         else counted in memory where the split is small enough (`listing_allowed` overrides)."""
-        counts = self.index.counts(seq_len) if self.index is not None else None
-        if counts is None:
-            if listing_allowed is None:
-                listing_allowed = self.documents <= LISTED_DOCUMENTS
-            if not listing_allowed and self.index is not None:
-                raise self.index.missing(seq_len)
-            counts = aligned_window_counts(np.asarray(self.offsets), seq_len - 2)
-        return AlignedLayout(self.offsets, counts, seq_len - 2)
+        indexed = self.index.layout(self.offsets, seq_len) if self.index is not None else None
+        if indexed is not None:
+            return indexed
+        if listing_allowed is None:
+            listing_allowed = self.documents <= LISTED_DOCUMENTS
+        if not listing_allowed and self.index is not None:
+            raise self.index.missing(seq_len)
+        return AlignedLayout(self.offsets, aligned_window_counts(np.asarray(self.offsets), seq_len - 2), seq_len - 2)
 
     def word_starts(self, start: int, length: int) -> np.ndarray:
         """Word-start flags of tokens [start, start + length)."""
@@ -243,9 +243,10 @@ def shard_pieces(shards: list[tuple[dict, TokenStore]], split: str) -> list[tupl
     pieces = []
     for group in sorted({record["group"] for record, _ in shards}):
         members = [(record, store) for record, store in shards if record["group"] == group]
-        if members[0][0]["count"] == 1:
-            part = members[0][1].split(split)
-            pieces.append((part, 0, part.documents))
+        if members[0][0]["count"] == 1 or _dealt(members[0][0]) == "files":  # shard after shard
+            for _, store in members:
+                part = store.split(split)
+                pieces.append((part, 0, part.documents))
             continue
         runs = []
         for _, store in members:
@@ -259,6 +260,22 @@ def shard_pieces(shards: list[tuple[dict, TokenStore]], split: str) -> list[tupl
                 first += count
         pieces += [(part, first, end) for _, part, first, end in sorted(runs, key=lambda run: run[0])]
     return pieces
+
+
+def _dealt(record: dict) -> str:
+    """How a group's shards were dealt out: by blocks of `documents` (every shard read all of
+    them), or by source `files` (each read its own)."""
+    return record.get("dealt", "documents")
+
+
+def documents_of_groups(records: list[dict]) -> int:
+    """Documents the groups of these shard records read: a group dealt by documents read them
+    all in each shard, a group dealt by files read them between its shards."""
+    total = 0
+    for group in {r["group"] for r in records}:
+        members = [r for r in records if r["group"] == group]
+        total += sum(r["documents_read"] for r in members) if _dealt(members[0]) == "files" else members[0]["documents_read"]
+    return total
 
 
 def _record(meta: dict, path: Path) -> dict:
@@ -304,7 +321,13 @@ def open_sharded(path: Path) -> TokenStore:
                 raise UnmaskError(
                     f"{label} was prepared with --val-fraction {store.meta.get('val_fraction')}, the others with {first.meta.get('val_fraction')}"
                 )
-            if (record["doc_base"], record["documents_read"]) != (members[0][0]["doc_base"], members[0][0]["documents_read"]):
+            if _dealt(record) != _dealt(members[0][0]):
+                raise UnmaskError(
+                    f"{label} was dealt out by {_dealt(record)}, its group's shard 0 by {_dealt(members[0][0])}; prepare every shard of a group with the same --shard-by"
+                )
+            if record["doc_base"] != members[0][0]["doc_base"] or (
+                _dealt(record) == "documents" and record["documents_read"] != members[0][0]["documents_read"]
+            ):
                 raise UnmaskError(
                     f"{label} read other documents than its group's shard 0 ({record['documents_read']:,} against {members[0][0]['documents_read']:,}); prepare them from the same sources"
                 )
@@ -312,7 +335,7 @@ def open_sharded(path: Path) -> TokenStore:
             raise UnmaskError(
                 f"{path}: group {group} numbers its documents from {members[0][0]['doc_base']:,}, but the groups before it hold {expected_base:,}"
             )
-        expected_base += members[0][0]["documents_read"]
+        expected_base += documents_of_groups([r for r, _ in members])
     meta = dict(first.meta)
     meta["splits"] = {name: {k: sum(s.meta["splits"][name][k] for _, s in shards) for k in ("documents", "tokens")} for name in SPLITS}
     meta["word_starts"] = all(s.has_word_starts for _, s in shards)

@@ -3,7 +3,8 @@ document-aligned windows before each document (`layouts.aligned_window_counts`),
 by `prepare` and memory-mapped by training, so that `--packing padded` starts without reading
 every document's boundaries.
 
-    STORE/train.windows-128    64-byte header, then int64 x (documents + 1)
+    STORE/train.windows-128    64-byte header, int64 x (documents + 1), then every
+                               COARSE_STRIDE-th of those again (held in memory by training)
 
 The header holds a magic, the window length, the document count and the id of the store that
 wrote it (meta.json's `store_id`), so an index copied from another store, or left over from
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from unmask.data.layouts import aligned_window_counts_chunked
+from unmask.data.layouts import COARSE_STRIDE, AlignedLayout, aligned_window_counts_chunked
 from unmask.errors import UnmaskError
 from unmask.storage.files import atomic_write_chunks, atomic_write_text, map_file
 from unmask.storage.storedir import SPLITS, StoreDir
@@ -36,25 +37,33 @@ def new_store_id() -> str:
     return uuid.uuid4().hex
 
 
-def _header(seq_len: int, documents: int, store_id: str) -> bytes:
+def _header(seq_len: int, documents: int, store_id: str, stride: int) -> bytes:
     fields = MAGIC + np.array([seq_len, documents], dtype="<i8").tobytes() + bytes.fromhex(store_id)
-    return fields.ljust(HEADER_BYTES, b"\0")
+    return (fields + np.array([stride], dtype="<i8").tobytes()).ljust(HEADER_BYTES, b"\0")
 
 
 def write_window_index(folder: StoreDir, split: str, seq_len: int, store_id: str) -> int:
     """Write `split`'s index for `seq_len` (atomically, in bounded memory); returns its window count."""
     offsets_path = folder.offsets(split)
     offsets = map_file(offsets_path, np.int64)
-    total = [0]
+    total, stride = [0], COARSE_STRIDE
 
     def chunks() -> Iterable[bytes]:
-        yield _header(seq_len, len(offsets) - 1, store_id)
+        yield _header(seq_len, len(offsets) - 1, store_id, stride)
+        coarse, written = [], 0
         for piece in aligned_window_counts_chunked(offsets, seq_len - 2):
+            coarse.append(piece[(-written) % stride :: stride])
+            written += len(piece)
             total[0] = int(piece[-1])
             yield piece.astype("<i8").tobytes()
+        yield np.concatenate(coarse).astype("<i8").tobytes()
 
-    atomic_write_chunks(folder.window_index(split, seq_len), chunks(), HEADER_BYTES + 8 * len(offsets))
+    atomic_write_chunks(folder.window_index(split, seq_len), chunks(), _file_bytes(len(offsets) - 1, stride))
     return total[0]
+
+
+def _file_bytes(documents: int, stride: int) -> int:
+    return HEADER_BYTES + 8 * (documents + 1) + 8 * (documents // stride + 1)
 
 
 def index_store_folder(folder: StoreDir, meta: dict, lengths: Iterable[int]) -> dict:
@@ -82,10 +91,10 @@ class WindowIndex:
     meta: dict
     documents: int
 
-    def counts(self, seq_len: int) -> np.ndarray | None:
-        """The memory-mapped cumulative window counts for `seq_len`; None where the store has no
-        index of that length. A recorded index that is missing, damaged or another store's is
-        refused, naming the file."""
+    def layout(self, offsets: np.ndarray, seq_len: int) -> AlignedLayout | None:
+        """The windows of `seq_len` from the memory-mapped index (its coarse table read into
+        memory); None where the store has no index of that length. A recorded index that is
+        missing, damaged or another store's is refused, naming the file."""
         recorded = self.meta.get("window_index", {}).get(str(seq_len))
         if recorded is None:
             return None
@@ -93,19 +102,21 @@ class WindowIndex:
         remedy = f"write it again with `unmask prepare --index {self.folder.path} --padded-lengths {seq_len}` after deleting it"
         if not path.is_file():
             raise UnmaskError(f"{path}: missing, though {self.folder.meta} records it; {remedy}")
-        expected = HEADER_BYTES + 8 * (self.documents + 1)
         with open(path, "rb") as f:
             header = f.read(HEADER_BYTES)
+        stride = int(np.frombuffer(header[40:48], dtype="<i8")[0]) if len(header) == HEADER_BYTES else 0
+        expected = _file_bytes(self.documents, max(stride, 1))
         size = path.stat().st_size
-        if header[:8] != MAGIC or size != expected:
+        if header[:8] != MAGIC or stride < 1 or size != expected:
             raise UnmaskError(f"{path}: not this store's window index ({size:,} bytes, {expected:,} expected); {remedy}")
         seq, documents = np.frombuffer(header[8:24], dtype="<i8").tolist()
         if header[24:40].hex() != self.meta.get("store_id") or (seq, documents) != (seq_len, self.documents):
             raise UnmaskError(f"{path}: the window index of another store (or of this one before it was replaced); {remedy}")
-        counts = map_file(path, "<i8", offset=HEADER_BYTES)
-        if int(counts[-1]) != recorded[self.split]:
+        whole = map_file(path, "<i8", offset=HEADER_BYTES)
+        counts, coarse = whole[: self.documents + 1], np.array(whole[self.documents + 1 :])
+        if int(counts[-1]) != recorded[self.split] or int(coarse[-1]) != int(counts[(len(coarse) - 1) * stride]):
             raise UnmaskError(f"{path}: damaged ({int(counts[-1]):,} windows, meta.json records {recorded[self.split]:,}); {remedy}")
-        return counts
+        return AlignedLayout(offsets, counts, seq_len - 2, coarse, stride)
 
     def missing(self, seq_len: int) -> UnmaskError:
         """The error for a split too large to index in memory that has no index of `seq_len`."""

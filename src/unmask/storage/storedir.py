@@ -23,7 +23,10 @@ A store may also be a folder of shards, each a store of the layout above, made s
 A group's documents are numbered in the order they are read, continuing the previous
 groups' numbers, and dealt out in blocks of `BLOCK` documents: block b to shard b mod N. The
 held-out rule applies to those numbers, so the shards together are exactly the store one
-prepare of the same sources would have made, and read back in that order.
+prepare of the same sources would have made, and read back in that order. A group dealt out
+by files (`--shard-by files`, meta.json's shard record says `"dealt": "files"`) gives shard I
+the source files I, I+N, ...; each shard numbers and holds out its own documents, and the
+group reads back shard after shard.
 
 This module imports nothing but the standard library, so that anything (resolving a model
 name, reading a folder of sources) can tell a store from other folders.
