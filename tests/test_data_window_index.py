@@ -119,6 +119,11 @@ def test_an_index_missing_damaged_or_from_another_store_is_refused_naming_it(lin
     assert {k: v for k, v in after.items() if k != index.name} == {k: v for k, v in before.items() if k != index.name}, (
         "nothing else touched"
     )
+    # The remedy the message gives repairs it: the same bytes as the index prepare wrote.
+    prepare(PrepareConfig(index=str(tmp_path / "store"), padded_lengths=[16]), progress=False)
+    assert index.read_bytes() == before[index.name]
+    store = TokenStore.open(tmp_path / "store")
+    assert len(Windows.build(store.split("train"), 16, store.vocabulary(), packing="padded")) == store.meta["window_index"]["16"]["train"]
 
 
 def test_a_run_on_a_store_of_shards_trains_and_scores_as_on_the_one_shot_store(lines, tokenizer_dir, tiny_model_dir, tmp_path):

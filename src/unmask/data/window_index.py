@@ -67,15 +67,14 @@ def _file_bytes(documents: int, stride: int) -> int:
 
 
 def index_store_folder(folder: StoreDir, meta: dict, lengths: Iterable[int]) -> dict:
-    """Write the indexes of `lengths` that `folder` (one store, or one shard) lacks, then its
-    meta.json (after them, so a crash between leaves at worst an index meta.json does not name).
-    A store made before store ids is given one. Returns the new metadata."""
+    """Write the indexes of `lengths` into `folder` (one store, or one shard), replacing any of
+    those lengths already there (a damaged one is repaired so), then its meta.json (after them,
+    so a crash between leaves at worst an index meta.json does not name). A store made before
+    store ids is given one. Returns the new metadata."""
     meta = dict(meta)
     meta.setdefault("store_id", new_store_id())
     recorded = {k: dict(v) for k, v in meta.get("window_index", {}).items()}
     for seq_len in sorted(set(lengths)):
-        if str(seq_len) in recorded:
-            continue
         recorded[str(seq_len)] = {split: write_window_index(folder, split, seq_len, meta["store_id"]) for split in SPLITS}
     meta["window_index"] = recorded
     atomic_write_text(folder.meta, json.dumps(meta, indent=2))
@@ -99,7 +98,7 @@ class WindowIndex:
         if recorded is None:
             return None
         path = self.folder.window_index(self.split, seq_len)
-        remedy = f"write it again with `unmask prepare --index {self.folder.path} --padded-lengths {seq_len}` after deleting it"
+        remedy = f"write it again with `unmask prepare --index {self.folder.path} --padded-lengths {seq_len}`"
         if not path.is_file():
             raise UnmaskError(f"{path}: missing, though {self.folder.meta} records it; {remedy}")
         with open(path, "rb") as f:
