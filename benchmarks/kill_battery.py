@@ -6,7 +6,7 @@ final model save, and whether the final weights are identical bit for bit.
 
 Every resume is run as a requeued job runs it (`unmask train --out RUN --resume`), and some
 kills land before the first checkpoint. The tests do the same with 10 kills
-(tests/test_faults.py); this is the longer version.
+(tests/e2e/test_faults.py); this is the longer version.
 """
 
 from __future__ import annotations

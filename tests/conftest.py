@@ -5,11 +5,13 @@ Everything is built offline in a few seconds; no test needs a hub or ../shared.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
 
 import pytest
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # Tests never reach a hub: everything they load is built here, in local folders.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -162,30 +164,51 @@ def quiet(_: str) -> None:
     """An `echo` that swallows messages."""
 
 
+REPO = Path(__file__).resolve().parent.parent
+"""The repository's root (README.md, src/, docs/)."""
+
+
+def train_settings(store, model, out, **overrides) -> dict:
+    """The tiny run the tests train, as keyword settings: 6 steps of 4 windows of 32 tokens,
+    evaluated and checkpointed every 3. `overrides` change any; an override of None leaves that
+    setting at its default (given to nobody), and `model=None` with `from_scratch=...` builds one."""
+    values = dict(
+        data=str(store),
+        out=str(out),
+        model=None if model is None else str(model),
+        seq_len=32,
+        batch_size=4,
+        max_steps=6,
+        lr=1e-3,
+        warmup_steps=1,
+        log_every=1,
+        eval_every=3,
+        checkpoint_every=3,
+    )
+    return {key: value for key, value in {**values, **overrides}.items() if value is not None}
+
+
+def train_config(store, model, out, **overrides):
+    """`train_settings` as a TrainConfig."""
+    from unmask.config import TrainConfig
+
+    return TrainConfig(**train_settings(store, model, out, **overrides))
+
+
+def as_flags(settings: dict) -> list[str]:
+    """Settings as command-line flags (`--seq-len 32 ...`), for a subprocess or torchrun."""
+    return [item for key, value in settings.items() for item in (f"--{key.replace('_', '-')}", str(value))]
+
+
 @pytest.fixture(scope="session")
 def served(tmp_path_factory, store_dir, tiny_model_dir):
     """A folder of runs: one finished, one that is 'live' (its metrics.jsonl grows in the tests)."""
     import shutil
 
-    from unmask.config import TrainConfig
     from unmask.pretrain.train import train
 
     root = tmp_path_factory.mktemp("served") / "runs"
-    train(
-        TrainConfig(
-            data=str(store_dir),
-            out=str(root / "finished"),
-            model=str(tiny_model_dir),
-            seq_len=32,
-            batch_size=4,
-            max_steps=6,
-            eval_every=3,
-            log_every=1,
-            checkpoint_every=3,
-        ),
-        progress=False,
-        echo=quiet,
-    )
+    train(train_config(store_dir, tiny_model_dir, root / "finished", lr=None, warmup_steps=None), progress=False, echo=quiet)
     live = root / "team" / "live"
     live.mkdir(parents=True)
     shutil.copy(root / "finished" / "config.yaml", live / "config.yaml")
@@ -241,3 +264,41 @@ def live_server(served_live, tiny_model_dir):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+ANIMALS = ("cat", "dog", "bird")
+"""What the labelled-task records call an animal."""
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+def classification_records(count: int, seed: int = 0) -> list[dict]:
+    return [{"text": s, "label": "animal" if any(a in s for a in ANIMALS) else "person"} for s in make_sentences(count, seed)]
+
+
+def tagging_records(count: int, seed: int = 0) -> list[dict]:
+    records = []
+    for sentence in make_sentences(count, seed):
+        words = sentence.rstrip(".").split()
+        tags = ["B-ANI" if w in ANIMALS else "O" for w in words]
+        records.append({"tokens": words, "tags": tags})
+    return records
+
+
+class DeviceReads(TorchDispatchMode):
+    """Counts the operations that make the host wait for a device: a value read back, a size
+    only the device knows (nonzero, boolean indexing)."""
+
+    READS = {"_local_scalar_dense", "item", "nonzero", "masked_select", "is_nonzero", "equal"}
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] in self.READS:
+            self.seen.append(func.__name__)
+        return func(*args, **(kwargs or {}))

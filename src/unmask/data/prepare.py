@@ -1,4 +1,4 @@
-"""`unmask prepare`: text sources to a token store (layout in `data.layout`, reader in `data.store`).
+"""`unmask prepare`: text sources to a token store (layout in `storage.storedir`, reader in `data.store`).
 
 Word starts come from the tokenizer's own word_ids, so they are right for WordPiece,
 byte-level BPE and SentencePiece. Preparation streams: texts are tokenized in batches and appended to the files, so memory
@@ -134,10 +134,10 @@ class _Progress:
 
 
 @dataclass(frozen=True)
-class Plan:
+class ShardTarget:
     """Where a prepare writes, and which documents it takes."""
 
-    target: Path
+    folder: Path
     """The folder published: the store, or its shard."""
     group: int
     index: int
@@ -179,27 +179,27 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise UnmaskError(f"--out {out}: is a file, not a token store")
-    plan = _plan(config, out)
-    plan.target.parent.mkdir(parents=True, exist_ok=True)
-    with RunLock(plan.target.parent / f".{plan.target.name}.lock", "unmask prepare", guards=plan.target, remove_when_done=True):
-        remove_stale_building(plan.target.parent)
-        return _prepare(config, plan, progress)
+    target = _shard_target(config, out)
+    target.folder.parent.mkdir(parents=True, exist_ok=True)
+    with RunLock(target.folder.parent / f".{target.folder.name}.lock", "unmask prepare", guards=target.folder, remove_when_done=True):
+        remove_stale_building(target.folder.parent)
+        return _prepare(config, target, progress)
 
 
-def _plan(config: PrepareConfig, out: Path) -> Plan:
+def _shard_target(config: PrepareConfig, out: Path) -> ShardTarget:
     """The shard this prepare makes: the store itself, a shard of a new store, or an appended one."""
     index, count = config.shard_index()
     folder = StoreDir(out)
     by_files = config.shard_by == "files"
     if not config.append and config.shard is None:
-        return Plan(out, 0, 0, 1, 0)
+        return ShardTarget(out, 0, 0, 1, 0)
     if not config.append:  # group 0, shard I of N
         if folder.is_single():
             raise UnmaskError(f"--out {out}: holds a store already; add to it with --append, or choose another --out")
         clash = [p for g, _, n, p in folder.shards() if g == 0 and n != count]
         if clash:
             raise UnmaskError(f"--shard {config.shard}: {out} already holds shards of another count ({clash[0].name})")
-        return Plan(folder.shard(0, index, count), 0, index, count, 0, by_files)
+        return ShardTarget(folder.shard(0, index, count), 0, index, count, 0, by_files)
     if not folder.looks_like_store():
         raise UnmaskError(f"--append: {out} holds no store to add to; make one first (without --append)")
     from unmask.data.store import TokenStore, documents_of_groups
@@ -207,33 +207,33 @@ def _plan(config: PrepareConfig, out: Path) -> Plan:
     existing = TokenStore.open(out)
     records = existing.meta.get("shards") or [{"group": 0, "documents_read": sum(s["documents"] for s in existing.meta["splits"].values())}]
     group = max(r["group"] for r in records) + 1
-    return Plan(folder.shard(group, index, count), group, index, count, documents_of_groups(records), by_files)
+    return ShardTarget(folder.shard(group, index, count), group, index, count, documents_of_groups(records), by_files)
 
 
-def _prepare(config: PrepareConfig, plan: Plan, progress: bool) -> dict:
-    _check_out(plan.target, [s for s in config.sources if not s.startswith("hf:")], config.overwrite)
+def _prepare(config: PrepareConfig, target: ShardTarget, progress: bool) -> dict:
+    _check_out(target.folder, [s for s in config.sources if not s.startswith("hf:")], config.overwrite)
     found = expand_sources(config.sources)
-    sources = plan.sources(found)
+    sources = target.sources(found)
     if not sources:
         raise UnmaskError(
-            f"--shard {config.shard} --shard-by files: the sources hold {len(found)} file(s), none left for shard {plan.index}"
+            f"--shard {config.shard} --shard-by files: the sources hold {len(found)} file(s), none left for shard {target.index}"
         )
     tokenizer = load_tokenizer(config.tokenizer, config.trust_remote_code)
-    if plan.group > 0 or plan.index > 0:  # a shard must speak the store's tokenizer and hold out as it does
-        _check_matches_store(plan, tokenizer, config)
+    if target.group > 0 or target.index > 0:  # a shard must speak the store's tokenizer and hold out as it does
+        _check_matches_store(target, tokenizer, config)
     vocab = Vocabulary.from_tokenizer(tokenizer)
     dtype = token_dtype(vocab.size)
-    with building(plan.target, "the token store", tag="building") as folder:
-        return _fill(config, plan, StoreDir(folder), sources, tokenizer, vocab, dtype, progress)
+    with building(target.folder, "the token store", tag="building") as folder:
+        return _fill(config, target, StoreDir(folder), sources, tokenizer, vocab, dtype, progress)
 
 
-def _check_matches_store(plan: Plan, tokenizer, config: PrepareConfig) -> None:
+def _check_matches_store(target: ShardTarget, tokenizer, config: PrepareConfig) -> None:
     """Refuse a shard (appended, or one of N) whose tokenizer or --val-fraction differs from
     the store's other shards'."""
     from unmask.data.store import TokenStore
 
-    store = plan.target.parent
-    others = [p for _, _, _, p in StoreDir(store).shards() if p != plan.target] + ([store] if StoreDir(store).is_single() else [])
+    store = target.folder.parent
+    others = [p for _, _, _, p in StoreDir(store).shards() if p != target.folder] + ([store] if StoreDir(store).is_single() else [])
     for other in others:
         meta = TokenStore.open_one(other).meta
         if meta["tokenizer"]["fingerprint"] != fingerprint(tokenizer):
@@ -244,7 +244,9 @@ def _check_matches_store(plan: Plan, tokenizer, config: PrepareConfig) -> None:
             raise UnmaskError(f"--val-fraction {config.val_fraction}: {other} was prepared with {meta.get('val_fraction')}")
 
 
-def _fill(config: PrepareConfig, plan: Plan, folder: StoreDir, sources, tokenizer, vocab: Vocabulary, dtype, progress: bool) -> dict:
+def _fill(
+    config: PrepareConfig, target: ShardTarget, folder: StoreDir, sources, tokenizer, vocab: Vocabulary, dtype, progress: bool
+) -> dict:
     """Tokenize into the hidden `folder`, which `building` then publishes."""
     val_fraction = Fraction(str(config.val_fraction))
     writers = {split: _SplitWriter(folder, split, dtype, vocab.closer_id) for split in SPLITS}
@@ -257,7 +259,7 @@ def _fill(config: PrepareConfig, plan: Plan, folder: StoreDir, sources, tokenize
     def mine() -> Iterator[tuple[int, str]]:
         for number, text in enumerate(documents):
             read[0] = number + 1
-            if plan.takes(number):
+            if target.takes(number):
                 yield number, text
 
     items = mine()
@@ -267,7 +269,7 @@ def _fill(config: PrepareConfig, plan: Plan, folder: StoreDir, sources, tokenize
         for batch, encoded in encoded_batches(raw_tokenizer(tokenizer), batches, config.worker_count()):
             before = stored_tokens
             for (number, _), (ids, starts) in zip(batch, encoded):
-                split = "val" if is_validation_document(plan.doc_base + number, val_fraction) else "train"
+                split = "val" if is_validation_document(target.doc_base + number, val_fraction) else "train"
                 writers[split].add(ids, starts, number // BLOCK)
                 stored_tokens += len(ids) + 1
                 if config.max_tokens is not None and stored_tokens >= config.max_tokens:
@@ -287,7 +289,7 @@ def _fill(config: PrepareConfig, plan: Plan, folder: StoreDir, sources, tokenize
     stored = sum(w.documents for w in writers.values())
     if read[0] == 0:
         raise UnmaskError(f"{', '.join(config.sources)}: no non-empty documents found")
-    if writers["train"].documents == 0 and not plan.sharded:
+    if writers["train"].documents == 0 and not target.sharded:
         raise UnmaskError(
             f"only {stored} document(s): none left for training after the held-out split "
             "(add text, use --doc-per blank-line or line, or --val-fraction 0)"
@@ -313,14 +315,14 @@ def _fill(config: PrepareConfig, plan: Plan, folder: StoreDir, sources, tokenize
         },
         "seconds": round(seconds, 3),
     }
-    if plan.sharded:
+    if target.sharded:
         meta["shard"] = {
-            "group": plan.group,
-            "index": plan.index,
-            "count": plan.count,
-            "doc_base": plan.doc_base,
+            "group": target.group,
+            "index": target.index,
+            "count": target.count,
+            "doc_base": target.doc_base,
             "documents_read": read[0],
-            "dealt": "files" if plan.by_files else "documents",
+            "dealt": "files" if target.by_files else "documents",
         }
         for split, writer in writers.items():
             np.asarray(writer.blocks, dtype=np.int64).reshape(-1, 2).tofile(folder.blocks(split))

@@ -1,6 +1,6 @@
 """The token store reader: a store's splits memory-mapped for training and evaluation.
 
-The layout is in `data.layout`; `data.prepare` writes stores. Stores made before word starts
+The layout is in `storage.storedir`; `data.prepare` writes stores. Stores made before word starts
 were recorded lack the `.words` files; they train with token masking. A store of shards
 (`prepare --shard`, `--append`) opens as one: every shard is checked to be there, complete
 and made with the same tokenizer and held-out rule, and its splits read as one stream of

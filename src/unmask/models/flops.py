@@ -14,7 +14,7 @@ and is not counted. The counts are of *useful* work:
 - the MLM head at the masked positions only, and where the last layer runs only there
   (BERT, RoBERTa, DistilBERT under SDPA), its queries, attention output and feed-forward too.
 
-`tests/test_flops.py` checks each formula against `torch.utils.flop_counter` on a tiny model of
+`tests/unit/models/test_flops.py` checks each formula against `torch.utils.flop_counter` on a tiny model of
 each family, within 5%.
 """
 

@@ -163,11 +163,7 @@ class MaskedLM(nn.Module):
         if not getattr(self.model, "supports_gradient_checkpointing", False):
             raise UnmaskError(f"--activation-checkpointing: {type(self.model).__name__} does not support it")
         # Non-reentrant checkpointing, the kind that works under FSDP2 hooks.
-        options = {"use_reentrant": False}
-        if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5.x
-            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
-        else:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+        self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     def forward_flops(self, shape: Shape) -> float:
         """Model FLOPs of one forward pass over a micro-batch of `shape` (`models.flops`): the

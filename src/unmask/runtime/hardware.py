@@ -414,11 +414,6 @@ def reporting_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else None
 
 
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype of `choose_precision` (None for fp32)."""
-    return choose_precision(device, precision).dtype
-
-
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """The autocast context for `dtype` on `device`; does nothing for fp32 (`dtype` None)."""
     return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)

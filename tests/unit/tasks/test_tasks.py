@@ -1,36 +1,15 @@
 """Downstream tasks: labelled data read and checked, label sets, encoding, metrics equal to the libraries'."""
 
-import json
 import math
 
 import numpy as np
 import pytest
-from conftest import make_sentences
+from conftest import classification_records, write_jsonl
 
 from unmask.data.records import read_records
 from unmask.data.sources import ReadOptions
 from unmask.errors import UnmaskError
 from unmask.tasks.labelled import IGNORE_INDEX, LabelSet, TaskSpec, compute_metrics, encode, read_examples
-
-ANIMALS = ("cat", "dog", "bird")
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return str(path)
-
-
-def classification_records(count: int, seed: int = 0) -> list[dict]:
-    return [{"text": s, "label": "animal" if any(a in s for a in ANIMALS) else "person"} for s in make_sentences(count, seed)]
-
-
-def tagging_records(count: int, seed: int = 0) -> list[dict]:
-    records = []
-    for sentence in make_sentences(count, seed):
-        words = sentence.rstrip(".").split()
-        tags = ["B-ANI" if w in ANIMALS else "O" for w in words]
-        records.append({"tokens": words, "tags": tags})
-    return records
 
 
 def test_records_come_from_jsonl_csv_and_parquet_alike(tmp_path):

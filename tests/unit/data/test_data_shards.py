@@ -119,6 +119,7 @@ def test_a_worker_whose_parent_died_before_it_started_exits_at_once():
     assert child.returncode == 0 and "alive" in child.stdout, child.stderr
 
 
+@pytest.mark.slow
 def test_a_killed_parallel_prepare_leaves_no_store_and_no_worker(lines, tokenizer_dir, tmp_path):
     big = tmp_path / "big.txt"
     big.write_text(lines.read_text() * 40)

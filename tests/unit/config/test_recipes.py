@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from unmask.cli.main import parse
 from unmask.config import TrainConfig, load_yaml, save_yaml
 from unmask.config.recipes import RECIPES, describe, recipe_values
 
-RECIPES_PAGE = Path(__file__).resolve().parent.parent / "docs" / "recipes.md"
+RECIPES_PAGE = REPO / "docs" / "recipes.md"
 
 
 def resolved(*flags: str, notes: list[str] | None = None) -> TrainConfig:

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import train_config
 
 from unmask.cli.main import main
 from unmask.config import TrainConfig
@@ -22,9 +23,8 @@ from unmask.storage.hub import resolve_model
 
 
 def _config(store_dir, tiny_model_dir, out, **overrides) -> TrainConfig:
-    settings = dict(data=str(store_dir), out=str(out), model=str(tiny_model_dir), seq_len=32, batch_size=4, max_steps=6)
-    settings.update(log_every=2, eval_every=0, checkpoint_every=0, progress="none")
-    return TrainConfig(**{**settings, **overrides})
+    values = dict(lr=None, warmup_steps=None, log_every=2, eval_every=0, checkpoint_every=0, progress="none")
+    return train_config(store_dir, tiny_model_dir, out, **{**values, **overrides})
 
 
 def test_every_log_line_says_how_well_the_hardware_is_used(store_dir, tiny_model_dir, tmp_path):
@@ -70,6 +70,7 @@ def test_speed_means_average_the_log_lines_and_keep_the_highest_memory():
     assert speed_means([])["mean_mfu"] is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])  # what an AMX / AVX512-BF16 CPU trains in, and an AVX2 one
 def test_plan_measures_a_few_steps_writes_no_run_folder_and_estimates_memory_within_25_percent(store_dir, tmp_path, precision):
     # Tensor memory is counted op by op, so the figure is the same on any CPU and under any

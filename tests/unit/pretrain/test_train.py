@@ -4,31 +4,13 @@ import math
 
 import pytest
 import torch
-from conftest import quiet
+from conftest import quiet, train_config
 from safetensors.torch import load_file
 
 from unmask.config import TrainConfig, UnmaskError
 from unmask.pretrain.train import build_optimizer, train
 from unmask.storage import checkpoint
 from unmask.storage.rundir import RunDir
-
-
-def config(store_dir, model_dir, out, **overrides) -> TrainConfig:
-    settings = dict(
-        data=str(store_dir),
-        out=str(out),
-        model=str(model_dir),
-        seq_len=32,
-        batch_size=4,
-        max_steps=6,
-        lr=1e-3,
-        eval_every=3,
-        log_every=1,
-        checkpoint_every=3,
-        warmup_steps=1,
-    )
-    settings.update(overrides)
-    return TrainConfig(**settings)
 
 
 def run(cfg: TrainConfig, **kwargs) -> dict:
@@ -70,7 +52,7 @@ def test_a_run_writes_config_metrics_checkpoints_and_a_model_transformers_can_us
     from transformers import pipeline
 
     out = tmp_path / "run"
-    summary = run(config(store_dir, tiny_model_dir, out))
+    summary = run(train_config(store_dir, tiny_model_dir, out))
     assert summary["steps"] == 6 and summary["eval_masked_tokens"] > 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if "loss" in r]
@@ -86,7 +68,7 @@ def test_a_run_writes_config_metrics_checkpoints_and_a_model_transformers_can_us
 
 def test_training_lowers_the_held_out_loss(store_dir, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    run(config(store_dir, tiny_model_dir, out, max_steps=40, eval_every=40, checkpoint_every=0, lr=3e-3))
+    run(train_config(store_dir, tiny_model_dir, out, max_steps=40, eval_every=40, checkpoint_every=0, lr=3e-3))
     first_loss = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eval_loss"] < first_loss - 0.4, (first_loss, summary["eval_loss"])  # ln(110) = 4.7 at the start
@@ -95,7 +77,7 @@ def test_training_lowers_the_held_out_loss(store_dir, tiny_model_dir, tmp_path):
 
 def test_interrupted_then_resumed_run_ends_with_the_same_weights(store_dir, tiny_model_dir, tmp_path):
     straight = tmp_path / "straight"
-    run(config(store_dir, tiny_model_dir, straight, grad_accum=2, max_steps=7))
+    run(train_config(store_dir, tiny_model_dir, straight, grad_accum=2, max_steps=7))
 
     def crash_after_step_5(step: int) -> None:
         if step == 5:
@@ -103,9 +85,9 @@ def test_interrupted_then_resumed_run_ends_with_the_same_weights(store_dir, tiny
 
     broken = tmp_path / "broken"
     with pytest.raises(KeyboardInterrupt):
-        run(config(store_dir, tiny_model_dir, broken, grad_accum=2, max_steps=7), on_step=crash_after_step_5)
+        run(train_config(store_dir, tiny_model_dir, broken, grad_accum=2, max_steps=7), on_step=crash_after_step_5)
     assert checkpoint.latest_checkpoint(RunDir(broken)).name == "step-00000003"
-    run(config(store_dir, tiny_model_dir, broken, grad_accum=2, max_steps=7, resume=True))
+    run(train_config(store_dir, tiny_model_dir, broken, grad_accum=2, max_steps=7, resume=True))
 
     a, b = load_file(str(straight / "model" / "model.safetensors")), load_file(str(broken / "model" / "model.safetensors"))
     assert a.keys() == b.keys()
@@ -118,11 +100,11 @@ def test_interrupted_then_resumed_run_ends_with_the_same_weights(store_dir, tiny
 
 def test_existing_run_needs_resume_and_resume_refuses_changed_settings(store_dir, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    run(config(store_dir, tiny_model_dir, out, max_steps=2))
+    run(train_config(store_dir, tiny_model_dir, out, max_steps=2))
     with pytest.raises(UnmaskError, match="already holds a run"):
-        run(config(store_dir, tiny_model_dir, out, max_steps=2))
+        run(train_config(store_dir, tiny_model_dir, out, max_steps=2))
     with pytest.raises(UnmaskError, match=r"settings differ .*lr: 0\.001 -> 0\.002"):
-        run(config(store_dir, tiny_model_dir, out, max_steps=2, lr=2e-3, resume=True))
+        run(train_config(store_dir, tiny_model_dir, out, max_steps=2, lr=2e-3, resume=True))
 
 
 def test_a_diverging_loss_stops_training_and_keeps_earlier_checkpoints(store_dir, tiny_model_dir, tmp_path, monkeypatch):
@@ -139,7 +121,7 @@ def test_a_diverging_loss_stops_training_and_keeps_earlier_checkpoints(store_dir
     monkeypatch.setattr(MaskedLM, "loss_sum", poisoned)
     out = tmp_path / "run"
     with pytest.raises(UnmaskError, match="step 5: training loss is nan"):
-        run(config(store_dir, tiny_model_dir, out, max_steps=6, checkpoint_every=2, eval_every=0))
+        run(train_config(store_dir, tiny_model_dir, out, max_steps=6, checkpoint_every=2, eval_every=0))
     assert [p.name for p in [p for _, p in RunDir(out).checkpoint_steps()]] == ["step-00000002", "step-00000004"]
     assert not (out / "model").exists()
 
@@ -159,7 +141,7 @@ def test_tokenizer_mismatch_between_store_and_model_is_refused(store_dir, tmp_pa
     ).save_pretrained(folder)
     other.save_pretrained(folder)
     with pytest.raises(UnmaskError, match="maps text to other ids"):
-        run(config(store_dir, folder, tmp_path / "run"))
+        run(train_config(store_dir, folder, tmp_path / "run"))
 
 
 def test_from_scratch_uses_the_store_tokenizer_and_a_saved_config_reproduces_the_run(store_dir, tmp_path):
@@ -184,7 +166,7 @@ def test_no_held_out_split_means_no_empty_eval_records(tmp_path, corpus_dir, tok
     store = tmp_path / "store"
     prepare(PrepareConfig(sources=[str(corpus_dir)], out=str(store), tokenizer=str(tokenizer_dir), val_fraction=0.0), progress=False)
     out = tmp_path / "run"
-    summary = run(config(store, tiny_model_dir, out, max_steps=4, eval_every=2))
+    summary = run(train_config(store, tiny_model_dir, out, max_steps=4, eval_every=2))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert not any(key.startswith("eval_") for r in records for key in r), records
     assert "eval_loss" not in summary and summary["steps"] == 4
@@ -192,30 +174,30 @@ def test_no_held_out_split_means_no_empty_eval_records(tmp_path, corpus_dir, tok
 
 def test_resume_on_another_device_type_is_refused(store_dir, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    run(config(store_dir, tiny_model_dir, out, max_steps=2))
+    run(train_config(store_dir, tiny_model_dir, out, max_steps=2))
     state_path = checkpoint.latest_checkpoint(RunDir(out)) / "state.json"
     state = json.loads(state_path.read_text())
     state["info"]["device_type"] = "cuda"
     state_path.write_text(json.dumps(state))
     with pytest.raises(UnmaskError, match="trained on cuda, this run would continue on cpu"):
-        run(config(store_dir, tiny_model_dir, out, max_steps=2, resume=True))
+        run(train_config(store_dir, tiny_model_dir, out, max_steps=2, resume=True))
 
 
 def test_a_checkpoint_from_before_the_window_order_says_its_epoch_is_drawn_anew(store_dir, tiny_model_dir, tmp_path):
     from unmask.data.windows import WINDOW_ORDER
 
     out = tmp_path / "run"
-    run(config(store_dir, tiny_model_dir, out, max_steps=2))
+    run(train_config(store_dir, tiny_model_dir, out, max_steps=2))
     state_path = checkpoint.latest_checkpoint(RunDir(out)) / "state.json"
     state = json.loads(state_path.read_text())
     assert state["info"]["window_order"] == WINDOW_ORDER and state["data"]["position"] > 0, "mid-epoch, the order named"
     del state["info"]["window_order"]  # as unmask wrote it before the order was a bijection
     state_path.write_text(json.dumps(state))
     said: list[str] = []
-    train(config(store_dir, tiny_model_dir, out, max_steps=3, resume=True), progress=False, echo=said.append)
+    train(train_config(store_dir, tiny_model_dir, out, max_steps=3, resume=True), progress=False, echo=said.append)
     assert any("ordered windows otherwise (NumPy permutations)" in line and WINDOW_ORDER in line for line in said), said
     said.clear()  # the checkpoint of step 3 names its order: nothing to say
-    train(config(store_dir, tiny_model_dir, out, max_steps=4, resume=True), progress=False, echo=said.append)
+    train(train_config(store_dir, tiny_model_dir, out, max_steps=4, resume=True), progress=False, echo=said.append)
     assert not any("ordered windows otherwise" in line for line in said), said
 
 
@@ -227,7 +209,7 @@ def test_a_store_that_changed_under_the_run_is_refused_on_resume_before_any_step
 
     store, out = tmp_path / "store", tmp_path / "run"
     prepare(PrepareConfig(sources=[str(corpus_dir)], out=str(store), tokenizer=str(tokenizer_dir), val_fraction=0.1), progress=False)
-    run(config(store, tiny_model_dir, out, max_steps=2))
+    run(train_config(store, tiny_model_dir, out, max_steps=2))
     half = tmp_path / "half"
     half.mkdir()
     for path in sorted(corpus_dir.iterdir())[:20]:
@@ -239,7 +221,7 @@ def test_a_store_that_changed_under_the_run_is_refused_on_resume_before_any_step
     with pytest.raises(
         UnmaskError, match=r"--data .*store: [\d,]+ training windows now, [\d,]+ when the checkpoint was written: the store changed"
     ):
-        run(config(store, tiny_model_dir, out, max_steps=3, resume=True))
+        run(train_config(store, tiny_model_dir, out, max_steps=3, resume=True))
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before, "nothing written"
 
 
@@ -259,7 +241,7 @@ def test_roberta_and_distilbert_train_from_local_folders(architecture, request, 
     if architecture == "roberta":
         assert (vocab.opener_id, vocab.closer_id, vocab.pad_id, vocab.mask_id) == (0, 2, 1, 4)
     out = tmp_path / "run"
-    summary = run(config(store, folder, out, max_steps=3, seq_len=64, checkpoint_every=0))
+    summary = run(train_config(store, folder, out, max_steps=3, seq_len=64, checkpoint_every=0))
     assert summary["steps"] == 3 and math.isfinite(summary["eval_loss"])
     fill = pipeline("fill-mask", model=str(out / "model"))
     mask = fill.tokenizer.mask_token
@@ -281,12 +263,13 @@ def test_dropout_override_applies_in_training_but_not_to_the_saved_config(store_
 
     monkeypatch.setattr(train_module, "set_dropout", spy)
     out = tmp_path / "run"
-    run(config(store_dir, tiny_model_dir, out, max_steps=1, dropout=0.0, checkpoint_every=0))
+    run(train_config(store_dir, tiny_model_dir, out, max_steps=1, dropout=0.0, checkpoint_every=0))
     assert seen["p"] == {0.0}
     saved = json.loads((out / "model" / "config.json").read_text())
     assert saved["hidden_dropout_prob"] == 0.1 and saved["attention_probs_dropout_prob"] == 0.1
 
 
+@pytest.mark.slow
 def test_compiled_encoder_trains_exactly_like_the_eager_one(store_dir, tiny_model_dir, tmp_path, monkeypatch):
     # The eager backend traces the layers with dynamo but runs the same kernels, so the
     # losses must match to the bit; inductor would take half a minute to compile here.
@@ -299,8 +282,8 @@ def test_compiled_encoder_trains_exactly_like_the_eager_one(store_dir, tiny_mode
 
     monkeypatch.setattr(torch, "compile", eager_compile)
     eager, compiled = tmp_path / "eager", tmp_path / "compiled"
-    run(config(store_dir, tiny_model_dir, eager, max_steps=3, eval_every=0, checkpoint_every=0))
-    run(config(store_dir, tiny_model_dir, compiled, max_steps=3, eval_every=0, checkpoint_every=0, compile=True))
+    run(train_config(store_dir, tiny_model_dir, eager, max_steps=3, eval_every=0, checkpoint_every=0))
+    run(train_config(store_dir, tiny_model_dir, compiled, max_steps=3, eval_every=0, checkpoint_every=0, compile=True))
 
     def losses(out):
         return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
@@ -325,7 +308,7 @@ class FakeClock:
 
 def test_a_time_budget_ends_the_run_and_its_schedules_follow_the_time_spent(store_dir, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    cfg = config(
+    cfg = train_config(
         store_dir,
         tiny_model_dir,
         out,
@@ -359,7 +342,7 @@ def test_a_time_budget_ends_the_run_and_its_schedules_follow_the_time_spent(stor
 
 def test_a_resumed_budgeted_run_carries_the_time_already_spent(store_dir, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    cfg = config(store_dir, tiny_model_dir, out, max_steps=None, time_budget="1m", eval_every=0, checkpoint_every=2)
+    cfg = train_config(store_dir, tiny_model_dir, out, max_steps=None, time_budget="1m", eval_every=0, checkpoint_every=2)
 
     def stop_after_step_3(step: int) -> None:
         if step == 3:
@@ -376,7 +359,9 @@ def test_a_resumed_budgeted_run_carries_the_time_already_spent(store_dir, tiny_m
 @pytest.mark.parametrize("masking", ["whole-word", "span"])
 def test_word_level_masking_trains_and_logs_its_real_rate(store_dir, tiny_model_dir, tmp_path, masking):
     out = tmp_path / "run"
-    summary = run(config(store_dir, tiny_model_dir, out, max_steps=4, masking=masking, mask_prob=0.3, eval_every=0, checkpoint_every=0))
+    summary = run(
+        train_config(store_dir, tiny_model_dir, out, max_steps=4, masking=masking, mask_prob=0.3, eval_every=0, checkpoint_every=0)
+    )
     rates = [json.loads(line)["mask_rate"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     # Four steps of 4 x 32 tokens are few for spans: the statistical tests in test_masking pin the rate down.
     assert summary["steps"] == 4 and all(0 < r < 1 for r in rates) and 0.15 < sum(rates) / len(rates) < 0.45, rates
@@ -392,8 +377,8 @@ def test_word_level_masking_asks_to_re_prepare_a_store_without_word_starts(store
     del meta["word_starts"]
     (old / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(UnmaskError, match=r"--masking whole-word: .* was made before unmask recorded word boundaries; prepare it again"):
-        run(config(old, tiny_model_dir, tmp_path / "run", masking="whole-word"))
-    assert run(config(old, tiny_model_dir, tmp_path / "token-run", max_steps=1, eval_every=0, checkpoint_every=0))["steps"] == 1
+        run(train_config(old, tiny_model_dir, tmp_path / "run", masking="whole-word"))
+    assert run(train_config(old, tiny_model_dir, tmp_path / "token-run", max_steps=1, eval_every=0, checkpoint_every=0))["steps"] == 1
 
 
 def test_export_turns_any_complete_checkpoint_into_a_model_folder(store_dir, tiny_model_dir, tmp_path):
@@ -409,7 +394,7 @@ def test_export_turns_any_complete_checkpoint_into_a_model_folder(store_dir, tin
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):  # a run that never finished has no model/, but its checkpoints export
-        run(config(store_dir, tiny_model_dir, out, max_steps=6, checkpoint_every=2, keep_checkpoints=5), on_step=stop_after_step_5)
+        run(train_config(store_dir, tiny_model_dir, out, max_steps=6, checkpoint_every=2, keep_checkpoints=5), on_step=stop_after_step_5)
     assert not (out / "model").exists()
     exported = export_checkpoint(out, tmp_path / "step2", step=2, echo=quiet)
     assert exported.name == "step-00000002"
@@ -428,13 +413,13 @@ def test_export_turns_any_complete_checkpoint_into_a_model_folder(store_dir, tin
 
 def test_a_finished_run_can_be_extended_and_resuming_it_adds_no_duplicate_lines(store_dir, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    run(config(store_dir, tiny_model_dir, out, max_steps=4, eval_every=0, checkpoint_every=2))
+    run(train_config(store_dir, tiny_model_dir, out, max_steps=4, eval_every=0, checkpoint_every=2))
     before = (out / "metrics.jsonl").read_text()
-    run(config(store_dir, tiny_model_dir, out, max_steps=4, eval_every=0, checkpoint_every=2, resume=True))
+    run(train_config(store_dir, tiny_model_dir, out, max_steps=4, eval_every=0, checkpoint_every=2, resume=True))
     assert (out / "metrics.jsonl").read_text() == before, "resuming a finished run appends nothing, its final eval included"
     lines = []
     summary = train(
-        config(store_dir, tiny_model_dir, out, max_steps=6, eval_every=0, checkpoint_every=2, resume=True),
+        train_config(store_dir, tiny_model_dir, out, max_steps=6, eval_every=0, checkpoint_every=2, resume=True),
         progress=False,
         echo=lines.append,
     )
@@ -449,11 +434,11 @@ def test_resume_with_nothing_to_resume_says_so_and_a_config_without_checkpoint_s
 
     lines = []
     out = tmp_path / "fresh"
-    train(config(store_dir, tiny_model_dir, out, max_steps=1, eval_every=0, resume=True), progress=False, echo=lines.append)
+    train(train_config(store_dir, tiny_model_dir, out, max_steps=1, eval_every=0, resume=True), progress=False, echo=lines.append)
     assert any(line == f"note: --resume: nothing to resume in {out}; starting a new run" for line in lines)
     # A start that died before its first checkpoint, resumed as a requeued job resumes: from step 0.
     failed = tmp_path / "failed"
-    settings = config(store_dir, tiny_model_dir, failed, max_steps=1, eval_every=0, resume=True)
+    settings = train_config(store_dir, tiny_model_dir, failed, max_steps=1, eval_every=0, resume=True)
     failed.mkdir()
     save_yaml(settings, failed / "config.yaml")
     lines.clear()
@@ -463,21 +448,25 @@ def test_resume_with_nothing_to_resume_says_so_and_a_config_without_checkpoint_s
     conflicting.mkdir()
     (conflicting / "config.yaml").write_text("data: x\nout: y\nmodel: m\n")
     with pytest.raises(UnmaskError, match=r"has no checkpoint yet, and these settings differ from its config.yaml: data: \['x'\] -> "):
-        run(config(store_dir, tiny_model_dir, conflicting, max_steps=1, resume=True))
-    assert run(config(store_dir, tiny_model_dir, conflicting, max_steps=1, eval_every=0))["steps"] == 1, "a plain retry is welcome"
+        run(train_config(store_dir, tiny_model_dir, conflicting, max_steps=1, resume=True))
+    assert run(train_config(store_dir, tiny_model_dir, conflicting, max_steps=1, eval_every=0))["steps"] == 1, "a plain retry is welcome"
 
 
 def test_a_step_that_sees_windows_twice_is_warned_about_once(store_dir, tiny_model_dir, tmp_path):
     lines = []
-    train(config(store_dir, tiny_model_dir, tmp_path / "run", batch_size=600, max_steps=1, eval_every=0), progress=False, echo=lines.append)
+    train(
+        train_config(store_dir, tiny_model_dir, tmp_path / "run", batch_size=600, max_steps=1, eval_every=0),
+        progress=False,
+        echo=lines.append,
+    )
     repeats = [line for line in lines if line.startswith("warning: a step takes 600 windows but the store has only")]
     assert len(repeats) == 1 and "times" in repeats[0]
 
 
 def test_a_run_folder_is_a_model_to_continue_from(store_dir, tiny_model_dir, tmp_path):
     first = tmp_path / "first"
-    run(config(store_dir, tiny_model_dir, first, max_steps=2, eval_every=0))
-    summary = run(config(store_dir, first, tmp_path / "second", max_steps=2, eval_every=0))
+    run(train_config(store_dir, tiny_model_dir, first, max_steps=2, eval_every=0))
+    summary = run(train_config(store_dir, first, tmp_path / "second", max_steps=2, eval_every=0))
     assert summary["steps"] == 2
 
 
@@ -489,8 +478,8 @@ def test_a_run_config_describes_the_run_so_reusing_it_never_resumes_by_itself(st
     from unmask.cli.main import main
 
     out = tmp_path / "run"
-    run(config(store_dir, tiny_model_dir, out, max_steps=2, eval_every=0, checkpoint_every=2))
-    run(config(store_dir, tiny_model_dir, out, max_steps=3, eval_every=0, checkpoint_every=2, resume=True))
+    run(train_config(store_dir, tiny_model_dir, out, max_steps=2, eval_every=0, checkpoint_every=2))
+    run(train_config(store_dir, tiny_model_dir, out, max_steps=3, eval_every=0, checkpoint_every=2, resume=True))
     assert yaml.safe_load((out / "config.yaml").read_text())["resume"] is False
     before = {p.name: p.stat().st_mtime_ns for p in (out / "model").iterdir()} | {"summary": (out / "summary.json").stat().st_mtime_ns}
     assert main(["train", "--config", str(out / "config.yaml"), "--max-steps", "4", "--progress", "none"]) == 1
@@ -505,14 +494,16 @@ def test_a_run_config_describes_the_run_so_reusing_it_never_resumes_by_itself(st
 def test_the_start_says_how_a_step_is_made_up_and_warns_of_a_warmup_that_outlasts_the_run(store_dir, tiny_model_dir, tmp_path):
     lines = []
     train(
-        config(store_dir, tiny_model_dir, tmp_path / "run", grad_accum=2, warmup_steps=10, max_steps=3), progress=False, echo=lines.append
+        train_config(store_dir, tiny_model_dir, tmp_path / "run", grad_accum=2, warmup_steps=10, max_steps=3),
+        progress=False,
+        echo=lines.append,
     )
     start = next(line for line in lines if line.startswith("training "))
     assert "3 steps of 8 x 32 tokens (8 windows = 4 x 2 micro-batches)" in start, start
     warned = [line for line in lines if line.startswith("warning: warmup of 10 steps outlasts the run's 3")]
     assert len(warned) == 1 and "never passes 0.0003 (30.0% of the 0.001 peak)" in warned[0], lines
     lines.clear()
-    train(config(store_dir, tiny_model_dir, tmp_path / "plain", max_steps=3), progress=False, echo=lines.append)
+    train(train_config(store_dir, tiny_model_dir, tmp_path / "plain", max_steps=3), progress=False, echo=lines.append)
     start = next(line for line in lines if line.startswith("training "))
     assert "windows =" not in start and not any(line.startswith("warning: warmup") for line in lines), lines
 
@@ -525,7 +516,7 @@ def test_resuming_does_not_claim_a_fresh_head_that_comes_from_the_checkpoint(sto
     BertModel(tiny_bert(len(AutoTokenizer.from_pretrained(tokenizer_dir))).config).save_pretrained(headless)
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(headless)
     first = []
-    cfg = config(store_dir, headless, tmp_path / "run", max_steps=2, checkpoint_every=1)
+    cfg = train_config(store_dir, headless, tmp_path / "run", max_steps=2, checkpoint_every=1)
     train(cfg, progress=False, echo=first.append)
     assert any("has no MLM head; initialised a fresh one" in line for line in first)
     again = []

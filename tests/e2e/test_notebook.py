@@ -4,12 +4,13 @@ positions, the tables, the training loss falling; and README quotes the same num
 
 import os
 import re
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOK = ROOT / "examples" / "walkthrough.ipynb"
+pytestmark = pytest.mark.slow
+
+NOTEBOOK = REPO / "examples" / "walkthrough.ipynb"
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def test_the_walkthrough_prints_no_alarming_warning(executed):
 
 
 def test_readme_quotes_the_walkthroughs_numbers(executed):
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
     text = printed(executed)
     assert "examples/walkthrough.ipynb" in readme
     ids = re.search(r"ids: (\[[\d, ]+\])", text)[1]

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 
 import unmask
 from unmask.cli.main import main, parse
 from unmask.config import TrainConfig
 from unmask.errors import UnmaskError
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+pytestmark = pytest.mark.slow
+
+README = REPO / "README.md"
 
 
 def cli_json(capsys, argv: list[str]):
@@ -129,7 +131,7 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch, tiny_model_dir, c
 
 def test_the_other_commands_both_ways(tiny_model_dir, tokenizer_dir, store_dir, corpus_dir, tmp_path, capsys):
     """tokenizer, inspect, pairs, compare, probe, finetune and export: the API's result is what the command writes or prints."""
-    from test_tasks import classification_records, write_jsonl
+    from conftest import classification_records, write_jsonl
 
     model = str(tiny_model_dir)
     learned = unmask.tokenizer(sources=[str(corpus_dir)], out=str(tmp_path / "tok-api"), vocab_size=200)
@@ -203,7 +205,7 @@ def test_results_show_themselves_in_a_notebook(served, tiny_model_dir, store_dir
     (`_repr_html_`), with the numbers it holds."""
     import json
 
-    from test_tasks import classification_records, write_jsonl
+    from conftest import classification_records, write_jsonl
 
     fills = unmask.fill(str(tiny_model_dir), ["the cat [MASK] the door ."], top_k=3)
     html = fills._repr_html_()

@@ -170,6 +170,7 @@ def trainer_run(tokenizer, out, workers: int, steps: int = 30, every: str = "epo
     return [r for r in trainer.state.log_history if "loss" in r]
 
 
+@pytest.mark.slow
 def test_inside_a_real_trainer_the_loss_falls_the_rate_is_the_one_asked_and_workers_change_nothing(tokenizer, tmp_path):
     pytest.importorskip("accelerate")
     alone = trainer_run(tokenizer, tmp_path / "w0", workers=0)

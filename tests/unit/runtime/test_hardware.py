@@ -5,8 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import quiet
-from torch.utils._python_dispatch import TorchDispatchMode
+from conftest import DeviceReads, quiet, train_config
 
 from unmask.config import TrainConfig
 from unmask.pretrain.step import PICKED_ROWS_MULTIPLE, PICKED_SLOTS_MULTIPLE
@@ -81,21 +80,8 @@ def test_the_real_probe_answers_on_this_machine(cache):
 
 
 def tiny_config(store_dir, tiny_model_dir, out, **overrides) -> TrainConfig:
-    values = dict(
-        data=str(store_dir),
-        model=str(tiny_model_dir),
-        out=str(out),
-        seq_len=32,
-        batch_size=8,
-        max_steps=6,
-        lr=1e-3,
-        dropout=0.0,
-        eval_every=0,
-        checkpoint_every=0,
-        log_every=1,
-        progress="none",
-    )
-    return TrainConfig(**{**values, **overrides})
+    values = dict(batch_size=8, dropout=0.0, eval_every=0, checkpoint_every=0, progress="none", warmup_steps=None)
+    return train_config(store_dir, tiny_model_dir, out, **{**values, **overrides})
 
 
 def losses(out) -> list[float]:
@@ -112,22 +98,6 @@ def test_bf16_autocast_on_cpu_follows_the_fp32_loss(store_dir, tiny_model_dir, t
 
     weights = load_file(str(tmp_path / "bf16" / "model" / "model.safetensors"))
     assert all(t.dtype == torch.float32 for t in weights.values()), "master weights stay fp32"
-
-
-class DeviceReads(TorchDispatchMode):
-    """Counts the operations that make the host wait for a device: a value read back, a size
-    only the device knows (nonzero, boolean indexing)."""
-
-    READS = {"_local_scalar_dense", "item", "nonzero", "masked_select", "is_nonzero", "equal"}
-
-    def __init__(self):
-        super().__init__()
-        self.seen: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.__name__.split(".")[0] in self.READS:
-            self.seen.append(func.__name__)
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("masking", ["token", "whole-word", "span"])

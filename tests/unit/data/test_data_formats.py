@@ -202,6 +202,7 @@ def test_a_missing_optional_library_gets_a_one_line_install_hint(tokenizer_dir, 
         store_of(["hf:wikitext"], tmp_path / "store", tokenizer_dir)
 
 
+@pytest.mark.slow
 def test_a_ten_megabyte_line_and_a_file_with_a_nul_byte(tokenizer_dir, tmp_path):
     line = ("the cat sees the door " * 460_000)[:10_000_000]
     (tmp_path / "long.txt").write_text(line + "\n", encoding="utf-8")

@@ -3,8 +3,7 @@
 import json
 
 import pytest
-from conftest import quiet
-from test_tasks import classification_records, write_jsonl
+from conftest import classification_records, quiet, write_jsonl
 
 from unmask.config import DownstreamConfig, TrainConfig, load_suite
 from unmask.errors import UnmaskError

@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 
 from unmask.cli.main import COMMANDS, main
 
+pytestmark = pytest.mark.slow
+
 MINIMAL = {
     "prepare": ["prepare", "x.txt", "--out", "o"],
     "tokenizer": ["tokenizer", "x.txt", "--out", "o"],

@@ -4,15 +4,15 @@ link or reference fails it, and so does a public function without a docstring.""
 import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
 
 
 def hooks():
-    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+    spec = importlib.util.spec_from_file_location("docs_hooks", REPO / "docs" / "hooks.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -23,7 +23,7 @@ def test_the_site_builds_strictly_with_every_command_and_the_api(tmp_path):
     pytest.importorskip("mkdocstrings")
     site = tmp_path / "site"
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"), "-d", str(site)],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(REPO / "mkdocs.yml"), "-d", str(site)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -54,8 +54,8 @@ def test_a_public_function_without_a_docstring_fails_the_build(monkeypatch):
 
 
 def test_readme_links_the_pages_that_exist():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
     import re
 
     pages = re.findall(r"\]\((docs/[a-z-]+\.md)\)", readme)
-    assert len(pages) >= 8 and all((ROOT / page).is_file() for page in pages), pages
+    assert len(pages) >= 8 and all((REPO / page).is_file() for page in pages), pages

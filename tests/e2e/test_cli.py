@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 
 from unmask.cli.main import COMMANDS, main, normalise_flags, parse
 from unmask.config import EvalConfig, FillConfig, TrainConfig, from_dict
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
 
 
 def test_the_console_script_runs_and_reports_errors_without_a_traceback(tmp_path):

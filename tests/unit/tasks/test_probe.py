@@ -1,8 +1,7 @@
 """The linear probe: every task kind, a score that reflects what the features hold, fast, deterministic."""
 
 import pytest
-from conftest import make_sentences, quiet
-from test_tasks import classification_records, tagging_records, write_jsonl
+from conftest import classification_records, make_sentences, quiet, tagging_records, write_jsonl
 
 from unmask.config import ProbeConfig
 from unmask.tasks.probe import probe

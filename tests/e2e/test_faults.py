@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import quiet
+from conftest import REPO, as_flags, quiet, train_settings
 from safetensors.torch import load_file
 
 from unmask.config import PrepareConfig, TrainConfig, UnmaskError
@@ -24,27 +24,14 @@ from unmask.runtime.progress import PACE_KEYS
 from unmask.storage import checkpoint
 from unmask.storage.rundir import RunDir
 
-SRC = Path(__file__).resolve().parent.parent / "src" / "unmask"
+pytestmark = pytest.mark.slow
+
+SRC = REPO / "src" / "unmask"
 
 
 def settings(store, model, out, **overrides) -> list[str]:
-    values = dict(
-        model=model,
-        data=store,
-        out=out,
-        seq_len=32,
-        batch_size=4,
-        max_steps=80,
-        lr=1e-3,
-        warmup_steps=2,
-        log_every=1,
-        eval_every=8,
-        checkpoint_every=1,
-        keep_checkpoints=2,
-        progress="none",
-    )
-    values.update(overrides)
-    return [item for key, value in values.items() for item in (f"--{key.replace('_', '-')}", str(value))]
+    values = dict(max_steps=80, warmup_steps=2, eval_every=8, checkpoint_every=1, keep_checkpoints=2, progress="none")
+    return as_flags(train_settings(store, model, out, **{**values, **overrides}))
 
 
 def unmask_process(*args: str) -> subprocess.Popen:

@@ -42,6 +42,7 @@ def test_tensorboard_gets_the_same_metrics_as_metrics_jsonl(store_dir, tiny_mode
     assert [e.step for e in events.Scalars("eval/accuracy")] == [2, 4]
 
 
+@pytest.mark.slow
 def test_wandb_writes_an_offline_run_when_nobody_is_logged_in(store_dir, tiny_model_dir, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

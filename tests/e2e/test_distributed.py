@@ -17,34 +17,21 @@ import time
 
 import pytest
 import torch
-from conftest import quiet
+from conftest import as_flags, quiet, train_settings
 
 from unmask.config import TrainConfig
 from unmask.pretrain.train import train
 from unmask.runtime import distributed
 
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
 STEPS = 6
 
 
 def settings(store, model, out, **overrides) -> list[str]:
-    values = dict(
-        model=model,
-        data=store,
-        out=out,
-        seq_len=32,
-        batch_size=4,
-        max_steps=STEPS,
-        lr=1e-3,
-        warmup_steps=1,
-        log_every=1,
-        eval_every=3,
-        checkpoint_every=3,
-        dropout=0.0,
-        progress="none",
-        precision="fp32",  # comparisons to 1e-5: bf16 (chosen by `auto` on AVX512-BF16 and AMX CPUs) earns looser ones, below
-    )
-    values.update(overrides)
-    return [item for key, value in values.items() for item in (f"--{key.replace('_', '-')}", str(value))]
+    # precision fp32: comparisons to 1e-5; bf16 (chosen by `auto` on AVX512-BF16 and AMX CPUs) earns looser ones, below
+    values = dict(max_steps=STEPS, dropout=0.0, progress="none", precision="fp32")
+    return as_flags(train_settings(store, model, out, **{**values, **overrides}))
 
 
 def torchrun(*args: str, processes: int = 2, timeout: int = 240, command: str = "train") -> subprocess.CompletedProcess:
@@ -382,7 +369,7 @@ def test_activation_checkpointing_gives_the_same_losses(store_dir, tiny_model_di
 def test_fine_tuning_on_two_processes_takes_the_steps_of_one_with_the_same_global_batch(tiny_model_dir, tmp_path):
     """DDP fine-tuning: every process takes its share of each global batch; the loss is the
     mean over the whole batch, so 2 x batch 4 equals 1 x batch 8 (dropout off)."""
-    from test_tasks import classification_records, write_jsonl
+    from conftest import classification_records, write_jsonl
 
     from unmask.config import FinetuneConfig
     from unmask.tasks.finetune import finetune

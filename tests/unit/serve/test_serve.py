@@ -128,6 +128,7 @@ def test_the_page_is_served_from_the_package_with_no_outside_resource(client):
     assert "fetch(" in script and "https://" not in script and "http://" not in script
 
 
+@pytest.mark.slow
 def test_fifty_concurrent_fill_requests_are_all_answered(live_server):
     import httpx
 
@@ -172,8 +173,8 @@ def test_fine_tuning_folders_are_not_offered_as_mlm_runs(served, tiny_model_dir,
     is a task's and its head is not an MLM head: the page leaves it out and says so."""
     import shutil
 
+    from conftest import classification_records, write_jsonl
     from starlette.testclient import TestClient
-    from test_tasks import classification_records, write_jsonl
 
     from unmask.config import FinetuneConfig
     from unmask.serve.app import create_app

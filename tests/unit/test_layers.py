@@ -10,7 +10,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "src" / "unmask"
+from conftest import REPO
+
+PACKAGE = REPO / "src" / "unmask"
 
 # Top to bottom: the packages (and the few top-level modules) of src/unmask. A package may
 # import from its own layer's packages (without a cycle) or below; inside a package, modules

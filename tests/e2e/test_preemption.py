@@ -11,14 +11,15 @@ import time
 
 import pytest
 import torch
-from conftest import quiet
+from conftest import quiet, train_config
 from safetensors.torch import load_file
-from test_train import config as train_config
 
 from unmask.config import TrainConfig
 from unmask.pretrain.step import Run
 from unmask.pretrain.train import train
 from unmask.runtime.preemption import StopNow, Stopped, StopSignals
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize(

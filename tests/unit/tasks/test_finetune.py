@@ -6,9 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_sentences, quiet
+from conftest import classification_records, make_sentences, quiet, tagging_records, write_jsonl
 from safetensors.torch import load_file
-from test_tasks import classification_records, tagging_records, write_jsonl
 
 from unmask.config import FinetuneConfig
 from unmask.data.batching import length_grouped_batches, padding_share
@@ -169,7 +168,7 @@ def test_length_grouped_batches_cover_every_example_once_in_a_seeded_order():
 def test_a_fine_tuning_step_that_logs_nothing_never_reads_the_device(data, tiny_model_dir, tmp_path, monkeypatch):
     """Counted at the dispatcher, as for pretraining: between two updates that do not settle
     (no log line, no evaluation, no checkpoint) the host reads nothing from the device."""
-    from test_hardware import DeviceReads
+    from conftest import DeviceReads
 
     import unmask.tasks.finetune as module
 
