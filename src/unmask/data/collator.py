@@ -341,6 +341,37 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _check_callback_settings(collator, end: float | None, schedule: str, start: float | None, every: str) -> None:
+    """MaskRateCallback's arguments, refused with one line each."""
+    if not isinstance(collator, MaskingCollator):
+        raise UnmaskError(f"MaskRateCallback: needs the MaskingCollator the Trainer uses, got {type(collator).__name__}")
+    if every not in ("epoch", "step"):
+        raise UnmaskError(f"MaskRateCallback: every='{every}' is not 'epoch' or 'step'")
+    if schedule not in ("constant", "linear", "cosine"):
+        raise UnmaskError(f"MaskRateCallback: schedule '{schedule}' is not constant, linear or cosine")
+    for name, value in (("start", collator.mask_prob if start is None else start), ("end", end)):
+        if value is not None and not 0.0 < value < 1.0:
+            raise UnmaskError(f"MaskRateCallback: {name} must be strictly between 0 and 1, got {value}")
+    if schedule != "constant" and end is None:
+        raise UnmaskError(f"MaskRateCallback: schedule '{schedule}' needs the rate to end at (end=...)")
+
+
+def _check_loader_workers(args, every: str) -> None:
+    """Refuse data-loader workers that would not see the rate move: persistent ones keep the first
+    epoch's collator, and any worker makes its batches ahead, before a per-step move."""
+    workers = args.dataloader_num_workers
+    if workers and args.dataloader_persistent_workers:
+        raise UnmaskError(
+            "MaskRateCallback: dataloader_persistent_workers keeps the workers (and the collator) of the first epoch, "
+            "so every epoch would draw the same masks; set dataloader_persistent_workers=False"
+        )
+    if workers and every == "step":
+        raise UnmaskError(
+            f"MaskRateCallback: every='step' moves the rate in this process, but {workers} data-loader workers make "
+            "their batches ahead with the rate they started with; use every='epoch' or dataloader_num_workers=0"
+        )
+
+
 @functools.cache
 def mask_rate_callback_class():
     """The class `MaskRateCallback(collator, end=None, schedule="constant", start=None, every="epoch")`,
@@ -374,37 +405,17 @@ def mask_rate_callback_class():
             start: float | None = None,
             every: str = "epoch",
         ):
-            if not isinstance(collator, MaskingCollator):
-                raise UnmaskError(f"MaskRateCallback: needs the MaskingCollator the Trainer uses, got {type(collator).__name__}")
-            if every not in ("epoch", "step"):
-                raise UnmaskError(f"MaskRateCallback: every='{every}' is not 'epoch' or 'step'")
-            if schedule not in ("constant", "linear", "cosine"):
-                raise UnmaskError(f"MaskRateCallback: schedule '{schedule}' is not constant, linear or cosine")
+            _check_callback_settings(collator, end, schedule, start, every)
             self.collator, self.every, self.schedule = collator, every, schedule
             self.start = collator.mask_prob if start is None else start
             self.end = end
-            for name, value in (("start", self.start), ("end", self.end)):
-                if value is not None and not 0.0 < value < 1.0:
-                    raise UnmaskError(f"MaskRateCallback: {name} must be strictly between 0 and 1, got {value}")
-            if schedule != "constant" and end is None:
-                raise UnmaskError(f"MaskRateCallback: schedule '{schedule}' needs the rate to end at (end=...)")
 
         def _move(self, state) -> None:
             progress = state.global_step / state.max_steps if state.max_steps else 0.0
             self.collator.mask_prob = mask_rate(progress, self.start, self.end, self.schedule)
 
         def on_train_begin(self, args, state, control, **kwargs):
-            workers = args.dataloader_num_workers
-            if workers and args.dataloader_persistent_workers:
-                raise UnmaskError(
-                    "MaskRateCallback: dataloader_persistent_workers keeps the workers (and the collator) of the first epoch, "
-                    "so every epoch would draw the same masks; set dataloader_persistent_workers=False"
-                )
-            if workers and self.every == "step":
-                raise UnmaskError(
-                    f"MaskRateCallback: every='step' moves the rate in this process, but {workers} data-loader workers make "
-                    "their batches ahead with the rate they started with; use every='epoch' or dataloader_num_workers=0"
-                )
+            _check_loader_workers(args, self.every)
             self.collator.reset_counts()
             self.collator.epoch = math.floor((state.epoch or 0) + 1e-9)  # from now on an example's masks are its epoch's
             self._move(state)

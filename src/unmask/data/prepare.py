@@ -295,6 +295,26 @@ def _fill(
             "(add text, use --doc-per blank-line or line, or --val-fraction 0)"
         )
     tokenizer.save_pretrained(folder.tokenizer)
+    meta = _store_meta(config, target, writers, report, tokenizer, vocab, dtype, seconds, read[0])
+    if target.sharded:
+        for split, writer in writers.items():
+            np.asarray(writer.blocks, dtype=np.int64).reshape(-1, 2).tofile(folder.blocks(split))
+    return index_store_folder(folder, meta, config.padded_lengths)
+
+
+def _store_meta(
+    config: PrepareConfig,
+    target: ShardTarget,
+    writers: dict,
+    report: ReadReport,
+    tokenizer,
+    vocab: Vocabulary,
+    dtype,
+    seconds: float,
+    read: int,
+) -> dict:
+    """meta.json of a store (or shard) just written: what made it, its splits, what was skipped;
+    a shard's record says where its documents belong."""
     meta = {
         "format_version": FORMAT_VERSION,
         "store_id": new_store_id(),
@@ -321,12 +341,10 @@ def _fill(
             "index": target.index,
             "count": target.count,
             "doc_base": target.doc_base,
-            "documents_read": read[0],
+            "documents_read": read,
             "dealt": "files" if target.by_files else "documents",
         }
-        for split, writer in writers.items():
-            np.asarray(writer.blocks, dtype=np.int64).reshape(-1, 2).tofile(folder.blocks(split))
-    return index_store_folder(folder, meta, config.padded_lengths)
+    return meta
 
 
 def index_store(path: Path, lengths: list[int]) -> dict:

@@ -75,11 +75,53 @@ def compare(
     seq_len = min(seq_len, *(m.max_len for m in loaded))
     sets = held_out_sets(data, tokenizer, seq_len)
     found: list[Disagreement] = []
+    scored = {
+        name: evaluate_model(
+            models,
+            windows,
+            batch_size=batch_size,
+            device=target,
+            dtype=loaded[0].dtype,
+            max_batches=max_batches,
+            on_batch=_disagreements(tokenizer, found, examples),
+            progress=progress,
+        )
+        for name, windows in sets.items()
+    }
+    results = [combine([per[k] for per in scored.values()]) for k in range(2)]
+    notes = [
+        f"{role} ({name}) has no trained MLM head: its numbers are those of a fresh, randomly initialised head "
+        "(seeded, so repeatable), not of what the model knows"
+        for role, name, model in (("base", base, loaded[0]), ("trained", trained, loaded[1]))
+        if model.lm.has_fresh_head()
+    ]
+    report = {
+        "base": base,
+        "trained": trained,
+        "data": data,
+        "seq_len": seq_len,
+        "windows": sum(len(w) for w in sets.values()),
+        "base_metrics": results[0].as_dict(),
+        "trained_metrics": results[1].as_dict(),
+        "disagreements": [d.__dict__ for d in found],
+        "table": metrics_table(["base", "trained"], results),
+        "notes": notes,
+    }
+    if len(scored) > 1:
+        report["sources"] = {name: {"base": per[0].as_dict(), "trained": per[1].as_dict()} for name, per in scored.items()}
+    if out is not None:
+        _write_report(report, results, found, out)
+    return report
+
+
+def _disagreements(tokenizer, found: list[Disagreement], examples: int):
+    """An evaluation's `on_batch` that keeps up to `examples` positions where the two models'
+    top-1 predictions differ, at most two a batch so that they spread over the data."""
 
     def collect(original: torch.Tensor, labels: torch.Tensor, top1s: list[torch.Tensor]) -> None:
         rows, positions = (labels != -100).nonzero(as_tuple=True)
         differ = (top1s[0] != top1s[1]).nonzero(as_tuple=True)[0]
-        for k in differ[:2].tolist():  # at most two a batch, so the examples spread over the data
+        for k in differ[:2].tolist():
             if len(found) >= examples:
                 return
             row, position = int(rows[k]), int(positions[k])
@@ -94,44 +136,12 @@ def compare(
                 )
             )
 
-    scored = {
-        name: evaluate_model(
-            models,
-            windows,
-            batch_size=batch_size,
-            device=target,
-            dtype=loaded[0].dtype,
-            max_batches=max_batches,
-            on_batch=collect,
-            progress=progress,
-        )
-        for name, windows in sets.items()
-    }
-    results = [combine([per[k] for per in scored.values()]) for k in range(2)]
-    windows = list(sets.values())
-    table = metrics_table(["base", "trained"], results)
-    notes = [
-        f"{role} ({name}) has no trained MLM head: its numbers are those of a fresh, randomly initialised head "
-        "(seeded, so repeatable), not of what the model knows"
-        for role, name, model in (("base", base, loaded[0]), ("trained", trained, loaded[1]))
-        if model.lm.has_fresh_head()
-    ]
-    report = {
-        "base": base,
-        "trained": trained,
-        "data": data,
-        "seq_len": seq_len,
-        "windows": sum(len(w) for w in windows),
-        "base_metrics": results[0].as_dict(),
-        "trained_metrics": results[1].as_dict(),
-        "disagreements": [d.__dict__ for d in found],
-        "table": table,
-        "notes": notes,
-    }
-    if len(scored) > 1:
-        report["sources"] = {name: {"base": per[0].as_dict(), "trained": per[1].as_dict()} for name, per in scored.items()}
-    if out is None:
-        return report
+    return collect
+
+
+def _write_report(report: dict, results: list, found: list[Disagreement], out: Path) -> None:
+    """report.json, chart.png (where matplotlib is there) and report.md into `out`; the report
+    gains `chart` and `no_chart`."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     try:
@@ -139,15 +149,16 @@ def compare(
         report["chart"], report["no_chart"], image = str(out / "chart.png"), None, ["![metrics](chart.png)", ""]
     except UnmaskError as e:
         report["chart"], report["no_chart"], image = None, str(e), []
+    notes = report["notes"]
     markdown = [
         "# Base vs trained",
         "",
-        f"- base: `{base}`",
-        f"- trained: `{trained}`",
-        f"- data: `{' '.join(data)}`",
-        f"- {sum(len(w) for w in windows)} windows of {seq_len} tokens; the same masked positions for both ({EVAL_MASK_PROB:.0%}, seed {EVAL_SEED})",
+        f"- base: `{report['base']}`",
+        f"- trained: `{report['trained']}`",
+        f"- data: `{' '.join(report['data'])}`",
+        f"- {report['windows']} windows of {report['seq_len']} tokens; the same masked positions for both ({EVAL_MASK_PROB:.0%}, seed {EVAL_SEED})",
         "",
-        markdown_table(table),
+        markdown_table(report["table"]),
         "",
         *(f"Note: {note}." for note in notes),
         *([""] if notes else []),
@@ -160,5 +171,3 @@ def compare(
         *image,
     ]
     atomic_write_text(out / "report.md", "\n".join(markdown))
-
-    return report

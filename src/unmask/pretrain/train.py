@@ -187,20 +187,7 @@ def _setup(
     precision, peak = arithmetic
     check_run_folder(run_dir, config, echo)
     store = stores[0][1]
-    for _, other in stores[1:]:
-        if other.fingerprint != store.fingerprint:
-            raise UnmaskError(
-                f"--data: {other.path} was made with tokenizer '{other.tokenizer_name}' and {store.path} with '{store.tokenizer_name}', "
-                "which map text to other ids; the stores of one run must share a tokenizer"
-            )
-    vocab = store.vocabulary()
-    vocab.require_mask(f"--data {store.path}")
-    for _, each in stores:
-        if config.masking != "token" and not each.has_word_starts:
-            raise UnmaskError(
-                f"--masking {config.masking}: {each.path} was made before unmask recorded word boundaries; "
-                f"prepare it again (`unmask prepare ... --out {each.path} --overwrite`) or use --masking token"
-            )
+    vocab = _checked_vocabulary(config, stores)
     # Resuming, the weights come from the checkpoint: what loading the model says of the weights
     # it lacked (a fresh MLM head) is held back, and said only if there is no checkpoint yet.
     held: list[str] = []
@@ -211,32 +198,10 @@ def _setup(
     eval_lengths = sorted({*config.eval_seq_len, *([extended_from] if extended_from else [])} - {config.seq_len})
     if extended_from and extended_from not in config.eval_seq_len:
         echo(f"note: training at {config.seq_len} tokens a window, longer than the {extended_from} the model had: evaluating at both")
-    if config.dropout is not None:
-        set_dropout(lm, config.dropout)
-    strategy = distributed.resolve_strategy(config.strategy, world)
-    echo(f"precision: {precision.reason}")
-    lm.to(device).train()
-    if config.activation_checkpointing:
-        lm.enable_activation_checkpointing()
-    if config.compile:
-        lm.compile_encoder()
-    model = distributed.parallelize(lm, strategy, device, precision.dtype)
-    optimizer = build_optimizer(lm, config, device)
+    strategy, model, optimizer = _placed(config, lm, world, device, precision, echo)
 
-    parts = [Windows.build(each.split("train"), config.seq_len, vocab, packing=config.packing) for _, each in stores]
-    for (_, each), part in zip(stores, parts):
-        if len(part) == 0:
-            raise UnmaskError(
-                f"--data {each.path}: {each.meta['splits']['train']['tokens']} training tokens make no window of --seq-len {config.seq_len}"
-            )
+    parts, val_windows, other_lengths = _windows_of(config, stores, vocab, eval_lengths)
     train_windows = WindowMix([name for name, _ in stores], parts)
-    val_windows = {
-        name: Windows.build(each.split("val"), config.seq_len, vocab, packing=config.packing, keep_partial=True) for name, each in stores
-    }
-    other_lengths = {
-        length: {name: Windows.build(each.split("val"), length, vocab, packing=config.packing, keep_partial=True) for name, each in stores}
-        for length in eval_lengths
-    }
     total_steps = config.total_steps(len(train_windows), world.size)
     masker = Masker(  # on the host: masks are hashes, and the host must know where they fall (`Run.draw_step`)
         vocab,
@@ -246,17 +211,7 @@ def _setup(
         mask_replace_prob=config.mask_replace_prob,
         random_replace_prob=config.random_replace_prob,
     )
-    resumed = restore(run_dir, config, lm, optimizer, strategy, world, device, echo) if config.resume else None
-    if resumed is not None:
-        refuse_changed_stores(resumed, stores, [len(part) for part in parts])
-    for line in held if resumed is None else []:
-        echo(line)
-    resumed = resumed or CheckpointInfo(step=0)
-    distributed.barrier(world)  # every process has checked the folder before rank 0 writes into it
-    if world.is_main:
-        run_dir.path.mkdir(parents=True, exist_ok=True)
-        save_base(lm, tokenizer, run_dir)
-        save_yaml(dataclasses.replace(config, resume=False), run_dir.config)  # what the run is, not how it was last launched
+    resumed = _restore_or_start(config, run_dir, (lm, optimizer, tokenizer), strategy, world, device, echo, stores, parts, held)
     trackers = Trackers(config.report_to, run_dir, to_dict(config), resumed.step, enabled=world.is_main) if config.report_to else None
     run = Run(
         config=config,
@@ -289,21 +244,101 @@ def _setup(
         spent_here=resumed.train_seconds,
         skipped=resumed.skipped_steps,
     )
+    _announce(run, echo)
+    return run
+
+
+def _placed(config: TrainConfig, lm: MaskedLM, world: World, device: torch.device, precision: Precision, echo):
+    """The model made ready to train: its dropout set, on the device, checkpointed or compiled
+    as asked, wrapped or sharded for the processes; and its optimizer. Returns (strategy, the
+    module a step calls, optimizer)."""
+    if config.dropout is not None:
+        set_dropout(lm, config.dropout)
+    strategy = distributed.resolve_strategy(config.strategy, world)
+    echo(f"precision: {precision.reason}")
+    lm.to(device).train()
+    if config.activation_checkpointing:
+        lm.enable_activation_checkpointing()
+    if config.compile:
+        lm.compile_encoder()
+    model = distributed.parallelize(lm, strategy, device, precision.dtype)
+    return strategy, model, build_optimizer(lm, config, device)
+
+
+def _restore_or_start(config, run_dir, trained, strategy, world, device, echo, stores, parts, held) -> CheckpointInfo:
+    """Where the run begins: the checkpoint restored into the model and optimizer (refusing a
+    store that changed under it), or step 0, saying then what loading held back. Rank 0 then
+    writes the run folder's base model and config.yaml, after every process has checked it."""
+    lm, optimizer, tokenizer = trained
+    resumed = restore(run_dir, config, lm, optimizer, strategy, world, device, echo) if config.resume else None
+    if resumed is not None:
+        refuse_changed_stores(resumed, stores, [len(part) for part in parts])
+    for line in held if resumed is None else []:
+        echo(line)
+    distributed.barrier(world)  # every process has checked the folder before rank 0 writes into it
+    if world.is_main:
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+        save_base(lm, tokenizer, run_dir)
+        save_yaml(dataclasses.replace(config, resume=False), run_dir.config)  # what the run is, not how it was last launched
+    return resumed or CheckpointInfo(step=0)
+
+
+def _checked_vocabulary(config: TrainConfig, stores: list[tuple[str, TokenStore]]) -> Vocabulary:
+    """The vocabulary the stores share, refusing stores of other tokenizers, a vocabulary with
+    no mask token, and word-level masking on a store without word starts."""
+    store = stores[0][1]
+    for _, other in stores[1:]:
+        if other.fingerprint != store.fingerprint:
+            raise UnmaskError(
+                f"--data: {other.path} was made with tokenizer '{other.tokenizer_name}' and {store.path} with '{store.tokenizer_name}', "
+                "which map text to other ids; the stores of one run must share a tokenizer"
+            )
+    vocab = store.vocabulary()
+    vocab.require_mask(f"--data {store.path}")
+    for _, each in stores:
+        if config.masking != "token" and not each.has_word_starts:
+            raise UnmaskError(
+                f"--masking {config.masking}: {each.path} was made before unmask recorded word boundaries; "
+                f"prepare it again (`unmask prepare ... --out {each.path} --overwrite`) or use --masking token"
+            )
+    return vocab
+
+
+def _windows_of(config: TrainConfig, stores: list[tuple[str, TokenStore]], vocab: Vocabulary, eval_lengths: list[int]):
+    """Each store's training windows, its held-out windows, and its held-out windows at each
+    other evaluation length; a store too small for one training window is refused."""
+    parts = [Windows.build(each.split("train"), config.seq_len, vocab, packing=config.packing) for _, each in stores]
+    for (_, each), part in zip(stores, parts):
+        if len(part) == 0:
+            raise UnmaskError(
+                f"--data {each.path}: {each.meta['splits']['train']['tokens']} training tokens make no window of --seq-len {config.seq_len}"
+            )
+
+    def held_out(length: int) -> dict[str, Windows]:
+        return {name: Windows.build(each.split("val"), length, vocab, packing=config.packing, keep_partial=True) for name, each in stores}
+
+    return parts, held_out(config.seq_len), {length: held_out(length) for length in eval_lengths}
+
+
+def _announce(run: Run, echo: Callable[[str], None]) -> None:
+    """What the run will do, before its first step: repeats, warmup warnings, the estimates, and
+    one line of what trains on what."""
+    config, total_steps = run.config, run.total_steps
     _warn_about_repeats(run, echo)
     shape = {"min_ratio": config.min_lr_ratio, "decay_fraction": config.decay_fraction, "warmup_start": config.warmup_start_ratio}
     for warning in warmup_warnings(total_steps, run.warmup_steps, config.lr, config.schedule, **shape):
         echo(f"warning: {warning}" + (f" (--recipe {config.recipe} sets its warmup for the paper's run length)" if config.recipe else ""))
     for line in estimate_lines(run):
         echo(line)
-    processes = f" on {world.size} processes ({strategy})" if world.distributed else ""
+    processes = f" on {run.world.size} processes ({run.strategy})" if run.world.distributed else ""
     length = f"{total_steps} steps" if total_steps else f"{config.time_budget} of training"
     length += f" (or {config.time_budget}, whichever ends first)" if total_steps and config.time_budget else ""
+    parameters = sum(p.numel() for p in run.lm.parameters()) / 1e6
     echo(
-        f"training {type(lm.model).__name__} ({sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M parameters) on {device}{processes}"
-        f"{' with bf16' if precision.dtype else ' in fp32'}: {length} of {run.global_batch} x {config.seq_len} tokens{_accumulation(run)},"
-        f" {len(train_windows)} training windows, {sum(len(v) for v in val_windows.values())} held-out windows"
+        f"training {type(run.lm.model).__name__} ({parameters:.1f}M parameters) on {run.device}{processes}"
+        f"{' with bf16' if run.precision.dtype else ' in fp32'}: {length} of {run.global_batch} x {config.seq_len} tokens{_accumulation(run)},"
+        f" {len(run.train_windows)} training windows, {sum(len(v) for v in run.val_windows.values())} held-out windows"
     )
-    return run
 
 
 def train(

@@ -127,25 +127,30 @@ def _endpoint(handler: Callable[..., Any]) -> Callable[[Request], Any]:
     return endpoint
 
 
-def create_app(config: ServeConfig) -> Starlette:
-    models = Models(config)
-    compared: dict[tuple, dict] = {}
+class Api:
+    """The JSON endpoints, over the runs and models `config` offers (and nothing else)."""
 
-    def find_run(run_id: str) -> run_folders.RunFolder:
-        found = run_folders.discover(config.paths).get(run_id)
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        self.models = Models(config)
+        self.compared: dict[tuple, dict] = {}
+        """Comparisons made, by (base, trained, store): each is computed once."""
+
+    def find_run(self, run_id: str) -> run_folders.RunFolder:
+        found = run_folders.discover(self.config.paths).get(run_id)
         if found is None:
             raise BadRequest(404, f"no run {run_id!r} here")
         return found
 
-    def list_runs(request: Request, body: dict) -> dict:
-        runs, fine_tuning = run_folders.scan(config.paths)
+    def list_runs(self, request: Request, body: dict) -> dict:
+        runs, fine_tuning = run_folders.scan(self.config.paths)
         return {"runs": [run_folders.describe(run) for run in runs.values()], "fine_tuning": [path.name for path in fine_tuning]}
 
-    def one_run(request: Request, body: dict) -> dict:
-        return run_folders.describe(find_run(request.path_params["run_id"]), detail=True)
+    def one_run(self, request: Request, body: dict) -> dict:
+        return run_folders.describe(self.find_run(request.path_params["run_id"]), detail=True)
 
-    def metrics(request: Request, body: dict) -> dict:
-        run = find_run(request.path_params["run_id"])
+    def metrics(self, request: Request, body: dict) -> dict:
+        run = self.find_run(request.path_params["run_id"])
         try:
             after = max(0, int(request.query_params.get("after", "0")))
         except ValueError:
@@ -158,20 +163,20 @@ def create_app(config: ServeConfig) -> Starlette:
             "downstream": run_folders.downstream(run.path),
         }
 
-    def list_models(request: Request, body: dict) -> dict:
-        return {"models": [{"id": model_id, "label": model_id.removeprefix("run:")} for model_id in models.available()]}
+    def list_models(self, request: Request, body: dict) -> dict:
+        return {"models": [{"id": model_id, "label": model_id.removeprefix("run:")} for model_id in self.models.available()]}
 
-    def fill(request: Request, body: dict) -> dict:
+    def fill(self, request: Request, body: dict) -> dict:
         text, top_k = _text(body), _field(body, "top_k", int, 5, 1, MAX_TOP_K)
         masks = text.count("[MASK]") + text.count("<mask>")
         if masks > MAX_MASKS:
             raise BadRequest(413, f"{masks} masks; at most {MAX_MASKS}")
-        filler, lock = models.get(body.get("model"))
+        filler, lock = self.models.get(body.get("model"))
         with lock:
             [result] = filler.fill([text], top_k=top_k)
         return {"model": body["model"], "text": text, "masks": [asdict(m) for m in result.masks], "filled": result.best_guess()}
 
-    def mask(request: Request, body: dict) -> dict:
+    def mask(self, request: Request, body: dict) -> dict:
         from unmask.serve.walkthrough import walkthrough
 
         text = _text(body)
@@ -180,52 +185,56 @@ def create_app(config: ServeConfig) -> Starlette:
         masking = body.get("masking", "token")
         if masking not in ("token", "whole-word", "span"):
             raise BadRequest(422, "'masking' must be token, whole-word or span")
-        filler, lock = models.get(body.get("model"))
+        filler, lock = self.models.get(body.get("model"))
         with lock:
             return walkthrough(filler, text, seed, mask_prob, masking)
 
-    def compare(request: Request, body: dict) -> dict:
+    def compare(self, request: Request, body: dict) -> dict:
         from unmask.evaluation.compare import compare as compare_models
 
         base, trained = body.get("base"), body.get("trained")
-        offered = models.available()
+        offered = self.models.available()
         for name, value in (("base", base), ("trained", trained)):
             if value not in offered:
                 raise BadRequest(404, f"no model {value!r} for '{name}' (models: {', '.join(offered)})")
-        run = find_run(_field(body, "data", str))
+        run = self.find_run(_field(body, "data", str))
         entries = run_folders.describe(run, detail=True)["config"].get("data") or []
         entries = [entries] if isinstance(entries, str) else entries
         store = parse_sources(entries)[0][1] if entries else None  # the run's first store
         if not store or not StoreDir(store).looks_like_store():
             raise BadRequest(422, f"run {run.id!r} names no token store that is here to score on")
         key = (offered[base], offered[trained], store)
-        with models.loading:  # one comparison at a time; each result is kept
-            if key not in compared:
-                compared[key] = compare_models(
+        with self.models.loading:  # one comparison at a time; each result is kept
+            if key not in self.compared:
+                self.compared[key] = compare_models(
                     offered[base],
                     offered[trained],
                     [store],
                     None,
-                    max_batches=config.compare_batches,
-                    device=config.device,
+                    max_batches=self.config.compare_batches,
+                    device=self.config.device,
                     echo=lambda _: None,
                     progress=False,
                 )
         # The ids the request gave, never the server's own paths.
-        return {**compared[key], "base": base, "trained": trained, "data": run.id}
+        return {**self.compared[key], "base": base, "trained": trained, "data": run.id}
+
+
+def create_app(config: ServeConfig) -> Starlette:
+    api = Api(config)
 
     async def index(request: Request) -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
     routes = [
         Route("/", index),
-        Route("/api/runs", _endpoint(list_runs)),
-        Route("/api/runs/{run_id}", _endpoint(one_run)),
-        Route("/api/runs/{run_id}/metrics", _endpoint(metrics)),
-        Route("/api/models", _endpoint(list_models)),
-        Route("/api/fill", _endpoint(fill), methods=["POST"]),
-        Route("/api/mask", _endpoint(mask), methods=["POST"]),
-        Route("/api/compare", _endpoint(compare), methods=["POST"]),
+        Route("/api/runs", _endpoint(api.list_runs)),
+        Route("/api/runs/{run_id}", _endpoint(api.one_run)),
+        Route("/api/runs/{run_id}/metrics", _endpoint(api.metrics)),
+        Route("/api/models", _endpoint(api.list_models)),
+        Route("/api/fill", _endpoint(api.fill), methods=["POST"]),
+        Route("/api/mask", _endpoint(api.mask), methods=["POST"]),
+        Route("/api/compare", _endpoint(api.compare), methods=["POST"]),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
     return Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_found})

@@ -236,7 +236,6 @@ def _fit(
     """Fine-tune one seed to the end; returns its result (also saved as RUN/result.json)."""
     dtype = choose_precision(device, config.precision).dtype
     fit = _setup_fit(config, task, source, run, seed, world, device, dtype, echo)
-    regression = task.spec.is_regression
     max_norm = config.clip_grad_norm if config.clip_grad_norm > 0 else float("inf")
     checkpoint_every = config.checkpoint_every or fit.steps_per_epoch
     display = Progress(
@@ -247,46 +246,17 @@ def _fit(
     window_started = time.perf_counter()
     evaluations = []
     while fit.step < fit.total_steps:
-        began = time.perf_counter()
-        lr = learning_rate(fit.step, fit.total_steps, fit.warmup_steps, config.lr, "linear")
-        set_learning_rate(fit.optimizer, lr)
-        torch.manual_seed(step_seed(seed, fit.step, world.rank, FINE_TUNING))
-
-        # The global batch, this process's share of it, and the count the loss is a mean over.
-        indices = fit.batch_indices(task, config, world)
-        count = target_count(task.train_encoded, indices)
-        share = indices[world.rank :: world.size]
-        weight = 1.0 if len(share) else 0.0  # a process with no example this step still joins DDP's reduction
-        input_ids, attention_mask, targets = make_batch(task.train_encoded, share if len(share) else indices[:1], pad_id, regression)
-        mask = prepared_attention_mask(fit.inner, attention_mask)
-        with autocast(device, dtype):
-            logits = fit.model(input_ids=input_ids.to(device), attention_mask=None if mask is None else mask.to(device)).logits
-        loss = loss_sum(logits, targets.to(device), regression) * weight
-        (loss * world.size / max(count, 1)).backward()
-        # A non-finite update is dropped on the device, and so is every one after it until the
-        # loop settles and stops the run: nothing waits for the device in a quiet step.
-        _, bad = clipped_update(fit.optimizer, fit.inner.parameters(), max_norm, skip=first_bad >= 0)
-        # full_like fills on the device; a tensor made from a host number would be a copy each step.
-        first_bad = torch.where((bad > 0) & (first_bad < 0), torch.full_like(first_bad, fit.step + 1), first_bad)
-        fit.step += 1
-        fit.spent += time.perf_counter() - began
+        lr, loss, count, examples, first_bad = _fit_step(fit, task, config, seed, world, device, dtype, pad_id, max_norm, first_bad)
         window_loss += loss.detach()
         window_count += count
-        window_examples += len(indices)
+        window_examples += examples
 
         logged = None
         epoch_end = fit.step % fit.steps_per_epoch == 0 and fit.step < fit.total_steps
         due_checkpoint = fit.step % checkpoint_every == 0 and fit.step < fit.total_steps
         due_log = fit.step % config.log_every == 0 or fit.step == fit.total_steps
         if due_log or epoch_end or due_checkpoint:
-            # The only wait for the device: a log line, an evaluation, a checkpoint or the end.
-            (summed,) = distributed.sum_across([float(window_loss)], world, device)
-            stopped_at = float(first_bad)  # the same on every process: DDP's gradients, so their norm, are shared
-            if stopped_at > 0:
-                raise UnmaskError(
-                    f"seed {seed}, step {int(stopped_at)}: the gradient norm is not finite; stopped, its update and any after it "
-                    "dropped; earlier checkpoints kept (try a lower --lr or --precision fp32)"
-                )
+            summed = _settle_fit(window_loss, first_bad, seed, world, device)
         if due_log:
             elapsed = max(time.perf_counter() - window_started, 1e-9)
             logged = {
@@ -307,6 +277,69 @@ def _fit(
         if due_checkpoint:
             _checkpoint(fit, config, world, device)
     display.close()
+    return _fit_result(fit, task, config, seed, world, device, dtype, pad_id, run, tokenizer, evaluations)
+
+
+def _fit_step(
+    fit: Fit, task: TaskData, config: FinetuneConfig, seed: int, world: World, device, dtype, pad_id: int, max_norm: float, first_bad
+):
+    """One step: the learning rate set, dropout reseeded from (seed, step, rank), this process's
+    share of the global batch forward and backward, the update clipped and taken (or dropped on
+    the device once a gradient norm was not finite). Returns (lr, loss sum, targets counted,
+    examples, the first bad step so far)."""
+    began = time.perf_counter()
+    lr = learning_rate(fit.step, fit.total_steps, fit.warmup_steps, config.lr, "linear")
+    set_learning_rate(fit.optimizer, lr)
+    torch.manual_seed(step_seed(seed, fit.step, world.rank, FINE_TUNING))
+    regression = task.spec.is_regression
+    # The global batch, this process's share of it, and the count the loss is a mean over.
+    indices = fit.batch_indices(task, config, world)
+    count = target_count(task.train_encoded, indices)
+    share = indices[world.rank :: world.size]
+    weight = 1.0 if len(share) else 0.0  # a process with no example this step still joins DDP's reduction
+    input_ids, attention_mask, targets = make_batch(task.train_encoded, share if len(share) else indices[:1], pad_id, regression)
+    mask = prepared_attention_mask(fit.inner, attention_mask)
+    with autocast(device, dtype):
+        logits = fit.model(input_ids=input_ids.to(device), attention_mask=None if mask is None else mask.to(device)).logits
+    loss = loss_sum(logits, targets.to(device), regression) * weight
+    (loss * world.size / max(count, 1)).backward()
+    # A non-finite update is dropped on the device, and so is every one after it until the
+    # loop settles and stops the run: nothing waits for the device in a quiet step.
+    _, bad = clipped_update(fit.optimizer, fit.inner.parameters(), max_norm, skip=first_bad >= 0)
+    # full_like fills on the device; a tensor made from a host number would be a copy each step.
+    first_bad = torch.where((bad > 0) & (first_bad < 0), torch.full_like(first_bad, fit.step + 1), first_bad)
+    fit.step += 1
+    fit.spent += time.perf_counter() - began
+    return lr, loss, count, len(indices), first_bad
+
+
+def _settle_fit(window_loss, first_bad, seed: int, world: World, device) -> float:
+    """The one wait for the device (a log line, an evaluation, a checkpoint or the end): the
+    window's loss summed over processes; a step whose gradient norm was not finite stops the run."""
+    (summed,) = distributed.sum_across([float(window_loss)], world, device)
+    stopped_at = float(first_bad)  # the same on every process: DDP's gradients, so their norm, are shared
+    if stopped_at > 0:
+        raise UnmaskError(
+            f"seed {seed}, step {int(stopped_at)}: the gradient norm is not finite; stopped, its update and any after it "
+            "dropped; earlier checkpoints kept (try a lower --lr or --precision fp32)"
+        )
+    return summed
+
+
+def _fit_result(
+    fit: Fit,
+    task: TaskData,
+    config: FinetuneConfig,
+    seed: int,
+    world: World,
+    device,
+    dtype,
+    pad_id: int,
+    run: RunDir,
+    tokenizer,
+    evaluations: list,
+) -> dict:
+    """The final evaluation, the seed's record (RUN/result.json) and, if asked, the model."""
     result = evaluate(fit.inner, task, config, device, dtype, pad_id, world)
     fit.metrics.write({"seed": seed, "step": fit.step, **{f"eval_{k}": v for k, v in result["metrics"].items()}})
     record = {
