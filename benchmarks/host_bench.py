@@ -2,7 +2,7 @@
 
     python benchmarks/host_bench.py --data runs/pydocs
 
-Sets a run up (a tiny model: the host's work does not depend on it) and times `draw_step`
+Sets a run up (a tiny model: the host's work does not depend on it) and times `draw_or_drop` (the `Drawer`)
 alone, on one thread: taking the step's windows in the epoch's order, reading and framing
 them, masking them (token, whole-word, span), planning where the masked positions fall, and
 the documents of each window where they attend apart. Prints tokens/s per core for each
@@ -21,6 +21,7 @@ import torch
 
 def tokens_per_second(data: str, seq_len: int, masking: str, attention_across_docs: bool, seconds: float) -> float:
     from unmask.api import train_settings
+    from unmask.pretrain.step import draw_or_drop
     from unmask.pretrain.train import setup
     from unmask.runtime.preemption import StopSignals
 
@@ -39,12 +40,12 @@ def tokens_per_second(data: str, seq_len: int, masking: str, attention_across_do
         run = setup(config, echo=lambda _: None)
         try:
             signals = StopSignals()  # not entered: never receives one
-            run.draw_step(signals)  # the first pays for page faults of the store
+            draw_or_drop(run, signals)  # the first pays for page faults of the store
             tokens, started = 0, time.perf_counter()
             while time.perf_counter() - started < seconds:
-                drawn = run.draw_step(signals)
+                drawn = draw_or_drop(run, signals)
                 tokens += drawn.slots
-                run.step += 1
+                run.state.step += 1
             return tokens / (time.perf_counter() - started)
         finally:
             run.lock.release()

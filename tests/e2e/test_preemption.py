@@ -15,7 +15,7 @@ from conftest import quiet, train_config
 from safetensors.torch import load_file
 
 from unmask.config import TrainConfig
-from unmask.pretrain.step import Run
+from unmask.pretrain import step as step_module
 from unmask.pretrain.train import train
 from unmask.runtime.preemption import StopNow, Stopped, StopSignals
 
@@ -89,20 +89,20 @@ def test_a_signal_mid_step_drops_that_step_and_the_resumed_run_ends_bit_identica
     train(straight, progress=False, echo=quiet)
 
     forwards_after_signal = []
-    real_forward = Run.forward_backward
+    real_forward = step_module.forward_backward_or_drop
 
-    def counting_forward_backward(self, drawn, signals, within_step=None):
+    def counting_forward_backward(run, drawn, signals, within_step=None):
         def hook(done, of):
-            if self.step == 3 and done == 2:  # the 4th step, two micro-batches in: a signal arrives
+            if run.state.step == 3 and done == 2:  # the 4th step, two micro-batches in: a signal arrives
                 os.kill(os.getpid(), signal.SIGTERM)
             if signals.received:
                 forwards_after_signal.append(done)
             if within_step is not None:
                 within_step(done, of)
 
-        return real_forward(self, drawn, signals, hook)
+        return real_forward(run, drawn, signals, hook)
 
-    monkeypatch.setattr(Run, "forward_backward", counting_forward_backward)
+    monkeypatch.setattr(step_module, "forward_backward_or_drop", counting_forward_backward)
     stopped_run = config(store_dir, tiny_model_dir, tmp_path / "stopped")
     with pytest.raises(Stopped) as stopped:
         train(stopped_run, progress=False, echo=quiet)
@@ -121,17 +121,17 @@ def test_a_signal_mid_step_drops_that_step_and_the_resumed_run_ends_bit_identica
 def test_a_stop_on_a_checkpointed_step_keeps_that_checkpoint_and_one_before_any_step_writes_none(
     store_dir, tiny_model_dir, tmp_path, monkeypatch
 ):
-    real_forward = Run.forward_backward
+    real_forward = step_module.forward_backward_or_drop
     stop_at = {}
 
-    def signalling(self, drawn, signals, within_step=None):
+    def signalling(run, drawn, signals, within_step=None):
         def hook(done, of):
-            if self.step == stop_at["step"] and done == 1:
+            if run.state.step == stop_at["step"] and done == 1:
                 os.kill(os.getpid(), signal.SIGTERM)
 
-        return real_forward(self, drawn, signals, hook)
+        return real_forward(run, drawn, signals, hook)
 
-    monkeypatch.setattr(Run, "forward_backward", signalling)
+    monkeypatch.setattr(step_module, "forward_backward_or_drop", signalling)
     stop_at["step"] = 2  # step 2 was just checkpointed (--checkpoint-every 2)
     with pytest.raises(Stopped) as stopped:
         train(config(store_dir, tiny_model_dir, tmp_path / "on-checkpoint"), progress=False, echo=quiet)

@@ -23,7 +23,7 @@ import torch
 from unmask.config import TrainConfig
 from unmask.errors import UnmaskError
 from unmask.models.flops import TRAINING_PASSES, Shape
-from unmask.pretrain.step import PICKED_ROWS_MULTIPLE, Run
+from unmask.pretrain.step import PICKED_ROWS_MULTIPLE, Run, settle_or_stop, train_step
 from unmask.runtime.hardware import TensorMemory, memory_in_use, peak_memory, reset_peak_memory
 from unmask.runtime.preemption import StepDropped
 from unmask.runtime.progress import Throughput, format_duration
@@ -254,22 +254,20 @@ def measure_plan(config: TrainConfig, setup: Callable[..., Run], echo: Callable[
             with StopSignals(announce=run.world.is_main, launcher_death=distributed.launched_by_torchrun()) as signals:
 
                 def step():
-                    run.begin_step()
-                    drawn = run.draw_step(signals)
-                    run.update(run.forward_backward(drawn, signals))
-                    run.finish_step(drawn, signals)
+                    train_step(run, signals)
 
                 for _ in range(WARMUP_STEPS):
                     step()
                 # One step on its own for memory: what the warm-up left (weights, optimizer state)
                 # is in use; the step's peak over it is its own.
-                run.settle()
+                settle_or_stop(run)
+                reset_peak_memory(run.device)
                 memory_peak = measure_step_memory(run, step)
                 reset_peak_memory(run.device)
                 speed, started = Throughput(run.world.size, run.peak.flops, remeasure=run.peak_past), time.perf_counter()
                 for _ in range(MEASURED_STEPS):
                     step()
-                measured = speed.measure(run.settle())
+                measured = speed.measure(settle_or_stop(run))
                 seconds_per_step = (time.perf_counter() - started) / MEASURED_STEPS
                 resident = peak_memory(run.device) if run.device.type == "cpu" else None
             for line in measured_lines(run, measured, memory_peak, estimate, seconds_per_step, resident):

@@ -43,13 +43,30 @@ from unmask.models.masked_lm import (
     set_dropout,
 )
 from unmask.pretrain.plan import estimate_lines, estimate_memory, measure_plan, speed_means
-from unmask.pretrain.step import Run, build_optimizer
+from unmask.pretrain.step import (
+    Drawer,
+    Evaluator,
+    Run,
+    StepState,
+    build_optimizer,
+    due_to_checkpoint,
+    due_to_evaluate,
+    due_to_settle,
+    evaluate,
+    save_checkpoint,
+    score_downstream,
+    settle_or_stop,
+    spend,
+    stop_after_dropped_step,
+    train_step,
+)
 from unmask.runtime import distributed
 from unmask.runtime.distributed import World
 from unmask.runtime.hardware import Peak, Precision, choose_precision, make_deterministic, peak_flops, reset_peak_memory
 from unmask.runtime.persist import check_run_folder, refuse_changed_stores, refuse_foreign_folder, restore, save_base, save_final_model
 from unmask.runtime.preemption import StepDropped, Stopped, StopSignals
 from unmask.runtime.progress import MetricsLog, Progress, Throughput
+from unmask.runtime.stepping import Tally
 from unmask.runtime.tracking import Trackers
 from unmask.storage import checkpoint
 from unmask.storage.checkpoint import CheckpointInfo
@@ -112,14 +129,14 @@ def mix_schedule(config: TrainConfig, parts: list[Windows]) -> MixSchedule:
 
 
 def _warn_about_repeats(run: Run, echo: Callable[[str], None]) -> None:
-    windows, per_step = len(run.train_windows), run.global_batch
+    windows, per_step = len(run.drawer.train_windows), run.global_batch
     if per_step > windows:
         echo(
             f"warning: a step takes {per_step} windows but the store has only {windows} training windows, so every step "
             f"sees each window {per_step / windows:.1f} times; add text or lower --batch-size / --grad-accum / --seq-len"
         )
-    if len(run.train_windows.parts) > 1 and run.total_steps:
-        for name, epochs in zip(run.train_windows.names, run.sampler.expected_epochs(run.total_steps, per_step)):
+    if len(run.drawer.train_windows.parts) > 1 and run.total_steps:
+        for name, epochs in zip(run.drawer.train_windows.names, run.drawer.sampler.expected_epochs(run.total_steps, per_step)):
             if epochs > 1:
                 echo(
                     f"note: --data {name} will be seen {epochs:.1f} times over the run (its windows repeat); the others' weights or its size decide that"
@@ -203,7 +220,7 @@ def _setup(
     parts, val_windows, other_lengths = _windows_of(config, stores, vocab, eval_lengths)
     train_windows = WindowMix([name for name, _ in stores], parts)
     total_steps = config.total_steps(len(train_windows), world.size)
-    masker = Masker(  # on the host: masks are hashes, and the host must know where they fall (`Run.draw_step`)
+    masker = Masker(  # on the host: masks are hashes, and the host must know where they fall (`Drawer`)
         vocab,
         seed=config.seed,
         strategy=config.masking,
@@ -213,36 +230,32 @@ def _setup(
     )
     resumed = _restore_or_start(config, run_dir, (lm, optimizer, tokenizer), strategy, world, device, echo, stores, parts, held)
     trackers = Trackers(config.report_to, run_dir, to_dict(config), resumed.step, enabled=world.is_main) if config.report_to else None
+    metrics = MetricsLog(run_dir, resume_step=resumed.step, enabled=world.is_main, trackers=trackers)
+    positions = [DataPosition(*where) for where in resumed.data_positions()]
+    sampler = MixtureSampler(train_windows, config.seed, mix_schedule(config, parts), positions)
     run = Run(
         config=config,
         run_dir=run_dir,
         world=world,
         strategy=strategy,
         device=device,
-        dtype=precision.dtype,
         precision=precision,
         peak=peak,
         tokenizer=tokenizer,
         lm=lm,
         model=model,
         optimizer=optimizer,
-        masker=masker,
-        sampler=MixtureSampler(
-            train_windows, config.seed, mix_schedule(config, parts), [DataPosition(*where) for where in resumed.data_positions()]
-        ),
-        train_windows=train_windows,
-        val_windows=val_windows,
-        other_lengths=other_lengths,
+        drawer=Drawer(config, world, device, sampler, train_windows, masker, lm),
+        evaluator=Evaluator(config, world, device, lm, val_windows, other_lengths, metrics),
         total_steps=total_steps,
         warmup_steps=config.warmup(total_steps),
-        metrics=MetricsLog(run_dir, resume_step=resumed.step, enabled=world.is_main, trackers=trackers),
+        metrics=metrics,
         lock=lock,
         score_checkpoint=score_checkpoint,
         budget=config.budget_seconds(),
-        step=resumed.step,
-        spent=resumed.train_seconds,
-        spent_here=resumed.train_seconds,
-        skipped=resumed.skipped_steps,
+        state=StepState(
+            Tally(device), step=resumed.step, spent=resumed.train_seconds, spent_here=resumed.train_seconds, skipped=resumed.skipped_steps
+        ),
     )
     _announce(run, echo)
     return run
@@ -337,7 +350,7 @@ def _announce(run: Run, echo: Callable[[str], None]) -> None:
     echo(
         f"training {type(run.lm.model).__name__} ({parameters:.1f}M parameters) on {run.device}{processes}"
         f"{' with bf16' if run.precision.dtype else ' in fp32'}: {length} of {run.global_batch} x {config.seq_len} tokens{_accumulation(run)},"
-        f" {len(run.train_windows)} training windows, {sum(len(v) for v in run.val_windows.values())} held-out windows"
+        f" {len(run.drawer.train_windows)} training windows, {sum(len(v) for v in run.evaluator.val_windows.values())} held-out windows"
     )
 
 
@@ -362,49 +375,42 @@ def train(
 
 def _train(config: TrainConfig, progress: bool, echo, on_step, clock, score_checkpoint) -> dict:
     run = setup(config, echo, score_checkpoint)
+    state = run.state
     reset_peak_memory(run.device)  # the run's peak, not loading's or an earlier run's in this process
     try:
-        display = Progress(config.progress if progress else "none", run.total_steps, run.step, echo, enabled=run.world.is_main)
+        display = Progress(config.progress if progress else "none", run.total_steps, state.step, echo, enabled=run.world.is_main)
         speed = Throughput(run.world.size, run.peak.flops, remeasure=run.peak_past)
         last_eval: dict = {}
         with StopSignals(announce=run.world.is_main, launcher_death=distributed.launched_by_torchrun()) as signals:
             try:
                 while not run.finished():
                     began = clock()
-                    lr = run.begin_step()  # the learning rate, and dropout reseeded from (seed, step, rank)
-                    drawn = run.draw_step(signals)  # the step's windows, masked on the host, copied to the device
-                    run.update(
-                        run.forward_backward(drawn, signals, display.within_step)
-                    )  # forward, backward, clip, step: nothing reads the device
-                    run.finish_step(drawn, signals)  # count it; take a signal
+                    # lr and dropout's seed, draw, forward and backward, clip and step, count: nothing reads the device
+                    lr = train_step(run, signals, display.within_step)
                     logged = None
-                    if run.due_to_settle():  # the one wait for the device: a log line, evaluation, checkpoint or the end
-                        numbers = speed.measure(run.settle())  # tokens/s, MFU, data wait, padding, memory
-                        logged = {
-                            "step": run.step,
-                            "lr": lr,
-                            **numbers,
-                            "mask_prob": run.last_mask_prob,
-                            "epoch": run.sampler.position.epoch,
-                        }
-                    run.spend(clock() - began)
+                    if due_to_settle(run):  # the one wait for the device: a log line, evaluation, checkpoint or the end
+                        numbers = speed.measure(settle_or_stop(run))  # tokens/s, MFU, data wait, padding, memory
+                        reset_peak_memory(run.device)  # each line's memory is the peak of its own steps
+                        epoch = run.drawer.sampler.position.epoch
+                        logged = {"step": state.step, "lr": lr, **numbers, "mask_prob": run.drawer.last_mask_prob, "epoch": epoch}
+                    spend(run, clock() - began)
                     if logged is not None:
-                        run.metrics.write({**logged, "train_seconds": run.spent})
-                    display.step(run.step, logged, run.progress())
+                        run.metrics.write({**logged, "train_seconds": state.spent})
+                    display.step(state.step, logged, run.progress())
                     with speed.paused():
-                        if config.eval_every and run.step % config.eval_every == 0 and not run.finished():
-                            last_eval = run.evaluate(display) or last_eval
-                        if run.signal or config.checkpoint_every and run.step % config.checkpoint_every == 0 and not run.finished():
-                            saved = run.save_checkpoint()
-                            run.score_downstream(display)
-                        if run.signal:
+                        if due_to_evaluate(run):
+                            last_eval = evaluate(run, display.echo) or last_eval
+                        if due_to_checkpoint(run):
+                            saved = save_checkpoint(run)
+                            score_downstream(run, display.echo)
+                        if state.signal:
                             display.close()
-                            raise Stopped(run.signal, run.step, saved)
+                            raise Stopped(state.signal, state.step, saved)
                     if on_step is not None:
-                        on_step(run.step)
+                        on_step(state.step)
             except StepDropped:  # a stop signal mid-step: its partial gradients are gone, the data rewound
                 display.close()
-                raise run.stop_after_dropped_step() from None
+                raise stop_after_dropped_step(run) from None
         display.close()
         return finish(run, last_eval, display)
     finally:
@@ -416,12 +422,12 @@ def _train(config: TrainConfig, progress: bool, echo, on_step, clock, score_chec
 def finish(run: Run, last_eval: dict, display: Progress) -> dict:
     """Final evaluation, checkpoint, model and summary. A finished run resumed (to redo a
     final model save that a crash interrupted) keeps the evaluation it already logged."""
-    last_eval = run.metrics.eval_at(run.step) or run.evaluate(display) or last_eval
-    run.save_checkpoint()
+    last_eval = run.metrics.eval_at(run.state.step) or evaluate(run, display.echo) or last_eval
+    save_checkpoint(run)
     save_final_model(run.lm, run.tokenizer, run.strategy, run.world, run.run_dir.model)
-    run.score_downstream(display)
+    score_downstream(run, display.echo)
     summary = {
-        "steps": run.step,
+        "steps": run.state.step,
         "tokens_per_step": run.global_batch * run.config.seq_len,
         "train_tokens": run.tokens_seen(),
         **{k: v for k, v in last_eval.items() if k != "step"},

@@ -1,12 +1,14 @@
 """What every training loop of unmask (pretraining, fine-tuning) does the same way at each
-step: the step's random seed, and the non-finite rule (an update whose gradient norm or loss
-is not finite is dropped on the device, so a step never waits for the device to know)."""
+step: the step's random seed, the non-finite rule (an update whose gradient norm or loss is
+not finite is dropped on the device, so a step never waits for the device to know), and the
+tally of what the steps since the last settle did (`Tally`), which the rule is judged on."""
 
 from __future__ import annotations
 
 import torch
 
 from unmask.data.masking import mix32
+from unmask.errors import UnmaskError
 
 PRETRAINING = 0x3C6EF372
 FINE_TUNING = 0x7F4A7C15
@@ -53,3 +55,64 @@ def clipped_update(
     skip_on_device(optimizer, dropped.to(torch.float32))
     optimizer.zero_grad(set_to_none=True)
     return norm, bad.to(torch.float32)
+
+
+class Tally:
+    """What the steps since the last settle did: counts on the host, and on the device the
+    numbers only the device knows (read all at once when the run settles)."""
+
+    # Slots of `on_device`.
+    LOSS, APPLIED, SKIPPED, IN_A_ROW, WORST, FIRST, FIRST_LOSS, FIRST_NORM, LAST, LAST_LOSS, LAST_NORM, NORM = range(12)
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.in_a_row = torch.zeros((), dtype=torch.float64, device=device)
+        self.reset()
+
+    def reset(self) -> None:
+        self.picked = self.maskable = self.tokens = self.slots = 0
+        self.flops = self.data_seconds = 0.0
+        start = [0.0, 0, 0, 0, 0, -1, 0, 0, -1, 0, 0, 0]
+        self.on_device = torch.tensor(start, dtype=torch.float64, device=self.device)
+        self.on_device[self.IN_A_ROW] = self.in_a_row  # a run of non-finite steps goes on across log lines
+
+    def add(self, step: int, loss: torch.Tensor, norm: torch.Tensor, bad: torch.Tensor) -> None:
+        """Fold one step in, on the device: `bad` is 1 for a step whose update was dropped."""
+        t, hit = self.on_device, bad > 0
+        first = (t[self.FIRST] < 0) & hit
+        row = t[self.IN_A_ROW] * bad + bad
+        self.in_a_row = row
+        self.on_device = torch.stack(
+            [
+                t[self.LOSS] + torch.where(hit, 0.0, loss),
+                t[self.APPLIED] + 1 - bad,
+                t[self.SKIPPED] + bad,
+                row,
+                torch.maximum(t[self.WORST], row),
+                torch.where(first, step, t[self.FIRST]),
+                torch.where(first, loss, t[self.FIRST_LOSS]),
+                torch.where(first, norm, t[self.FIRST_NORM]),
+                torch.where(hit, step, t[self.LAST]),
+                torch.where(hit, loss, t[self.LAST_LOSS]),
+                torch.where(hit, norm, t[self.LAST_NORM]),
+                torch.where(hit, torch.nan, norm),
+            ]
+        )
+
+    @staticmethod
+    def stop_if_nonfinite(values: list[float], on_nonfinite: str, max_nonfinite: int, kept: str) -> None:
+        """The non-finite rule, on a settled tally's `values`: with --on-nonfinite stop, any
+        step whose update was dropped stops the run; with skip, more than `max_nonfinite` in a
+        row do. `kept` says what the run leaves (e.g. "no model/ written")."""
+        t = Tally
+        if values[t.SKIPPED] and on_nonfinite == "stop":
+            raise UnmaskError(
+                f"step {int(values[t.FIRST]) + 1}: training loss is {values[t.FIRST_LOSS]}, gradient norm {values[t.FIRST_NORM]}; "
+                f"stopped before applying it (checkpoints so far are intact, {kept}). "
+                "Try a lower --lr, --precision fp32, or --on-nonfinite skip"
+            )
+        if values[t.WORST] > max_nonfinite:
+            raise UnmaskError(
+                f"step {int(values[t.LAST]) + 1}: training loss is {values[t.LAST_LOSS]}, gradient norm {values[t.LAST_NORM]}; "
+                f"{int(values[t.WORST])} non-finite steps in a row (--max-nonfinite {max_nonfinite}): stopped"
+            )

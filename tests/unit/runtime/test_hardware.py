@@ -8,7 +8,14 @@ import torch
 from conftest import DeviceReads, quiet, train_config
 
 from unmask.config import TrainConfig
-from unmask.pretrain.step import PICKED_ROWS_MULTIPLE, PICKED_SLOTS_MULTIPLE
+from unmask.pretrain.step import (
+    PICKED_ROWS_MULTIPLE,
+    PICKED_SLOTS_MULTIPLE,
+    clip_step_and_tally,
+    draw_or_drop,
+    forward_backward_or_drop,
+    settle_or_stop,
+)
 from unmask.pretrain.train import setup, train
 from unmask.runtime import hardware
 from unmask.runtime.preemption import StopSignals
@@ -106,12 +113,12 @@ def test_a_step_that_logs_nothing_never_reads_the_device(store_dir, tiny_model_d
     try:
         no_signal = StopSignals()  # not entered: never receives one
         for _ in range(3):
-            drawn = run.draw_step(no_signal)  # the host's part: masks and where they fall
+            drawn = draw_or_drop(run, no_signal)  # the host's part: masks and where they fall
             with DeviceReads() as reads:  # the device's part: forward, backward, clip, step
-                run.update(run.forward_backward(drawn, no_signal))
+                clip_step_and_tally(run, forward_backward_or_drop(run, drawn, no_signal))
             assert reads.seen == [], reads.seen
-            run.step += 1
-        assert run.settle()["loss"] > 0
+            run.state.step += 1
+        assert settle_or_stop(run)["loss"] > 0
         # The detector catches what it looks for: the labels-based path the host's plan replaced
         # finds its positions on the device, and a logged number is a read.
         batch = drawn.micro_batches[0]
