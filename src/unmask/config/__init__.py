@@ -1,7 +1,7 @@
 """Typed settings for every command, validated on construction and saved as YAML.
 
 - `base`: validation helpers that name the flag, YAML in and out (`UnmaskError` re-exported).
-- `pipeline`: `unmask prepare`, `unmask tokenizer` and `unmask train`.
+- `pipeline`: `unmask prepare` and `unmask tokenizer`; `sections` and `training`: `unmask train`, in sections.
 - `use`: the commands that use a model (fill, inspect, eval, score, embed, compare, plot).
 - `downstream`: finetune, probe and downstream, and the records of a suite file.
 
@@ -24,17 +24,14 @@ from unmask.config.pipeline import (
     ARCHITECTURE_NAMES,
     MAX_CONTEXT,
     PRESETS,
-    RESUMABLE_CHANGES,
     PrepareConfig,
     SourceOptions,
     TokenizerConfig,
-    TrainConfig,
-    length_changes,
     parse_preset,
     parse_sources,
     parse_weights,
-    refused_resume_changes,
 )
+from unmask.config.training import RESUMABLE_CHANGES, TrainConfig, length_changes, refused_resume_changes
 from unmask.config.use import (
     CompareConfig,
     EmbedConfig,

@@ -62,6 +62,25 @@ class Settings:
         self.__dict__.update(state["fields"])
         _NAMED[id(self)] = (frozenset(state["named"]), False)
 
+    @classmethod
+    def bounds(cls) -> dict[str, Bound]:
+        """Every field's bound, as the classes it is made of declare them (`BOUNDS`), a
+        subclass's word last."""
+        merged: dict[str, Bound] = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(vars(klass).get("BOUNDS", {}))
+        return merged
+
+    @classmethod
+    def sections(cls) -> dict[str, frozenset[str]]:
+        """The sections this settings class is made of (`SECTION` of each), and their fields."""
+        found = {}
+        for klass in cls.__mro__:
+            name = vars(klass).get("SECTION")
+            if name is not None:
+                found[name] = frozenset(vars(klass).get("__annotations__", {})) - {"SECTION", "BOUNDS"}
+        return found
+
 
 def given_names(settings: Any) -> frozenset[str]:
     """The fields a settings object's constructor was named (every field for an object it does
@@ -135,18 +154,13 @@ def check_fields(settings: Any, bounds: dict[str, Bound]) -> None:
             raise UnmaskError(f"{flag(name)}: {problem}")
 
 
-OPTIMIZATION_BOUNDS = {
-    "lr": positive(),
-    "weight_decay": not_negative(),
-    "beta1": in_range(0, 1, high_open=True),
-    "beta2": in_range(0, 1, high_open=True),
-    "adam_eps": positive(),
-    "clip_grad_norm": not_negative(),
+LOOP_BOUNDS = {
     "warmup_fraction": in_range(0, 1, high_open=True),
     "dropout": in_range(0, 1, high_open=True),
     "seed": not_negative(),
 }
-"""The optimization settings both training loops have (AdamW, clipping, warmup, dropout, the seed), checked alike."""
+"""Bounds of the settings both training loops have outside the optimizer section (which has
+its own, `sections.OptimizerSection.BOUNDS`): warmup, dropout, the seed."""
 
 
 def check_masking_probabilities(
@@ -171,10 +185,35 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def flatten_sections(cls: type, values: dict[str, Any], source: str) -> dict[str, Any]:
+    """A file's settings, flat: those listed under a section's name (`optimizer: {lr: 1e-3}`)
+    lifted out of it. A key under a section must be that section's; a setting given twice is
+    refused."""
+    sections = cls.sections() if isinstance(cls, type) and issubclass(cls, Settings) else {}
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in sections and isinstance(value, dict):
+            strays = sorted(set(value) - sections[key])
+            if strays:
+                raise UnmaskError(
+                    f"{source}: {', '.join(strays)} under '{key}:' is not a setting of that section{did_you_mean(strays[0], sections[key])}"
+                )
+            pairs = value.items()
+        else:
+            pairs = [(key, value)]
+        for name, item in pairs:
+            if name in flat:
+                raise UnmaskError(f"{source}: '{name}' is given twice (flat and under its section)")
+            flat[name] = item
+    return flat
+
+
 def from_dict(cls: type, values: dict[str, Any], source: str) -> Any:
-    """Build a config from a mapping; an unknown key is an error, never silently dropped."""
+    """Build a config from a mapping, flat or by sections; an unknown key is an error, never
+    silently dropped."""
     if not isinstance(values, dict):
         raise UnmaskError(f"{source}: expected a mapping of settings, got {type(values).__name__}")
+    values = flatten_sections(cls, values, source)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -197,12 +236,15 @@ def save_yaml(config: Any, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
-def load_yaml(cls: type, path: Path) -> Any:
+def _read_yaml(path: Path) -> Any:
     try:
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise UnmaskError(f"{path}: cannot read config: {e}") from None
-    return from_dict(cls, values, str(path))
+
+
+def load_yaml(cls: type, path: Path) -> Any:
+    return from_dict(cls, _read_yaml(Path(path)), str(path))
 
 
 def load_partial_yaml(cls: type, path: Path | str) -> dict[str, Any]:
@@ -211,4 +253,5 @@ def load_partial_yaml(cls: type, path: Path | str) -> dict[str, Any]:
     unknown keys are still refused, naming the file."""
     fields = [(f.name, f.type, dataclasses.field(default=None)) for f in dataclasses.fields(cls)]
     lenient = dataclasses.make_dataclass(f"{cls.__name__}FromFile", fields, kw_only=True)
-    return {key: value for key, value in dataclasses.asdict(load_yaml(lenient, Path(path))).items() if value is not None}
+    values = flatten_sections(cls, _read_yaml(Path(path)), str(path))
+    return {key: value for key, value in dataclasses.asdict(from_dict(lenient, values, str(path))).items() if value is not None}

@@ -15,7 +15,8 @@ from typing import ClassVar, Literal
 
 import yaml
 
-from unmask.config.base import OPTIMIZATION_BOUNDS, Bound, Settings, at_least, check_fields, check_setting, not_negative, positive
+from unmask.config.base import LOOP_BOUNDS, Bound, Settings, at_least, check_fields, check_setting, not_negative, positive
+from unmask.config.sections import OptimizerSection
 from unmask.config.use import ModelOptions
 from unmask.errors import UnmaskError
 
@@ -64,7 +65,7 @@ class TaskOptions(Settings):
 
 
 @dataclass(kw_only=True)
-class FinetuneConfig(ModelOptions, TaskOptions):
+class FinetuneConfig(OptimizerSection, ModelOptions, TaskOptions):
     """Settings of `unmask finetune`: an encoder with a fresh task head, trained on labelled data."""
 
     model: str
@@ -83,16 +84,6 @@ class FinetuneConfig(ModelOptions, TaskOptions):
     """Examples per evaluation batch."""
     warmup_fraction: float = 0.06
     """Share of the steps spent in linear warmup, then linear decay to 0."""
-    weight_decay: float = 0.01
-    """AdamW weight decay; biases and LayerNorm weights never decay."""
-    beta1: float = 0.9
-    """AdamW beta1."""
-    beta2: float = 0.999
-    """AdamW beta2."""
-    adam_eps: float = 1e-8
-    """AdamW epsilon."""
-    clip_grad_norm: float = 1.0
-    """Clip the gradient norm to this; 0 turns clipping off."""
     dropout: float | None = None
     """Dropout of every dropout layer while fine-tuning (default: the model's own)."""
     seeds: int = 1
@@ -122,17 +113,30 @@ class FinetuneConfig(ModelOptions, TaskOptions):
         "step": not_negative(),
         "epochs": positive(),
         **{name: at_least(1) for name in ("batch_size", "eval_batch_size", "seeds", "log_every")},
-        **OPTIMIZATION_BOUNDS,
+        **LOOP_BOUNDS,
         "checkpoint_every": not_negative(),
     }
 
     def __post_init__(self) -> None:
         self._check_task_options()
-        check_fields(self, self.BOUNDS)
+        check_fields(self, self.bounds())
 
 
 # What may change when a fine-tuning is resumed: nothing that changes its arithmetic.
-FINETUNE_RESUMABLE = frozenset({"out", "resume", "device", "progress", "log_every", "checkpoint_every", "eval_batch_size", "save_model"})
+FINETUNE_RESUMABLE = frozenset(
+    {
+        "out",
+        "resume",
+        "device",
+        "progress",
+        "log_every",
+        "checkpoint_every",
+        "eval_batch_size",
+        "save_model",
+        "on_nonfinite",
+        "max_nonfinite",
+    }
+)
 
 
 @dataclass(kw_only=True)

@@ -5,6 +5,8 @@ tally of what the steps since the last settle did (`Tally`), which the rule is j
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from unmask.data.masking import mix32
@@ -100,19 +102,21 @@ class Tally:
         )
 
     @staticmethod
-    def stop_if_nonfinite(values: list[float], on_nonfinite: str, max_nonfinite: int, kept: str) -> None:
+    def stop_if_nonfinite(values: list[float], on_nonfinite: str, max_nonfinite: int, kept: str, where: str = "") -> None:
         """The non-finite rule, on a settled tally's `values`: with --on-nonfinite stop, any
         step whose update was dropped stops the run; with skip, more than `max_nonfinite` in a
-        row do. `kept` says what the run leaves (e.g. "no model/ written")."""
+        row do. `kept` says what the run leaves (e.g. "no model/ written"), `where` what ran
+        (e.g. "seed 2, ")."""
         t = Tally
         if values[t.SKIPPED] and on_nonfinite == "stop":
+            step, loss, norm = int(values[t.FIRST]) + 1, values[t.FIRST_LOSS], values[t.FIRST_NORM]
+            what = f"training loss is {loss}, gradient norm {norm}" if not math.isfinite(loss) else "the gradient norm is not finite"
             raise UnmaskError(
-                f"step {int(values[t.FIRST]) + 1}: training loss is {values[t.FIRST_LOSS]}, gradient norm {values[t.FIRST_NORM]}; "
-                f"stopped before applying it (checkpoints so far are intact, {kept}). "
+                f"{where}step {step}: {what}; stopped before applying it (checkpoints so far are intact, {kept}). "
                 "Try a lower --lr, --precision fp32, or --on-nonfinite skip"
             )
         if values[t.WORST] > max_nonfinite:
             raise UnmaskError(
-                f"step {int(values[t.LAST]) + 1}: training loss is {values[t.LAST_LOSS]}, gradient norm {values[t.LAST_NORM]}; "
+                f"{where}step {int(values[t.LAST]) + 1}: training loss is {values[t.LAST_LOSS]}, gradient norm {values[t.LAST_NORM]}; "
                 f"{int(values[t.WORST])} non-finite steps in a row (--max-nonfinite {max_nonfinite}): stopped"
             )

@@ -43,7 +43,7 @@ from unmask.runtime.hardware import autocast, choose_precision, make_determinist
 from unmask.runtime.optimizer import adamw, decay_groups, set_learning_rate
 from unmask.runtime.persist import load_module_state, module_state
 from unmask.runtime.progress import MetricsLog, Progress
-from unmask.runtime.stepping import FINE_TUNING, clipped_update, step_seed
+from unmask.runtime.stepping import FINE_TUNING, Tally, clipped_update, step_seed
 from unmask.storage import checkpoint
 from unmask.storage.checkpoint import CheckpointInfo
 from unmask.storage.files import RunLock, atomic_write_text, building
@@ -242,11 +242,11 @@ def _fit(
         config.progress if progress else "none", fit.total_steps, fit.step, echo, enabled=world.is_main, rate=("examples_per_s", "ex/s")
     )
     window_loss, window_count, window_examples = torch.zeros((), device=device), 0, 0
-    first_bad = torch.full((), -1.0, device=device)  # the first step whose gradient norm was not finite, read when the loop settles
+    tally = Tally(device)  # which steps' updates were dropped as not finite, read when the loop settles
     window_started = time.perf_counter()
     evaluations = []
     while fit.step < fit.total_steps:
-        lr, loss, count, examples, first_bad = _fit_step(fit, task, config, seed, world, device, dtype, pad_id, max_norm, first_bad)
+        lr, loss, count, examples = _fit_step(fit, task, config, seed, world, device, dtype, pad_id, max_norm, tally)
         window_loss += loss.detach()
         window_count += count
         window_examples += examples
@@ -256,7 +256,7 @@ def _fit(
         due_checkpoint = fit.step % checkpoint_every == 0 and fit.step < fit.total_steps
         due_log = fit.step % config.log_every == 0 or fit.step == fit.total_steps
         if due_log or epoch_end or due_checkpoint:
-            summed = _settle_fit(window_loss, first_bad, seed, world, device)
+            summed = _settle_fit(window_loss, tally, config, seed, world, device)
         if due_log:
             elapsed = max(time.perf_counter() - window_started, 1e-9)
             logged = {
@@ -281,12 +281,12 @@ def _fit(
 
 
 def _fit_step(
-    fit: Fit, task: TaskData, config: FinetuneConfig, seed: int, world: World, device, dtype, pad_id: int, max_norm: float, first_bad
+    fit: Fit, task: TaskData, config: FinetuneConfig, seed: int, world: World, device, dtype, pad_id: int, max_norm: float, tally: Tally
 ):
     """One step: the learning rate set, dropout reseeded from (seed, step, rank), this process's
-    share of the global batch forward and backward, the update clipped and taken (or dropped on
-    the device once a gradient norm was not finite). Returns (lr, loss sum, targets counted,
-    examples, the first bad step so far)."""
+    share of the global batch forward and backward, the update clipped and taken (dropped on the
+    device where the gradient norm is not finite, and tallied). Returns (lr, loss sum, targets
+    counted, examples)."""
     began = time.perf_counter()
     lr = learning_rate(fit.step, fit.total_steps, fit.warmup_steps, config.lr, "linear")
     set_learning_rate(fit.optimizer, lr)
@@ -303,26 +303,22 @@ def _fit_step(
         logits = fit.model(input_ids=input_ids.to(device), attention_mask=None if mask is None else mask.to(device)).logits
     loss = loss_sum(logits, targets.to(device), regression) * weight
     (loss * world.size / max(count, 1)).backward()
-    # A non-finite update is dropped on the device, and so is every one after it until the
-    # loop settles and stops the run: nothing waits for the device in a quiet step.
-    _, bad = clipped_update(fit.optimizer, fit.inner.parameters(), max_norm, skip=first_bad >= 0)
-    # full_like fills on the device; a tensor made from a host number would be a copy each step.
-    first_bad = torch.where((bad > 0) & (first_bad < 0), torch.full_like(first_bad, fit.step + 1), first_bad)
+    # A non-finite update is dropped on the device; the loop settles and applies the non-finite
+    # rule (--on-nonfinite) later: nothing waits for the device in a quiet step.
+    norm, bad = clipped_update(fit.optimizer, fit.inner.parameters(), max_norm)
+    tally.add(fit.step, torch.zeros((), dtype=torch.float64, device=device), norm.detach().to(torch.float64), bad.to(torch.float64))
     fit.step += 1
     fit.spent += time.perf_counter() - began
-    return lr, loss, count, len(indices), first_bad
+    return lr, loss, count, len(indices)
 
 
-def _settle_fit(window_loss, first_bad, seed: int, world: World, device) -> float:
+def _settle_fit(window_loss, tally: Tally, config: FinetuneConfig, seed: int, world: World, device) -> float:
     """The one wait for the device (a log line, an evaluation, a checkpoint or the end): the
-    window's loss summed over processes; a step whose gradient norm was not finite stops the run."""
+    window's loss summed over processes, and the non-finite rule on the steps since the last
+    settle (the same on every process: DDP's gradients, so their norms, are shared)."""
     (summed,) = distributed.sum_across([float(window_loss)], world, device)
-    stopped_at = float(first_bad)  # the same on every process: DDP's gradients, so their norm, are shared
-    if stopped_at > 0:
-        raise UnmaskError(
-            f"seed {seed}, step {int(stopped_at)}: the gradient norm is not finite; stopped, its update and any after it "
-            "dropped; earlier checkpoints kept (try a lower --lr or --precision fp32)"
-        )
+    Tally.stop_if_nonfinite(tally.on_device.tolist(), config.on_nonfinite, config.max_nonfinite, "no model written", where=f"seed {seed}, ")
+    tally.reset()
     return summed
 
 

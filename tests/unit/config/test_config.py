@@ -1,5 +1,7 @@
 """Settings: validation naming the flag, YAML round trips, unknown keys, resume rules."""
 
+import dataclasses
+
 import pytest
 
 from unmask.config import (
@@ -68,3 +70,30 @@ def test_total_steps_and_warmup():
     assert TrainConfig(data="d", out="o", model="m", batch_size=4, max_steps=7, epochs=1).total_steps(80) == 7
     assert TrainConfig(data="d", out="o", model="m", warmup_fraction=0.1).warmup(200) == 20
     assert TrainConfig(data="d", out="o", model="m", warmup_steps=3).warmup(200) == 3
+
+
+def test_train_settings_come_in_sections_that_a_file_may_nest_or_not(tmp_path):
+    from unmask.config import FinetuneConfig, load_yaml
+
+    sections = TrainConfig.sections()
+    assert list(sections) == [
+        "downstream", "system", "checkpoints", "evaluation", "schedule", "optimizer", "masking", "model", "data"
+    ]  # fmt: skip
+    every = [name for fields in sections.values() for name in fields]
+    assert sorted(every) == sorted(f.name for f in dataclasses.fields(TrainConfig)), "every setting in exactly one section"
+    assert sections["optimizer"] == FinetuneConfig.sections()["optimizer"], "one optimizer section for both loops"
+    nested, flat = tmp_path / "nested.yaml", tmp_path / "flat.yaml"
+    nested.write_text("data: d\nout: o\nmodel: m\noptimizer:\n  lr: 0.001\n  on_nonfinite: skip\nschedule:\n  max_steps: 5\n")
+    flat.write_text("data: d\nout: o\nmodel: m\nlr: 0.001\non_nonfinite: skip\nmax_steps: 5\n")
+    assert load_yaml(TrainConfig, nested) == load_yaml(TrainConfig, flat)
+    (tmp_path / "stray.yaml").write_text("data: d\nout: o\nmodel: m\noptimizer:\n  max_steps: 5\n")
+    with pytest.raises(UnmaskError, match=r"stray.yaml: max_steps under 'optimizer:' is not a setting of that section"):
+        load_yaml(TrainConfig, tmp_path / "stray.yaml")
+    (tmp_path / "twice.yaml").write_text("data: d\nout: o\nmodel: m\nlr: 0.1\noptimizer:\n  lr: 0.001\n")
+    with pytest.raises(UnmaskError, match=r"twice.yaml: 'lr' is given twice"):
+        load_yaml(TrainConfig, tmp_path / "twice.yaml")
+    # A bound is declared once, by the section that has the field, and checked for both loops.
+    with pytest.raises(UnmaskError, match=r"--beta2: must be in \[0, 1\), got 1.5"):
+        TrainConfig(data="d", out="o", model="m", beta2=1.5)
+    with pytest.raises(UnmaskError, match=r"--beta2: must be in \[0, 1\), got 1.5"):
+        FinetuneConfig(model="m", out="o", train="t.jsonl", eval="e.jsonl", beta2=1.5)

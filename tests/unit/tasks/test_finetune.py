@@ -2,6 +2,7 @@
 equal to transformers' own for the same batch, exact resume, seeds summarised, length-grouped batches."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -207,6 +208,34 @@ def test_a_non_finite_gradient_stops_fine_tuning_naming_the_step_and_keeps_no_mo
     with pytest.raises(UnmaskError, match=r"step 3: the gradient norm is not finite; stopped"):
         finetune(settings(tiny_model_dir, data, "classification", tmp_path / "nan", log_every=1000), echo=quiet, progress=False)
     assert not (tmp_path / "nan" / "model").exists()
+
+
+def test_on_nonfinite_skip_drops_the_bad_updates_and_goes_on_until_too_many_in_a_row(data, tiny_model_dir, tmp_path, monkeypatch):
+    import unmask.tasks.finetune as module
+
+    real = module.loss_sum
+    calls = {"n": 0}
+    poisoned_calls = {3}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] in poisoned_calls else loss
+
+    monkeypatch.setattr(module, "loss_sum", poisoned)
+    result = finetune(
+        settings(tiny_model_dir, data, "classification", tmp_path / "skip", on_nonfinite="skip", log_every=2), echo=quiet, progress=False
+    )
+    assert (tmp_path / "skip" / "model").is_dir() and all(math.isfinite(v["median"]) for v in result["metrics"].values())
+    calls["n"], poisoned_calls = 0, {3, 4}
+    monkeypatch.setattr(module, "loss_sum", poisoned)
+    with pytest.raises(UnmaskError, match=r"seed 0, step 4: .*2 non-finite steps in a row \(--max-nonfinite 1\): stopped"):
+        finetune(
+            settings(tiny_model_dir, data, "classification", tmp_path / "two", on_nonfinite="skip", max_nonfinite=1, log_every=2),
+            echo=quiet,
+            progress=False,
+        )
+    assert not (tmp_path / "two" / "model").exists()
 
 
 @pytest.mark.parametrize("resume", [False, True])
