@@ -38,7 +38,7 @@ def peak_rss_mb() -> float:
 
 
 def tokenizer_path() -> str:
-    from unmask.storage.hub import starter_path
+    from unmask.storage.names import starter_path
 
     return starter_path()
 

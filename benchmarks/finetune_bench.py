@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
     args = parser.parse_args()
     if not args.model:
-        from unmask.storage.hub import starter_path
+        from unmask.storage.names import starter_path
 
         args.model = starter_path()
     if args.worker:

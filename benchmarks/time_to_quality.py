@@ -65,7 +65,7 @@ def unmask_precision(runs: dict) -> str:
 
 
 def starter() -> str:
-    from unmask.storage.hub import starter_path
+    from unmask.storage.names import starter_path
 
     return starter_path()
 
@@ -322,7 +322,7 @@ def pydocs_finetune() -> dict:
 
 def unmask_points(run: Path, work: Path) -> list[tuple[float, Path]]:
     """(training minutes, model folder) of every checkpoint of a budgeted unmask run."""
-    from unmask.runtime.persist import export_checkpoint
+    from unmask.runtime.export import export_checkpoint
     from unmask.storage.checkpoint import read_info
     from unmask.storage.rundir import RunDir
 

@@ -463,7 +463,7 @@ def compare(*args, config: settings.CompareConfig | None = None, verbose: bool =
 
 def export(*args, config: settings.ExportConfig | None = None, verbose: bool = False, **values) -> Path:
     """`unmask export`: a complete checkpoint of a run as a save_pretrained folder; returns the checkpoint exported."""
-    from unmask.runtime.persist import export_checkpoint
+    from unmask.runtime.export import export_checkpoint
 
     c = build_settings(settings.ExportConfig, config, values, args)
     return export_checkpoint(Path(c.run), Path(c.out), c.step, echo=_echo(verbose))

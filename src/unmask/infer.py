@@ -14,7 +14,7 @@ from unmask.data.tokenizer import Vocabulary, load_tokenizer, word_starts
 from unmask.errors import UnmaskError
 from unmask.models.masked_lm import MaskedLM, load_mlm, max_positions
 from unmask.runtime.hardware import autocast, reporting_dtype, resolve_device
-from unmask.storage.hub import resolve_model
+from unmask.storage.names import resolve_model
 
 MASK_SPELLINGS = ("[MASK]", "<mask>")
 

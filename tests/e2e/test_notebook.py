@@ -43,7 +43,7 @@ def html_outputs(notebook) -> list[str]:
 def test_the_walkthrough_runs_and_prints_the_ids_the_rate_and_the_loss(executed):
     from transformers import AutoTokenizer
 
-    from unmask.storage.hub import starter_path
+    from unmask.storage.names import starter_path
 
     text = printed(executed)
     ids = AutoTokenizer.from_pretrained(starter_path())("After my milk, I will eat the banana")["input_ids"]

@@ -189,6 +189,8 @@ def flatten_sections(cls: type, values: dict[str, Any], source: str) -> dict[str
     """A file's settings, flat: those listed under a section's name (`optimizer: {lr: 1e-3}`)
     lifted out of it. A key under a section must be that section's; a setting given twice is
     refused."""
+    if not isinstance(values, dict):
+        return values  # `from_dict` says what the file should hold
     sections = cls.sections() if isinstance(cls, type) and issubclass(cls, Settings) else {}
     flat: dict[str, Any] = {}
     for key, value in values.items():

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import IO
 
 from unmask.errors import UnmaskError, optional_import
-from unmask.storage.hub import go_offline_if_unreachable, hub_offline
+from unmask.storage.names import go_offline_if_unreachable, hub_offline
 
 _DECOMPRESSION_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, lzma.LZMAError, ValueError)
 try:

@@ -26,7 +26,7 @@ from unmask.data.sources import ReadOptions, ReadReport, Source, expand_sources,
 from unmask.data.tokenizer import Vocabulary, fingerprint, load_tokenizer, raw_tokenizer
 from unmask.data.window_index import index_store_folder, new_store_id
 from unmask.errors import UnmaskError, option, setting
-from unmask.storage.files import RunLock, atomic_write_text, building, recover_folder, remove_stale_building
+from unmask.storage.files import FolderLock, atomic_write_text, building, recover_folder, remove_stale_building
 from unmask.storage.storedir import BLOCK, FORMAT_VERSION, SPLITS, StoreDir, is_validation_document
 
 _TEXTS_PER_BATCH = 256
@@ -181,7 +181,7 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
         raise UnmaskError(f"--out {out}: is a file, not a token store")
     target = _shard_target(config, out)
     target.folder.parent.mkdir(parents=True, exist_ok=True)
-    with RunLock(target.folder.parent / f".{target.folder.name}.lock", "unmask prepare", guards=target.folder, remove_when_done=True):
+    with FolderLock(target.folder.parent / f".{target.folder.name}.lock", "unmask prepare", guards=target.folder, remove_when_done=True):
         remove_stale_building(target.folder.parent)
         return _prepare(config, target, progress)
 
@@ -353,7 +353,7 @@ def index_store(path: Path, lengths: list[int]) -> dict:
     from unmask.data.store import TokenStore
 
     store = TokenStore.open(path)
-    with RunLock(path.parent / f".{path.name}.lock", "unmask prepare --index", guards=path, remove_when_done=True):
+    with FolderLock(path.parent / f".{path.name}.lock", "unmask prepare --index", guards=path, remove_when_done=True):
         members = [each for _, each in store.shards] if store.shards is not None else [store]
         for member in members:
             index_store_folder(member.folder, member.meta, lengths)

@@ -1,4 +1,4 @@
-"""Load tokenizers (any name `hub.resolve_pretrained` takes), fingerprint them, and describe their vocabulary.
+"""Load tokenizers (any name `names.resolve_pretrained` takes), fingerprint them, and describe their vocabulary.
 
 The fingerprint ties a token store to the tokenizer that made it: training a model whose
 tokenizer maps text to other ids would silently learn garbage. `Vocabulary` is the typed
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from unmask.errors import UnmaskError
-from unmask.storage.hub import (
+from unmask.storage.names import (
     ModelSource,
     cannot_load,
     go_offline_if_unreachable,

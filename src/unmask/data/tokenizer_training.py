@@ -25,7 +25,7 @@ from unmask.config import TokenizerConfig, parse_sources, parse_weights
 from unmask.data.sources import ReadOptions, ReadReport, expand_sources, read_documents
 from unmask.errors import UnmaskError, option, setting
 from unmask.storage.files import building, recover_folder
-from unmask.storage.hub import quiet_transformers
+from unmask.storage.names import quiet_transformers
 
 SPECIAL_TOKENS = {
     "wordpiece": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},

@@ -39,7 +39,7 @@ from unmask.models.architectures import (
 )
 from unmask.models.flops import Shape, bert_flops
 from unmask.storage import checkpoint
-from unmask.storage.hub import (
+from unmask.storage.names import (
     ModelSource,
     cannot_load,
     go_offline_if_unreachable,
@@ -389,7 +389,7 @@ def load_mlm(
     rope_theta: float | None = None,
     flash: bool = False,
 ) -> MaskedLM:
-    """Load a masked LM (any name `hub.resolve_model` takes, or what it returned); an
+    """Load a masked LM (any name `names.resolve_model` takes, or what it returned); an
     encoder-only checkpoint gets a fresh, tied MLM head and one line saying so.
 
     `init_seed` seeds that fresh head, so that scoring a headless checkpoint twice gives the
@@ -472,7 +472,7 @@ def load_task_model(
     echo: Callable[[str], None] = print,
 ) -> nn.Module:
     """An encoder with a fresh task head: sequence classification (`labels` None: regression,
-    one output) or token classification, from any name `hub.resolve_model` takes, a run's
+    one output) or token classification, from any name `names.resolve_model` takes, a run's
     checkpoint included. `seed` seeds the fresh head (in a forked RNG)."""
     quiet_transformers()
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification

@@ -36,14 +36,14 @@ from unmask.models.masked_lm import MaskedLM
 from unmask.runtime import distributed
 from unmask.runtime.distributed import World
 from unmask.runtime.hardware import Peak, Precision, autocast, peak_memory, remeasured_peak, reporting_dtype
+from unmask.runtime.metrics import MetricsLog
 from unmask.runtime.optimizer import adamw, decay_groups, set_learning_rate
 from unmask.runtime.persist import full_state
 from unmask.runtime.preemption import StepDropped, Stopped, StopSignals
-from unmask.runtime.progress import MetricsLog
 from unmask.runtime.stepping import PRETRAINING, Tally, clipped_update, step_seed
 from unmask.storage import checkpoint
 from unmask.storage.checkpoint import CheckpointInfo
-from unmask.storage.files import RunLock
+from unmask.storage.files import FolderLock
 from unmask.storage.rundir import RunDir
 
 
@@ -282,7 +282,7 @@ class Run:
     """None when only the time budget ends the run."""
     warmup_steps: int
     metrics: MetricsLog
-    lock: RunLock | None
+    lock: FolderLock | None
     """Held by rank 0 while it trains in the folder; None on the other processes."""
     state: StepState
     peak: Peak = Peak(0.0, "unknown")

@@ -63,15 +63,17 @@ from unmask.pretrain.step import (
 from unmask.runtime import distributed
 from unmask.runtime.distributed import World
 from unmask.runtime.hardware import Peak, Precision, choose_precision, make_deterministic, peak_flops, reset_peak_memory
-from unmask.runtime.persist import check_run_folder, refuse_changed_stores, refuse_foreign_folder, restore, save_base, save_final_model
+from unmask.runtime.metrics import MetricsLog
+from unmask.runtime.persist import save_base, save_final_model
 from unmask.runtime.preemption import StepDropped, Stopped, StopSignals
-from unmask.runtime.progress import MetricsLog, Progress, Throughput
+from unmask.runtime.progress import Progress, Throughput
+from unmask.runtime.resume import check_run_folder, refuse_changed_stores, refuse_foreign_folder, restore
 from unmask.runtime.stepping import Tally
 from unmask.runtime.tracking import Trackers
 from unmask.storage import checkpoint
 from unmask.storage.checkpoint import CheckpointInfo
-from unmask.storage.files import RunLock, atomic_write_text
-from unmask.storage.hub import ModelSource, resolve_model
+from unmask.storage.files import FolderLock, atomic_write_text
+from unmask.storage.names import ModelSource, resolve_model
 from unmask.storage.rundir import RunDir
 
 
@@ -178,7 +180,7 @@ def setup(config: TrainConfig, echo: Callable[[str], None] = print, score_checkp
     refuse_foreign_folder(run_dir)
     lock = None
     if world.is_main:  # one run at a time in a folder; the lock dies with the process that holds it
-        lock = RunLock(run_dir.lock, f"unmask train{' --resume' if config.resume else ''}")
+        lock = FolderLock(run_dir.lock, f"unmask train{' --resume' if config.resume else ''}")
         lock.acquire()
         checkpoint.clean_up(run_dir)
     try:
@@ -197,7 +199,7 @@ def _setup(
     device: torch.device,
     arithmetic: tuple[Precision, Peak],
     run_dir: RunDir,
-    lock: RunLock | None,
+    lock: FolderLock | None,
     score_checkpoint: Callable[[int, int, str], str] | None,
 ) -> Run:
     config = config.with_global_batch(world.size)

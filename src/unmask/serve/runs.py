@@ -13,7 +13,7 @@ from pathlib import Path
 from statistics import median
 
 from unmask.storage.checkpoint import read_info
-from unmask.storage.files import RunLock
+from unmask.storage.files import FolderLock
 from unmask.storage.rundir import FINE_TUNING_RUN, RunDir
 
 
@@ -90,7 +90,7 @@ def _json(path: Path) -> dict:
 
 def is_training(path: Path) -> bool:
     """A live process holds the run's lock (its lock file names the process)."""
-    return RunLock.is_held(RunDir(path).lock)
+    return FolderLock.is_held(RunDir(path).lock)
 
 
 def checkpoints(path: Path) -> list[dict]:

@@ -242,7 +242,7 @@ def _room_left(path: Path, code: int) -> str:
     return f"{readable_size(shutil.disk_usage(place).free if place.exists() else 0)} free there"
 
 
-class RunLock:
+class FolderLock:
     """An exclusive lock, held on the file `path` while a process works on what it guards
     (a run folder's `.lock`, a store's `.NAME.lock` beside it).
 
@@ -338,7 +338,7 @@ class RunLock:
             return False
         return match[2] != socket.gethostname() or process_alive(int(match[1]))
 
-    def __enter__(self) -> RunLock:
+    def __enter__(self) -> FolderLock:
         self.acquire()
         return self
 

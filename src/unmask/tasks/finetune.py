@@ -40,14 +40,15 @@ from unmask.models.masked_lm import load_task_model, prepared_attention_mask, se
 from unmask.runtime import distributed
 from unmask.runtime.distributed import World
 from unmask.runtime.hardware import autocast, choose_precision, make_deterministic
+from unmask.runtime.metrics import MetricsLog
 from unmask.runtime.optimizer import adamw, decay_groups, set_learning_rate
 from unmask.runtime.persist import load_module_state, module_state
-from unmask.runtime.progress import MetricsLog, Progress
+from unmask.runtime.progress import Progress
 from unmask.runtime.stepping import FINE_TUNING, Tally, clipped_update, step_seed
 from unmask.storage import checkpoint
 from unmask.storage.checkpoint import CheckpointInfo
-from unmask.storage.files import RunLock, atomic_write_text, building
-from unmask.storage.hub import resolve_model
+from unmask.storage.files import FolderLock, atomic_write_text, building
+from unmask.storage.names import resolve_model
 from unmask.storage.rundir import FINE_TUNING_RUN, PRETRAINING_RUN, RunDir
 from unmask.tasks.labelled import IGNORE_INDEX, Encoded, TaskData, compute_metrics, load_task, score, word_predictions
 
@@ -441,7 +442,7 @@ def finetune(config: FinetuneConfig, echo: Callable[[str], None] = print, progre
     source = resolve_model(config.model, config.step)
     tokenizer = load_tokenizer(source, config.trust_remote_code)
     task = load_task(config, tokenizer, echo)
-    lock = RunLock(out.lock, "unmask finetune") if world.is_main else None
+    lock = FolderLock(out.lock, "unmask finetune") if world.is_main else None
     if lock is not None:
         lock.acquire()
     try:

@@ -106,12 +106,12 @@ def test_an_hf_dataset_with_the_hub_unreachable_fails_at_once_without_retries(mo
     from huggingface_hub import constants
 
     from unmask.data import formats
-    from unmask.storage import hub
+    from unmask.storage import names
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=2.0: False)
+    monkeypatch.setattr(names, "hub_reachable", lambda timeout=2.0: False)
     with pytest.raises(
         UnmaskError, match=r"hf:someone/no-such-dataset: cannot load .*the hub did not answer, so only a copy in the local cache"
     ):

@@ -19,7 +19,7 @@ from unmask.models.masked_lm import load_mlm
 from unmask.pretrain.plan import estimate_lines, speed_means
 from unmask.pretrain.train import train
 from unmask.runtime import hardware
-from unmask.storage.hub import resolve_model
+from unmask.storage.names import resolve_model
 
 
 def _config(store_dir, tiny_model_dir, out, **overrides) -> TrainConfig:

@@ -385,7 +385,7 @@ def test_export_turns_any_complete_checkpoint_into_a_model_folder(store_dir, tin
     from safetensors.torch import load_file
     from transformers import AutoModelForMaskedLM, pipeline
 
-    from unmask.runtime.persist import export_checkpoint
+    from unmask.runtime.export import export_checkpoint
 
     out = tmp_path / "run"
 
@@ -528,7 +528,7 @@ def test_resuming_does_not_claim_a_fresh_head_that_comes_from_the_checkpoint(sto
 def test_a_data_position_past_the_store_is_refused_even_from_a_checkpoint_that_names_no_windows(tmp_path):
     from types import SimpleNamespace
 
-    from unmask.runtime.persist import refuse_changed_stores
+    from unmask.runtime.resume import refuse_changed_stores
 
     old = checkpoint.CheckpointInfo(step=3, epoch=1, position=500)  # written before windows were recorded
     with pytest.raises(

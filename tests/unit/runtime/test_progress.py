@@ -4,7 +4,8 @@ import json
 import re
 import time
 
-from unmask.runtime.progress import MetricsLog, Progress, Throughput, format_duration
+from unmask.runtime.metrics import MetricsLog
+from unmask.runtime.progress import Progress, Throughput, format_duration
 from unmask.storage.rundir import RunDir
 
 LOGGED = {"loss": 4.25, "lr": 3e-4, "tokens_per_s": 1234.5}

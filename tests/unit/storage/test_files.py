@@ -9,7 +9,7 @@ import pytest
 
 from unmask.config import UnmaskError
 from unmask.storage import files
-from unmask.storage.files import RunLock, atomic_write_text, building_path, map_file, publish_folder, recover_folder
+from unmask.storage.files import FolderLock, atomic_write_text, building_path, map_file, publish_folder, recover_folder
 
 
 def test_atomic_write_replaces_whole_and_leaves_no_temporary(tmp_path):
@@ -65,14 +65,14 @@ def test_recover_folder_puts_back_an_old_folder_a_crash_left_aside(tmp_path):
 
 def test_a_lock_refuses_a_second_holder_and_one_that_cleans_up_leaves_no_file(tmp_path):
     guarded = tmp_path / "store"
-    first = RunLock(tmp_path / ".store.lock", "unmask prepare", guards=guarded, remove_when_done=True)
+    first = FolderLock(tmp_path / ".store.lock", "unmask prepare", guards=guarded, remove_when_done=True)
     first.acquire()
     assert "unmask prepare (pid" in (tmp_path / ".store.lock").read_text()
     with pytest.raises(UnmaskError, match=r"store: unmask prepare \(pid \d+ .*is using it right now"):
-        RunLock(tmp_path / ".store.lock", "unmask prepare", guards=guarded).acquire()
+        FolderLock(tmp_path / ".store.lock", "unmask prepare", guards=guarded).acquire()
     first.release()
     assert not (tmp_path / ".store.lock").exists()
-    again = RunLock(tmp_path / ".store.lock", "unmask prepare", guards=guarded, remove_when_done=True)
+    again = FolderLock(tmp_path / ".store.lock", "unmask prepare", guards=guarded, remove_when_done=True)
     again.acquire()
     again.release()
 
@@ -82,7 +82,7 @@ def test_a_lock_whose_file_was_replaced_while_waiting_locks_the_new_file(tmp_pat
     before must not think it holds the lock on the path."""
     path = tmp_path / ".store.lock"
     path.write_text("")
-    lock = RunLock(path, "unmask prepare", remove_when_done=True)
+    lock = FolderLock(path, "unmask prepare", remove_when_done=True)
     real_open, swapped = os.open, []
 
     def open_then_swap(p, *a, **k):
@@ -108,7 +108,7 @@ def test_a_filesystem_without_locks_gets_a_warning_and_the_work_goes_on(tmp_path
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
-    with RunLock(tmp_path / ".lock", "unmask train", guards=tmp_path / "run", remove_when_done=True):
+    with FolderLock(tmp_path / ".lock", "unmask train", guards=tmp_path / "run", remove_when_done=True):
         pass
     err = capsys.readouterr().err
     assert "this filesystem cannot lock files (No locks available)" in err and "run at the same time" in err
@@ -120,17 +120,17 @@ def test_a_lock_is_held_while_its_named_process_lives(tmp_path):
     import subprocess
     import sys
 
-    lock = RunLock(tmp_path / ".lock", "unmask train")
+    lock = FolderLock(tmp_path / ".lock", "unmask train")
     lock.acquire()
-    assert RunLock.is_held(tmp_path / ".lock")
+    assert FolderLock.is_held(tmp_path / ".lock")
     lock.release()
-    assert not RunLock.is_held(tmp_path / ".lock"), "an empty note: nobody holds it"
+    assert not FolderLock.is_held(tmp_path / ".lock"), "an empty note: nobody holds it"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
     (tmp_path / ".lock").write_text(f"unmask train (pid {dead} on {socket.gethostname()})")
-    assert not RunLock.is_held(tmp_path / ".lock"), "a dead process holds nothing"
+    assert not FolderLock.is_held(tmp_path / ".lock"), "a dead process holds nothing"
     (tmp_path / ".lock").write_text("unmask train (pid 1 on another-machine)")
-    assert RunLock.is_held(tmp_path / ".lock"), "another machine's note is trusted"
-    assert not RunLock.is_held(tmp_path / "missing.lock")
+    assert FolderLock.is_held(tmp_path / ".lock"), "another machine's note is trusted"
+    assert not FolderLock.is_held(tmp_path / "missing.lock")
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])

@@ -13,8 +13,8 @@ from unmask.data.tokenizer import load_tokenizer
 from unmask.errors import UnmaskError
 from unmask.models.masked_lm import load_mlm
 from unmask.pretrain.train import train
-from unmask.storage import hub
-from unmask.storage.hub import ModelSource, resolve_model, resolve_pretrained
+from unmask.storage import names
+from unmask.storage.names import ModelSource, resolve_model, resolve_pretrained
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def stopped_run(tmp_path_factory, store_dir, tiny_model_dir):
 
 def test_a_typo_in_a_local_path_is_answered_at_once_with_the_closest_names(stopped_run, monkeypatch):
     monkeypatch.chdir(stopped_run.parent)
-    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=2.0: pytest.fail("a local path must never reach for the hub"))
+    monkeypatch.setattr(names, "hub_reachable", lambda timeout=2.0: pytest.fail("a local path must never reach for the hub"))
     started = time.monotonic()
     with pytest.raises(UnmaskError, match=r"'runs/finshed': no such folder; did you mean runs/finished\?"):
         resolve_pretrained("runs/finshed")
@@ -85,8 +85,8 @@ def test_an_unreachable_hub_switches_the_already_imported_client_offline(monkeyp
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=2.0: False)
-    hub.go_offline_if_unreachable("bert-base-uncased")
+    monkeypatch.setattr(names, "hub_reachable", lambda timeout=2.0: False)
+    names.go_offline_if_unreachable("bert-base-uncased")
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     assert constants.is_offline_mode(), "huggingface_hub read the variable at import: its own setting must change too"
 
@@ -100,7 +100,7 @@ def test_a_name_lookup_that_hangs_is_cut_off_at_the_timeout(monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", hangs)
     started = time.monotonic()
-    assert hub.hub_reachable(timeout=0.5) is False
+    assert names.hub_reachable(timeout=0.5) is False
     assert time.monotonic() - started < 2
 
 
@@ -111,8 +111,8 @@ def test_a_model_name_near_an_alias_or_a_local_folder_is_suggested(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub id that is not cached fails at once
     (tmp_path / "my-run").mkdir()
-    assert hub.did_you_mean("minilm-l5") == " (did you mean minilm-l6?)"
-    assert hub.did_you_mean("my-rn") == " (did you mean my-run?)"
-    assert hub.did_you_mean("bert-base-uncased") == "" and hub.did_you_mean("my-run") == ""
+    assert names.did_you_mean("minilm-l5") == " (did you mean minilm-l6?)"
+    assert names.did_you_mean("my-rn") == " (did you mean my-run?)"
+    assert names.did_you_mean("bert-base-uncased") == "" and names.did_you_mean("my-run") == ""
     with pytest.raises(UnmaskError, match=r"cannot load a tokenizer from hub id 'minilm-l5' \(did you mean minilm-l6\?\): "):
         load_tokenizer("minilm-l5")
