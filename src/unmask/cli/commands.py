@@ -288,8 +288,8 @@ def run_finetune(config: FinetuneConfig) -> int:
         return 0
     print(f"{summary['task']} on {len(summary['seeds'])} seed(s): {_metric_line(summary['metrics'], len(summary['seeds']))}")
     print(
-        f"summary: {Path(config.out) / 'summary.json'}"
-        + (f"; model: {Path(config.out) / 'model'}" if config.save_model and config.seeds == 1 else "")
+        f"summary: {RunDir(config.out).summary}"
+        + (f"; model: {RunDir(config.out).model}" if config.save_model and config.seeds == 1 else "")
     )
     return 0
 

@@ -13,6 +13,10 @@
       compare/           `unmask compare BASE RUN`'s report, chart and numbers
       curves.png         `unmask plot RUN`'s chart
 
+A fine-tuning's folder (`unmask finetune --out OUT`) has the same config.yaml, metrics.jsonl,
+summary.json, checkpoints/ and model/, and `result.json`, one seed's result; with several
+seeds, each seed's run is `OUT/seed-N/`.
+
 Every other module asks a `RunDir` for these paths; none spells them itself.
 """
 
@@ -89,6 +93,15 @@ class RunDir:
     @property
     def compare(self) -> Path:
         return self.path / "compare"
+
+    @property
+    def result(self) -> Path:
+        """A fine-tuning seed's result.json."""
+        return self.path / "result.json"
+
+    def seed(self, seed: int) -> RunDir:
+        """The run of one seed of a fine-tuning of several."""
+        return RunDir(self.path / f"seed-{seed}")
 
     @property
     def curves(self) -> Path:

@@ -55,7 +55,7 @@ from unmask.tasks.labelled import IGNORE_INDEX, Encoded, TaskData, compute_metri
 
 def seed_dir(out: RunDir, seed: int, seeds: list[int]) -> RunDir:
     """Where one seed's run lives: OUT itself for a single seed, OUT/seed-N for several."""
-    return out if len(seeds) == 1 else RunDir(out.path / f"seed-{seed}")
+    return out if len(seeds) == 1 else out.seed(seed)
 
 
 # ---------------------------------------------------------------- one batch
@@ -353,7 +353,7 @@ def _fit_result(
             with building(run.model, "the fine-tuned model") as folder:
                 fit.inner.save_pretrained(folder)
                 tokenizer.save_pretrained(folder)
-        atomic_write_text(run.path / "result.json", json.dumps(record, indent=2))
+        atomic_write_text(run.result, json.dumps(record, indent=2))
     distributed.barrier(world)
     fit.metrics.close()
     return record
@@ -460,7 +460,7 @@ def finetune(config: FinetuneConfig, echo: Callable[[str], None] = print, progre
         results = []
         for seed in seeds:
             run = seed_dir(out, seed, seeds)
-            done = run.path / "result.json"
+            done = run.result
             if done.is_file():
                 results.append(json.loads(done.read_text(encoding="utf-8")))
                 echo(f"seed {seed}: already done ({task.spec.metrics[0]} {score(task.spec, results[-1]['metrics']):.4f})")
