@@ -321,7 +321,6 @@ def _store_meta(
         "tokenizer": {"name": config.tokenizer, "fingerprint": fingerprint(tokenizer)},
         "vocabulary": vocab.to_meta(),
         "dtype": dtype.name,
-        "word_starts": True,
         "splits": {s: {"documents": w.documents, "tokens": w.total_tokens} for s, w in writers.items()},
         "sources": config.sources,
         "doc_per": config.doc_per,

@@ -1,7 +1,6 @@
 """The token store reader: a store's splits memory-mapped for training and evaluation.
 
-The layout is in `storage.storedir`; `data.prepare` writes stores. Stores made before word starts
-were recorded lack the `.words` files; they train with token masking. A store of shards
+The layout is in `storage.storedir`; `data.prepare` writes stores. A store of shards
 (`prepare --shard`, `--append`) opens as one: every shard is checked to be there, complete
 and made with the same tokenizer and held-out rule, and its splits read as one stream of
 documents in the order one prepare of the same sources would have written them, without
@@ -214,9 +213,9 @@ class TokenStore:
             return JoinedSplit(shard_pieces(self.shards, name), self.meta["dtype"])
         count = self.meta["splits"][name]["tokens"]
         if count == 0:
-            words = np.zeros(0, dtype=np.uint8) if self.has_word_starts else None
+            empty = np.zeros(0, dtype=np.uint8)
             return Split(
-                np.zeros(0, dtype=self.meta["dtype"]), np.zeros(1, dtype=np.int64), words, WindowIndex(self.folder, name, self.meta, 0)
+                np.zeros(0, dtype=self.meta["dtype"]), np.zeros(1, dtype=np.int64), empty, WindowIndex(self.folder, name, self.meta, 0)
             )
         try:
             tokens = map_file(self.folder.tokens(name), self.meta["dtype"])
@@ -225,16 +224,10 @@ class TokenStore:
             raise UnmaskError(f"{self.path}: {name} split cannot be read: {e}") from None
         if len(tokens) != count or len(offsets) == 0 or offsets[-1] != count:
             raise UnmaskError(f"{self.path}: {name} split is damaged ({len(tokens)} tokens on disk, {count} recorded)")
-        words = None
-        if self.has_word_starts:
-            words = map_file(self.folder.words(name), np.uint8)
-            if len(words) != (count + 7) // 8:
-                raise UnmaskError(f"{self.path}: {name} split is damaged ({len(words)} bytes of word starts for {count} tokens)")
+        words = map_file(self.folder.words(name), np.uint8)
+        if len(words) != (count + 7) // 8:
+            raise UnmaskError(f"{self.path}: {name} split is damaged ({len(words)} bytes of word starts for {count} tokens)")
         return Split(tokens, offsets, words, WindowIndex(self.folder, name, self.meta, len(offsets) - 1))
-
-    @property
-    def has_word_starts(self) -> bool:
-        return bool(self.meta.get("word_starts"))
 
 
 def shard_pieces(shards: list[tuple[dict, TokenStore]], split: str) -> list[tuple[Split, int, int]]:
@@ -338,6 +331,5 @@ def open_sharded(path: Path) -> TokenStore:
         expected_base += documents_of_groups([r for r, _ in members])
     meta = dict(first.meta)
     meta["splits"] = {name: {k: sum(s.meta["splits"][name][k] for _, s in shards) for k in ("documents", "tokens")} for name in SPLITS}
-    meta["word_starts"] = all(s.has_word_starts for _, s in shards)
     meta["shards"] = [{**r, "path": str(s.path)} for r, s in shards]
     return TokenStore(path, meta, shards)

@@ -299,8 +299,8 @@ def _restore_or_start(config, run_dir, trained, strategy, world, device, echo, s
 
 
 def _checked_vocabulary(config: TrainConfig, stores: list[tuple[str, TokenStore]]) -> Vocabulary:
-    """The vocabulary the stores share, refusing stores of other tokenizers, a vocabulary with
-    no mask token, and word-level masking on a store without word starts."""
+    """The vocabulary the stores share, refusing stores of other tokenizers and a vocabulary
+    with no mask token."""
     store = stores[0][1]
     for _, other in stores[1:]:
         if other.fingerprint != store.fingerprint:
@@ -310,12 +310,6 @@ def _checked_vocabulary(config: TrainConfig, stores: list[tuple[str, TokenStore]
             )
     vocab = store.vocabulary()
     vocab.require_mask(f"--data {store.path}")
-    for _, each in stores:
-        if config.masking != "token" and not each.has_word_starts:
-            raise UnmaskError(
-                f"--masking {config.masking}: {each.path} was made before unmask recorded word boundaries; "
-                f"prepare it again (`unmask prepare ... --out {each.path} --overwrite`) or use --masking token"
-            )
     return vocab
 
 

@@ -141,7 +141,7 @@ def test_the_store_records_the_tokenizers_own_word_starts(request, fixture, corp
             assert stored.word_starts(start, end - start).tolist() == expected, (split, position)
             continuations += expected.count(False)
     assert continuations > 3, "some words are split into pieces, or the comparison proves little"
-    assert store.has_word_starts and len(store.split("train").words) == (store.meta["splits"]["train"]["tokens"] + 7) // 8
+    assert len(store.split("train").words) == (store.meta["splits"]["train"]["tokens"] + 7) // 8
 
 
 def test_word_start_bits_survive_flushes_that_end_mid_byte(monkeypatch, corpus_dir, tokenizer_dir, tmp_path):

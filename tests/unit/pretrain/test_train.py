@@ -368,19 +368,6 @@ def test_word_level_masking_trains_and_logs_its_real_rate(store_dir, tiny_model_
     assert summary["eval_masked_tokens"] > 0, "evaluation keeps its own 15% token masks"
 
 
-def test_word_level_masking_asks_to_re_prepare_a_store_without_word_starts(store_dir, tiny_model_dir, tmp_path):
-    import shutil
-
-    old = tmp_path / "old-store"
-    shutil.copytree(store_dir, old)
-    meta = json.loads((old / "meta.json").read_text())
-    del meta["word_starts"]
-    (old / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(UnmaskError, match=r"--masking whole-word: .* was made before unmask recorded word boundaries; prepare it again"):
-        run(train_config(old, tiny_model_dir, tmp_path / "run", masking="whole-word"))
-    assert run(train_config(old, tiny_model_dir, tmp_path / "token-run", max_steps=1, eval_every=0, checkpoint_every=0))["steps"] == 1
-
-
 def test_export_turns_any_complete_checkpoint_into_a_model_folder(store_dir, tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForMaskedLM, pipeline
