@@ -162,9 +162,21 @@ def test_published_folders_and_atomic_files_follow_the_umask(tmp_path, umask):
 def test_a_mapped_file_holds_no_descriptor_is_read_only_and_outlives_its_first_view(tmp_path):
     path = tmp_path / "ids.bin"
     np.arange(1000, dtype=np.int64).tofile(path)
-    before = len(os.listdir("/proc/self/fd"))
     maps = [map_file(path, np.int64) for _ in range(200)]
-    assert len(os.listdir("/proc/self/fd")) == before, "a store of thousands of shards must not run out of open files"
+
+    def open_on(target: Path) -> int:  # by what each descriptor points at: other threads' files do not count
+        found = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                found += os.readlink(f"/proc/self/fd/{fd}") == str(target)
+            except OSError:  # closed meanwhile
+                pass
+        return found
+
+    assert open_on(path) == 0, "a store of thousands of shards must not run out of open files"
+    kept_open = np.memmap(path, dtype=np.int64, mode="r")
+    assert open_on(path) == 1 and len(kept_open) == 1000, "the check sees a descriptor NumPy's map keeps"
+    del kept_open
     assert maps[7][-1] == 999 and len(maps[7]) == 1000
     assert map_file(path, np.int64, offset=64)[:2].tolist() == [8, 9], "from a header's end"
     view = maps[0][10:13]
