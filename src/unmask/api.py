@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from unmask import config as settings
 from unmask.config.resolve import resolve, resume_file, split_positionals
-from unmask.errors import UnmaskError, option
+from unmask.errors import UnmaskError, option, setting
 from unmask.storage.rundir import RunDir
 from unmask.tables import format_value
 
@@ -212,31 +212,34 @@ def tokenizer(*args, config: settings.TokenizerConfig | None = None, verbose: bo
     return Tokenizer(Path(config.out), train_tokenizer(config, progress=verbose))
 
 
-def train(*args, config: settings.TrainConfig | None = None, verbose: bool = False, **values) -> TrainedRun | dict:
-    """`unmask train`: train or continue pretraining; returns the run (with `plan=True`, the plan
-    of `unmask.plan`, and no run). Under torchrun every
+def train(*args, config: settings.TrainConfig | None = None, verbose: bool = False, **values) -> TrainedRun:
+    """`unmask train`: train or continue pretraining; returns the run. Under torchrun every
     process calls it; rank 0's summary is the run's. A SIGTERM or Ctrl-C raises
-    `runtime.preemption.Stopped` after the checkpoint is written."""
-    from unmask.pretrain.train import train as run_training
-
-    echo = _echo(verbose)
-    config = train_settings(config, echo, args, **values)
+    `runtime.preemption.Stopped` after the checkpoint is written. (The plan, `--plan`, is
+    `unmask.plan`.)"""
+    config = train_settings(config, _echo(verbose), args, **values)
+    if config.plan:
+        raise UnmaskError(f"{setting('plan')}: asks for the plan, which `unmask.plan` returns; `unmask.train` trains")
     hook = None
-    if config.downstream and not config.plan:
+    if config.downstream:
         from unmask.tasks.suites import checkpoint_scorer
 
         hook = checkpoint_scorer(config)
-    summary = run_training(config, progress=verbose, echo=echo, score_checkpoint=hook)
-    if config.plan:
-        return summary
-    return TrainedRun(Path(config.out), summary)
+    return TrainedRun(Path(config.out), _run_training(config, verbose, hook))
 
 
 def plan(*args, config: settings.TrainConfig | None = None, verbose: bool = False, **values) -> dict:
     """`unmask train ... --plan`: parameters, FLOPs and memory per step, then tokens/s, MFU and
     the time to the end measured over a few steps of the run, which is not started (nothing is
     written to `out`). The same settings as `train`."""
-    return train(*args, config=config, verbose=verbose, **{**values, "plan": True})
+    config = train_settings(config, _echo(verbose), args, **{**values, "plan": True})
+    return _run_training(config, verbose, None)
+
+
+def _run_training(config: settings.TrainConfig, verbose: bool, hook) -> dict:
+    from unmask.pretrain.train import train as run_training
+
+    return run_training(config, progress=verbose, echo=_echo(verbose), score_checkpoint=hook)
 
 
 def read_texts(texts: list[str], file: str | None, purpose: str = "fill") -> tuple[list[str], list[str]]:

@@ -314,3 +314,12 @@ def test_numbers_the_command_line_would_read_are_read(store_dir, tmp_path):
 
     settings = unmask.api.train_settings(model="m", data=str(store_dir), out=str(tmp_path / "r"), peak_tflops=400, max_steps=np.int64(5))
     assert settings.peak_tflops == "400" and settings.max_steps == 5 and type(settings.max_steps) is int
+
+
+def test_train_returns_a_run_and_plan_returns_the_plan_never_one_for_the_other(store_dir, tiny_model_dir, tmp_path):
+    settings = dict(model=str(tiny_model_dir), data=str(store_dir), out=str(tmp_path / "r"), seq_len=32, batch_size=4, max_steps=6)
+    planned = unmask.plan(**settings)
+    assert isinstance(planned, dict) and planned["tokens_per_s"] > 0 and not (tmp_path / "r").exists(), "a plan writes no run"
+    with pytest.raises(UnmaskError, match=r"plan: asks for the plan, which `unmask.plan` returns"):
+        unmask.train(plan=True, **settings)
+    assert not (tmp_path / "r").exists()

@@ -89,8 +89,7 @@ def run_train(config: TrainConfig) -> int:
 
     main_process = not distributed.launched_by_torchrun() or os.environ.get("RANK", "0") == "0"
     try:
-        trained = api.train(config, verbose=True)
-        summary = trained if config.plan else trained.summary
+        summary = api.plan(config=config, verbose=True) if config.plan else api.train(config, verbose=True).summary
     except Stopped as stop:
         if main_process:
             echo_stderr(str(stop))
