@@ -302,3 +302,18 @@ class DeviceReads(TorchDispatchMode):
         if func.__name__.split(".")[0] in self.READS:
             self.seen.append(func.__name__)
         return func(*args, **(kwargs or {}))
+
+
+def lines_file(folder: Path, count: int = 600, sentences_per_doc: int = 2, seed: int = 3) -> Path:
+    """A file of `count` documents, one a line (600: blocks of 256 documents fall on several shards)."""
+    (folder / "docs.txt").write_text("\n".join(make_documents(count, sentences_per_doc=sentences_per_doc, seed=seed)) + "\n")
+    return folder / "docs.txt"
+
+
+def prepare_lines(source, out, tokenizer_dir, **options) -> dict:
+    """`unmask prepare` of `source` a document a line, 10% held out, in one process; `options` change any setting."""
+    from unmask.config import PrepareConfig
+    from unmask.data.prepare import prepare
+
+    values = dict(sources=[str(source)], out=str(out), tokenizer=str(tokenizer_dir), doc_per="line", val_fraction=0.1, workers=1)
+    return prepare(PrepareConfig(**{**values, **options}), progress=False)

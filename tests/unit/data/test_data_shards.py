@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_documents
+from conftest import lines_file, prepare_lines
 
 from unmask.config import PrepareConfig
 from unmask.data.prepare import prepare
@@ -21,15 +21,7 @@ from unmask.storage.storedir import StoreDir
 
 @pytest.fixture(scope="module")
 def lines(tmp_path_factory):
-    """600 documents, one a line, so that blocks of 256 documents fall on several shards."""
-    folder = tmp_path_factory.mktemp("many")
-    (folder / "docs.txt").write_text("\n".join(make_documents(600, sentences_per_doc=2, seed=3)) + "\n")
-    return folder / "docs.txt"
-
-
-def make(source, out, tokenizer_dir, **options):
-    values = dict(sources=[str(source)], out=str(out), tokenizer=str(tokenizer_dir), doc_per="line", val_fraction=0.1, workers=1)
-    return prepare(PrepareConfig(**{**values, **options}), progress=False)
+    return lines_file(tmp_path_factory.mktemp("many"), 600)
 
 
 def same_split(a, b) -> None:
@@ -42,16 +34,16 @@ def same_split(a, b) -> None:
 
 def test_two_workers_make_the_store_one_makes_byte_for_byte(lines, tokenizer_dir, tmp_path, monkeypatch):
     monkeypatch.setattr("unmask.data.encoding.INLINE_BATCHES", 0)  # the workers take every batch, even of a small corpus
-    make(lines, tmp_path / "one", tokenizer_dir, workers=1)
-    make(lines, tmp_path / "two", tokenizer_dir, workers=2)
+    prepare_lines(lines, tmp_path / "one", tokenizer_dir, workers=1)
+    prepare_lines(lines, tmp_path / "two", tokenizer_dir, workers=2)
     for name in ("train.tokens", "train.offsets", "train.words", "val.tokens", "val.offsets", "val.words"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
 
 
 def test_shards_made_apart_read_back_as_the_one_shot_store(lines, tokenizer_dir, tmp_path):
-    make(lines, tmp_path / "whole", tokenizer_dir)
+    prepare_lines(lines, tmp_path / "whole", tokenizer_dir)
     for index in (1, 0):  # in any order, as separate machines would
-        meta = make(lines, tmp_path / "sharded", tokenizer_dir, shard=f"{index}/2")
+        meta = prepare_lines(lines, tmp_path / "sharded", tokenizer_dir, shard=f"{index}/2")
         assert meta["shard"]["documents_read"] == 600
     whole, sharded = TokenStore.open(tmp_path / "whole"), TokenStore.open(tmp_path / "sharded")
     assert sharded.meta["splits"] == whole.meta["splits"] and len(sharded.shards) == 2
@@ -62,13 +54,13 @@ def test_shards_made_apart_read_back_as_the_one_shot_store(lines, tokenizer_dir,
 
 
 def test_an_appended_source_is_a_new_shard_and_the_old_files_stay_untouched(lines, tokenizer_dir, corpus_dir, tmp_path):
-    make(lines, tmp_path / "store", tokenizer_dir)
+    prepare_lines(lines, tmp_path / "store", tokenizer_dir)
     before = (tmp_path / "store" / "train.tokens").read_bytes()
-    make(corpus_dir, tmp_path / "store", tokenizer_dir, append=True)
+    prepare_lines(corpus_dir, tmp_path / "store", tokenizer_dir, append=True)
     assert (tmp_path / "store" / "train.tokens").read_bytes() == before
     assert [p.name for _, _, _, p in StoreDir(tmp_path / "store").shards()] == ["shard-001-00000-of-00001"]
     with pytest.raises(UnmaskError, match=r"--val-fraction 0.2: \S*/store\S* was prepared with 0.1"):
-        make(corpus_dir, tmp_path / "store", tokenizer_dir, append=True, val_fraction=0.2)
+        prepare_lines(corpus_dir, tmp_path / "store", tokenizer_dir, append=True, val_fraction=0.2)
     assert [p.name for _, _, _, p in StoreDir(tmp_path / "store").shards()] == ["shard-001-00000-of-00001"], "nothing added"
     # One prepare of both sources, in that order, numbers and holds out the documents the same way.
     prepare(
@@ -89,7 +81,7 @@ def test_an_appended_source_is_a_new_shard_and_the_old_files_stay_untouched(line
 
 
 def test_a_missing_half_written_or_mismatched_shard_is_named(lines, tokenizer_dir, roberta_dir, tmp_path):
-    make(lines, tmp_path / "s", tokenizer_dir, shard="0/2")
+    prepare_lines(lines, tmp_path / "s", tokenizer_dir, shard="0/2")
     with pytest.raises(UnmaskError, match=r"shard 1/2 of group 0 is missing; run `unmask prepare \.\.\. --out .* --shard 1/2`"):
         TokenStore.open(tmp_path / "s")
     (tmp_path / "s" / ".shard-000-00001-of-00002.building-host-1").mkdir()
@@ -98,15 +90,15 @@ def test_a_missing_half_written_or_mismatched_shard_is_named(lines, tokenizer_di
     with pytest.raises(
         UnmaskError, match=r"--tokenizer .*: .*shard-000-00000-of-00002 was prepared with '.*', which maps text to other ids"
     ):
-        make(lines, tmp_path / "s", roberta_dir, shard="1/2")
+        prepare_lines(lines, tmp_path / "s", roberta_dir, shard="1/2")
     with pytest.raises(UnmaskError, match=r"--val-fraction 0.2: .*was prepared with 0.1"):
-        make(lines, tmp_path / "s", tokenizer_dir, shard="1/2", val_fraction=0.2)
+        prepare_lines(lines, tmp_path / "s", tokenizer_dir, shard="1/2", val_fraction=0.2)
     with pytest.raises(UnmaskError, match=r"--shard: '3/2': I/N needs 0 <= I < N"):
         PrepareConfig(sources=["x"], out="o", shard="3/2")
     with pytest.raises(UnmaskError, match=r"--max-tokens: a shard cannot know"):
         PrepareConfig(sources=["x"], out="o", shard="0/2", max_tokens=10)
     with pytest.raises(UnmaskError, match=r"--shard 0/3: .* already holds shards of another count"):
-        make(lines, tmp_path / "s", tokenizer_dir, shard="0/3")
+        prepare_lines(lines, tmp_path / "s", tokenizer_dir, shard="0/3")
 
 
 def test_a_worker_whose_parent_died_before_it_started_exits_at_once():
@@ -179,8 +171,8 @@ def documents_of(split) -> list[tuple[int, ...]]:
 
 def test_shards_dealt_by_files_read_only_their_files_and_hold_every_document_once(corpus_dir, tokenizer_dir, tmp_path):
     options = dict(doc_per="file", val_fraction=0.2)
-    make(corpus_dir, tmp_path / "whole", tokenizer_dir, **options)
-    metas = [make(corpus_dir, tmp_path / "dealt", tokenizer_dir, shard=f"{i}/3", shard_by="files", **options) for i in (2, 0, 1)]
+    prepare_lines(corpus_dir, tmp_path / "whole", tokenizer_dir, **options)
+    metas = [prepare_lines(corpus_dir, tmp_path / "dealt", tokenizer_dir, shard=f"{i}/3", shard_by="files", **options) for i in (2, 0, 1)]
     assert sorted(m["files"] for m in metas) == [13, 13, 14], "40 files, each read by one shard only"
     whole, dealt = TokenStore.open(tmp_path / "whole"), TokenStore.open(tmp_path / "dealt")
     ours = sorted(documents_of(dealt.split("train")) + documents_of(dealt.split("val")))
@@ -193,17 +185,17 @@ def test_shards_dealt_by_files_read_only_their_files_and_hold_every_document_onc
     assert documents_of(dealt.split("train"))[: first.split("train").documents] == documents_of(first.split("train"))
     assert first.meta["splits"]["val"]["documents"] == 3, "documents 0, 5 and 10 of its 14"
     # An appended group numbers its documents after all 40, not after one shard's.
-    make(corpus_dir, tmp_path / "dealt", tokenizer_dir, append=True, **options)
+    prepare_lines(corpus_dir, tmp_path / "dealt", tokenizer_dir, append=True, **options)
     assert TokenStore.open(tmp_path / "dealt").shards[-1][0]["doc_base"] == 40
 
 
 def test_shards_dealt_two_ways_in_one_group_or_more_shards_than_files_are_refused(corpus_dir, tokenizer_dir, tmp_path):
-    make(corpus_dir, tmp_path / "mixed", tokenizer_dir, shard="0/2", doc_per="file")
-    make(corpus_dir, tmp_path / "mixed", tokenizer_dir, shard="1/2", shard_by="files", doc_per="file")
+    prepare_lines(corpus_dir, tmp_path / "mixed", tokenizer_dir, shard="0/2", doc_per="file")
+    prepare_lines(corpus_dir, tmp_path / "mixed", tokenizer_dir, shard="1/2", shard_by="files", doc_per="file")
     with pytest.raises(UnmaskError, match=r"shard 1/2 of group 0 was dealt out by files, its group's shard 0 by documents"):
         TokenStore.open(tmp_path / "mixed")
     with pytest.raises(UnmaskError, match=r"--shard 40/41 --shard-by files: the sources hold 40 file\(s\), none left for shard 40"):
-        make(corpus_dir, tmp_path / "many", tokenizer_dir, shard="40/41", shard_by="files", doc_per="file")
+        prepare_lines(corpus_dir, tmp_path / "many", tokenizer_dir, shard="40/41", shard_by="files", doc_per="file")
     assert not (tmp_path / "many").exists() or not any((tmp_path / "many").iterdir()), "nothing written"
     with pytest.raises(UnmaskError, match=r"--shard-by: deals out shards: give --shard I/N too"):
         PrepareConfig(sources=[str(corpus_dir)], out=str(tmp_path / "x"), shard_by="files")

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import make_documents
+from conftest import lines_file, prepare_lines
 
 from unmask.config import PrepareConfig
 from unmask.data.layouts import AlignedLayout
@@ -20,15 +20,7 @@ from unmask.storage.storedir import StoreDir
 
 @pytest.fixture(scope="module")
 def lines(tmp_path_factory):
-    """600 documents of varied length, one a line, so that blocks of 256 documents fall on several shards."""
-    folder = tmp_path_factory.mktemp("indexed")
-    (folder / "docs.txt").write_text("\n".join(make_documents(600, sentences_per_doc=3, seed=5)) + "\n")
-    return folder / "docs.txt"
-
-
-def make(source, out, tokenizer_dir, **options):
-    values = dict(sources=[str(source)], out=str(out), tokenizer=str(tokenizer_dir), doc_per="line", val_fraction=0.1, workers=1)
-    return prepare(PrepareConfig(**{**values, **options}), progress=False)
+    return lines_file(tmp_path_factory.mktemp("indexed"), 600, sentences_per_doc=3, seed=5)
 
 
 def every_window(windows: Windows) -> tuple[list, list]:
@@ -38,7 +30,7 @@ def every_window(windows: Windows) -> tuple[list, list]:
 
 def test_prepare_writes_the_index_training_maps_and_it_gives_the_counted_windows(lines, tokenizer_dir, tmp_path, monkeypatch):
     monkeypatch.setattr("unmask.data.window_index.COARSE_STRIDE", 7)  # a coarse table of many entries, even for 540 documents
-    meta = make(lines, tmp_path / "store", tokenizer_dir, padded_lengths=[16, 128])
+    meta = prepare_lines(lines, tmp_path / "store", tokenizer_dir, padded_lengths=[16, 128])
     assert sorted(meta["window_index"], key=int) == ["16", "128"] and len(meta["store_id"]) == 32
     split = TokenStore.open(tmp_path / "store").split("train")
     mapped = split.aligned_layout(16)
@@ -60,9 +52,9 @@ def _counts(offsets, body_len):
 
 
 def test_a_store_of_shards_gives_the_one_shot_stores_aligned_windows(lines, tokenizer_dir, corpus_dir, tmp_path):
-    make(lines, tmp_path / "whole", tokenizer_dir, padded_lengths=[16])
+    prepare_lines(lines, tmp_path / "whole", tokenizer_dir, padded_lengths=[16])
     for index in (0, 1):
-        make(lines, tmp_path / "sharded", tokenizer_dir, shard=f"{index}/2", padded_lengths=[16])
+        prepare_lines(lines, tmp_path / "sharded", tokenizer_dir, shard=f"{index}/2", padded_lengths=[16])
     whole, sharded = TokenStore.open(tmp_path / "whole"), TokenStore.open(tmp_path / "sharded")
     vocab = whole.vocabulary()
     for split in ("train", "val"):
@@ -70,14 +62,14 @@ def test_a_store_of_shards_gives_the_one_shot_stores_aligned_windows(lines, toke
         assert len(ours.layout.layouts) > 2, "blocks of both shards interleave"
         assert every_window(ours) == every_window(Windows.build(whole.split(split), 16, vocab, packing="padded")), split
     # An appended shard prepared without that length: the store is small, so it is counted in memory.
-    make(corpus_dir, tmp_path / "sharded", tokenizer_dir, append=True, padded_lengths=[128])
+    prepare_lines(corpus_dir, tmp_path / "sharded", tokenizer_dir, append=True, padded_lengths=[128])
     grown = Windows.build(TokenStore.open(tmp_path / "sharded").split("train"), 16, vocab, packing="padded")
     assert len(grown) > len(Windows.build(whole.split("train"), 16, vocab, packing="padded"))
 
 
 def test_prepare_index_adds_a_length_to_every_shard_and_a_large_split_needs_it(lines, tokenizer_dir, tmp_path, monkeypatch, capsys):
     for index in (0, 1):
-        make(lines, tmp_path / "sharded", tokenizer_dir, shard=f"{index}/2", padded_lengths=[128])
+        prepare_lines(lines, tmp_path / "sharded", tokenizer_dir, shard=f"{index}/2", padded_lengths=[128])
     vocab = TokenStore.open(tmp_path / "sharded").vocabulary()
     monkeypatch.setattr("unmask.data.store.LISTED_DOCUMENTS", 10)  # as a split of billions of documents
     with pytest.raises(
@@ -97,8 +89,8 @@ def test_prepare_index_adds_a_length_to_every_shard_and_a_large_split_needs_it(l
 
 @pytest.mark.parametrize("damage", ["missing", "another store", "truncated", "other counts"])
 def test_an_index_missing_damaged_or_from_another_store_is_refused_naming_it(lines, tokenizer_dir, tmp_path, damage):
-    make(lines, tmp_path / "store", tokenizer_dir, padded_lengths=[16])
-    make(lines, tmp_path / "other", tokenizer_dir, padded_lengths=[16])
+    prepare_lines(lines, tmp_path / "store", tokenizer_dir, padded_lengths=[16])
+    prepare_lines(lines, tmp_path / "other", tokenizer_dir, padded_lengths=[16])
     index = StoreDir(tmp_path / "store").window_index("train", 16)
     before = {p.name: p.read_bytes() for p in (tmp_path / "store").iterdir() if p.is_file()}
     if damage == "missing":
@@ -129,9 +121,9 @@ def test_an_index_missing_damaged_or_from_another_store_is_refused_naming_it(lin
 def test_a_run_on_a_store_of_shards_trains_and_scores_as_on_the_one_shot_store(lines, tokenizer_dir, tiny_model_dir, tmp_path):
     import unmask
 
-    make(lines, tmp_path / "whole", tokenizer_dir, padded_lengths=[32])
+    prepare_lines(lines, tmp_path / "whole", tokenizer_dir, padded_lengths=[32])
     for index in (0, 1):
-        make(lines, tmp_path / "sharded", tokenizer_dir, shard=f"{index}/2", padded_lengths=[32])
+        prepare_lines(lines, tmp_path / "sharded", tokenizer_dir, shard=f"{index}/2", padded_lengths=[32])
     settings = dict(seq_len=32, batch_size=4, max_steps=2, eval_every=2, log_every=1, precision="fp32", progress="none", packing="padded")
     runs = {
         name: unmask.train(model=str(tiny_model_dir), data=str(tmp_path / name), out=str(tmp_path / f"run-{name}"), **settings)
