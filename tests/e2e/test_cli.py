@@ -14,7 +14,8 @@ import pytest
 import yaml
 from conftest import REPO
 
-from unmask.cli.main import COMMANDS, main, normalise_flags, parse
+from unmask.cli.main import COMMANDS, main, parse
+from unmask.cli.parsing import normalise_flags
 from unmask.config import EvalConfig, FillConfig, TrainConfig, from_dict
 
 pytestmark = pytest.mark.slow
@@ -55,7 +56,7 @@ def test_every_command_documents_every_setting_with_dashes(command, capsys):
         main([command, "--help"])
     help_text = capsys.readouterr().out
     settings = COMMANDS[command].settings
-    from unmask.cli.main import field_docs
+    from unmask.cli.parsing import field_docs
 
     docs = field_docs(settings)
     for field in [f.name for f in dataclasses.fields(settings)]:
