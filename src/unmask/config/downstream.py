@@ -54,14 +54,17 @@ class TaskOptions(Settings):
     max_length: int = 128
     """Tokens per example; longer ones are cut (one line says how many)."""
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "max_train_examples": at_least(1),
+        "max_eval_examples": at_least(1),
+        "max_length": at_least(8),
+    }
+
     def _check_task_options(self) -> None:
         check_setting(bool(self.train), "train", "give the labelled training data")
         check_setting(bool(self.eval), "eval", "give the labelled evaluation data")
         check_setting(len(self.hf_eval_split) > 0, "hf_eval_split", "give at least one split")
-        for name in ("max_train_examples", "max_eval_examples"):
-            value = getattr(self, name)
-            check_setting(value is None or value >= 1, name, f"must be at least 1, got {value}")
-        check_setting(self.max_length >= 8, "max_length", f"must be at least 8, got {self.max_length}")
+        check_fields(self, self.bounds())
 
 
 @dataclass(kw_only=True)
@@ -110,7 +113,6 @@ class FinetuneConfig(OptimizerSection, ModelOptions, TaskOptions):
     """Write a metrics line every N steps."""
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
-        "step": not_negative(),
         "epochs": positive(),
         **{name: at_least(1) for name in ("batch_size", "eval_batch_size", "seeds", "log_every")},
         **LOOP_BOUNDS,
@@ -118,8 +120,7 @@ class FinetuneConfig(OptimizerSection, ModelOptions, TaskOptions):
     }
 
     def __post_init__(self) -> None:
-        self._check_task_options()
-        check_fields(self, self.bounds())
+        self._check_task_options()  # every bound of the class too
 
 
 # What may change when a fine-tuning is resumed: nothing that changes its arithmetic.
@@ -158,11 +159,10 @@ class ProbeConfig(ModelOptions, TaskOptions):
     out: str | None = None
     """Also write the result to this JSON file."""
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {"batch_size": at_least(1), "regularization": positive()}
+
     def __post_init__(self) -> None:
-        self._check_task_options()
-        check_setting(self.step is None or self.step >= 0, "step", f"must not be negative, got {self.step}")
-        check_setting(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
-        check_setting(self.regularization > 0, "regularization", f"must be positive, got {self.regularization}")
+        self._check_task_options()  # every bound of the class too
 
 
 @dataclass(kw_only=True)

@@ -13,10 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from unmask.config.base import (
-    Settings,
-    check_setting,
-)
+from unmask.config.base import Bound, Settings, at_least, check_fields, check_setting
 from unmask.errors import UnmaskError, UsageError
 
 
@@ -37,11 +34,15 @@ class SourceOptions(Settings):
     skip_bad_files: bool = False
     """Skip binary, non-UTF-8 or corrupt files with a count instead of stopping with an error."""
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "max_docs": at_least(1),
+    }
+
     def __post_init__(self) -> None:
         check_setting(len(self.sources) > 0, "sources", "give at least one file, folder, glob or hf:NAME")
         check_setting(bool(self.text_field), "text_field", "must not be empty")
         check_setting(bool(self.hf_split), "hf_split", "must not be empty")
-        check_setting(self.max_docs is None or self.max_docs >= 1, "max_docs", f"must be at least 1, got {self.max_docs}")
+        check_fields(self, self.bounds())
 
 
 @dataclass(kw_only=True)
@@ -78,6 +79,11 @@ class PrepareConfig(SourceOptions):
     trust_remote_code: bool = False
     """Allow a hub tokenizer to run its own code."""
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "max_tokens": at_least(1),
+        "workers": at_least(1),
+    }
+
     def __post_init__(self) -> None:
         for length in self.padded_lengths:
             check_setting(8 <= length <= MAX_CONTEXT, "padded_lengths", f"{length}: must be between 8 and {MAX_CONTEXT}")
@@ -89,8 +95,7 @@ class PrepareConfig(SourceOptions):
         SourceOptions.__post_init__(self)
         check_setting(self.out is not None, "out", "give the folder of the token store to create")
         check_setting(0.0 <= self.val_fraction < 1.0, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
-        check_setting(self.max_tokens is None or self.max_tokens >= 1, "max_tokens", f"must be at least 1, got {self.max_tokens}")
-        check_setting(self.workers is None or self.workers >= 1, "workers", f"must be at least 1, got {self.workers}")
+        check_fields(self, self.bounds())
         if self.shard is not None:
             index, count = self.shard_index()
             check_setting(
@@ -145,12 +150,16 @@ class TokenizerConfig(SourceOptions):
     mix: str | None = None
     """Learn from the sources in these shares of documents, NAME=WEIGHT,... with the sources given as NAME=SOURCE: a small source repeats rather than drowns, until every source has been read through."""
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "vocab_size": at_least(100),
+        "min_frequency": at_least(1),
+    }
+
     def __post_init__(self) -> None:
         SourceOptions.__post_init__(self)
         if self.mix:
             parse_weights(self.mix, [name for name, _ in parse_sources(self.sources)])
-        check_setting(self.vocab_size >= 100, "vocab_size", f"must be at least 100, got {self.vocab_size}")
-        check_setting(self.min_frequency >= 1, "min_frequency", f"must be at least 1, got {self.min_frequency}")
+        check_fields(self, self.bounds())
 
 
 def parse_sources(entries: list[str]) -> list[tuple[str, str]]:

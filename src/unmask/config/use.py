@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from unmask.config.base import Settings, check_masking_probabilities, check_setting
+from unmask.config.base import Bound, Settings, at_least, check_fields, check_masking_probabilities, check_setting, not_negative
 
 
 @dataclass(kw_only=True)
@@ -30,8 +30,12 @@ class ModelOptions(DeviceOptions):
     trust_remote_code: bool = False
     """Allow a hub model to run its own code."""
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "step": not_negative(),
+    }
+
     def __post_init__(self) -> None:
-        check_setting(self.step is None or self.step >= 0, "step", f"must not be negative, got {self.step}")
+        check_fields(self, self.bounds())
         later = getattr(super(), "__post_init__", None)  # the other option groups' checks
         if later is not None:
             later()
@@ -48,11 +52,15 @@ class HeldOutOptions(Settings):
     max_batches: int | None = None
     """Score only this many batches."""
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "seq_len": at_least(8),
+        "batch_size": at_least(1),
+        "max_batches": at_least(1),
+    }
+
     def __post_init__(self) -> None:
         check_setting(len(self.data) > 0, "data", "give a token store or text files")
-        check_setting(self.seq_len >= 8, "seq_len", f"must be at least 8, got {self.seq_len}")
-        check_setting(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
-        check_setting(self.max_batches is None or self.max_batches >= 1, "max_batches", "must be at least 1")
+        check_fields(self, self.bounds())
 
 
 @dataclass(kw_only=True)
@@ -79,10 +87,14 @@ class FillConfig(ModelOptions, TextsOptions):
     batch_size: int = 32
     """Texts per forward pass."""
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "top_k": at_least(1),
+        "batch_size": at_least(1),
+    }
+
     def __post_init__(self) -> None:
         ModelOptions.__post_init__(self)
-        check_setting(self.top_k >= 1, "top_k", f"must be at least 1, got {self.top_k}")
-        check_setting(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        check_fields(self, self.bounds())
 
 
 @dataclass(kw_only=True)
@@ -109,9 +121,13 @@ class InspectConfig(Settings):
     trust_remote_code: bool = False
     """Allow a hub tokenizer to run its own code."""
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "seed": not_negative(),
+    }
+
     def __post_init__(self) -> None:
         check_masking_probabilities(self.mask_prob, self.mask_replace_prob, self.random_replace_prob)
-        check_setting(self.seed >= 0, "seed", f"must not be negative, got {self.seed}")
+        check_fields(self, self.bounds())
 
 
 @dataclass(kw_only=True)
@@ -141,9 +157,13 @@ class ScoreConfig(ModelOptions, TextsOptions):
     json: bool = False
     """Print one JSON object per sentence, with per-token scores."""
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "batch_size": at_least(1),
+    }
+
     def __post_init__(self) -> None:
         ModelOptions.__post_init__(self)
-        check_setting(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        check_fields(self, self.bounds())
 
 
 @dataclass(kw_only=True)
@@ -166,9 +186,13 @@ class EmbedConfig(ModelOptions):
     texts: list[str] = field(default_factory=list)
     """Texts to embed, in order (instead of --file)."""
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "batch_size": at_least(1),
+    }
+
     def __post_init__(self) -> None:
         ModelOptions.__post_init__(self)
-        check_setting(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        check_fields(self, self.bounds())
         given = (self.file is not None) + (self.tokens is not None) + bool(self.texts)
         check_setting(given == 1, "file", "give --file F or --texts (sentence embeddings), or --tokens TEXT (token embeddings)")
         if self.out is not None:
@@ -195,9 +219,13 @@ class CompareConfig(DeviceOptions, HeldOutOptions):
     examples: int = 8
     """Positions to show where the two top-1 predictions differ."""
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "examples": not_negative(),
+    }
+
     def __post_init__(self) -> None:
         HeldOutOptions.__post_init__(self)
-        check_setting(self.examples >= 0, "examples", f"must not be negative, got {self.examples}")
+        check_fields(self, self.bounds())
 
 
 @dataclass(kw_only=True)
@@ -239,8 +267,12 @@ class PairsConfig(DeviceOptions):
     trust_remote_code: bool = False
     """Allow a hub model to run its own code."""
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "batch_size": at_least(1),
+    }
+
     def __post_init__(self) -> None:
-        check_setting(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        check_fields(self, self.bounds())
         check_setting(bool(self.good_field) and bool(self.bad_field), "good_field", "the good and bad fields must be named")
 
 
@@ -256,8 +288,12 @@ class ExportConfig(Settings):
     step: int | None = None
     """Checkpoint step to export (default: the newest complete one)."""
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "step": not_negative(),
+    }
+
     def __post_init__(self) -> None:
-        check_setting(self.step is None or self.step >= 0, "step", f"must not be negative, got {self.step}")
+        check_fields(self, self.bounds())
 
 
 @dataclass(kw_only=True)
@@ -278,7 +314,11 @@ class ServeConfig(DeviceOptions):
     trust_remote_code: bool = False
     """Allow a hub model given with --models to run its own code (never a request's choice)."""
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "compare_batches": at_least(1),
+    }
+
     def __post_init__(self) -> None:
         check_setting(len(self.paths) > 0, "paths", "give at least one run folder or folder of runs")
         check_setting(1 <= self.port <= 65535, "port", f"must be between 1 and 65535, got {self.port}")
-        check_setting(self.compare_batches >= 1, "compare_batches", f"must be at least 1, got {self.compare_batches}")
+        check_fields(self, self.bounds())
