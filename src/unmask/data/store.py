@@ -30,7 +30,8 @@ class Split:
     tokens: np.ndarray
     offsets: np.ndarray
     words: np.ndarray | None = None
-    """Packed word-start bits, one per token; None for a store made before they were recorded."""
+    """Packed word-start bits, one per token (every store has them); None for a split made in
+    memory from texts (`heldout.split_from_texts`)."""
     index: WindowIndex | None = None
     """The store's window indexes for this split (None for a split not read from a store)."""
 
@@ -105,10 +106,12 @@ class JoinedSplit:
         """Windows of `seq_len` that keep to documents, piece by piece from each shard's index
         (or counted in memory, where the whole split is small enough)."""
         listing_allowed = self.documents <= LISTED_DOCUMENTS
-        own: dict[int, AlignedLayout] = {}
+        own: dict[int, AlignedLayout] = {}  # a shard's split is opened once, however many of its blocks are pieces
         layouts, first_window, sizes = [], [], []
         for split, first, end in self.pieces:
-            layout = own.get(id(split)) or own.setdefault(id(split), split.aligned_layout(seq_len, listing_allowed))
+            if id(split) not in own:  # not `own.get(...) or`: a layout of no windows is falsy
+                own[id(split)] = split.aligned_layout(seq_len, listing_allowed)
+            layout = own[id(split)]
             layouts.append(layout)
             first_window.append(int(layout.counts[first]))
             sizes.append(int(layout.counts[end]) - first_window[-1])
