@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, as_flags, quiet, train_settings
+from conftest import REPO, as_flags, quiet, train_config, train_settings
 from safetensors.torch import load_file
 
 from unmask.config import PrepareConfig, TrainConfig, UnmaskError
@@ -134,21 +134,8 @@ def damage_flip_a_byte(path):
 )
 def test_a_damaged_newest_checkpoint_is_named_passed_over_and_the_run_still_ends_bit_identical(store_dir, tiny_model_dir, tmp_path, damage):
     def config(out, **o):
-        return TrainConfig(
-            data=str(store_dir),
-            model=str(tiny_model_dir),
-            out=str(out),
-            seq_len=32,
-            batch_size=4,
-            max_steps=6,
-            lr=1e-3,
-            warmup_steps=1,
-            eval_every=0,
-            checkpoint_every=2,
-            keep_checkpoints=3,
-            dropout=0.1,
-            **o,
-        )
+        values = dict(eval_every=0, checkpoint_every=2, keep_checkpoints=3, dropout=0.1, log_every=None)
+        return train_config(store_dir, tiny_model_dir, out, **{**values, **o})
 
     train(config(tmp_path / "straight"), progress=False, echo=quiet)
     out = tmp_path / "run"
@@ -201,16 +188,7 @@ def poison_from_call(monkeypatch, first_bad: int, last_bad: int = 10**9):
 def test_a_non_finite_step_stops_before_it_reaches_the_weights(store_dir, tiny_model_dir, tmp_path, monkeypatch):
     poison_from_call(monkeypatch, 5)
     out = tmp_path / "run"
-    cfg = TrainConfig(
-        data=str(store_dir),
-        model=str(tiny_model_dir),
-        out=str(out),
-        seq_len=32,
-        batch_size=4,
-        max_steps=6,
-        eval_every=0,
-        checkpoint_every=2,
-    )
+    cfg = train_config(store_dir, tiny_model_dir, out, eval_every=0, checkpoint_every=2, lr=None, warmup_steps=None, log_every=None)
     with pytest.raises(UnmaskError, match=r"step 5: training loss is nan, gradient norm nan; stopped before applying it"):
         train(cfg, progress=False, echo=quiet)
     assert [p.name for p in [p for _, p in RunDir(out).checkpoint_steps()]] == ["step-00000002", "step-00000004"]
@@ -222,19 +200,8 @@ def test_a_non_finite_step_stops_before_it_reaches_the_weights(store_dir, tiny_m
 def test_skip_drops_non_finite_updates_counts_them_and_stops_after_too_many_in_a_row(store_dir, tiny_model_dir, tmp_path, monkeypatch):
     poison_from_call(monkeypatch, 3, 4)  # steps 3 and 4 are non-finite
     out = tmp_path / "run"
-    cfg = TrainConfig(
-        data=str(store_dir),
-        model=str(tiny_model_dir),
-        out=str(out),
-        seq_len=32,
-        batch_size=4,
-        max_steps=6,
-        eval_every=0,
-        checkpoint_every=0,
-        log_every=1,
-        on_nonfinite="skip",
-        max_nonfinite=2,
-    )
+    settings = dict(eval_every=0, checkpoint_every=0, on_nonfinite="skip", max_nonfinite=2, lr=None, warmup_steps=None)
+    cfg = train_config(store_dir, tiny_model_dir, out, **settings)
     summary = train(cfg, progress=False, echo=quiet)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"skipped_steps"' in line]
     assert [r["skipped_steps"] for r in records] == [0, 0, 1, 2, 2, 2] and [r["loss"] is None for r in records] == [

@@ -3,29 +3,15 @@
 import json
 
 import pytest
-from conftest import quiet
+from conftest import quiet, train_config
 
 from unmask.config import TrainConfig, UnmaskError
 from unmask.pretrain.train import train
 
 
 def run(store_dir, tiny_model_dir, out, report_to):
-    return train(
-        TrainConfig(
-            data=str(store_dir),
-            out=str(out),
-            model=str(tiny_model_dir),
-            seq_len=32,
-            batch_size=4,
-            max_steps=4,
-            eval_every=2,
-            log_every=1,
-            checkpoint_every=0,
-            report_to=report_to,
-        ),
-        progress=False,
-        echo=quiet,
-    )
+    settings = dict(max_steps=4, eval_every=2, checkpoint_every=0, report_to=report_to, lr=None, warmup_steps=None)
+    return train(train_config(store_dir, tiny_model_dir, out, **settings), progress=False, echo=quiet)
 
 
 def test_tensorboard_gets_the_same_metrics_as_metrics_jsonl(store_dir, tiny_model_dir, tmp_path):

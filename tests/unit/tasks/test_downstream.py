@@ -3,9 +3,9 @@
 import json
 
 import pytest
-from conftest import classification_records, quiet, write_jsonl
+from conftest import classification_records, quiet, train_config, write_jsonl
 
-from unmask.config import DownstreamConfig, TrainConfig, load_suite
+from unmask.config import DownstreamConfig, load_suite
 from unmask.errors import UnmaskError
 from unmask.pretrain.train import train
 from unmask.tasks.suites import resolve_suite, run_suite
@@ -14,21 +14,8 @@ from unmask.tasks.suites import resolve_suite, run_suite
 @pytest.fixture(scope="module")
 def run_with_checkpoints(tmp_path_factory, store_dir, tiny_model_dir):
     out = tmp_path_factory.mktemp("ds") / "run"
-    train(
-        TrainConfig(
-            data=str(store_dir),
-            model=str(tiny_model_dir),
-            out=str(out),
-            seq_len=32,
-            batch_size=4,
-            max_steps=4,
-            checkpoint_every=2,
-            keep_checkpoints=5,
-            eval_every=0,
-        ),
-        progress=False,
-        echo=quiet,
-    )
+    settings = dict(max_steps=4, checkpoint_every=2, keep_checkpoints=5, eval_every=0, lr=None, warmup_steps=None, log_every=None)
+    train(train_config(store_dir, tiny_model_dir, out, **settings), progress=False, echo=quiet)
     return out
 
 
