@@ -14,7 +14,6 @@ dropout is reseeded every step from (seed, step, rank), so a checkpoint carries 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,10 +37,9 @@ from unmask.runtime.distributed import World
 from unmask.runtime.hardware import Peak, Precision, autocast, peak_memory, remeasured_peak, reporting_dtype
 from unmask.runtime.metrics import MetricsLog
 from unmask.runtime.optimizer import adamw, decay_groups, set_learning_rate
-from unmask.runtime.persist import full_state
+from unmask.runtime.persist import write_checkpoint
 from unmask.runtime.preemption import StepDropped, Stopped, StopSignals
 from unmask.runtime.stepping import PRETRAINING, Tally, clipped_update, step_seed
-from unmask.storage import checkpoint
 from unmask.storage.checkpoint import CheckpointInfo
 from unmask.storage.files import FolderLock
 from unmask.storage.rundir import RunDir
@@ -438,23 +436,19 @@ def due_to_settle(run: Run) -> bool:
 def settle_or_stop(run: Run) -> dict:
     """Read what the steps since the last settle did (the one wait for the device), agree on
     the time spent and the peak memory across processes, and stop on a non-finite step as
-    --on-nonfinite says (`Tally.stop_if_nonfinite`). Returns the numbers of a metrics line;
-    the tally starts again. The peak memory counter is the caller's to reset."""
+    --on-nonfinite says (`Tally.settle`). Returns the numbers of a metrics line; the tally
+    starts again. The peak memory counter is the caller's to reset."""
     c, state, tally = run.config, run.state, run.state.tally
-    values = tally.on_device.tolist()
     spent, memory = distributed.max_across([state.spent_here, float(peak_memory(run.device))], run.world, run.device)
     if run.world.distributed:
         state.spent = spent
     counts = distributed.sum_across(
         [tally.picked, tally.maskable, tally.tokens, tally.slots, tally.flops, tally.data_seconds], run.world, run.device
     )
-    Tally.stop_if_nonfinite(values, c.on_nonfinite, c.max_nonfinite, "no model/ written")
-    state.skipped += int(values[Tally.SKIPPED])
-    tally.reset()
-    applied, norm = values[Tally.APPLIED], values[Tally.NORM]
+    settled = tally.settle(c.on_nonfinite, c.max_nonfinite, "no model/ written")
+    state.skipped += settled.pop("skipped")
     return {
-        "loss": values[Tally.LOSS] / applied if applied else None,
-        "grad_norm": None if math.isnan(norm) else norm,
+        **settled,
         "skipped_steps": state.skipped,
         "mask_rate": counts[0] / max(counts[1], 1),
         "tokens": counts[2],
@@ -506,24 +500,20 @@ def score_downstream(run: Run, echo: Callable[[str], None]) -> None:
 
 
 def save_checkpoint(run: Run) -> Path:
-    """Every process gathers its part (`full_state`); rank 0 writes the checkpoint of this step."""
-    weights, named = full_state(run.lm, run.optimizer, run.strategy)
+    """The checkpoint of this step (`persist.write_checkpoint`), with where the data stands."""
     state, sampler = run.state, run.drawer.sampler
-    if run.world.is_main:
-        info = CheckpointInfo(
-            step=state.step,
-            epoch=sampler.position.epoch,
-            position=sampler.position.position,
-            sources=[[p.epoch, p.position] for p in sampler.positions] if len(sampler.positions) > 1 else None,
-            train_seconds=state.spent,
-            skipped_steps=state.skipped,
-            device_type=run.device.type,
-            world_size=run.world.size,
-            global_batch=run.global_batch,
-            strategy=run.strategy,
-            window_order=WINDOW_ORDER,
-            windows=[len(part) for part in run.drawer.train_windows.parts],
-        )
-        checkpoint.save_checkpoint(run.run_dir, info, weights, named, keep=run.config.keep_checkpoints)
-    distributed.barrier(run.world)
-    return run.run_dir.checkpoint(state.step)
+    info = CheckpointInfo(
+        step=state.step,
+        epoch=sampler.position.epoch,
+        position=sampler.position.position,
+        sources=[[p.epoch, p.position] for p in sampler.positions] if len(sampler.positions) > 1 else None,
+        train_seconds=state.spent,
+        skipped_steps=state.skipped,
+        device_type=run.device.type,
+        world_size=run.world.size,
+        global_batch=run.global_batch,
+        strategy=run.strategy,
+        window_order=WINDOW_ORDER,
+        windows=[len(part) for part in run.drawer.train_windows.parts],
+    )
+    return write_checkpoint(run.run_dir, info, run.lm, run.optimizer, run.world, run.config.keep_checkpoints)

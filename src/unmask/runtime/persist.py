@@ -18,7 +18,7 @@ from torch import nn
 
 from unmask.errors import UnmaskError
 from unmask.models.masked_lm import MaskedLM, tied_aliases
-from unmask.runtime.distributed import World
+from unmask.runtime.distributed import World, barrier
 from unmask.storage import checkpoint
 from unmask.storage.files import building
 from unmask.storage.rundir import RunDir
@@ -31,11 +31,11 @@ def _strip(state: dict) -> dict:
 
 
 def full_state(
-    lm: MaskedLM, optimizer: torch.optim.Optimizer | None, strategy: str
+    lm: MaskedLM | nn.Module, optimizer: torch.optim.Optimizer | None, strategy: str
 ) -> tuple[dict[str, torch.Tensor], checkpoint.NamedOptimizerState]:
     """Unsharded model weights (Hugging Face names, tied aliases once) and, given an optimizer,
-    its state by name; under FSDP every process must call this (it gathers), and only rank 0
-    gets them."""
+    its state by name, of a `MaskedLM` or a whole transformers model (fine-tuning's); under
+    FSDP every process must call this (it gathers), and only rank 0 gets them."""
     if strategy == "fsdp":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
@@ -46,7 +46,7 @@ def full_state(
             groups = [{**g, "params": list(_strip(dict.fromkeys(g["params"])))} for g in named["param_groups"]]
             named = {"state": _strip(named["state"]), "param_groups": groups}
     else:
-        return module_state(lm.model, optimizer)
+        return module_state(lm.model if isinstance(lm, MaskedLM) else lm, optimizer)
     tied = lm.tied_aliases()
     return {k: v for k, v in weights.items() if k not in tied}, named
 
@@ -60,6 +60,20 @@ def module_state(
     weights = {k: v for k, v in model.state_dict().items() if k not in tied}
     names = {id(p): n for n, p in model.named_parameters()}
     return weights, (checkpoint.named_optimizer_state(optimizer, names) if optimizer is not None else {})
+
+
+def write_checkpoint(
+    run_dir: RunDir, info: checkpoint.CheckpointInfo, lm: MaskedLM | nn.Module, optimizer: torch.optim.Optimizer, world: World, keep: int
+) -> Path:
+    """The one checkpoint save of both loops: every process gathers its part where the model is
+    sharded (`full_state`), rank 0 writes the checkpoint of `info.step` (keeping the newest
+    `keep`), and all wait for it to be whole. Returns its folder."""
+    if info.strategy == "fsdp" or world.is_main:
+        weights, named = full_state(lm, optimizer, info.strategy)
+    if world.is_main:
+        checkpoint.save_checkpoint(run_dir, info, weights, named, keep=keep)
+    barrier(world)
+    return run_dir.checkpoint(info.step)
 
 
 def with_tied_aliases(weights: dict[str, torch.Tensor], aliases: dict[str, str]) -> dict[str, torch.Tensor]:

@@ -101,6 +101,21 @@ class Tally:
             ]
         )
 
+    def settle(self, on_nonfinite: str, max_nonfinite: int, kept: str, where: str = "") -> dict:
+        """Read what the device knows (the one wait), apply the non-finite rule
+        (`stop_if_nonfinite`) and start again. Returns the log line's training numbers: the
+        mean loss of the steps applied since the last settle (None when none was), the last
+        finite gradient norm, and how many steps were dropped (`skipped`) in this window."""
+        values = self.on_device.tolist()
+        self.stop_if_nonfinite(values, on_nonfinite, max_nonfinite, kept, where)
+        self.reset()
+        applied, norm = values[self.APPLIED], values[self.NORM]
+        return {
+            "loss": values[self.LOSS] / applied if applied else None,
+            "grad_norm": None if math.isnan(norm) else norm,
+            "skipped": int(values[self.SKIPPED]),
+        }
+
     @staticmethod
     def stop_if_nonfinite(values: list[float], on_nonfinite: str, max_nonfinite: int, kept: str, where: str = "") -> None:
         """The non-finite rule, on a settled tally's `values`: with --on-nonfinite stop, any

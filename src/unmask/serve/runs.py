@@ -137,17 +137,10 @@ def downstream(path: Path) -> dict[str, dict]:
     curves, and so are results of a task's other settings (a suite edited since)."""
     from unmask.tasks.suites import read_run_results
 
-    records = [r for r in read_run_results(RunDir(path)) if r.get("step") is not None and "score" in r]
-    recorded: dict[tuple, set] = {}
-    for record in records:
-        recorded.setdefault((record["task"], record.get("mode", "finetune")), set()).add(record.get("settings"))
+    records = [r for r in read_run_results(RunDir(path)) if r.get("step") is not None]
     groups: dict[tuple, dict] = {}
     for record in records:
-        task_mode = (record["task"], record.get("mode", "finetune"))
-        known = recorded[task_mode] - {None}
-        # A line from before settings were recorded joins the one set of settings there is.
-        settings = record.get("settings") or (next(iter(known)) if len(known) == 1 else None)
-        key = (*task_mode, settings)
+        key = (record["task"], record["mode"], record["settings"])
         group = groups.setdefault(key, {"metric": record.get("score_metric"), "scores": {}})
         group["scores"].setdefault(record["step"], []).append(record["score"])
     settings_per_task = {}

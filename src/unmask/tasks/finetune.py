@@ -42,8 +42,8 @@ from unmask.runtime.distributed import World
 from unmask.runtime.hardware import autocast, choose_precision, make_deterministic
 from unmask.runtime.metrics import MetricsLog
 from unmask.runtime.optimizer import adamw, decay_groups, set_learning_rate
-from unmask.runtime.persist import load_module_state, module_state
-from unmask.runtime.progress import Progress
+from unmask.runtime.persist import load_module_state, write_checkpoint
+from unmask.runtime.progress import Progress, Throughput
 from unmask.runtime.stepping import FINE_TUNING, Tally, clipped_update, step_seed
 from unmask.storage import checkpoint
 from unmask.storage.checkpoint import CheckpointInfo
@@ -159,6 +159,8 @@ class Fit:
     metrics: MetricsLog
     step: int = 0
     spent: float = 0.0
+    skipped: int = 0
+    """Steps whose update was dropped for a non-finite loss or gradient norm (--on-nonfinite skip)."""
 
     def batch_indices(self, task: TaskData, config: FinetuneConfig, world: World) -> np.ndarray:
         """The global batch of this step (every process takes its share of it)."""
@@ -218,6 +220,7 @@ def _setup_fit(config: FinetuneConfig, task: TaskData, source, run: RunDir, seed
         metrics_log,
         resumed.step,
         resumed.train_seconds,
+        resumed.skipped_steps,
     )
 
 
@@ -242,52 +245,42 @@ def _fit(
     display = Progress(
         config.progress if progress else "none", fit.total_steps, fit.step, echo, enabled=world.is_main, rate=("examples_per_s", "ex/s")
     )
-    window_loss, window_count, window_examples = torch.zeros((), device=device), 0, 0
-    tally = Tally(device)  # which steps' updates were dropped as not finite, read when the loop settles
-    window_started = time.perf_counter()
+    tally = Tally(device)  # the steps since the last settle, as pretraining keeps them
+    pace = Throughput(world.size)  # examples a second of training time: evaluation and checkpoints are paused out
     evaluations = []
     while fit.step < fit.total_steps:
-        lr, loss, count, examples = _fit_step(fit, task, config, seed, world, device, dtype, pad_id, max_norm, tally)
-        window_loss += loss.detach()
-        window_count += count
-        window_examples += examples
+        lr, examples = _fit_step(fit, task, config, seed, world, device, dtype, pad_id, max_norm, tally)
+        pace.add(examples)
 
         logged = None
         epoch_end = fit.step % fit.steps_per_epoch == 0 and fit.step < fit.total_steps
         due_checkpoint = fit.step % checkpoint_every == 0 and fit.step < fit.total_steps
         due_log = fit.step % config.log_every == 0 or fit.step == fit.total_steps
         if due_log or epoch_end or due_checkpoint:
-            summed = _settle_fit(window_loss, tally, config, seed, world, device)
+            settled = _settle_or_stop(fit, tally, config)
         if due_log:
-            elapsed = max(time.perf_counter() - window_started, 1e-9)
-            logged = {
-                "seed": seed,
-                "step": fit.step,
-                "loss": summed / max(window_count, 1),
-                "lr": lr,
-                "examples_per_s": window_examples / elapsed,
-                "epoch": fit.step / fit.steps_per_epoch,
-            }
-            fit.metrics.write(logged)
-            window_loss, window_count, window_examples, window_started = torch.zeros((), device=device), 0, 0, time.perf_counter()
+            logged = {"seed": seed, "step": fit.step, **settled, "lr": lr, "examples_per_s": pace.rate_and_restart()}
+            fit.metrics.write({**logged, "epoch": fit.step / fit.steps_per_epoch})
         display.step(fit.step, logged)
-        if config.eval_every_epoch and epoch_end:
-            result = evaluate(fit.inner, task, config, device, dtype, pad_id, world)
-            evaluations.append({"step": fit.step, **result["metrics"]})
-            fit.metrics.write({"seed": seed, "step": fit.step, **{f"eval_{k}": v for k, v in result["metrics"].items()}})
-        if due_checkpoint:
-            _checkpoint(fit, config, world, device)
+        with pace.paused():
+            if config.eval_every_epoch and epoch_end:
+                result = evaluate(fit.inner, task, config, device, dtype, pad_id, world)
+                evaluations.append({"step": fit.step, **result["metrics"]})
+                fit.metrics.write({"seed": seed, "step": fit.step, **{f"eval_{k}": v for k, v in result["metrics"].items()}})
+            if due_checkpoint:
+                _checkpoint(fit, config, world, device)
     display.close()
     return _fit_result(fit, task, config, seed, world, device, dtype, pad_id, run, tokenizer, evaluations)
 
 
 def _fit_step(
     fit: Fit, task: TaskData, config: FinetuneConfig, seed: int, world: World, device, dtype, pad_id: int, max_norm: float, tally: Tally
-):
-    """One step: the learning rate set, dropout reseeded from (seed, step, rank), this process's
-    share of the global batch forward and backward, the update clipped and taken (dropped on the
-    device where the gradient norm is not finite, and tallied). Returns (lr, loss sum, targets
-    counted, examples)."""
+) -> tuple[float, int]:
+    """One step: the learning rate set, dropout reseeded from (seed, step, rank),
+    this process's share of the global batch forward and backward, the update clipped and
+    taken (dropped on the device where the loss or the gradient norm is not finite) and
+    tallied, as a pretraining step is. Nothing here waits for the device. Returns the learning
+    rate and the examples of the global batch."""
     began = time.perf_counter()
     lr = learning_rate(fit.step, fit.total_steps, fit.warmup_steps, config.lr, "linear")
     set_learning_rate(fit.optimizer, lr)
@@ -295,7 +288,7 @@ def _fit_step(
     regression = task.spec.is_regression
     # The global batch, this process's share of it, and the count the loss is a mean over.
     indices = fit.batch_indices(task, config, world)
-    count = target_count(task.train_encoded, indices)
+    count = max(target_count(task.train_encoded, indices), 1)
     share = indices[world.rank :: world.size]
     weight = 1.0 if len(share) else 0.0  # a process with no example this step still joins DDP's reduction
     input_ids, attention_mask, targets = make_batch(task.train_encoded, share if len(share) else indices[:1], pad_id, regression)
@@ -303,24 +296,22 @@ def _fit_step(
     with autocast(device, dtype):
         logits = fit.model(input_ids=input_ids.to(device), attention_mask=None if mask is None else mask.to(device)).logits
     loss = loss_sum(logits, targets.to(device), regression) * weight
-    (loss * world.size / max(count, 1)).backward()
-    # A non-finite update is dropped on the device; the loop settles and applies the non-finite
-    # rule (--on-nonfinite) later: nothing waits for the device in a quiet step.
-    norm, bad = clipped_update(fit.optimizer, fit.inner.parameters(), max_norm)
-    tally.add(fit.step, torch.zeros((), dtype=torch.float64, device=device), norm.detach().to(torch.float64), bad.to(torch.float64))
+    (loss * world.size / count).backward()  # DDP averages gradients over processes
+    mean_loss = distributed.sum_on_device(loss.detach(), world, device) / count  # the step's loss over every process's targets
+    norm, bad = clipped_update(fit.optimizer, fit.inner.parameters(), max_norm, mean_loss)
+    tally.add(fit.step, mean_loss.to(torch.float64), norm.detach().to(torch.float64), bad.to(torch.float64))
     fit.step += 1
     fit.spent += time.perf_counter() - began
-    return lr, loss, count, len(indices)
+    return lr, len(indices)
 
 
-def _settle_fit(window_loss, tally: Tally, config: FinetuneConfig, seed: int, world: World, device) -> float:
-    """The one wait for the device (a log line, an evaluation, a checkpoint or the end): the
-    window's loss summed over processes, and the non-finite rule on the steps since the last
-    settle (the same on every process: DDP's gradients, so their norms, are shared)."""
-    (summed,) = distributed.sum_across([float(window_loss)], world, device)
-    Tally.stop_if_nonfinite(tally.on_device.tolist(), config.on_nonfinite, config.max_nonfinite, "no model written", where=f"seed {seed}, ")
-    tally.reset()
-    return summed
+def _settle_or_stop(fit: Fit, tally: Tally, config: FinetuneConfig) -> dict:
+    """The one wait for the device (a log line, an evaluation, a checkpoint or the end):
+    `Tally.settle` with the non-finite rule (the same on every process: the step's loss is
+    summed over them and DDP shares the gradients, so their norms). The log line's numbers."""
+    settled = tally.settle(config.on_nonfinite, config.max_nonfinite, "no model written", where=f"seed {fit.seed}, ")
+    fit.skipped += settled.pop("skipped")
+    return {**settled, "skipped_steps": fit.skipped}
 
 
 def _fit_result(
@@ -360,19 +351,17 @@ def _fit_result(
 
 
 def _checkpoint(fit: Fit, config: FinetuneConfig, world: World, device) -> None:
-    if world.is_main:
-        weights, named = module_state(fit.inner, fit.optimizer)
-        info = CheckpointInfo(
-            step=fit.step,
-            train_seconds=fit.spent,
-            device_type=device.type,
-            world_size=world.size,
-            global_batch=config.batch_size * world.size,
-            strategy="ddp" if world.distributed else "none",
-            extra={"seed": fit.seed},
-        )
-        checkpoint.save_checkpoint(fit.run, info, weights, named, keep=1)
-    distributed.barrier(world)
+    info = CheckpointInfo(
+        step=fit.step,
+        train_seconds=fit.spent,
+        skipped_steps=fit.skipped,
+        device_type=device.type,
+        world_size=world.size,
+        global_batch=config.batch_size * world.size,
+        strategy="ddp" if world.distributed else "none",
+        extra={"seed": fit.seed},
+    )
+    write_checkpoint(fit.run, info, fit.inner, fit.optimizer, world, keep=1)
 
 
 # ---------------------------------------------------------------- all seeds

@@ -106,9 +106,16 @@ def _key(task: str, target: str, mode: str, seed: int, settings: str | None) -> 
     return (task, target, mode, seed, settings)
 
 
+RESULT_KEYS = frozenset({"task", "target", "mode", "seed", "settings", "score"})
+"""What every line of results.jsonl has; a line without them (cut short, or not unmask's) is not read."""
+
+
+def _results(path: Path) -> list[dict]:
+    return [r for r in read_json_lines(path)[0] if RESULT_KEYS <= set(r)]
+
+
 def _record_key(record: dict) -> tuple:
-    # A line written before settings were recorded counts as made with today's settings.
-    return _key(record["task"], record["target"], record["mode"], record["seed"], record.get("settings"))
+    return _key(record["task"], record["target"], record["mode"], record["seed"], record["settings"])
 
 
 class Results:
@@ -116,12 +123,11 @@ class Results:
 
     def __init__(self, folder: Path):
         self.path = folder / RESULTS
-        records, _ = read_json_lines(self.path)
-        self.records = [r for r in records if {"task", "target", "mode", "seed", "score"} <= set(r)]
+        self.records = _results(self.path)
         self.known = {_record_key(r) for r in self.records}
 
     def has(self, key: tuple) -> bool:
-        return key in self.known or (*key[:4], None) in self.known
+        return key in self.known
 
     def add(self, record: dict) -> None:
         append_json_line(self.path, record)
@@ -132,7 +138,7 @@ class Results:
         """The records made with the suite's present settings of their task and mode, and how
         many others were left out (other settings, or a task no longer in the suite)."""
         keys = {(t.name, mode): settings_key(t, mode) for t in suite.tasks for mode in ("probe", "finetune")}
-        kept = [r for r in self.records if (r["task"], r["mode"]) in keys and r.get("settings") in (None, keys[(r["task"], r["mode"])])]
+        kept = [r for r in self.records if (r["task"], r["mode"]) in keys and r["settings"] == keys[(r["task"], r["mode"])]]
         return kept, len(self.records) - len(kept)
 
 
@@ -381,7 +387,7 @@ def run_suite(config: DownstreamConfig, echo: Callable[[str], None] = print) -> 
 
 def read_run_results(run: RunDir) -> list[dict]:
     """A run's downstream results (for the web page and the curves)."""
-    return read_json_lines(run.downstream / RESULTS)[0]
+    return _results(run.downstream / RESULTS)
 
 
 def checkpoint_scorer(config: TrainConfig) -> Callable[[int, int, str], str]:

@@ -8,7 +8,7 @@ from conftest import classification_records, quiet, train_config, write_jsonl
 from unmask.config import DownstreamConfig, load_suite
 from unmask.errors import UnmaskError
 from unmask.pretrain.train import train
-from unmask.tasks.suites import resolve_suite, run_suite
+from unmask.tasks.suites import resolve_suite, run_suite, settings_key
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,7 @@ def test_a_suite_over_two_checkpoints_resumes_a_half_done_results_file(run_with_
         "step": 2,
         "tokens": 256,
         "mode": "finetune",
+        "settings": settings_key(load_suite(suite).tasks[0], "finetune"),
         "seed": 0,
         "metrics": {"accuracy": 0.125},
         "score_metric": "accuracy",
@@ -180,3 +181,14 @@ def test_the_score_axis_never_turns_a_small_gap_into_a_cliff():
     low, high = score_limits([0.2, 0.9])
     assert low < 0.2 and high > 0.9 and high - low < 0.8
     assert score_limits([-3.0, 40.0])[0] < -3.0, "scores beyond [0, 1] (a correlation of -1..1, an error) are not clipped"
+
+
+def test_a_results_line_without_every_key_is_not_read_as_a_result(tmp_path):
+    from unmask.tasks.suites import Results
+
+    whole = {"task": "t", "target": "step 2", "mode": "probe", "seed": 0, "settings": "abc", "score": 0.5}
+    lines = [whole, {k: v for k, v in whole.items() if k != "settings"}, {k: v for k, v in whole.items() if k != "score"}]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    results = Results(tmp_path)
+    assert results.records == [whole] and results.has(("t", "step 2", "probe", 0, "abc"))
+    assert not results.has(("t", "step 2", "probe", 0, None))

@@ -15,6 +15,8 @@ from unmask.data.batching import length_grouped_batches, padding_share
 from unmask.data.sources import ReadOptions
 from unmask.errors import UnmaskError
 from unmask.models.masked_lm import load_task_model
+from unmask.storage import checkpoint
+from unmask.storage.rundir import RunDir
 from unmask.tasks.finetune import finetune, loss_sum, make_batch, target_count
 from unmask.tasks.labelled import LabelSet, TaskSpec, encode, read_examples
 
@@ -205,7 +207,8 @@ def test_a_non_finite_gradient_stops_fine_tuning_naming_the_step_and_keeps_no_mo
         return loss * float("nan") if calls["n"] == 3 else loss
 
     monkeypatch.setattr(module, "loss_sum", poisoned)
-    with pytest.raises(UnmaskError, match=r"step 3: the gradient norm is not finite; stopped"):
+    # The rule and its words are pretraining's (`Tally.stop_if_nonfinite`): a non-finite loss is named as such.
+    with pytest.raises(UnmaskError, match=r"seed 0, step 3: training loss is nan, gradient norm nan; stopped"):
         finetune(settings(tiny_model_dir, data, "classification", tmp_path / "nan", log_every=1000), echo=quiet, progress=False)
     assert not (tmp_path / "nan" / "model").exists()
 
@@ -227,6 +230,13 @@ def test_on_nonfinite_skip_drops_the_bad_updates_and_goes_on_until_too_many_in_a
         settings(tiny_model_dir, data, "classification", tmp_path / "skip", on_nonfinite="skip", log_every=2), echo=quiet, progress=False
     )
     assert (tmp_path / "skip" / "model").is_dir() and all(math.isfinite(v["median"]) for v in result["metrics"].values())
+    # The log window is pretraining's: the dropped step is counted, and left out of the window's loss.
+    lines = [json.loads(line) for line in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
+    windows = [line for line in lines if "loss" in line]
+    assert [w["step"] for w in windows[:3]] == [2, 4, 6] and [w["skipped_steps"] for w in windows[:3]] == [0, 1, 1]
+    assert all(math.isfinite(w["loss"]) and math.isfinite(w["grad_norm"]) for w in windows)
+    saved = checkpoint.read_checkpoint(checkpoint.latest_checkpoint(RunDir(tmp_path / "skip")))
+    assert saved.info.skipped_steps == 1 and saved.info.extra == {"seed": 0}
     calls["n"], poisoned_calls = 0, {3, 4}
     monkeypatch.setattr(module, "loss_sum", poisoned)
     with pytest.raises(UnmaskError, match=r"seed 0, step 4: .*2 non-finite steps in a row \(--max-nonfinite 1\): stopped"):
