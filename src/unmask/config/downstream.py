@@ -16,7 +16,7 @@ from typing import ClassVar, Literal
 import yaml
 
 from unmask.config.base import LOOP_BOUNDS, Bound, Settings, at_least, check_fields, check_setting, not_negative, positive
-from unmask.config.sections import OptimizerSection
+from unmask.config.sections import AttentionName, OptimizerSection
 from unmask.config.use import ModelOptions
 from unmask.errors import UnmaskError
 
@@ -99,6 +99,8 @@ class FinetuneConfig(OptimizerSection, ModelOptions, TaskOptions):
     """`auto`: bf16 autocast where it is faster (GPUs that support it, CPUs with AMX or AVX512-BF16), fp32 elsewhere."""
     deterministic: bool = False
     """Bit-identical runs and resumes on a GPU (deterministic algorithms, cuBLAS workspace, no TF32): slower."""
+    attention: AttentionName = "auto"
+    """Attention kernel: `auto` (flash-attn where installed, else torch's varlen on CUDA, else sdpa), sdpa, flex, varlen (padded batches run unpadded, CUDA), flash."""
     eval_every_epoch: bool = False
     """Also evaluate at the end of every epoch, not only at the end."""
     save_model: bool = True

@@ -13,6 +13,9 @@ from typing import ClassVar, Literal
 from unmask.config.base import LOOP_BOUNDS, Bound, Settings, at_least, in_range, not_negative, positive
 from unmask.config.pipeline import ArchitectureName
 
+AttentionName = Literal["auto", "sdpa", "flex", "varlen", "flash"]
+"""The attention paths (`models.attention`)."""
+
 
 @dataclass(kw_only=True)
 class DataSection(Settings):
@@ -69,6 +72,8 @@ class ModelSection(Settings):
     """Recompute each encoder layer's activations in the backward pass instead of storing them: less memory for long sequences, about a third more compute."""
     compile: bool = False
     """torch.compile the encoder layers that run on every token (off: on a 2-core CPU it cost 15-35 s of compiling and ran no faster)."""
+    attention: AttentionName = "auto"
+    """Attention kernel: `auto` (flash-attn where installed, else torch's varlen on CUDA, else sdpa), sdpa, flex (FlexAttention, document block masks), varlen (torch's unpadded attention, CUDA), flash (the flash-attn package). Packed documents and padding run unpadded under varlen and flash."""
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "seq_len": at_least(8),

@@ -155,7 +155,7 @@ def document_mask(documents: torch.Tensor) -> torch.Tensor:
 
 Head = Callable[[torch.Tensor], torch.Tensor]
 FinalLayer = Callable[[nn.Module, torch.Tensor, torch.Tensor | None, Picks, bool], torch.Tensor]
-EncodeDocuments = Callable[[nn.Module, torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
+EncodeDocuments = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -181,13 +181,12 @@ class Architecture:
     position_table: Callable[[nn.Module], nn.Embedding] | None = None
     """model -> its learned position embedding (to extend it to a longer context)."""
     encode_documents: EncodeDocuments | None = None
-    """(model, input_ids, attention_mask, documents) -> hidden states (B, T, H) with each document of a packed window apart; None: not supported."""
+    """(model, input_ids, attention_mask, documents, spans) -> hidden states (B, T, H) with each document of a packed window apart
+    (`spans`: `attention.Spans` of the documents, from the host, for the unpadded paths); None: not supported."""
     scratch: Callable[[str, Vocabulary, int, float | None], object] | None = None
     """(size, vocabulary, positions, rope theta) -> a transformers config of a fresh model; None: not built from scratch."""
     required_ids: tuple[str, ...] = ("pad_id",)
     """The `Vocabulary` ids the family's config needs."""
-    unpadded: bool = False
-    """Train with flash attention on CUDA when flash-attn is installed: packed documents and padding as unpadded sequences."""
     flops: Formula = bert_flops
     """(config, `flops.Shape`, masked-only last layer?) -> a forward pass's model FLOPs: the family's formula in `models.flops`."""
 
@@ -290,25 +289,42 @@ def _deberta_v2_config(size: str, vocab: Vocabulary, positions: int, rope_theta:
     )
 
 
-def _bert_encode_documents(model: nn.Module, input_ids: torch.Tensor, attention_mask, documents: torch.Tensor) -> torch.Tensor:
+def _documents_apart(model: nn.Module, documents: torch.Tensor, spans, window: int | None = None) -> dict:
+    """The keyword arguments that keep a packed window's documents apart under the model's
+    attention: the spans (varlen, flash: each document its own unpadded sequence, no mask),
+    a block mask (flex: the blocks between documents skipped), or a (T x T) mask (SDPA).
+    `window`: ModernBERT's local layers also see only this far; a dict of masks then."""
+    from unmask.models.attention import VARLEN_NAME, document_block_mask, spans_of
+
+    implementation = model.config._attn_implementation
+    if implementation == VARLEN_NAME or implementation.startswith("flash_attention"):
+        return (spans if spans is not None else spans_of(documents).to(documents.device)).as_kwargs()
+    if implementation == "flex_attention":
+        apart = document_block_mask(documents)
+        local = document_block_mask(documents, window=window) if window is not None else None
+    else:
+        apart = document_mask(documents)
+        if window is not None:
+            index = torch.arange(documents.shape[1], device=documents.device)
+            local = apart & ((index[:, None] - index[None, :]).abs() <= window)
+    return {"attention_mask": apart if window is None else {"full_attention": apart, "sliding_attention": local}}
+
+
+def _bert_encode_documents(model: nn.Module, input_ids: torch.Tensor, attention_mask, documents: torch.Tensor, spans=None) -> torch.Tensor:
     positions = document_positions(documents) + architecture_of(model).reserved_positions(model.config)
-    return model.base_model(input_ids=input_ids, attention_mask=document_mask(documents), position_ids=positions)[0]
+    return model.base_model(input_ids=input_ids, position_ids=positions, **_documents_apart(model, documents, spans))[0]
 
 
-def _modernbert_encode_documents(model: nn.Module, input_ids: torch.Tensor, attention_mask, documents: torch.Tensor) -> torch.Tensor:
-    positions = document_positions(documents)
-    if model.config._attn_implementation.startswith("flash_attention"):
-        # No mask and positions that restart: flash attention runs each document as its own
-        # unpadded sequence (padding is a document of its own, see `document_ids`).
-        return model.base_model(input_ids=input_ids, position_ids=positions)[0]
-    apart = document_mask(documents)
-    index = torch.arange(documents.shape[1], device=documents.device)
-    near = (index[:, None] - index[None, :]).abs() <= model.config.sliding_window
-    masks = {"full_attention": apart, "sliding_attention": apart & near}
-    return model.base_model(input_ids=input_ids, attention_mask=masks, position_ids=positions)[0]
+def _modernbert_encode_documents(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask, documents: torch.Tensor, spans=None
+) -> torch.Tensor:
+    apart = _documents_apart(model, documents, spans, window=model.config.sliding_window)
+    return model.base_model(input_ids=input_ids, position_ids=document_positions(documents), **apart)[0]
 
 
-def _deberta_v2_encode_documents(model: nn.Module, input_ids: torch.Tensor, attention_mask, documents: torch.Tensor) -> torch.Tensor:
+def _deberta_v2_encode_documents(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask, documents: torch.Tensor, spans=None
+) -> torch.Tensor:
     # DeBERTa's embeddings take a padding mask and its encoder a full one; its model's forward
     # passes one mask to both, so the two are called here. Relative positions need no restart.
     base = model.base_model
@@ -353,7 +369,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "ModernBertForMaskedLM": Architecture(
         model_type="modernbert", head=lambda m: (lambda h: m.decoder(m.head(h))), head_prefixes=("head.", "decoder."), layers=lambda m: m.model.layers,
         positions="rotary", encode_documents=_modernbert_encode_documents, scratch=_modernbert_config,
-        required_ids=("pad_id", "opener_id", "closer_id"), unpadded=True, flops=modernbert_flops,
+        required_ids=("pad_id", "opener_id", "closer_id"), flops=modernbert_flops,
     ),
     # DeBERTa's disentangled attention adds content-to-position and position-to-content
     # scores computed for every query inside transformers' attention module: its last layer

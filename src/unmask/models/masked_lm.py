@@ -125,6 +125,20 @@ class MaskedLM(nn.Module):
         self._final_layer = _final_layer_function(model, self.architecture) if self.architecture else None
         self.fresh_parameters = fresh_parameters
         """Names (in `model`) of parameters initialised here rather than loaded."""
+        self.attention = "sdpa"
+        """The attention path (`attention.ATTENTION_CHOICES`), set by `use_attention`."""
+
+    def use_attention(self, path: str) -> None:
+        """Run attention by `path` (`attention.choose_attention` picked it): the model's
+        implementation is switched in place (parameters untouched). The masked-only last
+        layer is SDPA's; under the other paths the whole encoder runs and only the head is sparse."""
+        from unmask.models.attention import switch_attention
+
+        if path == "sdpa":
+            return
+        switch_attention(self.model, path)
+        self.attention = path
+        self._final_layer = _final_layer_function(self.model, self.architecture) if self.architecture else None
 
     @property
     def sparse(self) -> bool:
@@ -182,12 +196,14 @@ class MaskedLM(nn.Module):
         attention_mask: torch.Tensor | None,
         picked: torch.Tensor | Picks,
         documents: torch.Tensor | None = None,
+        spans=None,
     ) -> torch.Tensor:
         """Logits (N, V) at the N picked positions (a (B, T) mask, or its `Picks`), in row-major order.
 
         `attention_mask` None: no padding, so attention needs no mask (SDPA may take its
         fastest kernel). `documents` (B, T) from `architectures.document_ids`: each document
-        of a packed window attends only to itself, with positions from its own start."""
+        of a packed window attends only to itself, with positions from its own start; `spans`
+        (`attention.spans_of` them, made on the host) spare the unpadded paths computing them."""
         picks = picked if isinstance(picked, Picks) else picks_of(picked)
         if documents is not None:
             self.require_documents_apart()
@@ -196,14 +212,14 @@ class MaskedLM(nn.Module):
             return rows_at(self.model(input_ids=input_ids, attention_mask=attention_mask).logits, picks.flat)
         if self._final_layer is not None:
             return self._head(self._final_layer(input_ids, attention_mask, picks, documents))  # (N, H) -> (N, V)
-        return self._head(rows_at(self.hidden_states(input_ids, attention_mask, documents), picks.flat))
+        return self._head(rows_at(self.hidden_states(input_ids, attention_mask, documents, spans), picks.flat))
 
     def hidden_states(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, documents: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, documents: torch.Tensor | None = None, spans=None
     ) -> torch.Tensor:
         """(B, T, H) the encoder's last hidden states."""
         if documents is not None:
-            return self.architecture.encode_documents(self.model, input_ids, attention_mask, documents)
+            return self.architecture.encode_documents(self.model, input_ids, attention_mask, documents, spans)
         return self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]
 
     def require_documents_apart(self) -> None:
@@ -221,9 +237,10 @@ class MaskedLM(nn.Module):
         labels: torch.Tensor,
         picks: Picks | None = None,
         documents: torch.Tensor | None = None,
+        spans=None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`loss_sum`; the entry point that wrappers (DDP, FSDP) hook into."""
-        return self.loss_sum(input_ids, attention_mask, labels, picks, documents)
+        return self.loss_sum(input_ids, attention_mask, labels, picks, documents, spans)
 
     def loss_sum(
         self,
@@ -232,6 +249,7 @@ class MaskedLM(nn.Module):
         labels: torch.Tensor,
         picks: Picks | None = None,
         documents: torch.Tensor | None = None,
+        spans=None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed cross-entropy over the masked tokens, their logits); divide by the count yourself.
 
@@ -248,7 +266,7 @@ class MaskedLM(nn.Module):
             picks, labels = picks_of(picked), labels.reshape(-1)[picked.reshape(-1)]
         if labels.shape[0] == 0:
             return self._nothing_picked(input_ids, attention_mask, documents)
-        logits = self.masked_logits(input_ids, attention_mask, picks, documents)
+        logits = self.masked_logits(input_ids, attention_mask, picks, documents, spans)
         return F.cross_entropy(logits.float(), labels, reduction="sum"), logits
 
     def _nothing_picked(
@@ -276,26 +294,16 @@ def _report_fresh_head(name: str, model: nn.Module, missing: set[str], echo: Cal
         echo(f"note: '{name}' has no MLM head; initialised a fresh one (decoder tied to the input embeddings)")
 
 
-def attention_for(config, flash: bool = False) -> str:
-    """The attention implementation to build a model of `config` with: SDPA where the family
-    has it (eager where it does not: DeBERTa); with `flash` (a CUDA device with flash-attn
-    installed), flash attention for the families whose table entry runs unpadded."""
+def attention_for(config) -> str:
+    """The attention implementation a model of `config` is built with: SDPA where the family
+    has it (eager where it does not: DeBERTa). `MaskedLM.use_attention` switches it."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING
 
     try:
         model_class = MODEL_FOR_MASKED_LM_MAPPING[type(config)]
     except KeyError:  # remote code: its own class decides
         return "sdpa"
-    family = ARCHITECTURES.get(model_class.__name__)
-    if flash and family is not None and family.unpadded and getattr(model_class, "_supports_flash_attn", False):
-        return "flash_attention_2"
     return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
-
-
-def flash_attention_available(device: torch.device) -> bool:
-    import importlib.util
-
-    return device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
 
 
 def check_context(config, seq_len: int | None, rope_theta: float | None, name: str) -> None:
@@ -387,7 +395,6 @@ def load_mlm(
     *,
     seq_len: int | None = None,
     rope_theta: float | None = None,
-    flash: bool = False,
 ) -> MaskedLM:
     """Load a masked LM (any name `names.resolve_model` takes, or what it returned); an
     encoder-only checkpoint gets a fresh, tied MLM head and one line saying so.
@@ -395,14 +402,14 @@ def load_mlm(
     `init_seed` seeds that fresh head, so that scoring a headless checkpoint twice gives the
     same numbers. `seq_len` and `rope_theta` (training at a longer context) are checked
     against the model's config before any weights are built; `extend_positions` then makes
-    room. `flash`: see `attention_for`.
+    room.
     """
     quiet_transformers()
     source = name if isinstance(name, ModelSource) else resolve_model(name)
     go_offline_if_unreachable(source.folder)
     config = _model_config(source, trust_remote_code, seq_len, rope_theta)
     if source.checkpoint is not None:
-        return _load_checkpoint(source, config, trust_remote_code, flash)
+        return _load_checkpoint(source, config, trust_remote_code)
     from transformers import AutoModelForMaskedLM
 
     path = source.folder
@@ -415,7 +422,7 @@ def load_mlm(
                 config=config,
                 output_loading_info=True,
                 trust_remote_code=trust_remote_code,
-                attn_implementation=attention_for(config, flash),
+                attn_implementation=attention_for(config),
             )
         except UnpicklingError:
             raise UnmaskError(
@@ -439,15 +446,13 @@ def _checkpoint_weights(source: ModelSource) -> dict[str, torch.Tensor]:
     return load_file(str(source.checkpoint / checkpoint.MODEL_FILE))
 
 
-def _load_checkpoint(source: ModelSource, config, trust_remote_code: bool, flash: bool) -> MaskedLM:
+def _load_checkpoint(source: ModelSource, config, trust_remote_code: bool) -> MaskedLM:
     """A run's checkpoint: the model built from the run's base config, with the checkpoint's weights."""
     from transformers import AutoModelForMaskedLM
 
     weights = _checkpoint_weights(source)
     with torch.random.fork_rng(devices=[]):
-        model = AutoModelForMaskedLM.from_config(
-            config, trust_remote_code=trust_remote_code, attn_implementation=attention_for(config, flash)
-        )
+        model = AutoModelForMaskedLM.from_config(config, trust_remote_code=trust_remote_code, attn_implementation=attention_for(config))
     lm = MaskedLM(model)
     for alias, parameter in lm.tied_aliases().items():
         if parameter in weights:
@@ -554,16 +559,14 @@ def check_model_settings(name: str, seq_len: int, rope_theta: float | None, trus
     _model_config(source, trust_remote_code, seq_len, rope_theta)
 
 
-def build_mlm(
-    size: str, vocab: Vocabulary, seq_len: int, seed: int, arch: str = "bert", rope_theta: float | None = None, flash: bool = False
-) -> MaskedLM:
+def build_mlm(size: str, vocab: Vocabulary, seq_len: int, seed: int, arch: str = "bert", rope_theta: float | None = None) -> MaskedLM:
     """A freshly initialised model of an architecture and size, for this vocabulary."""
     from transformers import AutoModelForMaskedLM
 
     config = build_config(arch, size, vocab, seq_len, rope_theta)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return MaskedLM(AutoModelForMaskedLM.from_config(config, attn_implementation=attention_for(config, flash)))
+        return MaskedLM(AutoModelForMaskedLM.from_config(config, attn_implementation=attention_for(config)))
 
 
 def set_dropout(model: nn.Module, probability: float) -> None:

@@ -30,6 +30,7 @@ from unmask.data.mixture import MixtureSampler, WindowMix
 from unmask.data.windows import WINDOW_ORDER, DataPosition, Windows, rank_share
 from unmask.evaluation.heldout import combine, evaluate_model
 from unmask.models.architectures import Picks, document_ids, padded_picks, picks_of
+from unmask.models.attention import UNPADDED, Spans, spans_of
 from unmask.models.flops import TRAINING_PASSES, Shape, segments_of
 from unmask.models.masked_lm import MaskedLM
 from unmask.runtime import distributed
@@ -76,6 +77,8 @@ class MicroBatch(NamedTuple):
     picks: Picks
     documents: torch.Tensor | None = None
     """(B, T) each position's document (`architectures.document_ids`) with --no-attention-across-docs; else None."""
+    spans: Spans | None = None
+    """The documents' `attention.Spans`, from the host, when the attention path runs them unpadded (varlen, flash)."""
 
 
 @dataclass
@@ -165,7 +168,8 @@ class Drawer:
             host = [t.pin_memory() for t in host]
         ids, targets, flat, order, slots, *rest = (t.to(self.device, non_blocking=True) for t in host)
         mask = rest.pop(0) if padded else None
-        drawn.micro_batches.append(MicroBatch(ids, mask, targets, Picks(flat, order, slots), rest[0] if rest else None))
+        spans = spans_of(documents).to(self.device, non_blocking=True) if documents is not None and self.lm.attention in UNPADDED else None
+        drawn.micro_batches.append(MicroBatch(ids, mask, targets, Picks(flat, order, slots), rest[0] if rest else None, spans))
         count = int(picked.sum())
         segments = segments_of(window.attention_mask, documents.numpy() if documents is not None else None)
         drawn.picked += count
@@ -376,7 +380,7 @@ def forward_backward_or_drop(
             drop_step_if_stop_asked(run, drawn, signals)
         last = number == count
         with distributed.set_gradient_sync(run.model, run.strategy, last), autocast(run.device, run.dtype):
-            loss, _ = run.model(batch.input_ids, batch.attention_mask, batch.targets, batch.picks, batch.documents)
+            loss, _ = run.model(batch.input_ids, batch.attention_mask, batch.targets, batch.picks, batch.documents, batch.spans)
             (loss * run.world.size / picked).backward()
         loss_sum += loss.detach()
     return distributed.sum_on_device(loss_sum, run.world, run.device) / picked

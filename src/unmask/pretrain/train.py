@@ -31,13 +31,13 @@ from unmask.data.store import TokenStore
 from unmask.data.tokenizer import Vocabulary, load_tokenizer
 from unmask.data.windows import DataPosition, Windows
 from unmask.errors import UnmaskError
+from unmask.models.attention import attention_of
 from unmask.models.masked_lm import (
     MaskedLM,
     build_mlm,
     check_model_settings,
     check_scratch,
     extend_positions,
-    flash_attention_available,
     load_mlm,
     max_positions,
     set_dropout,
@@ -91,7 +91,6 @@ def _trained_length(source: ModelSource, lm: MaskedLM) -> int | None:
 def _load_model_and_tokenizer(config: TrainConfig, store: TokenStore, vocab: Vocabulary, device: torch.device, echo: Callable[[str], None]):
     """The model and its tokenizer, and the window length the model had before this run
     (None for a fresh model); positions extended to --seq-len where needed."""
-    flash = flash_attention_available(device)
     trained_length = None
     if config.model is not None:
         source = resolve_model(config.model)  # once, so that the tokenizer and the weights come from the same folder
@@ -103,14 +102,13 @@ def _load_model_and_tokenizer(config: TrainConfig, store: TokenStore, vocab: Voc
             init_seed=config.seed,
             seq_len=config.seq_len,
             rope_theta=config.rope_theta,
-            flash=flash,
         )
         trained_length = _trained_length(source, lm)
         used_by, remedy = f"the model '{config.model}'", config.model
     else:
         tokenizer = load_tokenizer(config.tokenizer or str(store.tokenizer_path), config.trust_remote_code)
         _, size = parse_preset(config.from_scratch)
-        lm = build_mlm(size, vocab, config.seq_len, config.seed, config.scratch_architecture(), config.rope_theta, flash)
+        lm = build_mlm(size, vocab, config.seq_len, config.seed, config.scratch_architecture(), config.rope_theta)
         used_by, remedy = f"the tokenizer '{config.tokenizer or store.tokenizer_name}'", config.tokenizer
     store.require_tokenizer(tokenizer, used_by, f"run `unmask prepare ... --tokenizer {remedy}` first")
     extended = extend_positions(lm, config.seq_len)
@@ -269,8 +267,11 @@ def _placed(config: TrainConfig, lm: MaskedLM, world: World, device: torch.devic
     module a step calls, optimizer)."""
     if config.dropout is not None:
         set_dropout(lm, config.dropout)
+    attention, why = attention_of(config.attention, device, lm.model, config.dropout)  # refused here, before the run folder is written
+    lm.use_attention(attention)
     strategy = distributed.resolve_strategy(config.strategy, world)
     echo(f"precision: {precision.reason}")
+    echo(why)
     lm.to(device).train()
     if config.activation_checkpointing:
         lm.enable_activation_checkpointing()

@@ -36,6 +36,7 @@ from unmask.config.schedule import learning_rate
 from unmask.data.batching import length_grouped_batches, padded, sorted_batches
 from unmask.data.tokenizer import load_tokenizer
 from unmask.errors import UnmaskError, option, setting
+from unmask.models.attention import attention_of, switch_attention
 from unmask.models.masked_lm import load_task_model, prepared_attention_mask, set_dropout
 from unmask.runtime import distributed
 from unmask.runtime.distributed import World
@@ -197,6 +198,10 @@ def _setup_fit(config: FinetuneConfig, task: TaskData, source, run: RunDir, seed
     )
     if config.dropout is not None:
         set_dropout(model, config.dropout)
+    attention, why = attention_of(config.attention, device, model, config.dropout)
+    switch_attention(model, attention)
+    if seed == config.seed:
+        echo(why)
     model.to(device).train()
     wrapped = distributed.parallelize(model, "ddp" if world.distributed else "none", device, dtype)
     optimizer = adamw(
