@@ -210,9 +210,15 @@ class MaskedLM(nn.Module):
         if self._head is None:
             # Unknown architecture: dense head, then select. Same numbers, more arithmetic.
             return rows_at(self.model(input_ids=input_ids, attention_mask=attention_mask).logits, picks.flat)
+        return self._head(self.masked_hidden(input_ids, attention_mask, picks, documents, spans))  # (N, H) -> (N, V)
+
+    def masked_hidden(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, picks: Picks, documents=None, spans=None
+    ) -> torch.Tensor:
+        """(N, H) the last hidden states at the picked positions (an architecture of the table)."""
         if self._final_layer is not None:
-            return self._head(self._final_layer(input_ids, attention_mask, picks, documents))  # (N, H) -> (N, V)
-        return self._head(rows_at(self.hidden_states(input_ids, attention_mask, documents, spans), picks.flat))
+            return self._final_layer(input_ids, attention_mask, picks, documents)
+        return rows_at(self.hidden_states(input_ids, attention_mask, documents, spans), picks.flat)
 
     def hidden_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, documents: torch.Tensor | None = None, spans=None
@@ -252,6 +258,8 @@ class MaskedLM(nn.Module):
         spans=None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed cross-entropy over the masked tokens, their logits); divide by the count yourself.
+        Where the logits would pass `HEAD_LOGITS_ELEMENTS` in training, the loss is taken in
+        chunks (`chunked_cross_entropy`) and no logits are returned (None).
 
         `labels`: (B, T) ids with -100 off the picked positions; or, with `picks` planned on
         the host (training), the (N,) ids at those positions, so that nothing here has to ask
@@ -266,6 +274,12 @@ class MaskedLM(nn.Module):
             picks, labels = picks_of(picked), labels.reshape(-1)[picked.reshape(-1)]
         if labels.shape[0] == 0:
             return self._nothing_picked(input_ids, attention_mask, documents)
+        rows = head_chunk_rows(labels.shape[0], self.model.config.vocab_size)
+        if rows is not None and self._head is not None and torch.is_grad_enabled():
+            if documents is not None:
+                self.require_documents_apart()
+            hidden = self.masked_hidden(input_ids, attention_mask, picks, documents, spans)
+            return chunked_cross_entropy(hidden, self._head, labels, rows), None
         logits = self.masked_logits(input_ids, attention_mask, picks, documents, spans)
         return F.cross_entropy(logits.float(), labels, reduction="sum"), logits
 
@@ -278,6 +292,39 @@ class MaskedLM(nn.Module):
         dummy[0, 0] = True
         logits = self.masked_logits(input_ids, attention_mask, dummy, documents)
         return logits.float().sum() * 0.0, logits[:0]
+
+
+HEAD_LOGITS_ELEMENTS = 1 << 28
+"""Logits a training step may hold at once (1 GiB in fp32): past it the loss over the masked
+positions is taken in chunks of this many. BERT's 30k vocabulary at 4,096 masked positions is
+125M (one piece, as before); a 256k vocabulary (mmBERT, Gemma's tokenizer) passes it at 1,024."""
+
+
+def head_chunk_rows(rows: int, vocab_size: int, budget: int | None = None) -> int | None:
+    """Masked positions per chunk of the head, or None when all of them fit in `budget` logits
+    (default `HEAD_LOGITS_ELEMENTS`)."""
+    budget = HEAD_LOGITS_ELEMENTS if budget is None else budget
+    if rows * vocab_size <= budget:
+        return None
+    return max(1, budget // vocab_size)
+
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor], targets: torch.Tensor, rows: int
+) -> torch.Tensor:
+    """Summed cross-entropy of `head(hidden)` (N, V) against `targets` (N,), `rows` positions at
+    a time. Each chunk's logits are recomputed in the backward pass rather than kept
+    (non-reentrant checkpointing), so at most one chunk's logits and their gradient exist at
+    once: the head costs one more forward, and no longer memory in proportion to N x V."""
+    from torch.utils.checkpoint import checkpoint
+
+    def chunk_loss(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(head(h).float(), t, reduction="sum")
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], rows):
+        total = total + checkpoint(chunk_loss, hidden[start : start + rows], targets[start : start + rows], use_reentrant=False)
+    return total
 
 
 def _report_fresh_head(name: str, model: nn.Module, missing: set[str], echo: Callable[[str], None]) -> None:

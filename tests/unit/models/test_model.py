@@ -256,3 +256,58 @@ def test_activation_checkpointing_recomputes_the_full_width_layers_in_the_backwa
         return len(calls)
 
     assert forwards_of_first_layer(False) == 1 and forwards_of_first_layer(True) == 2
+
+
+def test_the_head_is_chunked_only_past_its_logits_budget():
+    from unmask.models.masked_lm import HEAD_LOGITS_ELEMENTS, head_chunk_rows
+
+    assert head_chunk_rows(4096, 30522) is None, "BERT's vocabulary at a usual step stays one piece"
+    assert head_chunk_rows(4096, 262144) == HEAD_LOGITS_ELEMENTS // 262144 == 1024
+    assert head_chunk_rows(10, 7, budget=20) == 2 and head_chunk_rows(2, 7, budget=20) is None
+    assert head_chunk_rows(3, 50, budget=20) == 1, "a vocabulary larger than the budget still goes one row at a time"
+
+
+def test_chunked_cross_entropy_gives_the_dense_loss_and_gradients():
+    from unmask.models.masked_lm import chunked_cross_entropy
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50)
+    hidden = torch.randn(23, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (23,))
+    targets[[4, 17]] = IGNORE_INDEX  # padded picks
+    results = []
+    for chunked in (False, True):
+        head.zero_grad()
+        hidden.grad = None
+        loss = (
+            chunked_cross_entropy(hidden, head, targets, rows=5)
+            if chunked
+            else torch.nn.functional.cross_entropy(head(hidden), targets, reduction="sum")
+        )
+        loss.backward()
+        results.append((loss.detach(), hidden.grad.clone(), head.weight.grad.clone(), head.bias.grad.clone()))
+    for dense, chunked in zip(*results):
+        torch.testing.assert_close(chunked, dense, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,config", list(tiny_configs())[:4], ids=[n for n, _ in tiny_configs()][:4])
+def test_a_model_past_the_head_budget_trains_on_the_same_loss_and_gradients(name, config, monkeypatch):
+    import unmask.models.masked_lm as masked_lm
+
+    torch.manual_seed(0)
+    model = AutoModelForMaskedLM.from_config(config)
+    set_dropout(model, 0.0)
+    dense, chunked = MaskedLM(copy.deepcopy(model)).train(), MaskedLM(model).train()
+    input_ids = torch.randint(5, 120, (3, 16))
+    picked = torch.rand(input_ids.shape) < 0.3
+    labels = torch.where(picked, input_ids, IGNORE_INDEX)
+    expected, logits = dense.loss_sum(input_ids, None, labels)
+    expected.backward()
+    monkeypatch.setattr(masked_lm, "HEAD_LOGITS_ELEMENTS", 120 * 4)  # 4 positions a chunk
+    loss, no_logits = chunked.loss_sum(input_ids, None, labels)
+    loss.backward()
+    assert logits is not None and no_logits is None and int(picked.sum()) > 4
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    for (param_name, ours), (_, theirs) in zip(chunked.named_parameters(), dense.named_parameters()):
+        if theirs.grad is not None:
+            torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-6, msg=param_name)
