@@ -2,8 +2,10 @@
 and of a kill and resume, each architecture's tokens/s from scratch (documents apart or not;
 ModernBERT unpadded where flash-attn is installed) and a context extension, throughput and
 MFU of both sides at the bert-base shape (sequence length 128 batch 256, and 512 batch 64),
-and memory. Writes a Markdown table that
-benchmarks/RESULTS.md can take as it is.
+and memory. Then each attention
+path (sdpa, torch's varlen, FlexAttention, flash-attn) at bert-base 128 and 512 and
+ModernBERT-base 1,024, FlexAttention's kernel against SDPA's, and what --compile buys. Writes a
+Markdown table that benchmarks/RESULTS.md can take as it is.
 
     bash benchmarks/gpu_check.sh                 # sets up, then runs this (about 6 minutes on an H200)
     python benchmarks/gpu_check.py --out benchmarks/gpu_results.md
@@ -68,6 +70,38 @@ def matmul_peak(device: str) -> float:
             torch.cuda.synchronize()
         best = min(best, (time.perf_counter() - started) / 10)
     return 2 * size**3 / best / 1e12
+
+
+ATTENTION_SHAPES = [("bert-base", "128", "128"), ("bert-base", "512", "32"), ("modernbert-base", "1024", "16")]
+"""(--from-scratch, --seq-len, --batch-size) of the attention comparison."""
+
+
+def median_of(lines: list[dict], key: str) -> float:
+    values = sorted(line.get(key) or 0.0 for line in lines)
+    return values[len(values) // 2] if values else float("nan")
+
+
+def attention_paths(where: list[str], work: Path, device: str, dry_run: bool) -> list[str]:
+    """One short run per (shape, attention path): median tokens/s, MFU and memory of its log lines."""
+    rows = []
+    shapes = [("mini", "64", "8"), ("modernbert-mini", "64", "8")] if dry_run else ATTENTION_SHAPES
+    for model, seq_len, batch in shapes:
+        for path in ("sdpa", "varlen", "flex", "flash"):
+            out = work / f"attention-{model}-{seq_len}-{path}"
+            result = unmask(
+                "train", *where, "--from-scratch", model, "--seq-len", seq_len, "--batch-size", batch, "--dropout", "0",
+                "--no-attention-across-docs", "--attention", path, "--max-steps", "6" if dry_run else "30", "--log-every", "2" if dry_run else "5",
+                "--lr", "1e-4", "--out", str(out), check=False,
+            )  # fmt: skip
+            label = f"{model} at {seq_len} x {batch}, documents apart, --attention {path}"
+            if result.returncode != 0:
+                rows.append(f"| {label} | refused: {result.stderr.strip().splitlines()[-1][:200] if result.stderr.strip() else 'failed'} |")
+                continue
+            lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            logged = [line for line in lines if "tokens_per_s" in line][1:] or [line for line in lines if "tokens_per_s" in line]
+            speed, mfu, memory = (median_of(logged, key) for key in ("tokens_per_s", "mfu", "memory_gib"))
+            rows.append(f"| {label} | {speed:,.0f} tokens/s, MFU {mfu:.1%}, {memory:.2f} GiB, loss {logged[-1]['loss']:.3f} |")
+    return rows
 
 
 def main() -> None:
@@ -189,6 +223,18 @@ def main() -> None:
             tables.append(f"bench.py at {seq_len} x {batch} failed:\n\n```\n{result.stderr[-1500:]}\n```")
         else:
             tables.append(f"### bert-base shape, sequence length {seq_len}, batch {batch}\n\n" + table.read_text())
+    # 5. Each attention path at the shapes that matter: tokens/s, MFU and peak memory, from
+    # the runs' own metrics lines; a path that cannot run here is the one line it is refused with.
+    rows += attention_paths(where, work, device, args.dry_run)
+
+    # 6. FlexAttention's kernel against SDPA's, and what --compile buys, on this device.
+    for script, extra in (("attention_bench.py", ["--backward"] if device == "cuda" else []), ("compile_bench.py", [])):
+        shape = ["--lengths", "128"] if args.dry_run and script == "attention_bench.py" else []
+        shape += ["--steps", "4", "--log-every", "2", "--size", "tiny"] if args.dry_run and script == "compile_bench.py" else []
+        shape += ["--size", "base", "--batch-size", "64", "--steps", "40"] if not args.dry_run and script == "compile_bench.py" else []
+        result = subprocess.run([sys.executable, str(HERE / script), "--device", device, *extra, *shape], capture_output=True, text=True)
+        tables.append(f"### {script}\n\n" + (result.stdout if result.returncode == 0 else f"failed:\n\n```\n{result.stderr[-1500:]}\n```"))
+
     lines = [
         f"## GPU check: {name} ({datetime.now(timezone.utc):%Y-%m-%d})",
         "",

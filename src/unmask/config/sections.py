@@ -71,7 +71,7 @@ class ModelSection(Settings):
     activation_checkpointing: bool = False
     """Recompute each encoder layer's activations in the backward pass instead of storing them: less memory for long sequences, about a third more compute."""
     compile: bool = False
-    """torch.compile the encoder layers that run on every token (off: on a 2-core CPU it cost 15-35 s of compiling and ran no faster)."""
+    """torch.compile the encoder layers that run on every token (off: on a 2-core Xeon it cost 27 s of compiling and ran 7% slower, benchmarks/compile_bench.py; on a GPU, measure with the same script)."""
     attention: AttentionName = "auto"
     """Attention kernel: `auto` (flash-attn where installed, else torch's varlen on CUDA, else sdpa), sdpa, flex (FlexAttention, document block masks), varlen (torch's unpadded attention, CUDA), flash (the flash-attn package). Packed documents and padding run unpadded under varlen and flash."""
 
