@@ -22,7 +22,9 @@ import torch
 
 from unmask.config import TrainConfig
 from unmask.errors import UnmaskError
+from unmask.models.attention import UNPADDED
 from unmask.models.flops import TRAINING_PASSES, Shape
+from unmask.models.masked_lm import head_chunk_rows
 from unmask.pretrain.step import PICKED_ROWS_MULTIPLE, Run, settle_or_stop, train_step
 from unmask.runtime.hardware import TensorMemory, memory_in_use, peak_memory, reset_peak_memory
 from unmask.runtime.preemption import StepDropped
@@ -90,7 +92,8 @@ def estimate_memory(run: Run) -> MemoryEstimate:
     et al.'s (2022) count per layer and token (34 bytes a hidden unit at 16 bits, fp32 twice
     that, bf16 autocast `AUTOCAST_ACTIVATION_SCALE` times) plus `SCORE_BYTES` a head and key pair where
     attention scores are materialised (CPU training's attention with dropout, eager attention);
-    the head's (N, V) logits at `HEAD_BYTES` an entry, N padded as the step pads it."""
+    the head's (N, V) logits at `HEAD_BYTES` an entry, N padded as the step pads it (one chunk's
+    worth where the head is chunked, `masked_lm.head_chunk_rows`)."""
     c, config = run.config, run.lm.config
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", 0)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", 0)
@@ -102,7 +105,7 @@ def estimate_memory(run: Run) -> MemoryEstimate:
     per_window = layers * c.seq_len * hidden * 34 * scale + (layers * SCORE_BYTES * heads * c.seq_len**2 if materialised else 0)
     if c.activation_checkpointing:  # each layer's input is kept, one layer's activations at a time are remade
         per_window = per_window / max(layers, 1) + layers * c.seq_len * hidden * 2 * scale
-    if not c.attention_across_docs:  # the (T, T) mask of which documents see which
+    if not c.attention_across_docs and run.lm.attention not in UNPADDED:  # the (T, T) mask of which documents see which
         per_window += c.seq_len * c.seq_len
     parameters = sum(p.numel() for p in run.lm.parameters())
     embedding = run.lm.model.get_input_embeddings().weight.numel() if run.lm.tied_aliases() else 0
@@ -112,7 +115,8 @@ def estimate_memory(run: Run) -> MemoryEstimate:
     accumulating = GRADIENT_BYTES if run.config.grad_accum > 1 else 0  # an earlier micro-batch's gradients are there already
     picked = math.ceil(c.mask_prob * c.batch_size * c.seq_len / PICKED_ROWS_MULTIPLE) * PICKED_ROWS_MULTIPLE  # as the step pads them
     activations = int(per_window * c.batch_size)
-    head = int(picked * config.vocab_size * HEAD_BYTES)
+    chunk = head_chunk_rows(picked, config.vocab_size)  # past the budget, one chunk's logits at a time
+    head = int((chunk or picked) * config.vocab_size * HEAD_BYTES)
     return MemoryEstimate(
         state=(kept + accumulating) * parameters // shards,
         activations=activations,
