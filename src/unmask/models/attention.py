@@ -80,7 +80,15 @@ def padded_spans(attention_mask: torch.Tensor) -> Spans:
 
 
 def varlen_available() -> bool:
-    return importlib.util.find_spec("torch.nn.attention.varlen") is not None
+    """Whether this torch has `varlen_attn` with the `scale` and `window_size` arguments unmask
+    passes (the module came with torch 2.10; those arguments after it, and 2.13 has them)."""
+    if importlib.util.find_spec("torch.nn.attention.varlen") is None:
+        return False
+    import inspect
+
+    from torch.nn.attention.varlen import varlen_attn
+
+    return {"scale", "window_size"} <= set(inspect.signature(varlen_attn).parameters)
 
 
 def flex_available() -> bool:
@@ -107,7 +115,7 @@ def _missing(path: str, device: torch.device, dropout: float, supported: bool, t
     if path == "varlen" and device.type != "cuda":
         return f"torch's varlen attention runs on CUDA only (this device: {device.type})"
     if path == "varlen" and not varlen_available():
-        return f"this torch ({torch.__version__}) has no torch.nn.attention.varlen"
+        return f"this torch ({torch.__version__}) has no torch.nn.attention.varlen.varlen_attn taking scale and window_size"
     if path == "flash" and (device.type != "cuda" or not flash_installed()):
         return (
             "the flash-attn package is not installed"

@@ -105,6 +105,11 @@ def test_flash_without_the_package_and_a_class_without_the_path_are_refused_by_n
         choose_attention("flex", CUDA, DebertaV2ForMaskedLM, 0.0)
 
 
+def test_this_torch_has_the_varlen_attention_unmask_calls():
+    assert torch.__version__ < "2.13" or attention.varlen_available(), "torch 2.13 ships varlen_attn with scale and window_size"
+    assert attention.flex_available()
+
+
 def test_a_torch_without_varlen_or_flex_is_named(monkeypatch):
     monkeypatch.setattr(attention, "varlen_available", lambda: False)
     monkeypatch.setattr(attention, "flex_available", lambda: False)
