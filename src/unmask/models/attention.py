@@ -162,6 +162,19 @@ def choose_attention(requested: str, device: torch.device, model_class: type, dr
     return requested, f"attention: {requested} (as asked)"
 
 
+def refuse_unavailable(requested: str, device: torch.device) -> None:
+    """Refuse, before any work, a path this device or this torch cannot run whatever the model
+    (`choose_attention` also weighs the model's class and attention dropout, once it is loaded)."""
+    if requested != "auto":
+        choose_attention(requested, device, _TAKES_EVERY_PATH, 0.0)
+
+
+_TAKES_EVERY_PATH = type(
+    "TakesEveryPath", (), {"_supports_flex_attn": True, "_supports_attention_backend": True, "_supports_flash_attn": True}
+)
+"""A model class that takes every path: what is left to refuse is the device's and torch's."""
+
+
 def attention_of(requested: str, device: torch.device, model, dropout: float | None, training: bool = True) -> tuple[str, str]:
     """`choose_attention` for a transformers model, whose attention dropout is `dropout`
     (--dropout) or, when None, its config's."""

@@ -31,7 +31,7 @@ from unmask.data.store import TokenStore
 from unmask.data.tokenizer import Vocabulary, load_tokenizer
 from unmask.data.windows import DataPosition, Windows
 from unmask.errors import UnmaskError
-from unmask.models.attention import attention_of
+from unmask.models.attention import attention_of, refuse_unavailable
 from unmask.models.masked_lm import (
     MaskedLM,
     build_mlm,
@@ -169,6 +169,7 @@ def setup(config: TrainConfig, echo: Callable[[str], None] = print, score_checkp
     if config.deterministic:
         make_deterministic()  # before the first CUDA call: cuBLAS reads its workspace setting then
     world, device = distributed.join(config.device, config.collective_timeout)
+    refuse_unavailable(config.attention, device)  # what the model's class and dropout refuse waits for the model
     precision = choose_precision(device, config.precision)
     peak = peak_flops(device, precision.dtype, config.peak_tflops)  # a --peak-tflops that is not this device stops here
     echo = echo if world.is_main else (lambda _: None)

@@ -36,7 +36,7 @@ from unmask.config.schedule import learning_rate
 from unmask.data.batching import length_grouped_batches, padded, sorted_batches
 from unmask.data.tokenizer import load_tokenizer
 from unmask.errors import UnmaskError, option, setting
-from unmask.models.attention import attention_of, switch_attention
+from unmask.models.attention import attention_of, refuse_unavailable, switch_attention
 from unmask.models.masked_lm import load_task_model, prepared_attention_mask, set_dropout
 from unmask.runtime import distributed
 from unmask.runtime.distributed import World
@@ -428,6 +428,7 @@ def finetune(config: FinetuneConfig, echo: Callable[[str], None] = print, progre
     if config.deterministic:
         make_deterministic()
     world, device = distributed.join(config.device)
+    refuse_unavailable(config.attention, device)
     echo = echo if world.is_main else (lambda _: None)
     out = RunDir(Path(config.out))
     if world.is_main:

@@ -258,3 +258,26 @@ def test_flex_gives_masked_sdpas_logits_with_documents_apart_and_with_padding(ar
         )
         real = mask.bool()
         torch.testing.assert_close(flex.hidden_states(ids, mask)[real], reference.hidden_states(ids, mask)[real], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("command", ["train", "finetune"])
+def test_an_attention_path_this_machine_lacks_stops_the_command_before_it_writes_anything(
+    command, store_dir, tiny_model_dir, tmp_path, capsys
+):
+    from conftest import classification_records, write_jsonl
+
+    from unmask.cli.main import main
+
+    out = tmp_path / "run"
+    if command == "train":
+        argv = ["train", "--data", str(store_dir), "--model", str(tiny_model_dir), "--out", str(out), "--max-steps", "2"]
+    else:
+        data = write_jsonl(tmp_path / "t.jsonl", classification_records(8))
+        argv = ["finetune", str(tiny_model_dir), "--train", str(data), "--eval", str(data), "--out", str(out), "--device", "cpu"]
+    code = main([*argv, "--attention", "varlen", "--progress", "none"])
+    err = capsys.readouterr().err
+    assert (
+        code == 1
+        and "--attention varlen: torch's varlen attention runs on CUDA only (this device: cpu); --attention auto would run sdpa" in err
+    ), err
+    assert not out.exists(), "nothing written before the setting is refused"
