@@ -54,6 +54,10 @@ class MlmMetrics:
         return {f"{prefix}{k}": None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(self).items()}
 
 
+TOP_K = 5
+"""The held-out metrics count top-1 and top-5 hits."""
+
+
 @dataclass
 class MlmAccumulator:
     """Running sums over masked tokens; `metrics()` turns them into means."""
@@ -65,9 +69,8 @@ class MlmAccumulator:
     word_counts: list[int] = field(default_factory=lambda: [0, 0])  # [whole words, word pieces]
     word_top1: list[int] = field(default_factory=lambda: [0, 0])
 
-    def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, is_piece: torch.Tensor | None) -> torch.Tensor:
-        """Add one batch; returns the top-1 predictions (N,)."""
-        top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+    def add(self, loss_sum: torch.Tensor, top: torch.Tensor, targets: torch.Tensor, is_piece: torch.Tensor | None) -> torch.Tensor:
+        """Add one batch, `top` (N, 5) the best ids of each masked position; returns the top-1 predictions (N,)."""
         hit1 = top[:, 0] == targets
         self.loss_sum += float(loss_sum)
         self.count += len(targets)
@@ -211,9 +214,9 @@ def evaluate_model(
         top1s = []
         for lm, accumulator in zip(models, accumulators):
             with autocast(device, dtype):
-                loss_sum, logits = lm(input_ids, attention, labels, None, documents)
+                loss_sum, top = lm(input_ids, attention, labels, None, documents, top_k=TOP_K)
             if counted:
-                top1s.append(accumulator.add(loss_sum, logits.float(), targets, is_piece).cpu())
+                top1s.append(accumulator.add(loss_sum, top, targets, is_piece).cpu())
         if on_batch is not None and counted:
             on_batch(original, masked.labels, top1s)
     for lm, mode in zip(models, modes):

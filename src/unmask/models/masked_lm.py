@@ -244,9 +244,10 @@ class MaskedLM(nn.Module):
         picks: Picks | None = None,
         documents: torch.Tensor | None = None,
         spans=None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        top_k: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`loss_sum`; the entry point that wrappers (DDP, FSDP) hook into."""
-        return self.loss_sum(input_ids, attention_mask, labels, picks, documents, spans)
+        return self.loss_sum(input_ids, attention_mask, labels, picks, documents, spans, top_k)
 
     def loss_sum(
         self,
@@ -256,10 +257,12 @@ class MaskedLM(nn.Module):
         picks: Picks | None = None,
         documents: torch.Tensor | None = None,
         spans=None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(summed cross-entropy over the masked tokens, their logits); divide by the count yourself.
-        Where the logits would pass `HEAD_LOGITS_ELEMENTS` in training, the loss is taken in
-        chunks (`chunked_cross_entropy`) and no logits are returned (None).
+        top_k: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(summed cross-entropy over the masked tokens, their logits (N, V)); divide by the
+        count yourself. With `top_k`, the k best ids (N, k) instead of the logits (evaluation).
+        Where the logits would pass `HEAD_LOGITS_ELEMENTS`, the head runs in chunks (training:
+        `chunked_cross_entropy`, and no logits: None; without gradients: `scored_in_chunks`).
 
         `labels`: (B, T) ids with -100 off the picked positions; or, with `picks` planned on
         the host (training), the (N,) ids at those positions, so that nothing here has to ask
@@ -270,28 +273,30 @@ class MaskedLM(nn.Module):
         if picks is None:
             picked = labels != IGNORE_INDEX
             if not picked.any():
-                return self._nothing_picked(input_ids, attention_mask, documents)
+                return self._nothing_picked(input_ids, attention_mask, documents, top_k)
             picks, labels = picks_of(picked), labels.reshape(-1)[picked.reshape(-1)]
         if labels.shape[0] == 0:
-            return self._nothing_picked(input_ids, attention_mask, documents)
+            return self._nothing_picked(input_ids, attention_mask, documents, top_k)
         rows = head_chunk_rows(labels.shape[0], self.model.config.vocab_size)
-        if rows is not None and self._head is not None and torch.is_grad_enabled():
+        if rows is not None and self._head is not None:
             if documents is not None:
                 self.require_documents_apart()
             hidden = self.masked_hidden(input_ids, attention_mask, picks, documents, spans)
-            return chunked_cross_entropy(hidden, self._head, labels, rows), None
+            if torch.is_grad_enabled():
+                return chunked_cross_entropy(hidden, self._head, labels, rows), None
+            return scored_in_chunks(hidden, self._head, labels, rows, top_k)
         logits = self.masked_logits(input_ids, attention_mask, picks, documents, spans)
-        return F.cross_entropy(logits.float(), labels, reduction="sum"), logits
+        return F.cross_entropy(logits.float(), labels, reduction="sum"), logits if top_k is None else best_ids(logits, top_k)
 
     def _nothing_picked(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, documents: torch.Tensor | None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, documents: torch.Tensor | None, top_k: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run one position anyway and return zero times its logits, so that every parameter
         still gets a (zero) gradient, as DDP and FSDP expect of each process."""
         dummy = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
         dummy[0, 0] = True
         logits = self.masked_logits(input_ids, attention_mask, dummy, documents)
-        return logits.float().sum() * 0.0, logits[:0]
+        return logits.float().sum() * 0.0, logits[:0] if top_k is None else best_ids(logits[:0], top_k)
 
 
 HEAD_LOGITS_ELEMENTS = 1 << 28
@@ -325,6 +330,26 @@ def chunked_cross_entropy(
     for start in range(0, hidden.shape[0], rows):
         total = total + checkpoint(chunk_loss, hidden[start : start + rows], targets[start : start + rows], use_reentrant=False)
     return total
+
+
+def best_ids(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """(N, min(k, V)) the ids of each row's k largest logits, best first."""
+    return logits.float().topk(min(k, logits.shape[-1]), dim=-1).indices
+
+
+@torch.no_grad()
+def scored_in_chunks(
+    hidden: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor], targets: torch.Tensor, rows: int, top_k: int | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Without gradients: the summed cross-entropy of `head(hidden)` against `targets` and, with
+    `top_k`, each position's best ids, `rows` positions' logits at a time."""
+    total, best = hidden.new_zeros((), dtype=torch.float32), []
+    for start in range(0, hidden.shape[0], rows):
+        logits = head(hidden[start : start + rows]).float()
+        total += F.cross_entropy(logits, targets[start : start + rows], reduction="sum")
+        if top_k is not None:
+            best.append(best_ids(logits, top_k))
+    return total, torch.cat(best) if top_k is not None else None
 
 
 def _report_fresh_head(name: str, model: nn.Module, missing: set[str], echo: Callable[[str], None]) -> None:

@@ -103,3 +103,33 @@ def test_two_models_are_scored_on_the_same_positions(tiny_model_dir, windows, to
     alone = [evaluate(d, windows) for d in (tiny_model_dir, other_dir)]
     for a, b in zip(together, alone):
         assert a.loss == pytest.approx(b.loss, rel=1e-6) and a.accuracy == b.accuracy
+
+
+def test_a_head_past_its_logits_budget_scores_in_chunks_with_the_same_metrics(tiny_model_dir, windows, monkeypatch):
+    import unmask.models.masked_lm as masked_lm
+
+    whole = evaluate(tiny_model_dir, windows, batch_size=8)
+    calls = []
+    real = masked_lm.scored_in_chunks
+
+    def counting(*args, **kwargs):
+        calls.append(args[3])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(masked_lm, "scored_in_chunks", counting)
+    monkeypatch.setattr(masked_lm, "HEAD_LOGITS_ELEMENTS", 3 * tiny_bert_vocab(tiny_model_dir))  # 3 positions' logits at a time
+    chunked = evaluate(tiny_model_dir, windows, batch_size=8)
+    assert calls and set(calls) == {3}, "the evaluation went through the chunked head"
+    assert chunked.masked_tokens == whole.masked_tokens
+    assert chunked.loss == pytest.approx(whole.loss, rel=1e-6)
+    assert (chunked.accuracy, chunked.top5_accuracy, chunked.word_piece_accuracy) == (
+        whole.accuracy,
+        whole.top5_accuracy,
+        whole.word_piece_accuracy,
+    )
+
+
+def tiny_bert_vocab(model_dir) -> int:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_dir).vocab_size
