@@ -133,13 +133,16 @@ def _missing(path: str, device: torch.device, dropout: float, supported: bool, t
     return None
 
 
-def choose_attention(requested: str, device: torch.device, model_class: type, dropout: float, training: bool = True) -> tuple[str, str]:
+def choose_attention(
+    requested: str, device: torch.device, model_class: type, dropout: float, training: bool = True, deterministic: bool = False
+) -> tuple[str, str]:
     """The attention path to run (`requested`, or `auto`'s pick) and the start line's reason.
 
     `auto`: flash-attn where installed (CUDA), else torch's varlen (CUDA), else SDPA. FlexAttention
     is never `auto`'s pick: on this project's CPU it ran 2.4x slower than SDPA at 512 tokens
     (benchmarks/attention_bench.py) and cannot train there; on a GPU it waits for a measurement.
     A path that cannot run is refused with what is missing and what `auto` would run instead.
+    With `deterministic` (--deterministic), `auto` keeps to SDPA.
     """
     supports = {
         "sdpa": True,
@@ -147,6 +150,8 @@ def choose_attention(requested: str, device: torch.device, model_class: type, dr
         "varlen": getattr(model_class, "_supports_attention_backend", False),
         "flash": getattr(model_class, "_supports_flash_attn", False),
     }
+    if requested == "auto" and deterministic:
+        return "sdpa", "attention: sdpa (auto: --deterministic keeps to SDPA, whose determinism it sets up and is tested on)"
     if requested == "auto":
         for path in ("flash", "varlen"):
             if _missing(path, device, dropout, supports[path], training) is None:
@@ -175,10 +180,11 @@ _TAKES_EVERY_PATH = type(
 """A model class that takes every path: what is left to refuse is the device's and torch's."""
 
 
-def attention_of(requested: str, device: torch.device, model, dropout: float | None, training: bool = True) -> tuple[str, str]:
-    """`choose_attention` for a transformers model, whose attention dropout is `dropout`
-    (--dropout) or, when None, its config's."""
-    return choose_attention(requested, device, type(model), dropout if dropout is not None else attention_dropout(model.config), training)
+def attention_of(requested: str, device: torch.device, model, dropout: float | None, deterministic: bool = False) -> tuple[str, str]:
+    """`choose_attention` for a transformers model in training, whose attention dropout is
+    `dropout` (--dropout) or, when None, its config's."""
+    dropout = dropout if dropout is not None else attention_dropout(model.config)
+    return choose_attention(requested, device, type(model), dropout, deterministic=deterministic)
 
 
 def switch_attention(model, path: str) -> None:

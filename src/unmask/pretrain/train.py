@@ -268,7 +268,9 @@ def _placed(config: TrainConfig, lm: MaskedLM, world: World, device: torch.devic
     module a step calls, optimizer)."""
     if config.dropout is not None:
         set_dropout(lm, config.dropout)
-    attention, why = attention_of(config.attention, device, lm.model, config.dropout)  # refused here, before the run folder is written
+    attention, why = attention_of(
+        config.attention, device, lm.model, config.dropout, config.deterministic
+    )  # refused here, before the run folder is written
     lm.use_attention(attention)
     strategy = distributed.resolve_strategy(config.strategy, world)
     echo(f"precision: {precision.reason}")

@@ -198,7 +198,7 @@ def _setup_fit(config: FinetuneConfig, task: TaskData, source, run: RunDir, seed
     )
     if config.dropout is not None:
         set_dropout(model, config.dropout)
-    attention, why = attention_of(config.attention, device, model, config.dropout)
+    attention, why = attention_of(config.attention, device, model, config.dropout, config.deterministic)
     switch_attention(model, attention)
     if seed == config.seed:
         echo(why)

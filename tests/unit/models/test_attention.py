@@ -78,6 +78,8 @@ def test_auto_on_cuda_takes_torchs_varlen_without_dropout_and_flash_attn_where_i
     assert path == "sdpa" and "no attention dropout and this model trains with 0.1 (pass --dropout 0)" in why
     monkeypatch.setattr(attention, "flash_installed", lambda: True)
     assert choose_attention("auto", CUDA, ModernBertForMaskedLM, 0.0)[0] == "flash"
+    path, why = choose_attention("auto", CUDA, ModernBertForMaskedLM, 0.0, deterministic=True)
+    assert path == "sdpa" and "--deterministic keeps to SDPA" in why
 
 
 @pytest.mark.parametrize(
