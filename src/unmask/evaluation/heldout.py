@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -28,6 +29,7 @@ from unmask.data.tokenizer import Vocabulary, raw_tokenizer
 from unmask.data.windows import Windows, evaluation_batch, evaluation_batches
 from unmask.errors import UnmaskError
 from unmask.models.architectures import document_ids
+from unmask.models.attention import spans_of
 from unmask.models.masked_lm import MaskedLM
 from unmask.runtime.distributed import SINGLE_PROCESS, World, sum_across
 from unmask.runtime.hardware import autocast
@@ -70,7 +72,7 @@ class MlmAccumulator:
     word_top1: list[int] = field(default_factory=lambda: [0, 0])
 
     def add(self, loss_sum: torch.Tensor, top: torch.Tensor, targets: torch.Tensor, is_piece: torch.Tensor | None) -> torch.Tensor:
-        """Add one batch, `top` (N, 5) the best ids of each masked position; returns the top-1 predictions (N,)."""
+        """Add one batch, `top` (N, min(5, V)) the best ids of each masked position; returns the top-1 predictions (N,)."""
         hit1 = top[:, 0] == targets
         self.loss_sum += float(loss_sum)
         self.count += len(targets)
@@ -199,29 +201,55 @@ def evaluate_model(
     # busiest one: a sharded model gathers its weights in each forward, which all processes
     # must join. Surplus forwards are not counted.
     rounds = -(-count // world.size)
-    for round_ in tqdm(range(rounds), desc="eval", unit="batch", disable=not progress, leave=False):
-        number = round_ * world.size + world.rank
-        counted = number < count
-        indices = evaluation_batch(len(windows), batch_size, number if counted else 0)
-        original, attention_mask = (torch.from_numpy(a) for a in windows.batch(indices)[:2])
-        masked = mask_windows(masker, original, attention_mask, indices)
-        picked = masked.labels != IGNORE_INDEX
-        is_piece = word_piece_mask(original, vocab.starts_word, torch.isin(original, specials))[picked].to(device)
-        # Moved to the device once, and the targets picked once, for all the models.
-        input_ids, attention, labels = (t.to(device) for t in (masked.input_ids, attention_mask, masked.labels))
-        documents = document_ids(original, attention_mask, vocab.closer_id).to(device) if documents_apart else None
-        targets = labels[labels != IGNORE_INDEX]
-        top1s = []
-        for lm, accumulator in zip(models, accumulators):
-            with autocast(device, dtype):
-                loss_sum, top = lm(input_ids, attention, labels, None, documents, top_k=TOP_K)
-            if counted:
-                top1s.append(accumulator.add(loss_sum, top, targets, is_piece).cpu())
-        if on_batch is not None and counted:
-            on_batch(original, masked.labels, top1s)
+    with ExitStack() as fp32_safe:
+        for lm in models:  # the unpadded kernels take half precision only: fp32 scoring runs SDPA
+            fp32_safe.enter_context(lm.attention_for(dtype))
+        for number in tqdm(range(rounds), desc="eval", unit="batch", disable=not progress, leave=False):
+            _score_round(
+                models,
+                accumulators,
+                windows,
+                masker,
+                specials,
+                (batch_size, count, number),
+                device,
+                dtype,
+                world,
+                documents_apart,
+                on_batch,
+            )
     for lm, mode in zip(models, modes):
         lm.train(mode)
     return [MlmAccumulator.from_totals(sum_across(a.totals(), world, device)).metrics() for a in accumulators]
+
+
+def _score_round(
+    models, accumulators, windows: Windows, masker: Masker, specials, batching, device, dtype, world: World, documents_apart: bool, on_batch
+) -> None:
+    """This process's batch of one round (a surplus round scores batch 0 and counts nothing)."""
+    batch_size, count, round_ = batching
+    vocab = windows.vocab
+    number = round_ * world.size + world.rank
+    counted = number < count
+    indices = evaluation_batch(len(windows), batch_size, number if counted else 0)
+    original, attention_mask = (torch.from_numpy(a) for a in windows.batch(indices)[:2])
+    masked = mask_windows(masker, original, attention_mask, indices)
+    picked = masked.labels != IGNORE_INDEX
+    is_piece = word_piece_mask(original, vocab.starts_word, torch.isin(original, specials))[picked].to(device)
+    # Moved to the device once, and the targets picked once, for all the models.
+    input_ids, attention, labels = (t.to(device) for t in (masked.input_ids, attention_mask, masked.labels))
+    documents = document_ids(original, attention_mask, vocab.closer_id) if documents_apart else None
+    spans = spans_of(documents).to(device) if documents is not None else None  # from the host: nothing waits
+    documents = documents.to(device) if documents is not None else None
+    targets = labels[labels != IGNORE_INDEX]
+    top1s = []
+    for lm, accumulator in zip(models, accumulators):
+        with autocast(device, dtype):
+            loss_sum, top = lm(input_ids, attention, labels, None, documents, spans, top_k=TOP_K)
+        if counted:
+            top1s.append(accumulator.add(loss_sum, top, targets, is_piece).cpu())
+    if on_batch is not None and counted:
+        on_batch(original, masked.labels, top1s)
 
 
 def split_from_texts(tokenizer, texts: list[str]) -> Split:

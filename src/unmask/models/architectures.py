@@ -312,7 +312,14 @@ def _documents_apart(model: nn.Module, documents: torch.Tensor, spans, window: i
 
 def _bert_encode_documents(model: nn.Module, input_ids: torch.Tensor, attention_mask, documents: torch.Tensor, spans=None) -> torch.Tensor:
     positions = document_positions(documents) + architecture_of(model).reserved_positions(model.config)
-    return model.base_model(input_ids=input_ids, position_ids=positions, **_documents_apart(model, documents, spans))[0]
+    apart = _documents_apart(model, documents, spans)
+    if "attention_mask" not in apart:
+        # Spans, no mask: the embeddings and the encoder are called apart, because the model's
+        # own mask builder, given restarting positions and no mask, asks the device whether
+        # the batch is packed (a wait in every step).
+        base = model.base_model
+        return base.encoder(base.embeddings(input_ids=input_ids, position_ids=positions), attention_mask=None, **apart)[0]
+    return model.base_model(input_ids=input_ids, position_ids=positions, **apart)[0]
 
 
 def _modernbert_encode_documents(

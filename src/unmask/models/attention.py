@@ -12,8 +12,10 @@ unpadded paths: packed documents and padded rows run as variable-length sequence
   torch 2.13 ("FlexAttention does not support backward on CPU").
 - `flash`: the flash-attn package through transformers ("flash_attention_2"), where installed.
 
-Neither varlen, flex nor flash has attention dropout: a model trained with attention dropout
-(BERT's configs have 0.1) runs sdpa under `auto`, and is refused by name under the others.
+Neither varlen nor flex has attention dropout: a model trained with attention dropout (BERT's
+configs have 0.1) runs sdpa under `auto`, and is refused by name under them. varlen and flash
+take bf16 or fp16 only: a run in fp32 keeps to SDPA, and fp32 evaluation switches to SDPA for
+its duration (`MaskedLM.attention_for`).
 
 The boundaries of a packed batch are `Spans`: cumulative offsets into the flattened (B * T)
 tokens, computed on the host from the document ids (`spans_of`) so that nothing asks the
@@ -39,6 +41,10 @@ IMPLEMENTATIONS = {"sdpa": "sdpa", "flex": "flex_attention", "varlen": VARLEN_NA
 """Each path's transformers `attn_implementation`."""
 UNPADDED = ("varlen", "flash")
 """Paths that take a packed batch as spans rather than a mask."""
+HALF_PRECISION_ONLY = ("varlen", "flash")
+"""Paths whose kernels take bf16 or fp16 only (FlashAttention's)."""
+WITHOUT_DROPOUT = ("varlen", "flex")
+"""Paths with no attention dropout."""
 
 
 class Spans(NamedTuple):
@@ -108,8 +114,8 @@ def attention_dropout(config) -> float:
     return 0.0
 
 
-def _missing(path: str, device: torch.device, dropout: float, supported: bool, training: bool) -> str | None:
-    """Why `path` cannot run here (None: it can)."""
+def _missing(path: str, device: torch.device, dropout: float, supported: bool, half: bool = True) -> str | None:
+    """Why `path` cannot run here (None: it can); `half`: the run computes in bf16 or fp16."""
     if not supported:
         return "this model's class does not take it"
     if path == "varlen" and device.type != "cuda":
@@ -128,17 +134,21 @@ def _missing(path: str, device: torch.device, dropout: float, supported: bool, t
         # Measured with torch 2.13 on a Xeon: no backward on a CPU, and inductor's CPU kernel
         # for a document mask failed to compile (a C++ error) beyond the first shape.
         return f"FlexAttention runs on CUDA only here (torch {torch.__version__.split('+')[0]} has no backward on {device.type}, and its CPU kernel failed to compile)"
-    if path != "sdpa" and dropout > 0 and training:
+    if path in WITHOUT_DROPOUT and dropout > 0:
         return f"it has no attention dropout and this model trains with {dropout:g} (pass --dropout 0)"
+    if path in HALF_PRECISION_ONLY and not half:
+        return "its kernel takes bf16 or fp16 only and this run computes in fp32 (--precision bf16, or auto on a GPU with bf16)"
     return None
 
 
 def choose_attention(
-    requested: str, device: torch.device, model_class: type, dropout: float, training: bool = True, deterministic: bool = False
+    requested: str, device: torch.device, model_class: type, dropout: float, half: bool = True, deterministic: bool = False
 ) -> tuple[str, str]:
     """The attention path to run (`requested`, or `auto`'s pick) and the start line's reason.
 
-    `auto`: flash-attn where installed (CUDA), else torch's varlen (CUDA), else SDPA. FlexAttention
+    `auto`: torch's varlen (CUDA), else flash-attn where installed, else SDPA (varlen first: with
+    a padded batch transformers' flash path asks the device for the lengths in every layer, and
+    which kernel is faster waits for a GPU measurement). FlexAttention
     is never `auto`'s pick: on this project's CPU it ran 2.4x slower than SDPA at 512 tokens
     (benchmarks/attention_bench.py) and cannot train there; on a GPU it waits for a measurement.
     A path that cannot run is refused with what is missing and what `auto` would run instead.
@@ -153,16 +163,16 @@ def choose_attention(
     if requested == "auto" and deterministic:
         return "sdpa", "attention: sdpa (auto: --deterministic keeps to SDPA, whose determinism it sets up and is tested on)"
     if requested == "auto":
-        for path in ("flash", "varlen"):
-            if _missing(path, device, dropout, supports[path], training) is None:
+        for path in ("varlen", "flash"):
+            if _missing(path, device, dropout, supports[path], half) is None:
                 return path, f"attention: {path} (auto: packed documents and padding run unpadded)"
-        why = _missing("varlen", device, dropout, supports["varlen"], training)
+        why = _missing("varlen", device, dropout, supports["varlen"], half)
         return "sdpa", f"attention: sdpa (auto: varlen cannot run: {why})"
     if requested not in ATTENTION_CHOICES:
         raise UnmaskError(f"--attention {requested}: choose one of {', '.join(ATTENTION_CHOICES)}")
-    problem = _missing(requested, device, dropout, supports[requested], training)
+    problem = _missing(requested, device, dropout, supports[requested], half)
     if problem is not None:
-        fallback, _ = choose_attention("auto", device, model_class, dropout, training)
+        fallback, _ = choose_attention("auto", device, model_class, dropout, half, deterministic)
         raise UnmaskError(f"--attention {requested}: {problem}; --attention auto would run {fallback}")
     return requested, f"attention: {requested} (as asked)"
 
@@ -171,7 +181,7 @@ def refuse_unavailable(requested: str, device: torch.device) -> None:
     """Refuse, before any work, a path this device or this torch cannot run whatever the model
     (`choose_attention` also weighs the model's class and attention dropout, once it is loaded)."""
     if requested != "auto":
-        choose_attention(requested, device, _TAKES_EVERY_PATH, 0.0)
+        choose_attention(requested, device, _TAKES_EVERY_PATH, 0.0, half=True)
 
 
 _TAKES_EVERY_PATH = type(
@@ -180,11 +190,14 @@ _TAKES_EVERY_PATH = type(
 """A model class that takes every path: what is left to refuse is the device's and torch's."""
 
 
-def attention_of(requested: str, device: torch.device, model, dropout: float | None, deterministic: bool = False) -> tuple[str, str]:
-    """`choose_attention` for a transformers model in training, whose attention dropout is
-    `dropout` (--dropout) or, when None, its config's."""
+def attention_of(
+    requested: str, device: torch.device, model, dropout: float | None, dtype: torch.dtype | None, deterministic: bool = False
+) -> tuple[str, str]:
+    """`choose_attention` for a transformers model trained under `dtype` (None: fp32), whose
+    attention dropout is `dropout` (--dropout) or, when None, its config's."""
     dropout = dropout if dropout is not None else attention_dropout(model.config)
-    return choose_attention(requested, device, type(model), dropout, deterministic=deterministic)
+    half = dtype in (torch.bfloat16, torch.float16)
+    return choose_attention(requested, device, type(model), dropout, half, deterministic)
 
 
 def switch_attention(model, path: str) -> None:

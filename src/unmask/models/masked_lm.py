@@ -11,7 +11,8 @@ a class not in the table is trained with its own dense head.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from pickle import UnpicklingError  # only to name torch's refusal of an unsafe pickle; nothing is unpickled here
 
@@ -127,6 +128,8 @@ class MaskedLM(nn.Module):
         """Names (in `model`) of parameters initialised here rather than loaded."""
         self.attention = "sdpa"
         """The attention path (`attention.ATTENTION_CHOICES`), set by `use_attention`."""
+        self._sdpa_implementation = model.config._attn_implementation if hasattr(model, "config") else "sdpa"
+        """What "sdpa" is for this model: transformers' own, or `cpu_dropout`'s."""
 
     def use_attention(self, path: str) -> None:
         """Run attention by `path` (`attention.choose_attention` picked it): the model's
@@ -134,11 +137,30 @@ class MaskedLM(nn.Module):
         layer is SDPA's; under the other paths the whole encoder runs and only the head is sparse."""
         from unmask.models.attention import switch_attention
 
-        if path == "sdpa":
+        if path == self.attention:
             return
-        switch_attention(self.model, path)
+        if path == "sdpa":
+            self.model.set_attn_implementation(self._sdpa_implementation)
+        else:
+            switch_attention(self.model, path)
         self.attention = path
         self._final_layer = _final_layer_function(self.model, self.architecture) if self.architecture else None
+
+    @contextmanager
+    def attention_for(self, dtype: torch.dtype | None) -> Iterator[None]:
+        """Run under `dtype` (None: fp32) with the attention path in use, or SDPA where that
+        path takes half precision only (varlen, flash): held-out evaluation computes in fp32."""
+        from unmask.models.attention import HALF_PRECISION_ONLY
+
+        path = self.attention
+        if path not in HALF_PRECISION_ONLY or dtype in (torch.bfloat16, torch.float16):
+            yield
+            return
+        self.use_attention("sdpa")
+        try:
+            yield
+        finally:
+            self.use_attention(path)
 
     @property
     def sparse(self) -> bool:
@@ -273,10 +295,10 @@ class MaskedLM(nn.Module):
         if picks is None:
             picked = labels != IGNORE_INDEX
             if not picked.any():
-                return self._nothing_picked(input_ids, attention_mask, documents, top_k)
+                return self._nothing_picked(input_ids, attention_mask, documents, top_k, spans)
             picks, labels = picks_of(picked), labels.reshape(-1)[picked.reshape(-1)]
         if labels.shape[0] == 0:
-            return self._nothing_picked(input_ids, attention_mask, documents, top_k)
+            return self._nothing_picked(input_ids, attention_mask, documents, top_k, spans)
         rows = head_chunk_rows(labels.shape[0], self.model.config.vocab_size)
         if rows is not None and self._head is not None:
             if documents is not None:
@@ -289,13 +311,18 @@ class MaskedLM(nn.Module):
         return F.cross_entropy(logits.float(), labels, reduction="sum"), logits if top_k is None else best_ids(logits, top_k)
 
     def _nothing_picked(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, documents: torch.Tensor | None, top_k: int | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        documents: torch.Tensor | None,
+        top_k: int | None = None,
+        spans=None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run one position anyway and return zero times its logits, so that every parameter
         still gets a (zero) gradient, as DDP and FSDP expect of each process."""
         dummy = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
         dummy[0, 0] = True
-        logits = self.masked_logits(input_ids, attention_mask, dummy, documents)
+        logits = self.masked_logits(input_ids, attention_mask, dummy, documents, spans)
         return logits.float().sum() * 0.0, logits[:0] if top_k is None else best_ids(logits[:0], top_k)
 
 
@@ -647,6 +674,8 @@ def set_dropout(model: nn.Module, probability: float) -> None:
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = probability
+        elif isinstance(getattr(module, "attention_dropout", None), float):  # ModernBERT keeps its attention's as a number
+            module.attention_dropout = probability
 
 
 def max_positions(model: MaskedLM) -> int:

@@ -168,7 +168,10 @@ class Drawer:
             host = [t.pin_memory() for t in host]
         ids, targets, flat, order, slots, *rest = (t.to(self.device, non_blocking=True) for t in host)
         mask = rest.pop(0) if padded else None
-        spans = spans_of(documents).to(self.device, non_blocking=True) if documents is not None and self.lm.attention in UNPADDED else None
+        spans = spans_of(documents) if documents is not None and self.lm.attention in UNPADDED else None
+        if spans is not None and self.device.type == "cuda":
+            spans = Spans(spans.cu.pin_memory(), spans.longest)
+        spans = spans.to(self.device, non_blocking=True) if spans is not None else None
         drawn.micro_batches.append(MicroBatch(ids, mask, targets, Picks(flat, order, slots), rest[0] if rest else None, spans))
         count = int(picked.sum())
         segments = segments_of(window.attention_mask, documents.numpy() if documents is not None else None)

@@ -269,7 +269,7 @@ def _placed(config: TrainConfig, lm: MaskedLM, world: World, device: torch.devic
     if config.dropout is not None:
         set_dropout(lm, config.dropout)
     attention, why = attention_of(
-        config.attention, device, lm.model, config.dropout, config.deterministic
+        config.attention, device, lm.model, config.dropout, precision.dtype, config.deterministic
     )  # refused here, before the run folder is written
     lm.use_attention(attention)
     strategy = distributed.resolve_strategy(config.strategy, world)

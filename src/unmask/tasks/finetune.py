@@ -198,7 +198,7 @@ def _setup_fit(config: FinetuneConfig, task: TaskData, source, run: RunDir, seed
     )
     if config.dropout is not None:
         set_dropout(model, config.dropout)
-    attention, why = attention_of(config.attention, device, model, config.dropout, config.deterministic)
+    attention, why = attention_of(config.attention, device, model, config.dropout, dtype, config.deterministic)
     switch_attention(model, attention)
     if seed == config.seed:
         echo(why)
@@ -260,10 +260,10 @@ def _fit(
         logged = None
         epoch_end = fit.step % fit.steps_per_epoch == 0 and fit.step < fit.total_steps
         due_checkpoint = fit.step % checkpoint_every == 0 and fit.step < fit.total_steps
-        due_log = fit.step % config.log_every == 0 or fit.step == fit.total_steps
-        if due_log or epoch_end or due_checkpoint:
-            settled = _settle_or_stop(fit, tally, config)
+        # Every settle writes its line (as pretraining's does): a settle starts a new window.
+        due_log = fit.step % config.log_every == 0 or fit.step == fit.total_steps or epoch_end or due_checkpoint
         if due_log:
+            settled = _settle_or_stop(fit, tally, config)
             logged = {"seed": seed, "step": fit.step, **settled, "lr": lr, "examples_per_s": pace.rate_and_restart()}
             fit.metrics.write({**logged, "epoch": fit.step / fit.steps_per_epoch})
         display.step(fit.step, logged)

@@ -77,7 +77,10 @@ def test_auto_on_cuda_takes_torchs_varlen_without_dropout_and_flash_attn_where_i
     path, why = choose_attention("auto", CUDA, BertForMaskedLM, 0.1)
     assert path == "sdpa" and "no attention dropout and this model trains with 0.1 (pass --dropout 0)" in why
     monkeypatch.setattr(attention, "flash_installed", lambda: True)
+    assert choose_attention("auto", CUDA, ModernBertForMaskedLM, 0.0)[0] == "varlen", "torch's own first: no waits for padded batches"
+    monkeypatch.setattr(attention, "varlen_available", lambda: False)
     assert choose_attention("auto", CUDA, ModernBertForMaskedLM, 0.0)[0] == "flash"
+    assert choose_attention("flash", CUDA, BertForMaskedLM, 0.1)[0] == "flash", "flash-attn has attention dropout"
     path, why = choose_attention("auto", CUDA, ModernBertForMaskedLM, 0.0, deterministic=True)
     assert path == "sdpa" and "--deterministic keeps to SDPA" in why
 
@@ -97,6 +100,17 @@ def test_auto_on_cuda_takes_torchs_varlen_without_dropout_and_flash_attn_where_i
 def test_a_path_that_cannot_run_here_is_one_line_naming_what_is_missing_and_what_would_run(path, device, message):
     with pytest.raises(UnmaskError, match=message.replace("(", r"\(").replace(")", r"\)")):
         choose_attention(path, device, BertForMaskedLM, 0.0)
+
+
+def test_a_run_in_fp32_keeps_to_sdpa_because_the_unpadded_kernels_take_half_precision_only(monkeypatch):
+    monkeypatch.setattr(attention, "flash_installed", lambda: True)
+    path, why = choose_attention("auto", CUDA, ModernBertForMaskedLM, 0.0, half=False)
+    assert path == "sdpa" and "takes bf16 or fp16 only and this run computes in fp32" in why
+    for each in ("varlen", "flash"):
+        with pytest.raises(
+            UnmaskError, match=f"--attention {each}: its kernel takes bf16 or fp16 only .*; --attention auto would run sdpa"
+        ):
+            choose_attention(each, CUDA, ModernBertForMaskedLM, 0.0, half=False)
 
 
 def test_flash_without_the_package_and_a_class_without_the_path_are_refused_by_name(monkeypatch):
@@ -283,3 +297,40 @@ def test_an_attention_path_this_machine_lacks_stops_the_command_before_it_writes
         and "--attention varlen: torch's varlen attention runs on CUDA only (this device: cpu); --attention auto would run sdpa" in err
     ), err
     assert not out.exists(), "nothing written before the setting is refused"
+
+
+def test_fp32_evaluation_of_a_model_on_an_unpadded_path_runs_sdpa_for_its_duration(vocab, store_dir, monkeypatch):
+    from unmask.evaluation.heldout import evaluate_model, held_out_windows
+
+    def no_half_precision(*args, **kwargs):
+        raise AssertionError("the varlen kernel was called in fp32")
+
+    monkeypatch.setattr(attention, "varlen_kernel", lambda: no_half_precision)
+    reference, varlen = _twin_models(vocab, "bert", "varlen")
+    windows = held_out_windows([str(store_dir)], AutoTokenizer.from_pretrained(store_dir / "tokenizer"), seq_len=32)
+    scored = [evaluate_model(lm, windows, batch_size=4, device=CPU, dtype=None, documents_apart=True)[0] for lm in (reference, varlen)]
+    assert scored[1] == scored[0] and varlen.attention == "varlen" and varlen.model.config._attn_implementation == "unmask_varlen"
+
+
+def test_bert_under_varlen_never_asks_the_device_whether_the_batch_is_packed(vocab, monkeypatch):
+    import transformers.masking_utils as masking_utils
+
+    def asks(*args, **kwargs):
+        raise AssertionError("transformers' packed-sequence detection ran (a wait for the device)")
+
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", asks)
+    monkeypatch.setattr(attention, "varlen_kernel", lambda: reference_varlen)
+    _, varlen = _twin_models(vocab, "bert", "varlen")
+    ids, mask, labels = _packed_batch(vocab)
+    documents = document_ids(ids, mask, vocab.closer_id)
+    loss, _ = varlen.loss_sum(ids, mask, labels, None, documents, spans_of(documents.numpy()))
+    assert torch.isfinite(loss)
+
+
+def test_dropout_zero_reaches_modernberts_attention_whose_dropout_is_a_number(vocab):
+    config = build_config("modernbert", "tiny", vocab, 64)
+    config.attention_dropout = 0.1
+    model = AutoModelForMaskedLM.from_config(config)
+    assert {m.attention_dropout for m in model.modules() if isinstance(getattr(m, "attention_dropout", None), float)} == {0.1}
+    set_dropout(model, 0.0)
+    assert {m.attention_dropout for m in model.modules() if isinstance(getattr(m, "attention_dropout", None), float)} == {0.0}
