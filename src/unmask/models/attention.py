@@ -270,18 +270,15 @@ def register_varlen() -> None:
     ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN_NAME, varlen_mask)
 
 
-def document_block_mask(documents: torch.Tensor, queries: torch.Tensor | None = None, window: int | None = None):
+def document_block_mask(documents: torch.Tensor, window: int | None = None):
     """FlexAttention's block mask for a (B, T) batch of document ids: a query attends to the
-    keys of its own document (and, with `window`, at most that many positions away).
-    `queries` (B, S): the positions the queries sit at, when they are not every position
-    (the masked-only last layer)."""
+    keys of its own document (and, with `window`, at most that many positions away)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     rows, length = documents.shape
-    at = queries if queries is not None else torch.arange(length, device=documents.device).expand(rows, length)
 
     def same_document(b, h, q, kv):
-        own = documents[b, at[b, q]] == documents[b, kv]
-        return own if window is None else own & ((at[b, q] - kv).abs() <= window)
+        own = documents[b, q] == documents[b, kv]
+        return own if window is None else own & ((q - kv).abs() <= window)
 
-    return create_block_mask(same_document, rows, None, at.shape[1], length, device=documents.device)
+    return create_block_mask(same_document, rows, None, length, length, device=documents.device)
