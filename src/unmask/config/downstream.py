@@ -100,7 +100,7 @@ class FinetuneConfig(OptimizerSection, ModelOptions, TaskOptions):
     deterministic: bool = False
     """Bit-identical runs and resumes on a GPU (deterministic algorithms, cuBLAS workspace, no TF32): slower."""
     attention: AttentionName = "auto"
-    """Attention kernel: `auto` (flash-attn where installed, else torch's varlen on CUDA, else sdpa), sdpa, flex, varlen (padded batches run unpadded, CUDA), flash."""
+    """Attention kernel: `auto` (torch's varlen on CUDA in bf16/fp16 without attention dropout, else flash-attn where installed, else sdpa), sdpa, flex, varlen (padded batches run unpadded, CUDA), flash."""
     eval_every_epoch: bool = False
     """Also evaluate at the end of every epoch, not only at the end."""
     save_model: bool = True

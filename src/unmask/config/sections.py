@@ -73,7 +73,7 @@ class ModelSection(Settings):
     compile: bool = False
     """torch.compile the encoder layers that run on every token (off: on a 2-core Xeon it cost 27 s of compiling and ran 7% slower, benchmarks/compile_bench.py; on a GPU, measure with the same script)."""
     attention: AttentionName = "auto"
-    """Attention kernel: `auto` (flash-attn where installed, else torch's varlen on CUDA, else sdpa), sdpa, flex (FlexAttention, document block masks), varlen (torch's unpadded attention, CUDA), flash (the flash-attn package). Packed documents and padding run unpadded under varlen and flash."""
+    """Attention kernel: `auto` (torch's varlen on CUDA in bf16/fp16 without attention dropout, else flash-attn where installed, else sdpa), sdpa, flex (FlexAttention, document block masks), varlen (torch's unpadded attention, CUDA), flash (the flash-attn package). Packed documents and padding run unpadded under varlen and flash."""
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "seq_len": at_least(8),
