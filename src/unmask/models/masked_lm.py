@@ -227,9 +227,9 @@ class MaskedLM(nn.Module):
         of a packed window attends only to itself, with positions from its own start; `spans`
         (`attention.spans_of` them, made on the host) spare the unpadded paths computing them."""
         picks = picked if isinstance(picked, Picks) else picks_of(picked)
-        if documents is not None:
-            self.require_documents_apart()
         if self._head is None:
+            if documents is not None:
+                self.require_documents_apart()  # refuses: outside the table nothing keeps documents apart
             # Unknown architecture: dense head, then select. Same numbers, more arithmetic.
             return rows_at(self.model(input_ids=input_ids, attention_mask=attention_mask).logits, picks.flat)
         return self._head(self.masked_hidden(input_ids, attention_mask, picks, documents, spans))  # (N, H) -> (N, V)
@@ -238,6 +238,8 @@ class MaskedLM(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, picks: Picks, documents=None, spans=None
     ) -> torch.Tensor:
         """(N, H) the last hidden states at the picked positions (an architecture of the table)."""
+        if documents is not None:
+            self.require_documents_apart()
         if self._final_layer is not None:
             return self._final_layer(input_ids, attention_mask, picks, documents)
         return rows_at(self.hidden_states(input_ids, attention_mask, documents, spans), picks.flat)
@@ -301,8 +303,6 @@ class MaskedLM(nn.Module):
             return self._nothing_picked(input_ids, attention_mask, documents, top_k, spans)
         rows = head_chunk_rows(labels.shape[0], self.model.config.vocab_size)
         if rows is not None and self._head is not None:
-            if documents is not None:
-                self.require_documents_apart()
             hidden = self.masked_hidden(input_ids, attention_mask, picks, documents, spans)
             if torch.is_grad_enabled():
                 return chunked_cross_entropy(hidden, self._head, labels, rows), None
