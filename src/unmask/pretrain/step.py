@@ -168,10 +168,11 @@ class Drawer:
             host = [t.pin_memory() for t in host]
         ids, targets, flat, order, slots, *rest = (t.to(self.device, non_blocking=True) for t in host)
         mask = rest.pop(0) if padded else None
-        spans = spans_of(documents) if documents is not None and self.lm.attention in UNPADDED else None
-        if spans is not None and self.device.type == "cuda":
-            spans = Spans(spans.cu.pin_memory(), spans.longest)
-        spans = spans.to(self.device, non_blocking=True) if spans is not None else None
+        spans = None
+        if documents is not None and self.lm.attention in UNPADDED:
+            host_spans = spans_of(documents)
+            cu = host_spans.cu.pin_memory() if self.device.type == "cuda" else host_spans.cu
+            spans = Spans(cu.to(self.device, non_blocking=True), host_spans.longest)
         drawn.micro_batches.append(MicroBatch(ids, mask, targets, Picks(flat, order, slots), rest[0] if rest else None, spans))
         count = int(picked.sum())
         segments = segments_of(window.attention_mask, documents.numpy() if documents is not None else None)
@@ -251,17 +252,15 @@ class Evaluator:
 @dataclass
 class StepState:
     """Where the run stands: the step, the time spent, and what the steps since the last
-    settle did. A checkpoint keeps the first three."""
+    settle did. A checkpoint keeps the step, the time spent and the tally's count of dropped steps."""
 
     tally: Tally
-    """The steps since the last settle (`settle_or_stop`)."""
+    """The steps since the last settle (`settle_or_stop`), and the run's dropped steps."""
     step: int = 0
     spent: float = 0.0
     """Seconds spent training (evaluation and checkpoints not counted), agreed by all processes."""
     spent_here: float = 0.0
     """The same, as this process counts it (agreed into `spent` when the processes settle)."""
-    skipped: int = 0
-    """Steps whose update was dropped for a non-finite loss or gradient norm (--on-nonfinite skip), as of the last settle."""
     signal: int = 0
     """A stop signal received (agreed by all processes after every step); 0: none."""
 
@@ -452,11 +451,8 @@ def settle_or_stop(run: Run) -> dict:
     counts = distributed.sum_across(
         [tally.picked, tally.maskable, tally.tokens, tally.slots, tally.flops, tally.data_seconds], run.world, run.device
     )
-    settled = tally.settle(c.on_nonfinite, c.max_nonfinite, "no model/ written")
-    state.skipped += settled.pop("skipped")
     return {
-        **settled,
-        "skipped_steps": state.skipped,
+        **tally.settle(c.on_nonfinite, c.max_nonfinite, "no model/ written"),
         "mask_rate": counts[0] / max(counts[1], 1),
         "tokens": counts[2],
         "slots": counts[3],
@@ -515,7 +511,7 @@ def save_checkpoint(run: Run) -> Path:
         position=sampler.position.position,
         sources=[[p.epoch, p.position] for p in sampler.positions] if len(sampler.positions) > 1 else None,
         train_seconds=state.spent,
-        skipped_steps=state.skipped,
+        skipped_steps=state.tally.skipped,
         device_type=run.device.type,
         world_size=run.world.size,
         global_batch=run.global_batch,

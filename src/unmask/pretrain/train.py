@@ -255,7 +255,7 @@ def _setup(
         score_checkpoint=score_checkpoint,
         budget=config.budget_seconds(),
         state=StepState(
-            Tally(device), step=resumed.step, spent=resumed.train_seconds, spent_here=resumed.train_seconds, skipped=resumed.skipped_steps
+            Tally(device, resumed.skipped_steps), step=resumed.step, spent=resumed.train_seconds, spent_here=resumed.train_seconds
         ),
     )
     _announce(run, echo)

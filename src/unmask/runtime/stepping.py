@@ -66,8 +66,11 @@ class Tally:
     # Slots of `on_device`.
     LOSS, APPLIED, SKIPPED, IN_A_ROW, WORST, FIRST, FIRST_LOSS, FIRST_NORM, LAST, LAST_LOSS, LAST_NORM, NORM = range(12)
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, skipped: int = 0):
         self.device = device
+        self.skipped = skipped
+        """Steps of the whole run whose update was dropped, as of the last settle (a checkpoint
+        keeps it; a resumed run starts from it)."""
         self.in_a_row = torch.zeros((), dtype=torch.float64, device=device)
         self.reset()
 
@@ -105,15 +108,16 @@ class Tally:
         """Read what the device knows (the one wait), apply the non-finite rule
         (`stop_if_nonfinite`) and start again. Returns the log line's training numbers: the
         mean loss of the steps applied since the last settle (None when none was), the last
-        finite gradient norm, and how many steps were dropped (`skipped`) in this window."""
+        finite gradient norm, and the steps dropped over the whole run (`skipped`)."""
         values = self.on_device.tolist()
         self.stop_if_nonfinite(values, on_nonfinite, max_nonfinite, kept, where)
         self.reset()
+        self.skipped += int(values[self.SKIPPED])
         applied, norm = values[self.APPLIED], values[self.NORM]
         return {
             "loss": values[self.LOSS] / applied if applied else None,
             "grad_norm": None if math.isnan(norm) else norm,
-            "skipped": int(values[self.SKIPPED]),
+            "skipped_steps": self.skipped,
         }
 
     @staticmethod

@@ -158,10 +158,10 @@ class Fit:
     total_steps: int
     warmup_steps: int
     metrics: MetricsLog
+    tally: Tally
+    """The steps since the last settle, as pretraining keeps them, and the run's dropped steps."""
     step: int = 0
     spent: float = 0.0
-    skipped: int = 0
-    """Steps whose update was dropped for a non-finite loss or gradient norm (--on-nonfinite skip)."""
 
     def batch_indices(self, task: TaskData, config: FinetuneConfig, world: World) -> np.ndarray:
         """The global batch of this step (every process takes its share of it)."""
@@ -223,9 +223,9 @@ def _setup_fit(config: FinetuneConfig, task: TaskData, source, run: RunDir, seed
         total,
         int(config.warmup_fraction * total),
         metrics_log,
+        Tally(device, resumed.skipped_steps),
         resumed.step,
         resumed.train_seconds,
-        resumed.skipped_steps,
     )
 
 
@@ -250,11 +250,10 @@ def _fit(
     display = Progress(
         config.progress if progress else "none", fit.total_steps, fit.step, echo, enabled=world.is_main, rate=("examples_per_s", "ex/s")
     )
-    tally = Tally(device)  # the steps since the last settle, as pretraining keeps them
     pace = Throughput(world.size)  # examples a second of training time: evaluation and checkpoints are paused out
     evaluations = []
     while fit.step < fit.total_steps:
-        lr, examples = _fit_step(fit, task, config, seed, world, device, dtype, pad_id, max_norm, tally)
+        lr, examples = _fit_step(fit, task, config, seed, world, device, dtype, pad_id, max_norm)
         pace.add(examples)
 
         logged = None
@@ -263,7 +262,7 @@ def _fit(
         # Every settle writes its line (as pretraining's does): a settle starts a new window.
         due_log = fit.step % config.log_every == 0 or fit.step == fit.total_steps or epoch_end or due_checkpoint
         if due_log:
-            settled = _settle_or_stop(fit, tally, config)
+            settled = _settle_or_stop(fit, config)
             logged = {"seed": seed, "step": fit.step, **settled, "lr": lr, "examples_per_s": pace.rate_and_restart()}
             fit.metrics.write({**logged, "epoch": fit.step / fit.steps_per_epoch})
         display.step(fit.step, logged)
@@ -279,7 +278,7 @@ def _fit(
 
 
 def _fit_step(
-    fit: Fit, task: TaskData, config: FinetuneConfig, seed: int, world: World, device, dtype, pad_id: int, max_norm: float, tally: Tally
+    fit: Fit, task: TaskData, config: FinetuneConfig, seed: int, world: World, device, dtype, pad_id: int, max_norm: float
 ) -> tuple[float, int]:
     """One step: the learning rate set, dropout reseeded from (seed, step, rank),
     this process's share of the global batch forward and backward, the update clipped and
@@ -304,19 +303,17 @@ def _fit_step(
     (loss * world.size / count).backward()  # DDP averages gradients over processes
     mean_loss = distributed.sum_on_device(loss.detach(), world, device) / count  # the step's loss over every process's targets
     norm, bad = clipped_update(fit.optimizer, fit.inner.parameters(), max_norm, mean_loss)
-    tally.add(fit.step, mean_loss.to(torch.float64), norm.detach().to(torch.float64), bad.to(torch.float64))
+    fit.tally.add(fit.step, mean_loss.to(torch.float64), norm.detach().to(torch.float64), bad.to(torch.float64))
     fit.step += 1
     fit.spent += time.perf_counter() - began
     return lr, len(indices)
 
 
-def _settle_or_stop(fit: Fit, tally: Tally, config: FinetuneConfig) -> dict:
+def _settle_or_stop(fit: Fit, config: FinetuneConfig) -> dict:
     """The one wait for the device (a log line, an evaluation, a checkpoint or the end):
     `Tally.settle` with the non-finite rule (the same on every process: the step's loss is
     summed over them and DDP shares the gradients, so their norms). The log line's numbers."""
-    settled = tally.settle(config.on_nonfinite, config.max_nonfinite, "no model written", where=f"seed {fit.seed}, ")
-    fit.skipped += settled.pop("skipped")
-    return {**settled, "skipped_steps": fit.skipped}
+    return fit.tally.settle(config.on_nonfinite, config.max_nonfinite, "no model written", where=f"seed {fit.seed}, ")
 
 
 def _fit_result(
@@ -359,7 +356,7 @@ def _checkpoint(fit: Fit, config: FinetuneConfig, world: World, device) -> None:
     info = CheckpointInfo(
         step=fit.step,
         train_seconds=fit.spent,
-        skipped_steps=fit.skipped,
+        skipped_steps=fit.tally.skipped,
         device_type=device.type,
         world_size=world.size,
         global_batch=config.batch_size * world.size,
