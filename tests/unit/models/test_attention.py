@@ -199,12 +199,18 @@ def _loss_and_gradients(lm: MaskedLM, ids, mask, labels, documents) -> tuple[tor
     return loss.detach(), {name: p.grad.clone() for name, p in lm.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta", "modernbert"])
-def test_varlen_gives_masked_sdpas_loss_and_gradients_on_a_packed_batch_with_documents_apart(arch, vocab, monkeypatch):
+def _varlen_twins_on_a_packed_batch(vocab: Vocabulary, arch: str, monkeypatch) -> tuple[MaskedLM, MaskedLM, tuple]:
+    """Masked SDPA and varlen (the CPU reference standing in for torch's kernel) with the same
+    weights, and a packed batch with its document ids."""
     monkeypatch.setattr(attention, "varlen_kernel", lambda: reference_varlen)
     reference, varlen = _twin_models(vocab, arch, "varlen")
     ids, mask, labels = _packed_batch(vocab)
-    documents = document_ids(ids, mask, vocab.closer_id)
+    return reference, varlen, (ids, mask, labels, document_ids(ids, mask, vocab.closer_id))
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "modernbert"])
+def test_varlen_gives_masked_sdpas_loss_and_gradients_on_a_packed_batch_with_documents_apart(arch, vocab, monkeypatch):
+    reference, varlen, (ids, mask, labels, documents) = _varlen_twins_on_a_packed_batch(vocab, arch, monkeypatch)
     expected_loss, expected = _loss_and_gradients(reference, ids, mask, labels, documents)
     loss, gradients = _loss_and_gradients(varlen, ids, mask, labels, documents)
     torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-5)
@@ -219,10 +225,7 @@ def test_varlen_gives_masked_sdpas_loss_and_gradients_on_a_packed_batch_with_doc
 
 @pytest.mark.parametrize("arch", ["bert", "roberta", "modernbert"])
 def test_varlen_under_bf16_autocast_stays_within_bf16s_tolerance_of_masked_sdpa(arch, vocab, monkeypatch):
-    monkeypatch.setattr(attention, "varlen_kernel", lambda: reference_varlen)
-    reference, varlen = _twin_models(vocab, arch, "varlen")
-    ids, mask, labels = _packed_batch(vocab)
-    documents = document_ids(ids, mask, vocab.closer_id)
+    reference, varlen, (ids, mask, labels, documents) = _varlen_twins_on_a_packed_batch(vocab, arch, monkeypatch)
     exact = _loss_and_gradients(reference, ids, mask, labels, documents)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expected = _loss_and_gradients(reference, ids, mask, labels, documents)
@@ -319,10 +322,7 @@ def test_bert_under_varlen_never_asks_the_device_whether_the_batch_is_packed(voc
         raise AssertionError("transformers' packed-sequence detection ran (a wait for the device)")
 
     monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", asks)
-    monkeypatch.setattr(attention, "varlen_kernel", lambda: reference_varlen)
-    _, varlen = _twin_models(vocab, "bert", "varlen")
-    ids, mask, labels = _packed_batch(vocab)
-    documents = document_ids(ids, mask, vocab.closer_id)
+    _, varlen, (ids, mask, labels, documents) = _varlen_twins_on_a_packed_batch(vocab, "bert", monkeypatch)
     loss, _ = varlen.loss_sum(ids, mask, labels, None, documents, spans_of(documents.numpy()))
     assert torch.isfinite(loss)
 
