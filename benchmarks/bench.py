@@ -487,6 +487,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(WORKERS[args.worker](args)))
+        from unmask.runtime import distributed
+
+        distributed.leave()
+        distributed.end_process_that_joined(0)  # a worker under torchrun (--nproc)
         return
 
     skip = set(filter(None, args.skip.split(",")))

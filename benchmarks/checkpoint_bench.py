@@ -125,6 +125,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|")
         print("\n".join(rows))
     distributed.leave()
+    distributed.end_process_that_joined(0)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,16 @@ CHECKPOINTED = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _run(argv)
+    # A process that joined torchrun's group ends here, without the interpreter's shutdown
+    # (`end_process_that_joined` says why); looked up, not imported, so that --help needs no torch.
+    distributed = sys.modules.get("unmask.runtime.distributed")
+    if distributed is not None:
+        distributed.end_process_that_joined(code)
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = parsing.command_of(argv, COMMANDS)
     spelling = COMMAND_LINE.set(True)  # messages name flags, not keyword arguments
