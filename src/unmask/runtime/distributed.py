@@ -158,11 +158,12 @@ def end_process_that_joined(code: int) -> None:
     releasing the tensors of the last collective when the interpreter finalizes. Such a thread
     then asks for the GIL, Python ends it with `pthread_exit`, and unwinding through C++ aborts
     the process ("terminate called without an active exception", exit -6) after a run that
-    finished well: 2 in 40 runs of a bare two-process FSDP2 script on this project's CPU
-    machine (a core dump shows `~AsyncAllgatherCoalescedWork` in `ProcessGroupGloo::runLoop`
-    taking the GIL inside `Py_FinalizeEx`). A barrier first does not help (2 in 60), and no
-    wait can tell when those threads are done, so a process that joined one leaves without
-    finalizing, once its own files are closed and its output flushed.
+    finished well: 17 in 120 runs of a bare two-process FSDP2 script on this project's CPU
+    machine, none in 200 once the process ended so (a core dump shows
+    `~AsyncAllgatherCoalescedWork` in `ProcessGroupGloo::runLoop` taking the GIL inside
+    `Py_FinalizeEx`). A barrier first does not help (2 in 60), and no wait can tell when those
+    threads are done, so a process that joined one leaves without finalizing, once its own
+    files are closed and its output flushed.
     """
     if not _made_group:
         return
