@@ -490,7 +490,7 @@ def main() -> None:
         from unmask.runtime import distributed
 
         distributed.leave()
-        distributed.end_process_that_joined(0)  # a worker under torchrun (--nproc)
+        distributed.end_process_if_it_made_the_group(0)  # a worker under torchrun (--nproc)
         return
 
     skip = set(filter(None, args.skip.split(",")))

@@ -125,7 +125,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|")
         print("\n".join(rows))
     distributed.leave()
-    distributed.end_process_that_joined(0)
+    distributed.end_process_if_it_made_the_group(0)
 
 
 if __name__ == "__main__":

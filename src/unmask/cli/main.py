@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -77,13 +78,27 @@ CHECKPOINTED = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    code = _run(argv)
-    # A process that joined torchrun's group ends here, without the interpreter's shutdown
-    # (`end_process_that_joined` says why); looked up, not imported, so that --help needs no torch.
-    distributed = sys.modules.get("unmask.runtime.distributed")
+    """Run one command and return its exit code; under torchrun, a process that joined the
+    run's process group ends here instead, with that code (so a second call never runs there)."""
+    try:
+        code = _run(argv)
+    except Exception:  # not unmask's own error: a bug, or torch's; its traceback, then the same ending
+        if _group_made_here() is None:
+            raise
+        traceback.print_exc()
+        code = 1
+    distributed = _group_made_here()
     if distributed is not None:
-        distributed.end_process_that_joined(code)
+        distributed.end_process_if_it_made_the_group(code)
     return code
+
+
+def _group_made_here():
+    """`unmask.runtime.distributed` if it made this process's process group, else None. Such a
+    process ends without the interpreter's shutdown (`end_process_if_it_made_the_group` says
+    why). Looked up, not imported, so that --help needs no torch."""
+    distributed = sys.modules.get("unmask.runtime.distributed")
+    return distributed if distributed is not None and distributed.made_group() else None
 
 
 def _run(argv: list[str] | None) -> int:

@@ -230,35 +230,41 @@ def _setup(
         random_replace_prob=config.random_replace_prob,
     )
     resumed = _restore_or_start(config, run_dir, (lm, optimizer, tokenizer), strategy, world, device, echo, stores, parts, held)
-    trackers = Trackers(config.report_to, run_dir, to_dict(config), resumed.step, enabled=world.is_main) if config.report_to else None
-    metrics = MetricsLog(run_dir, resume_step=resumed.step, enabled=world.is_main, trackers=trackers)
     positions = [DataPosition(*where) for where in resumed.data_positions()]
     sampler = MixtureSampler(train_windows, config.seed, mix_schedule(config, parts), positions)
-    run = Run(
-        config=config,
-        run_dir=run_dir,
-        world=world,
-        strategy=strategy,
-        device=device,
-        precision=precision,
-        peak=peak,
-        tokenizer=tokenizer,
-        lm=lm,
-        model=model,
-        optimizer=optimizer,
-        drawer=Drawer(config, world, device, sampler, train_windows, masker, lm),
-        evaluator=Evaluator(config, world, device, lm, val_windows, other_lengths, metrics),
-        total_steps=total_steps,
-        warmup_steps=config.warmup(total_steps),
-        metrics=metrics,
-        lock=lock,
-        score_checkpoint=score_checkpoint,
-        budget=config.budget_seconds(),
-        state=StepState(
-            Tally(device, resumed.skipped_steps), step=resumed.step, spent=resumed.train_seconds, spent_here=resumed.train_seconds
-        ),
-    )
-    _announce(run, echo)
+    trackers = Trackers(config.report_to, run_dir, to_dict(config), resumed.step, enabled=world.is_main) if config.report_to else None
+    metrics = MetricsLog(run_dir, resume_step=resumed.step, enabled=world.is_main, trackers=trackers)
+    try:
+        run = Run(
+            config=config,
+            run_dir=run_dir,
+            world=world,
+            strategy=strategy,
+            device=device,
+            precision=precision,
+            peak=peak,
+            tokenizer=tokenizer,
+            lm=lm,
+            model=model,
+            optimizer=optimizer,
+            drawer=Drawer(config, world, device, sampler, train_windows, masker, lm),
+            evaluator=Evaluator(config, world, device, lm, val_windows, other_lengths, metrics),
+            total_steps=total_steps,
+            warmup_steps=config.warmup(total_steps),
+            metrics=metrics,
+            lock=lock,
+            score_checkpoint=score_checkpoint,
+            budget=config.budget_seconds(),
+            state=StepState(
+                Tally(device, resumed.skipped_steps), step=resumed.step, spent=resumed.train_seconds, spent_here=resumed.train_seconds
+            ),
+        )
+        _announce(run, echo)
+    except BaseException:
+        # The loop's `finally` closes the trackers once it runs; until then a failure here must,
+        # since a process under torchrun ends without Python's shutdown, whose hooks wandb relies on.
+        metrics.close()
+        raise
     return run
 
 

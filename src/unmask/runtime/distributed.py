@@ -62,7 +62,8 @@ _control_group = None
 """A gloo group beside NCCL's, for the host-side agreements of every micro-batch (a stop
 request): a CPU all-reduce there never waits for the GPU. None: the default group is gloo."""
 _made_group = False
-"""Whether `join` made this process's process group (not a group the caller made)."""
+"""Whether `join` made this process's process group (not a group the caller made). It stays
+True after `leave`: gloo's threads outlive `destroy_process_group` (`end_process_if_it_made_the_group`)."""
 
 
 def die_with_launcher() -> None:
@@ -150,7 +151,11 @@ def leave() -> None:
         dist.destroy_process_group()
 
 
-def end_process_that_joined(code: int) -> None:
+def made_group() -> bool:
+    return _made_group
+
+
+def end_process_if_it_made_the_group(code: int) -> None:
     """End this process now, with `code`, if it made a process group; otherwise return.
 
     The interpreter's own shutdown is not safe after a gloo group (torch 2.13): DDP and FSDP2

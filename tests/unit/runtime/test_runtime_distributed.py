@@ -1,6 +1,7 @@
 """How a process that joined a process group ends (the rest of `runtime.distributed` runs for
 real under torchrun in tests/e2e/test_distributed.py)."""
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -17,7 +18,7 @@ ENDING = textwrap.dedent(
     distributed._made_group = {made}
     print("summary line", end="")
     print("a warning", file=sys.stderr, end="")
-    distributed.end_process_that_joined(3)
+    distributed.end_process_if_it_made_the_group(3)
     print(" and on")
     """
 )
@@ -41,19 +42,24 @@ def test_a_process_that_made_no_group_goes_on_and_shuts_down_as_usual():
     assert result.stdout == "summary line and on\nfinalized\n"
 
 
-def test_the_command_line_ends_a_process_that_joined_with_the_commands_exit_code(monkeypatch):
-    from unmask.cli.main import main
+def test_the_command_line_ends_a_process_that_joined_with_the_commands_exit_code(monkeypatch, capsys):
+    from unmask.cli.main import COMMANDS, main
 
-    class Ended(Exception):
-        pass
-
-    def fake_exit(code: int):
-        raise Ended(code)
-
-    monkeypatch.setattr(distributed.os, "_exit", fake_exit)
+    ended = []
+    monkeypatch.setattr(distributed, "end_process_if_it_made_the_group", ended.append)
     monkeypatch.setattr(distributed, "_made_group", True)
-    with pytest.raises(Ended) as ended_with:
-        main(["train", "--no-such-flag"])
-    assert ended_with.value.args == (2,), "the usage error's code"
+    assert main(["train", "--no-such-flag"]) == 2 and ended == [2], "the usage error's code"
+
+    def broken(config):
+        raise RuntimeError("a bug, or torch's")
+
+    # An error that is not unmask's: its traceback, then the same ending, with 1.
+    monkeypatch.setitem(COMMANDS, "train", dataclasses.replace(COMMANDS["train"], function=broken))
+    ended.clear()
+    main(["train", "--data", "d", "--out", "o", "--from-scratch", "tiny"])
+    assert ended == [1] and "RuntimeError: a bug, or torch's" in capsys.readouterr().err
+
+    # A process that made no group: nothing ends it, and such an error propagates as before.
     monkeypatch.setattr(distributed, "_made_group", False)
-    assert main(["train", "--no-such-flag"]) == 2
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["train", "--data", "d", "--out", "o", "--from-scratch", "tiny"])

@@ -43,3 +43,22 @@ def test_wandb_writes_an_offline_run_when_nobody_is_logged_in(store_dir, tiny_mo
 def test_an_unknown_tracker_is_refused():
     with pytest.raises(UnmaskError, match="--report-to: mlflow: choose from tensorboard, wandb"):
         TrainConfig(data="d", out="o", model="m", report_to=["mlflow"])
+
+
+def test_a_start_that_fails_after_the_trackers_opened_closes_them(store_dir, tiny_model_dir, tmp_path, monkeypatch):
+    """A process under torchrun ends without Python's shutdown (`distributed.end_process_if_it_made_the_group`),
+    so no exit hook of wandb's would finish a run a failed start left open."""
+    pytest.importorskip("tensorboard")
+    from unmask.pretrain import train as training
+    from unmask.runtime.tracking import Trackers
+
+    closed = []
+    monkeypatch.setattr(Trackers, "close", lambda self: closed.append(self))
+
+    def interrupted(run, echo):
+        raise KeyboardInterrupt  # a Ctrl-C as the start line is printed
+
+    monkeypatch.setattr(training, "_announce", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(store_dir, tiny_model_dir, tmp_path / "run", ["tensorboard"])
+    assert len(closed) == 1
