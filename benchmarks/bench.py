@@ -173,9 +173,9 @@ def build_model_folder(shape: str, dropout: float, folder: Path, seq_len: int = 
     AutoTokenizer.from_pretrained(tokenizer_path()).save_pretrained(folder)
 
 
-def worker_train_unmask(args) -> dict:
+def worker_train_unmask(args) -> dict | None:
     """One unmask training run; under torchrun (--nproc > 1) each process takes batch / nproc
-    windows, so the global batch is the peer's."""
+    windows, so the global batch is the peer's. Rank 0 alone returns the numbers."""
     import torch
 
     from unmask.config import TrainConfig
@@ -224,7 +224,7 @@ def worker_train_unmask(args) -> dict:
         rss = gathered.tolist()
     distributed.leave()
     if os.environ.get("RANK", "0") != "0":
-        raise SystemExit(0)
+        return None
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     return {"step_seconds": step_seconds, "losses": losses, "peak_rss_mb": max(rss), "rank_rss_mb": rss, "peak_gpu_mb": peak_gpu_mb()}
 
@@ -486,11 +486,12 @@ def main() -> None:
     parser.add_argument("--side")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(WORKERS[args.worker](args)))
+        numbers = WORKERS[args.worker](args)
+        if numbers is not None:
+            print(json.dumps(numbers))
         from unmask.runtime import distributed
 
-        distributed.leave()
-        distributed.end_process_if_it_made_the_group(0)  # a worker under torchrun (--nproc)
+        distributed.end_process_if_it_made_the_group(0)  # every process of a worker under torchrun (--nproc)
         return
 
     skip = set(filter(None, args.skip.split(",")))
